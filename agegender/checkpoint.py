@@ -1,0 +1,149 @@
+"""Checkpoint folders: save, load and validate. Nothing here unpickles anything."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from . import __version__
+from .model import ARCHS, AgeGenderNet, create_model
+from .preprocess import Preprocess
+
+WEIGHTS = "model.safetensors"
+META = "meta.json"
+FORMAT = "agegender-checkpoint/1"
+REQUIRED_META = ("format", "arch", "preprocess", "age_offset", "age_scale", "labels", "weights_sha256")
+
+# Error messages are constants so tests can assert them word for word.
+ERR_NO_FOLDER = "checkpoint folder {path} does not exist"
+ERR_NO_META = "{path} is not a checkpoint folder: {META} is missing"
+ERR_BAD_META = "{path}/{META} is corrupt ({detail}); restore the folder or retrain"
+ERR_NO_WEIGHTS = "{path}/{WEIGHTS} is missing; restore the folder or retrain"
+ERR_NOT_SAFETENSORS = (
+    "{path}/{WEIGHTS} is not a safetensors file (a pickle, or a damaged file); "
+    "checkpoints are never unpickled: re-save the weights with safetensors"
+)
+ERR_CHECKSUM = (
+    "{path}/{WEIGHTS} does not match the checksum in {META}: "
+    "the weights were changed or truncated after training"
+)
+ERR_ARCH = "{path}/{META} names an unknown architecture {arch!r}; known: {known}"
+ERR_SHAPES = "the weights in {path} do not fit {arch}: {detail}"
+
+
+class CheckpointError(Exception):
+    """A checkpoint folder that cannot be used; the message says which file and why."""
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    model: AgeGenderNet
+    meta: dict
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return Preprocess.from_dict(self.meta["preprocess"])
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_weights(model: torch.nn.Module, path: Path, dtype: torch.dtype = torch.float16) -> str:
+    """Write the weights atomically (fp16 by default, enough to ship); returns their sha256."""
+    tensors = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
+               for k, v in model.state_dict().items()}
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    save_file(tensors, str(tmp))
+    digest = sha256_file(tmp)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+    return digest
+
+
+def write_meta(folder: Path, meta: dict) -> None:
+    meta = {"format": FORMAT, "code_version": __version__, **meta}
+    atomic_write_text(folder / META, json.dumps(meta, indent=2, sort_keys=False) + "\n")
+
+
+def read_meta(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(ERR_NO_FOLDER.format(path=path))
+    if not (path / META).is_file():
+        raise CheckpointError(ERR_NO_META.format(path=path, META=META))
+    try:
+        meta = json.loads((path / META).read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(ERR_BAD_META.format(path=path, META=META, detail=f"not JSON: {e}")) from e
+    if not isinstance(meta, dict):
+        raise CheckpointError(ERR_BAD_META.format(path=path, META=META, detail="not a JSON object"))
+    missing = [k for k in REQUIRED_META if k not in meta]
+    if missing:
+        raise CheckpointError(
+            ERR_BAD_META.format(path=path, META=META, detail=f"missing {', '.join(missing)}")
+        )
+    if meta["arch"] not in ARCHS:
+        raise CheckpointError(ERR_ARCH.format(path=path, META=META, arch=meta["arch"], known=", ".join(ARCHS)))
+    return meta
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> Checkpoint:
+    """The one loader: validates meta, checksum and tensor shapes; returns an eval-mode fp32 model."""
+    path = Path(path)
+    meta = read_meta(path)
+    weights = path / WEIGHTS
+    if not weights.is_file():
+        raise CheckpointError(ERR_NO_WEIGHTS.format(path=path, WEIGHTS=WEIGHTS))
+    try:
+        tensors = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(ERR_NOT_SAFETENSORS.format(path=path, WEIGHTS=WEIGHTS)) from e
+    if sha256_file(weights) != meta["weights_sha256"]:
+        raise CheckpointError(ERR_CHECKSUM.format(path=path, WEIGHTS=WEIGHTS, META=META))
+    model = create_model(meta["arch"], dropout=float(meta.get("dropout", 0.0)))
+    expected = model.state_dict()
+    problems = [f"missing {k}" for k in expected if k not in tensors]
+    problems += [f"unexpected {k}" for k in tensors if k not in expected]
+    problems += [
+        f"{k} is {tuple(tensors[k].shape)}, expected {tuple(v.shape)}"
+        for k, v in expected.items() if k in tensors and tensors[k].shape != v.shape
+    ]
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise CheckpointError(
+            ERR_SHAPES.format(path=path, arch=meta["arch"], detail="; ".join(problems[:3]) + more)
+        )
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()})
+    model.to(device).eval()
+    return Checkpoint(path, model, meta)
+
+
+def list_checkpoints(root: str | os.PathLike) -> list[Path]:
+    """Folders under ``root`` that hold a meta.json, sorted by name."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if (p / META).is_file())

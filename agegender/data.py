@@ -1,0 +1,272 @@
+"""UTKFace on disk: read a folder, .zip or .tar.gz; parse names; split; decode to a cache."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import tarfile
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from .labels import MalformedName, image_key, parse_name
+from .preprocess import resize_image
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+SPLITS = ("train", "val", "test")
+SPLIT_RULE = "sha1(image_key) -> first 8 hex digits / 2**32: < 0.8 train, < 0.9 val, else test"
+EXAMPLES = 3  # how many offending names a report quotes
+
+
+class DatasetError(Exception):
+    """The dataset path cannot be used; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    name: str  # file name without folders
+    member: str  # path inside the folder or archive
+    size: int  # bytes, for the fingerprint
+    age: int
+    gender: int
+    race: int
+
+    @property
+    def split(self) -> str:
+        return split_of(self.name)
+
+
+@dataclass
+class Scan:
+    path: Path
+    kind: str  # folder | zip | tar
+    samples: list[Sample]
+    malformed: list[str] = field(default_factory=list)
+
+    @property
+    def fingerprint(self) -> str:
+        h = hashlib.sha256()
+        for s in sorted(self.samples, key=lambda s: s.member):
+            h.update(f"{s.member}\t{s.size}\n".encode())
+        return h.hexdigest()
+
+
+def split_of(name: str) -> str:
+    """train/val/test from a hash of the name alone: stable across subsets and copies."""
+    u = int(hashlib.sha1(image_key(name).encode()).hexdigest()[:8], 16) / 2**32
+    return "train" if u < 0.8 else "val" if u < 0.9 else "test"
+
+
+def _is_image(member: str) -> bool:
+    base = member.rsplit("/", 1)[-1]
+    return (
+        base.lower().endswith(IMAGE_SUFFIXES)
+        and not base.startswith("._")
+        and "__MACOSX" not in member
+    )
+
+
+def _kind(path: Path) -> str:
+    if path.is_dir():
+        return "folder"
+    name = path.name.lower()
+    if name.endswith(".zip"):
+        return "zip"
+    if name.endswith((".tar.gz", ".tgz", ".tar")):
+        return "tar"
+    raise DatasetError(f"{path} is not a folder, .zip or .tar.gz: point --data at the UTKFace download")
+
+
+def _list_members(path: Path, kind: str) -> list[tuple[str, int]]:
+    if kind == "folder":
+        out = []
+        for root, _dirs, files in os.walk(path):
+            for f in files:
+                p = Path(root) / f
+                out.append((p.relative_to(path).as_posix(), p.stat().st_size))
+        return out
+    if kind == "zip":
+        with zipfile.ZipFile(path) as z:
+            return [(i.filename, i.file_size) for i in z.infolist() if not i.is_dir()]
+    with tarfile.open(path, "r:*") as t:
+        return [(m.name, m.size) for m in t.getmembers() if m.isfile()]
+
+
+def scan(path: str | os.PathLike) -> Scan:
+    """List and label every image at ``path``; malformed names are reported once and skipped."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise DatasetError(
+            f"dataset not found at {path}: pass the UTKFace folder, .zip or .tar.gz with --data"
+        )
+    kind = _kind(path)
+    try:
+        members = _list_members(path, kind)
+    except (zipfile.BadZipFile, tarfile.TarError, OSError) as e:
+        raise DatasetError(f"cannot read {path} as a {kind}: {e}") from e
+    samples, malformed = [], []
+    for member, size in members:
+        if not _is_image(member):
+            continue
+        name = member.rsplit("/", 1)[-1]
+        try:
+            lab = parse_name(name)
+        except MalformedName:
+            malformed.append(member)
+            continue
+        samples.append(Sample(name, member, size, lab.age, lab.gender, lab.race))
+    samples.sort(key=lambda s: s.member)
+    if malformed:
+        log.warning(
+            "skipped %d file(s) whose names carry no valid age_gender_race labels, e.g. %s",
+            len(malformed), ", ".join(malformed[:EXAMPLES]),
+        )
+    if not samples:
+        raise DatasetError(
+            f"no UTKFace images found at {path}: expected names like 25_1_0_20170116174525125.jpg.chip.jpg"
+        )
+    return Scan(path, kind, samples, malformed)
+
+
+def iter_bytes(scan_: Scan, samples: list[Sample]) -> Iterator[tuple[Sample, bytes | None]]:
+    """Yield each sample with its file bytes (None when it cannot be read), in ``samples`` order
+    for folders and zips, in archive order for tars."""
+    if scan_.kind == "folder":
+        for s in samples:
+            try:
+                yield s, (scan_.path / s.member).read_bytes()
+            except OSError:
+                yield s, None
+    elif scan_.kind == "zip":
+        with zipfile.ZipFile(scan_.path) as z:
+            for s in samples:
+                try:
+                    yield s, z.read(s.member)
+                except (OSError, zipfile.BadZipFile, KeyError):
+                    yield s, None
+    else:
+        wanted = {s.member: s for s in samples}
+        with tarfile.open(scan_.path, "r:*") as t:
+            for m in t:
+                s = wanted.pop(m.name, None)
+                if s is None:
+                    continue
+                f = t.extractfile(m)
+                yield s, f.read() if f is not None else None
+        yield from ((s, None) for s in wanted.values())
+
+
+def decode(data: bytes | None, size: int) -> np.ndarray | None:
+    """Bytes -> size x size x 3 uint8, or None for an unreadable image."""
+    if data is None:
+        return None
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return resize_image(im, size)
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+        return None
+
+
+@dataclass
+class Images:
+    """Decoded images (N x S x S x 3 uint8) with the samples they belong to, in the same order."""
+
+    samples: list[Sample]
+    pixels: np.ndarray
+    unreadable: list[str] = field(default_factory=list)
+
+    def indices(self, split: str) -> np.ndarray:
+        if split == "all":
+            return np.arange(len(self.samples))
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {', '.join(SPLITS)} or all, not {split!r}")
+        return np.array([i for i, s in enumerate(self.samples) if s.split == split], dtype=np.int64)
+
+    def labels(self, idx: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        ss = self.samples if idx is None else [self.samples[i] for i in idx]
+        return {
+            "age": np.array([s.age for s in ss], dtype=np.float32),
+            "gender": np.array([s.gender for s in ss], dtype=np.float32),
+            "race": np.array([s.race for s in ss], dtype=np.int64),
+        }
+
+
+def load_images(scan_: Scan, samples: list[Sample], size: int, progress: bool = True) -> Images:
+    """Decode ``samples`` without a cache; unreadable files are reported once and dropped."""
+    kept, arrays, bad = [], [], []
+    it = iter_bytes(scan_, samples)
+    if progress:
+        it = tqdm(it, total=len(samples), desc=f"decode {size}px", unit="img", leave=False)
+    for s, data in it:
+        img = decode(data, size)
+        if img is None:
+            bad.append(s.member)
+        else:
+            kept.append(s)
+            arrays.append(img)
+    if bad:
+        log.warning("skipped %d unreadable image(s), e.g. %s", len(bad), ", ".join(bad[:EXAMPLES]))
+    order = sorted(range(len(kept)), key=lambda i: kept[i].member)  # tar order -> stable order
+    pixels = np.stack([arrays[i] for i in order]) if arrays else np.zeros((0, size, size, 3), np.uint8)
+    return Images([kept[i] for i in order], pixels, bad)
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("AGEGENDER_CACHE", Path.home() / ".cache" / "agegender"))
+
+
+def _atomic_save_npy(path: Path, arr: np.ndarray) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        np.save(f, arr)
+    os.replace(tmp, path)
+
+
+def cached_images(scan_: Scan, size: int, cache_dir: str | os.PathLike | None = None) -> Images:
+    """Every sample of the scan decoded at ``size`` px, through an on-disk cache keyed by
+    the dataset fingerprint and the size; a second run loads it in seconds."""
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    stem = cache_dir / f"utk-{scan_.fingerprint[:20]}-{size}px"
+    npy, index = stem.with_suffix(".npy"), stem.with_suffix(".json")
+    by_member = {s.member: s for s in scan_.samples}
+    if npy.exists() and index.exists():
+        try:
+            info = json.loads(index.read_text())
+            pixels = np.load(npy, mmap_mode="r")
+            if len(info["members"]) == len(pixels):
+                if info["unreadable"]:
+                    log.warning("skipped %d unreadable image(s), e.g. %s", len(info["unreadable"]),
+                                ", ".join(info["unreadable"][:EXAMPLES]))
+                return Images([by_member[m] for m in info["members"]], pixels, info["unreadable"])
+        except (OSError, ValueError, KeyError) as e:
+            log.warning("ignoring a damaged cache at %s (%s); rebuilding it", stem, e)
+    images = load_images(scan_, scan_.samples, size)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        _atomic_save_npy(npy, images.pixels)
+        tmp = index.with_name(index.name + f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps({"members": [s.member for s in images.samples],
+                                   "unreadable": images.unreadable}))
+        os.replace(tmp, index)
+    except OSError as e:
+        log.warning("could not write the image cache to %s (%s); continuing without it", cache_dir, e)
+    return images
+
+
+def write_manifest(images: Images, path: Path) -> None:
+    """One row per image: member, split, labels. Written next to the checkpoint."""
+    lines = ["file,split,age,gender,race"]
+    lines += [f"{s.member},{s.split},{s.age},{s.gender},{s.race}" for s in images.samples]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, path)

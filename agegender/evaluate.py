@@ -1,0 +1,130 @@
+"""Evaluate a checkpoint: predictions CSV, summary table, metrics JSON.
+
+    python -m agegender.evaluate --checkpoint DIR --data PATH [--split val|test|all]
+        [--out PREDICTIONS.csv] [--json METRICS.json] [--no-tta] [--limit N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .checkpoint import CheckpointError, load_checkpoint, read_meta, write_meta
+from .data import DatasetError, Images, cached_images, load_images, scan
+from .inference import predict_pixels
+from .labels import GENDERS, RACES
+from .metrics import summary
+from .runtime import set_threads
+
+log = logging.getLogger(__name__)
+
+PREDICTION_COLUMNS = ["file", "split", "age", "gender", "race", "pred_age", "p_female"]
+
+
+def predictions_frame(ckpt, images: Images, idx: np.ndarray, tta: bool = True) -> pd.DataFrame:
+    meta = ckpt.meta
+    ages, pf = predict_pixels(ckpt.model, images.pixels[idx], ckpt.preprocess,
+                              meta["age_offset"], meta["age_scale"], tta=tta)
+    ss = [images.samples[i] for i in idx]
+    return pd.DataFrame({
+        "file": [s.member for s in ss],
+        "split": [s.split for s in ss],
+        "age": [s.age for s in ss],
+        "gender": [GENDERS[s.gender] for s in ss],
+        "race": [RACES[s.race] for s in ss],
+        "pred_age": np.round(ages, 2),
+        "p_female": np.round(pf, 4),
+    }, columns=PREDICTION_COLUMNS)
+
+
+def metrics_of(df: pd.DataFrame) -> dict:
+    female = (df["gender"] == GENDERS[1]).to_numpy(int)
+    return summary(df["age"].to_numpy(), df["pred_age"].to_numpy(), female, df["p_female"].to_numpy())
+
+
+def _write_csv(df: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    df.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def evaluate_into_checkpoint(folder: Path, images: Images, tta: bool = True) -> dict:
+    """Write predictions-val.csv and predictions-test.csv and record their metrics in meta.json."""
+    ckpt = load_checkpoint(folder)
+    results = {}
+    for split in ("val", "test"):
+        t = time.perf_counter()
+        df = predictions_frame(ckpt, images, images.indices(split), tta)
+        _write_csv(df, folder / f"predictions-{split}.csv")
+        results[split] = {**metrics_of(df), "tta": tta, "seconds": round(time.perf_counter() - t, 1)}
+        log.info("%s: %s", split, format_metrics(results[split]))
+    meta = read_meta(folder)
+    meta["metrics"] = results
+    meta.pop("format", None)
+    write_meta(folder, meta)
+    return results
+
+
+def format_metrics(m: dict) -> str:
+    def f(v, spec):
+        return "n/a" if v is None else format(v, spec)
+
+    return (f"n={m['n']}  MAE {f(m['age_mae'], '.2f')} y  CS@5 {f(m['age_cs5'], '.1%')}  "
+            f"bias {f(m['age_bias'], '+.2f')} y  gender acc {f(m['gender_accuracy'], '.2%')}  "
+            f"AUC {f(m['gender_auc'], '.4f')}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m agegender.evaluate", description=__doc__.split("\n")[0])
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder")
+    p.add_argument("--data", required=True, help="UTKFace-named images: folder, .zip or .tar.gz")
+    p.add_argument("--split", default="test", choices=["val", "test", "all"],
+                   help="all = every parseable image, whatever its split (external test sets)")
+    p.add_argument("--out", help="predictions CSV (default: CHECKPOINT/predictions-SPLIT.csv)")
+    p.add_argument("--json", help="write the metrics to this file")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
+                   help="average with the mirrored image (default on)")
+    p.add_argument("--limit", type=int, default=0, help="only the first N images of the split (no cache)")
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--threads", type=int, default=0)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    set_threads(args.threads)
+    t0 = time.perf_counter()
+    try:
+        ckpt = load_checkpoint(args.checkpoint)
+        sc = scan(args.data)
+        size = ckpt.preprocess.cache_size
+        if args.limit:
+            picked = [s for s in sc.samples if args.split == "all" or s.split == args.split][: args.limit]
+            images = load_images(sc, picked, size)
+        else:
+            images = cached_images(sc, size, args.cache_dir)
+        idx = images.indices(args.split)
+        if len(idx) == 0:
+            raise DatasetError(f"no images of split {args.split!r} at {args.data}; try --split all")
+        df = predictions_frame(ckpt, images, idx, args.tta)
+    except (CheckpointError, DatasetError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else Path(args.checkpoint) / f"predictions-{args.split}.csv"
+    _write_csv(df, out)
+    m = {**metrics_of(df), "split": args.split, "tta": args.tta, "checkpoint": str(args.checkpoint),
+         "seconds": round(time.perf_counter() - t0, 2)}
+    print(format_metrics(m))
+    print(f"predictions: {out}   time: {m['seconds']:.1f} s")
+    if args.json:
+        Path(args.json).write_text(json.dumps(m, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

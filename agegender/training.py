@@ -1,0 +1,286 @@
+"""Training: one readable loop. Resume state and checkpoint files are written atomically."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, safe_open, save_file
+from tqdm import tqdm
+
+from .checkpoint import META, WEIGHTS, save_weights, write_meta
+from .config import TrainConfig
+from .data import SPLIT_RULE, Images, cached_images, scan, write_manifest
+from .inference import predict_pixels
+from .labels import AGE_BUCKET_EDGES, GENDERS, RACES
+from .metrics import summary
+from .model import create_model
+from .preprocess import Preprocess, preprocess, to_batch
+from .runtime import autocast, pick_device, set_threads
+
+log = logging.getLogger(__name__)
+
+STATE = "train_state.safetensors"
+HISTORY = "history.csv"
+MANIFEST = "manifest.csv"
+HISTORY_FIELDS = [
+    "epoch", "step", "lr", "train_loss", "train_age_mae", "train_gender_acc",
+    "val_age_mae", "val_gender_acc", "val_score", "epoch_seconds", "train_img_per_s",
+]
+RUNTIME_KEYS = ("data", "out", "max_minutes", "threads", "cache_dir", "device", "resume")
+
+ERR_EXISTS = "{out} already holds a checkpoint or a run; pass --resume to continue it or pick another --out"
+ERR_NO_STATE = "nothing to resume in {out}: {STATE} is missing (the run finished, or never started)"
+
+
+class TrainingError(Exception):
+    pass
+
+
+def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
+    """Linear warm-up then cosine decay to zero: a function of the step alone, so resume needs no
+    scheduler state."""
+    warm = max(1, int(total * cfg.warmup))
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    t = (step - warm) / max(1, total - warm)
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def val_score(mae: float, acc: float, cfg: TrainConfig) -> float:
+    return mae + cfg.score_gender_weight * (1 - acc)
+
+
+def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 100_003 + epoch)
+
+
+def _save_state(path: Path, model, opt, aug_gen: torch.Generator, info: dict) -> None:
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    for i, st in opt.state_dict()["state"].items():
+        for k, v in st.items():
+            tensors[f"opt.{i}.{k}"] = torch.as_tensor(v).cpu().contiguous()
+    tensors["rng.aug"] = aug_gen.get_state()
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    save_file(tensors, str(tmp), metadata={"info": json.dumps(info)})
+    os.replace(tmp, path)
+
+
+def _load_state(path: Path, model, opt, aug_gen: torch.Generator) -> dict:
+    tensors = load_file(str(path))
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    sd = opt.state_dict()
+    state: dict[int, dict] = {}
+    for k, v in tensors.items():
+        if k.startswith("opt."):
+            _, i, name = k.split(".", 2)
+            state.setdefault(int(i), {})[name] = v
+    sd["state"] = state
+    opt.load_state_dict(sd)
+    aug_gen.set_state(tensors["rng.aug"])
+    with safe_open(str(path), "pt") as f:
+        return json.loads(f.metadata()["info"])
+
+
+def _write_history(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=HISTORY_FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
+
+
+def _check_out(out: Path, resume: bool) -> None:
+    if resume:
+        if not (out / STATE).is_file():
+            raise TrainingError(ERR_NO_STATE.format(out=out, STATE=STATE))
+        return
+    if (out / STATE).exists() or (out / META).exists():
+        raise TrainingError(ERR_EXISTS.format(out=out))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test{os.getpid()}"
+        probe.write_bytes(b"x")
+        probe.unlink()
+    except OSError as e:
+        raise TrainingError(f"cannot write to --out {out}: {e}") from e
+
+
+def base_meta(cfg: TrainConfig, pp: Preprocess, age_offset: float, age_scale: float, fingerprint: str) -> dict:
+    return {
+        "arch": cfg.arch,
+        "dropout": cfg.dropout,
+        "preprocess": pp.to_dict(),
+        "age_offset": age_offset,
+        "age_scale": age_scale,
+        "labels": {"gender": list(GENDERS), "race": list(RACES), "age_bucket_edges": list(AGE_BUCKET_EDGES),
+                   "gender_head": "logit of P(female)"},
+        "train_config": dataclasses.asdict(cfg),
+        "dataset_fingerprint": fingerprint,
+        "split_rule": SPLIT_RULE,
+    }
+
+
+def _validate(model, images: Images, idx: np.ndarray, pp, meta: dict, cfg: TrainConfig) -> tuple[float, float]:
+    model.eval()
+    labels = images.labels(idx)
+    ages, pf = predict_pixels(model, images.pixels[idx], pp, meta["age_offset"], meta["age_scale"],
+                              tta=False, precision=cfg.precision)
+    model.train()
+    m = summary(labels["age"], ages, labels["gender"], pf)
+    return m["age_mae"], m["gender_accuracy"]
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Train, keep the best weights by val score, then evaluate val and test into the folder."""
+    out = Path(cfg.out)
+    _check_out(out, cfg.resume)
+    saved_info = None
+    if cfg.resume:
+        with safe_open(str(out / STATE), "pt") as f:
+            saved_info = json.loads(f.metadata()["info"])
+        runtime = {k: getattr(cfg, k) for k in RUNTIME_KEYS}
+        cfg = TrainConfig(**{**saved_info["config"], **runtime})
+    cfg.validate()
+    set_threads(cfg.threads)
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+
+    sc = scan(cfg.data)
+    images = cached_images(sc, cfg.cache_size, cfg.cache_dir or None)
+    if isinstance(images.pixels, np.memmap):
+        images.pixels = np.array(images.pixels)  # random batch gathers run from RAM, not the page cache
+    train_idx, val_idx = images.indices("train"), images.indices("val")
+    if len(train_idx) < cfg.batch_size or len(val_idx) == 0:
+        raise TrainingError(
+            f"too few images: {len(train_idx)} train and {len(val_idx)} val for batch size {cfg.batch_size}"
+        )
+    train_ages = images.labels(train_idx)["age"]
+    pp = Preprocess(cache_size=cfg.cache_size, input_size=cfg.input_size)
+    meta = base_meta(cfg, pp, float(train_ages.mean()), float(train_ages.std()), sc.fingerprint)
+    write_manifest(images, out / MANIFEST)
+
+    model = create_model(cfg.arch, cfg.pretrained, cfg.dropout).to(device)
+    model = model.to(memory_format=torch.channels_last)
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    aug, aug_gen = cfg.augment(), torch.Generator()
+    steps_per_epoch = len(train_idx) // cfg.batch_size
+    total_steps = steps_per_epoch * cfg.epochs
+
+    info = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_score": None, "best_epoch": None,
+            "best_sha256": None, "bad_epochs": 0, "history": [], "elapsed": 0.0, "sums": [0.0] * 4,
+            "config": dataclasses.asdict(cfg), "stopped_early": False}
+    if saved_info is not None:
+        info = _load_state(out / STATE, model, opt, aug_gen)
+        info["config"] = dataclasses.asdict(cfg)
+        log.info("resuming at epoch %d step %d", info["epoch"] + 1, info["step_in_epoch"])
+
+    age_t = torch.as_tensor(images.labels()["age"])
+    gender_t = torch.as_tensor(images.labels()["gender"])
+    pixels = torch.from_numpy(images.pixels)
+    age_loss_fn = (lambda p, t: F.smooth_l1_loss(p, t, beta=0.05)) if cfg.age_loss == "smooth_l1" else F.l1_loss
+    start, last_save = time.monotonic(), time.monotonic()
+    budget_s = cfg.max_minutes * 60 if cfg.max_minutes > 0 else math.inf
+    out_of_time = False
+    model.train()
+
+    while info["epoch"] < cfg.epochs and not info["stopped_early"] and not out_of_time:
+        epoch = info["epoch"]
+        if info["step_in_epoch"] == 0:
+            aug_gen.manual_seed(cfg.seed * 7919 + epoch)
+            info["sums"] = [0.0] * 4  # loss, abs age error, gender correct, images
+        perm = torch.randperm(len(train_idx), generator=_epoch_generator(cfg.seed, epoch))
+        epoch_start = time.monotonic()
+        bar = tqdm(range(info["step_in_epoch"], steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                   unit="step", dynamic_ncols=True)
+        for step in bar:
+            batch = torch.as_tensor(train_idx[perm[step * cfg.batch_size:(step + 1) * cfg.batch_size].numpy()])
+            x = preprocess(to_batch(pixels[batch]).to(device), pp, aug, aug_gen)
+            age = age_t[batch].to(device)
+            female = gender_t[batch].to(device)
+            for g in opt.param_groups:
+                g["lr"] = lr_at(info["global_step"], total_steps, cfg)
+            with autocast(device, cfg.precision):
+                age_raw, logit = model(x)
+            age_raw, logit = age_raw.float(), logit.float()
+            loss = (cfg.age_weight * age_loss_fn(age_raw, (age - meta["age_offset"]) / meta["age_scale"])
+                    + cfg.gender_weight * F.binary_cross_entropy_with_logits(logit, female))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            info["global_step"] += 1
+            info["step_in_epoch"] = step + 1
+            with torch.no_grad():
+                pred_age = (age_raw * meta["age_scale"] + meta["age_offset"]).clamp(min=0)
+                s = info["sums"]
+                s[0] += loss.item() * len(batch)
+                s[1] += (pred_age - age).abs().sum().item()
+                s[2] += ((logit >= 0) == (female >= 0.5)).sum().item()
+                s[3] += len(batch)
+            bar.set_postfix(loss=f"{s[0] / s[3]:.3f}", mae=f"{s[1] / s[3]:.2f}", acc=f"{s[2] / s[3]:.3f}")
+            now = time.monotonic()
+            if now - start > budget_s:
+                out_of_time = True
+                break
+            if now - last_save > cfg.save_every_minutes * 60:
+                _save_state(out / STATE, model, opt, aug_gen, {**info, "elapsed": info["elapsed"] + now - start})
+                last_save = now
+        bar.close()
+        if out_of_time and info["step_in_epoch"] < steps_per_epoch:
+            log.info("time budget of %.1f min reached mid-epoch; state saved for --resume", cfg.max_minutes)
+            _save_state(out / STATE, model, opt, aug_gen, {**info, "elapsed": info["elapsed"] + time.monotonic() - start})
+            break
+        mae, acc = _validate(model, images, val_idx, pp, meta, cfg)
+        score = val_score(mae, acc, cfg)
+        s = info["sums"]
+        secs = time.monotonic() - epoch_start
+        row = {"epoch": epoch + 1, "step": info["global_step"], "lr": f"{opt.param_groups[0]['lr']:.6g}",
+               "train_loss": f"{s[0] / s[3]:.5f}", "train_age_mae": f"{s[1] / s[3]:.4f}",
+               "train_gender_acc": f"{s[2] / s[3]:.5f}", "val_age_mae": f"{mae:.4f}",
+               "val_gender_acc": f"{acc:.5f}", "val_score": f"{score:.4f}", "epoch_seconds": f"{secs:.1f}",
+               "train_img_per_s": f"{s[3] / secs:.1f}"}
+        info["history"].append(row)
+        log.info("epoch %d: train loss %.4f mae %.2f | val mae %.3f acc %.4f score %.3f | %.0f s",
+                 epoch + 1, s[0] / s[3], s[1] / s[3], mae, acc, score, secs)
+        if info["best_score"] is None or score < info["best_score"]:
+            info.update(best_score=score, best_epoch=epoch + 1, bad_epochs=0,
+                        best_sha256=save_weights(model, out / WEIGHTS))
+        else:
+            info["bad_epochs"] += 1
+            if info["bad_epochs"] >= cfg.patience:
+                log.info("early stop: no better val score for %d epochs", cfg.patience)
+                info["stopped_early"] = True
+        info["epoch"], info["step_in_epoch"] = epoch + 1, 0
+        _write_history(out / HISTORY, info["history"])
+        _save_state(out / STATE, model, opt, aug_gen, {**info, "elapsed": info["elapsed"] + time.monotonic() - start})
+        last_save = time.monotonic()
+
+    info["elapsed"] += time.monotonic() - start
+    if info["best_sha256"] is None:
+        raise TrainingError(f"the time budget ran out before the first epoch finished; run again with --resume "
+                            f"--out {out} and a larger --max-minutes")
+    finished = info["epoch"] >= cfg.epochs or info["stopped_early"]
+    meta.update(best_epoch=info["best_epoch"], epochs_run=info["epoch"], finished=finished,
+                train_minutes=round(info["elapsed"] / 60, 1), weights_sha256=info["best_sha256"])
+    write_meta(out, meta)
+    from .evaluate import evaluate_into_checkpoint  # evaluation loads the checkpoint like any user would
+
+    evaluate_into_checkpoint(out, images, tta=cfg.tta)
+    if finished:
+        (out / STATE).unlink(missing_ok=True)
+    else:
+        log.info("stopped by the time budget after %d/%d epochs; --resume continues", info["epoch"], cfg.epochs)
+    return out

@@ -1,0 +1,26 @@
+"""Train a multitask age/gender model: python train.py --data PATH --arch resnet18 --out checkpoints/NAME"""
+
+import logging
+import sys
+
+from agegender.config import TrainConfig, config_from_args
+from agegender.data import DatasetError
+from agegender.model import PretrainedUnavailable
+from agegender.training import TrainingError, train
+
+
+def main(argv=None) -> int:
+    cfg = config_from_args(TrainConfig, argv, __doc__)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        cfg.validate()
+        out = train(cfg)
+    except (ValueError, DatasetError, TrainingError, PretrainedUnavailable) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"checkpoint written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
