@@ -56,12 +56,15 @@ def resize_image(image: Image.Image, size: int) -> np.ndarray:
     image = image.convert("RGB")
     if image.size != (size, size):
         image = image.resize((size, size), Image.Resampling.BILINEAR)
-    return np.asarray(image, dtype=np.uint8)
+    return np.array(image, dtype=np.uint8)
 
 
 def to_batch(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     """N x H x W x 3 uint8 (array or tensor) -> N x 3 x H x W uint8 tensor."""
-    t = torch.as_tensor(np.asarray(images)) if isinstance(images, np.ndarray) else images
+    if isinstance(images, np.ndarray):
+        t = torch.from_numpy(images if images.flags.writeable else images.copy())
+    else:
+        t = images
     if t.ndim == 3:
         t = t.unsqueeze(0)
     if t.ndim != 4 or t.shape[-1] != 3 or t.dtype != torch.uint8:

@@ -241,7 +241,8 @@ def train(cfg: TrainConfig) -> Path:
         bar.close()
         if out_of_time and info["step_in_epoch"] < steps_per_epoch:
             log.info("time budget of %.1f min reached mid-epoch; state saved for --resume", cfg.max_minutes)
-            _save_state(out / STATE, model, opt, aug_gen, {**info, "elapsed": info["elapsed"] + time.monotonic() - start})
+            _save_state(out / STATE, model, opt, aug_gen,
+                        {**info, "elapsed": info["elapsed"] + time.monotonic() - start})
             break
         mae, acc = _validate(model, images, val_idx, pp, meta, cfg)
         score = val_score(mae, acc, cfg)

@@ -1,0 +1,69 @@
+"""Shared fixtures: small generated UTKFace-like datasets, a tiny trained checkpoint, the real data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from agegender.config import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+MALFORMED = ["61_1_20170109150557335.jpg.chip.jpg", "notes.jpg", "7_2_0_20170109150557335.jpg"]
+
+
+def real_dataset_path() -> Path | None:
+    env = os.environ.get("AGEGENDER_UTKFACE")
+    for p in ([Path(env)] if env else []) + [ROOT.parent / "shared" / "datasets" / "UTKFace"]:
+        if p.is_dir():
+            return p
+    return None
+
+
+def make_dataset(folder: Path, n: int = 60, size: int = 40, seed: int = 0, chip: bool = True) -> list[str]:
+    """n random face-sized images named like UTKFace chips; age and gender shape the pixels a little
+    so a model has something to learn. Returns the names."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    for i in range(n):
+        age, gender, race = int(rng.integers(1, 90)), int(rng.integers(0, 2)), int(rng.integers(0, 5))
+        img = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+        img[: size // 2] = np.uint8(age * 2)
+        img[:, : size // 4, 0] = 255 * gender
+        name = f"{age}_{gender}_{race}_2017010915{i:07d}.jpg" + (".chip.jpg" if chip else "")
+        Image.fromarray(img).save(folder / name, quality=95)
+        names.append(name)
+    return names
+
+
+def tiny_config(data: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(data=str(data), out=str(out), cache_size=32, input_size=28, epochs=1, batch_size=8,
+                lr=1e-3, threads=1, cache_dir=str(out.parent / "cache"), precision="fp32", seed=0)
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("utk") / "UTKFace"
+    make_dataset(folder, n=80)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_data, tmp_path_factory) -> Path:
+    from agegender.training import train
+
+    out = tmp_path_factory.mktemp("ckpt") / "tiny"
+    return train(tiny_config(tiny_data, out))
+
+
+@pytest.fixture
+def real_data() -> Path:
+    p = real_dataset_path()
+    if p is None:
+        pytest.skip("real UTKFace not found: set AGEGENDER_UTKFACE or place it at ../shared/datasets/UTKFace")
+    return p

@@ -1,0 +1,107 @@
+import logging
+import shutil
+import tarfile
+import zipfile
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from agegender import data
+from agegender.data import DatasetError, cached_images, load_images, scan, split_of
+
+from .conftest import MALFORMED, make_dataset
+
+
+def test_split_is_stable_between_subset_and_superset(tmp_path):
+    full = tmp_path / "full"
+    names = make_dataset(full, n=60)
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    for n in names[::3]:
+        shutil.copy(full / n, sub / n)
+    split_full = {s.name: s.split for s in scan(full).samples}
+    split_sub = {s.name: s.split for s in scan(sub).samples}
+    assert split_sub and all(split_full[n] == sp for n, sp in split_sub.items())
+
+
+def test_split_proportions_and_chip_forms_agree():
+    names = [f"{i % 90}_{i % 2}_{i % 5}_2017{i:013d}.jpg.chip.jpg" for i in range(20000)]
+    counts = Counter(split_of(n) for n in names)
+    assert abs(counts["train"] / 20000 - 0.8) < 0.01
+    assert abs(counts["val"] / 20000 - 0.1) < 0.01
+    assert all(split_of(n) == split_of(n.replace(".jpg.chip.jpg", ".jpg")) for n in names[:500])
+
+
+def test_malformed_names_are_reported_once_and_skipped(tmp_path, caplog):
+    names = make_dataset(tmp_path, n=10)
+    for bad in MALFORMED:
+        shutil.copy(tmp_path / names[0], tmp_path / bad)
+    (tmp_path / "readme.txt").write_text("not an image")
+    with caplog.at_level(logging.WARNING):
+        sc = scan(tmp_path)
+    assert len(sc.samples) == 10
+    assert sorted(sc.malformed) == sorted(MALFORMED)
+    warnings = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].startswith("skipped 3 file(s)")
+
+
+def test_unreadable_images_are_reported_and_dropped(tmp_path, caplog):
+    make_dataset(tmp_path, n=6)
+    (tmp_path / "30_1_2_20170109150557999.jpg.chip.jpg").write_bytes(b"\xff\xd8 truncated")
+    sc = scan(tmp_path)
+    assert len(sc.samples) == 7
+    with caplog.at_level(logging.WARNING):
+        images = load_images(sc, sc.samples, 16, progress=False)
+    assert len(images.samples) == 6 and images.pixels.shape == (6, 16, 16, 3)
+    assert images.unreadable == ["30_1_2_20170109150557999.jpg.chip.jpg"]
+    assert any("1 unreadable image" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("form", ["zip", "tar.gz"])
+def test_archives_read_like_the_folder(tmp_path, form):
+    folder = tmp_path / "UTKFace"
+    make_dataset(folder, n=12)
+    archive = tmp_path / f"utk.{form}"
+    if form == "zip":
+        with zipfile.ZipFile(archive, "w") as z:
+            for p in sorted(folder.iterdir()):
+                z.write(p, f"outer/UTKFace/{p.name}")  # nested folders, as the Kaggle zip ships
+            z.writestr("__MACOSX/outer/UTKFace/._1_0_0_20170109150557335.jpg", b"junk")
+    else:
+        with tarfile.open(archive, "w:gz") as t:
+            t.add(folder, arcname="UTKFace")
+    a, f = scan(archive), scan(folder)
+    assert [s.name for s in a.samples] == [s.name for s in f.samples]
+    pa = load_images(a, a.samples, 16, progress=False)
+    pf = load_images(f, f.samples, 16, progress=False)
+    assert [s.name for s in pa.samples] == [s.name for s in pf.samples]
+    np.testing.assert_array_equal(pa.pixels, pf.pixels)
+
+
+def test_cache_is_reused(tmp_path, monkeypatch):
+    make_dataset(tmp_path / "d", n=8)
+    sc = scan(tmp_path / "d")
+    first = cached_images(sc, 16, tmp_path / "cache")
+    monkeypatch.setattr(data, "decode", lambda *a: pytest.fail("decoded again despite the cache"))
+    second = cached_images(sc, 16, tmp_path / "cache")
+    np.testing.assert_array_equal(first.pixels, second.pixels)
+    assert [s.member for s in first.samples] == [s.member for s in second.samples]
+
+
+def test_missing_dataset_is_a_clear_error(tmp_path):
+    with pytest.raises(DatasetError, match="dataset not found at .*pass the UTKFace folder"):
+        scan(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="no UTKFace images found"):
+        scan(tmp_path / "empty")
+
+
+def test_real_dataset_scan_skips_its_malformed_names(real_data):
+    sc = scan(real_data)
+    for bad in ("61_1_20170109150557335.jpg.chip.jpg", "61_1_20170109142408075.jpg.chip.jpg",
+                "39_1_20170116174525125.jpg.chip.jpg"):
+        assert any(m.endswith(bad) for m in sc.malformed)
+    assert len(sc.samples) > 20000
+    counts = Counter(s.split for s in sc.samples)
+    assert 0.78 < counts["train"] / len(sc.samples) < 0.82

@@ -1,0 +1,45 @@
+import json
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import accuracy_score, roc_auc_score
+
+from agegender.data import scan
+from agegender.evaluate import main as evaluate_main
+
+
+def run(args, tiny_checkpoint):
+    return evaluate_main(["--checkpoint", str(tiny_checkpoint), *args,
+                          "--cache-dir", str(tiny_checkpoint.parent / "cache")])
+
+
+def test_json_metrics_match_the_predictions(tiny_checkpoint, tiny_data, tmp_path):
+    out, js = tmp_path / "p.csv", tmp_path / "m.json"
+    assert run(["--data", str(tiny_data), "--split", "test", "--out", str(out), "--json", str(js)],
+               tiny_checkpoint) == 0
+    m, df = json.loads(js.read_text()), pd.read_csv(out)
+    for key in ("n", "age_mae", "age_cs5", "age_bias", "gender_accuracy", "gender_auc"):
+        assert key in m
+    assert m["n"] == len(df) == sum(s.split == "test" for s in scan(tiny_data).samples)
+    err = df["pred_age"] - df["age"]
+    assert np.isclose(m["age_mae"], err.abs().mean())
+    assert np.isclose(m["age_bias"], err.mean())
+    assert np.isclose(m["age_cs5"], (err.abs() <= 5).mean())
+    female = (df["gender"] == "female").astype(int)
+    assert np.isclose(m["gender_accuracy"], accuracy_score(female, df["p_female"] >= 0.5))
+    if female.nunique() == 2:
+        assert np.isclose(m["gender_auc"], roc_auc_score(female, df["p_female"]))
+    assert (df["pred_age"] >= 0).all() and df["p_female"].between(0, 1).all()
+
+
+def test_split_all_scores_every_image_and_tta_changes_little(tiny_checkpoint, tiny_data, tmp_path):
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    assert run(["--data", str(tiny_data), "--split", "all", "--out", str(a)], tiny_checkpoint) == 0
+    assert run(["--data", str(tiny_data), "--split", "all", "--out", str(b), "--no-tta"], tiny_checkpoint) == 0
+    assert len(pd.read_csv(a)) == len(scan(tiny_data).samples) == len(pd.read_csv(b))
+
+
+def test_errors_exit_2_with_one_line(tiny_data, tmp_path, capsys):
+    assert evaluate_main(["--checkpoint", str(tmp_path / "none"), "--data", str(tiny_data)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: checkpoint folder") and "Traceback" not in err

@@ -1,0 +1,61 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from agegender.preprocess import Augment, Preprocess, preprocess, resize_image, to_batch
+
+PP = Preprocess(cache_size=32, input_size=24)
+NO_AUG = Augment(scale=0, rotate=0, shift=0, flip=False, brightness=0, contrast=0, saturation=0)
+
+
+def batch(n=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8)
+
+
+def test_eval_path_is_the_normalised_centre_crop():
+    b = batch()
+    x = preprocess(b, PP)
+    crop = b[:, :, 4:28, 4:28].float() / 255
+    mean, std = torch.tensor(PP.mean).view(1, 3, 1, 1), torch.tensor(PP.std).view(1, 3, 1, 1)
+    torch.testing.assert_close(x, (crop - mean) / std)
+    assert x.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_augment_with_nothing_random_equals_the_eval_path():
+    b = batch()
+    torch.testing.assert_close(preprocess(b, PP, NO_AUG, torch.Generator()), preprocess(b, PP), atol=1e-5, rtol=0)
+
+
+def test_augment_is_seeded_and_finite():
+    b = batch()
+    x1 = preprocess(b, PP, Augment(), torch.Generator().manual_seed(3))
+    x2 = preprocess(b, PP, Augment(), torch.Generator().manual_seed(3))
+    x3 = preprocess(b, PP, Augment(), torch.Generator().manual_seed(4))
+    assert x1.shape == (4, 3, 24, 24) and torch.isfinite(x1).all()
+    torch.testing.assert_close(x1, x2)
+    assert not torch.allclose(x1, x3)
+
+
+def test_flip_only_mirrors():
+    b = batch(1)
+    flip = Augment(scale=0, rotate=0, shift=0, flip=True, brightness=0, contrast=0, saturation=0)
+    g = torch.Generator().manual_seed(0)
+    outs = [preprocess(b, PP, flip, g) for _ in range(8)]
+    plain = preprocess(b, PP)
+    assert all(torch.allclose(o, plain, atol=1e-5) or torch.allclose(o, plain.flip(3), atol=1e-5) for o in outs)
+
+
+def test_wrong_input_is_refused():
+    with pytest.raises(ValueError, match="expected 32 px images"):
+        preprocess(torch.zeros(1, 3, 40, 40, dtype=torch.uint8), PP)
+    with pytest.raises(ValueError, match="uint8"):
+        preprocess(torch.zeros(1, 3, 32, 32), PP)
+
+
+def test_resize_image_converts_modes():
+    for mode in ("L", "RGBA", "CMYK", "I;16"):
+        arr = resize_image(Image.new(mode, (50, 40)), 32)
+        assert arr.shape == (32, 32, 3) and arr.dtype == np.uint8
+    assert to_batch(arr).shape == (1, 3, 32, 32)
