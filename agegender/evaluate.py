@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", help="write the metrics to this file")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
                    help="average with the mirrored image (default on)")
-    p.add_argument("--limit", type=int, default=0, help="only the first N images of the split (no cache)")
+    p.add_argument("--limit", type=int, default=0,
+                   help="an evenly spaced sample of N images of the split, decoded without the cache")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--threads", type=int, default=0)
     args = p.parse_args(argv)
@@ -104,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         sc = scan(args.data)
         size = ckpt.preprocess.cache_size
         if args.limit:
-            picked = [s for s in sc.samples if args.split == "all" or s.split == args.split][: args.limit]
+            picked = [s for s in sc.samples if args.split == "all" or s.split == args.split]
+            picked = picked[:: max(1, len(picked) // args.limit)][: args.limit]  # spread over all ages
             images = load_images(sc, picked, size)
         else:
             images = cached_images(sc, size, args.cache_dir)

@@ -56,6 +56,31 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
 
+def compute_step(model, opt, x: torch.Tensor, age_scaled: torch.Tensor, female: torch.Tensor,
+                 cfg: TrainConfig, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One optimiser step on a ready batch; returns the loss and both heads' outputs (detached)."""
+    with autocast(device, cfg.precision):
+        age_raw, logit = model(x)
+    age_raw, logit = age_raw.float(), logit.float()
+    if cfg.age_loss == "smooth_l1":
+        age_loss = F.smooth_l1_loss(age_raw, age_scaled, beta=0.05)  # ~1 year: L1 beyond, smooth near zero
+    else:
+        age_loss = F.l1_loss(age_raw, age_scaled)
+    loss = cfg.age_weight * age_loss + cfg.gender_weight * F.binary_cross_entropy_with_logits(logit, female)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.detach(), age_raw.detach(), logit.detach()
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with no weight decay on biases and norm parameters."""
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+
+
 def val_score(mae: float, acc: float, cfg: TrainConfig) -> float:
     return mae + cfg.score_gender_weight * (1 - acc)
 
@@ -172,10 +197,7 @@ def train(cfg: TrainConfig) -> Path:
 
     model = create_model(cfg.arch, cfg.pretrained, cfg.dropout).to(device)
     model = model.to(memory_format=torch.channels_last)
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    opt = build_optimizer(model, cfg)
     aug, aug_gen = cfg.augment(), torch.Generator()
     steps_per_epoch = len(train_idx) // cfg.batch_size
     total_steps = steps_per_epoch * cfg.epochs
@@ -191,7 +213,6 @@ def train(cfg: TrainConfig) -> Path:
     age_t = torch.as_tensor(images.labels()["age"])
     gender_t = torch.as_tensor(images.labels()["gender"])
     pixels = torch.from_numpy(images.pixels)
-    age_loss_fn = (lambda p, t: F.smooth_l1_loss(p, t, beta=0.05)) if cfg.age_loss == "smooth_l1" else F.l1_loss
     start, last_save = time.monotonic(), time.monotonic()
     budget_s = cfg.max_minutes * 60 if cfg.max_minutes > 0 else math.inf
     out_of_time = False
@@ -213,14 +234,8 @@ def train(cfg: TrainConfig) -> Path:
             female = gender_t[batch].to(device)
             for g in opt.param_groups:
                 g["lr"] = lr_at(info["global_step"], total_steps, cfg)
-            with autocast(device, cfg.precision):
-                age_raw, logit = model(x)
-            age_raw, logit = age_raw.float(), logit.float()
-            loss = (cfg.age_weight * age_loss_fn(age_raw, (age - meta["age_offset"]) / meta["age_scale"])
-                    + cfg.gender_weight * F.binary_cross_entropy_with_logits(logit, female))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            loss, age_raw, logit = compute_step(
+                model, opt, x, (age - meta["age_offset"]) / meta["age_scale"], female, cfg, device)
             info["global_step"] += 1
             info["step_in_epoch"] = step + 1
             with torch.no_grad():

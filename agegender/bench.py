@@ -1,0 +1,182 @@
+"""Benchmarks that print numbers (medians): python -m agegender.bench train [--data PATH]
+
+train: end-to-end training images/s of our pipeline (uint8 cache in RAM, batch tensor
+augmentation, channels_last, bf16 autocast) beside (a) the compute step alone on ready-made
+tensors and (b) a plain torchvision DataLoader + PIL transforms + fp32 pipeline; peak memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import TrainConfig
+from .data import cached_images, scan
+from .model import create_model
+from .preprocess import Preprocess, preprocess, to_batch
+from .runtime import cpu_has_bf16, pick_device, set_threads
+from .training import build_optimizer, compute_step
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "UTKFace"
+
+
+def _median_rate(step, batch_size: int, steps: int, warmup: int) -> tuple[float, float]:
+    """Median images/s over ``steps`` timed calls after ``warmup`` untimed ones, and the median step time."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    med = statistics.median(times)
+    return batch_size / med, med
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+
+
+def _synthetic_dataset(folder: Path, n: int) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        img = rng.integers(0, 256, (200, 200, 3), dtype=np.uint8)
+        Image.fromarray(img).save(folder / f"{20 + i % 50}_{i % 2}_{i % 5}_2017010915{i:07d}.jpg.chip.jpg")
+    return folder
+
+
+class _PlainDataset(torch.utils.data.Dataset):
+    """The textbook pipeline: open each JPEG with PIL, torchvision transforms, one image at a time."""
+
+    def __init__(self, root: Path, samples, pp: Preprocess):
+        from torchvision import transforms as T
+
+        self.root, self.samples = root, samples
+        self.tf = T.Compose([
+            T.Resize(pp.cache_size), T.RandomCrop(pp.input_size), T.RandomHorizontalFlip(),
+            T.RandomRotation(10), T.ColorJitter(0.25, 0.25, 0.25), T.ToTensor(), T.Normalize(pp.mean, pp.std),
+        ])
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        s = self.samples[i]
+        with Image.open(self.root / s.member) as im:
+            x = self.tf(im.convert("RGB"))
+        return x, torch.tensor(float(s.age)), torch.tensor(float(s.gender))
+
+
+def bench_train(args) -> None:
+    set_threads(args.threads)
+    device = pick_device("auto")
+    cfg = TrainConfig(data="-", out="-", arch=args.arch, batch_size=args.batch_size)
+    pp = Preprocess(cache_size=cfg.cache_size, input_size=cfg.input_size)
+    data = Path(args.data) if args.data else DEFAULT_DATA
+    tmp = None
+    if not data.exists():
+        tmp = tempfile.TemporaryDirectory()
+        data = _synthetic_dataset(Path(tmp.name) / "UTKFace", 4 * args.batch_size)
+        print(f"dataset not found; using {4 * args.batch_size} generated 200 px JPEGs")
+    sc = scan(data)
+    t = time.perf_counter()
+    images = cached_images(sc, cfg.cache_size, args.cache_dir)
+    pixels = torch.from_numpy(np.array(images.pixels))
+    load_s = time.perf_counter() - t
+    ages = torch.as_tensor(images.labels()["age"])
+    female = torch.as_tensor(images.labels()["gender"])
+    g = torch.Generator().manual_seed(0)
+    bs = cfg.batch_size
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, "
+          f"bf16 CPU: {cpu_has_bf16()}, {args.arch}, batch {bs}, {cfg.input_size} px input")
+    print(f"cache: {len(images.samples)} images at {cfg.cache_size} px = {pixels.numel() / 2**30:.2f} GiB, "
+          f"loaded in {load_s:.1f} s")
+
+    def fresh():
+        m = create_model(args.arch).to(device).to(memory_format=torch.channels_last).train()
+        return m, build_optimizer(m, cfg)
+
+    model, opt = fresh()
+    aug = cfg.augment()
+
+    def ours():
+        idx = torch.randint(0, len(pixels), (bs,), generator=g)
+        x = preprocess(to_batch(pixels[idx]).to(device), pp, aug, g)
+        compute_step(model, opt, x, (ages[idx].to(device) - 33) / 20, female[idx].to(device), cfg, device)
+
+    ready_x = preprocess(to_batch(pixels[:bs]).to(device), pp, aug, g)
+    ready_age, ready_f = (ages[:bs].to(device) - 33) / 20, female[:bs].to(device)
+
+    def compute_only():
+        compute_step(model, opt, ready_x, ready_age, ready_f, cfg, device)
+
+    rate_a, step_a = _median_rate(compute_only, bs, args.steps, args.warmup)
+    rate_e2e, step_e2e = _median_rate(ours, bs, args.steps, args.warmup)
+    peak_ours = _peak_rss_mb()
+
+    fp32 = TrainConfig(data="-", out="-", arch=args.arch, batch_size=bs, precision="fp32")
+    model = create_model(args.arch).to(device).train()
+    opt = build_optimizer(model, fp32)
+    if sc.kind != "folder":
+        print("(b) needs a dataset folder; skipped")
+        rate_b = float("nan")
+    else:
+        loader = torch.utils.data.DataLoader(_PlainDataset(sc.path, sc.samples, pp), batch_size=bs, shuffle=True,
+                                             num_workers=args.workers, drop_last=True, persistent_workers=True)
+        it = iter(loader)
+
+        def plain():
+            nonlocal it
+            try:
+                x, a, f = next(it)
+            except StopIteration:
+                it = iter(loader)
+                x, a, f = next(it)
+            compute_step(model, opt, x.to(device), (a.to(device) - 33) / 20, f.to(device), fp32, device)
+
+        rate_b, _ = _median_rate(plain, bs, args.steps, args.warmup)
+
+    print(f"\nmedian over {args.steps} steps after {args.warmup} warm-up steps:")
+    print(f"  end-to-end (ours)                    {rate_e2e:7.1f} img/s   ({step_e2e * 1000:.0f} ms/step)")
+    print(f"  (a) compute step on ready tensors    {rate_a:7.1f} img/s   ({step_a * 1000:.0f} ms/step)")
+    print(f"  (b) DataLoader + PIL + fp32 ({args.workers} wkr)  {rate_b:7.1f} img/s")
+    print(f"  end-to-end / (a) = {rate_e2e / rate_a:.0%}   (goal >= 85%)")
+    print(f"  end-to-end / (b) = {rate_e2e / rate_b:.2f}x  (goal >= 2.5x)")
+    print(f"  peak RSS with our pipeline: {peak_ours / 1024:.2f} GiB (cache {pixels.numel() / 2**30:.2f} GiB)")
+    if tmp is not None:
+        tmp.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m agegender.bench", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="what", required=True)
+    t = sub.add_parser("train", help="training throughput")
+    t.add_argument("--data", help=f"UTKFace folder (default {DEFAULT_DATA}, else generated images)")
+    t.add_argument("--arch", default="resnet18")
+    t.add_argument("--batch-size", type=int, default=128)
+    t.add_argument("--steps", type=int, default=15)
+    t.add_argument("--warmup", type=int, default=3)
+    t.add_argument("--workers", type=int, default=2, help="DataLoader workers for (b)")
+    t.add_argument("--threads", type=int, default=0)
+    t.add_argument("--cache-dir", default=None)
+    args = p.parse_args(argv)
+    if args.what == "train":
+        bench_train(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
