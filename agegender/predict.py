@@ -1,0 +1,180 @@
+"""Predict age and gender for every face in photos, with Grad-CAM per head.
+
+    python -m agegender.predict IMAGE... --checkpoint DIR [--json] [--cam-dir DIR] [--cropped]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from .explain import CamMap, explain, overlay
+from .faces import Face, FaceDetector, UnreadableImage, align_face, centre_square, load_photo
+from .inference import predict_pixels
+from .labels import gender_label
+from .preprocess import preprocess, resize_image, to_batch
+
+ERR_NO_FACE = "no face found in {name}"
+DEFAULT_MIN_CONFIDENCE = 0.9  # MTCNN probability under which a detection is listed, not predicted
+DEFAULT_BAND = (0.45, 0.55)  # P(female) inside this band reads "Uncertain"
+
+
+@dataclass
+class FaceResult:
+    box: tuple[float, float, float, float]
+    confidence: float | None  # None when the whole image was taken as the face
+    predicted: bool
+    pixels: np.ndarray | None = None  # aligned face at the checkpoint's cache size, uint8
+    age: float | None = None
+    p_female: float | None = None
+    label: str | None = None
+    maps: list[CamMap] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"box": [round(v, 1) for v in self.box],
+                "confidence": None if self.confidence is None else round(self.confidence, 4),
+                "predicted": self.predicted,
+                "age": None if self.age is None else round(self.age, 1),
+                "p_female": None if self.p_female is None else round(self.p_female, 4),
+                "label": self.label}
+
+
+@dataclass
+class ImageResult:
+    image: str
+    faces: list[FaceResult] = field(default_factory=list)
+    error: str | None = None
+    size: tuple[int, int] | None = None
+
+    def to_json(self) -> dict:
+        return {"image": self.image, "faces": [f.to_json() for f in self.faces], "error": self.error}
+
+
+def face_pixels(photo: Image.Image, face: Face | None, size: int) -> np.ndarray:
+    """The face as the model's uint8 input square: aligned like a UTKFace chip, or, with no
+    detection, the photo's centre square."""
+    chip = align_face(photo, face.landmarks) if face is not None else centre_square(photo)
+    return resize_image(chip, size)
+
+
+def model_input(ckpt: Checkpoint, pixels: np.ndarray) -> torch.Tensor:
+    device = next(ckpt.model.parameters()).device
+    return preprocess(to_batch(pixels).to(device), ckpt.preprocess)
+
+
+def analyse(
+    photo: Image.Image,
+    name: str,
+    ckpt: Checkpoint,
+    detector: FaceDetector | None,
+    cropped: bool = False,
+    whole_if_no_face: bool = False,
+    min_confidence: float = DEFAULT_MIN_CONFIDENCE,
+    band: tuple[float, float] = DEFAULT_BAND,
+    tta: bool = True,
+) -> ImageResult:
+    """Detect, align and predict every face of one photo. ``cropped`` skips detection."""
+    result = ImageResult(name, size=photo.size)
+    size = ckpt.preprocess.cache_size
+    if cropped:
+        s = min(photo.size)
+        x, y = (photo.width - s) / 2, (photo.height - s) / 2
+        result.faces = [FaceResult((x, y, x + s, y + s), None, True, face_pixels(photo, None, size))]
+    else:
+        faces = detector.detect(photo) if detector is not None else []
+        for f in faces:
+            ok = f.confidence >= min_confidence
+            result.faces.append(FaceResult(f.box, f.confidence, ok, face_pixels(photo, f, size) if ok else None))
+        if not any(f.predicted for f in result.faces):
+            if not whole_if_no_face:
+                result.error = ERR_NO_FACE.format(name=name)
+                return result
+            s = min(photo.size)
+            x, y = (photo.width - s) / 2, (photo.height - s) / 2
+            result.faces.append(FaceResult((x, y, x + s, y + s), None, True, face_pixels(photo, None, size)))
+    todo = [f for f in result.faces if f.predicted]
+    ages, pf = predict_pixels(ckpt.model, np.stack([f.pixels for f in todo]), ckpt.preprocess,
+                              ckpt.meta["age_offset"], ckpt.meta["age_scale"], tta=tta)
+    for f, a, p in zip(todo, ages, pf, strict=True):
+        f.age, f.p_female, f.label = float(a), float(p), gender_label(float(p), band)
+    return result
+
+
+def explain_face(ckpt: Checkpoint, face: FaceResult, maps: tuple[str, ...] | None = None, **kw) -> list[CamMap]:
+    """Grad-CAMs for one predicted face; by default both age directions and the predicted gender."""
+    if maps is None:
+        maps = ("older", "younger", "female" if (face.p_female or 0) >= 0.5 else "male")
+    face.maps = explain(ckpt.model, model_input(ckpt, face.pixels), maps=maps,
+                        age_scale=ckpt.meta["age_scale"], **kw)
+    return face.maps
+
+
+def display_crop(ckpt: Checkpoint, pixels: np.ndarray, scale: int = 2) -> np.ndarray:
+    """What the model sees (the centre crop of the aligned face), enlarged for display."""
+    pp = ckpt.preprocess
+    off = (pp.cache_size - pp.input_size) // 2
+    crop = pixels[off:off + pp.input_size, off:off + pp.input_size]
+    side = pp.input_size * scale
+    return np.asarray(Image.fromarray(crop).resize((side, side), Image.Resampling.BICUBIC))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m agegender.predict", description=__doc__.split("\n")[0])
+    p.add_argument("images", nargs="+")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--json", action="store_true", help="print one JSON list, an object per image")
+    p.add_argument("--cam-dir", help="write Grad-CAM overlays here, one PNG per face, head and direction")
+    p.add_argument("--cropped", action="store_true", help="the images are already cropped faces")
+    p.add_argument("--min-confidence", type=float, default=DEFAULT_MIN_CONFIDENCE)
+    p.add_argument("--method", default="GradCAM")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    try:
+        ckpt = load_checkpoint(args.checkpoint)
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    detector = None if args.cropped else FaceDetector()
+    results = []
+    for path in args.images:
+        try:
+            photo = load_photo(path)
+        except UnreadableImage as e:
+            results.append(ImageResult(path, error=str(e)))
+            print(f"error: {e}", file=sys.stderr)
+            continue
+        r = analyse(photo, path, ckpt, detector, cropped=args.cropped, min_confidence=args.min_confidence)
+        if r.error:
+            print(f"error: {r.error}", file=sys.stderr)
+        if args.cam_dir:
+            out = Path(args.cam_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            for i, f in enumerate(f for f in r.faces if f.predicted):
+                face = display_crop(ckpt, f.pixels)
+                for m in explain_face(ckpt, f, ("older", "younger", "female", "male"), method=args.method):
+                    png = out / f"{Path(path).stem}-face{i + 1}-{m.head}-{m.name}.png"
+                    Image.fromarray(overlay(face, m.heat)).save(png)
+        results.append(r)
+        if not args.json:
+            for i, f in enumerate(r.faces):
+                conf = "" if f.confidence is None else f" (detection {f.confidence:.2f})"
+                if f.predicted:
+                    print(f"{path} face {i + 1}{conf}: age {f.age:.1f}, P(female) {f.p_female:.2f} -> {f.label}")
+                else:
+                    print(f"{path} face {i + 1}{conf}: below --min-confidence, not predicted")
+    if args.json:
+        print(json.dumps([r.to_json() for r in results], indent=2))
+    return 2 if any(r.error for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
