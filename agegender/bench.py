@@ -1,8 +1,11 @@
-"""Benchmarks that print numbers (medians): python -m agegender.bench train [--data PATH]
+"""Benchmarks that print numbers (medians): python -m agegender.bench {train,predict}
 
 train: end-to-end training images/s of our pipeline (uint8 cache in RAM, batch tensor
 augmentation, channels_last, bf16 autocast) beside (a) the compute step alone on ready-made
 tensors and (b) a plain torchvision DataLoader + PIL transforms + fp32 pipeline; peak memory.
+
+predict: latency for a 640x480 photo with one face: detection, alignment + prediction, both heads'
+Grad-CAMs, against one plain forward pass of the model.
 """
 
 from __future__ import annotations
@@ -160,6 +163,58 @@ def bench_train(args) -> None:
         tmp.cleanup()
 
 
+def _median_s(fn, runs: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def bench_predict(args) -> None:
+    import matplotlib.cbook
+    from PIL import Image
+
+    from .catalog import default_root
+    from .checkpoint import load_checkpoint
+    from .explain import explain
+    from .faces import FaceDetector, load_photo
+    from .predict import analyse, model_input
+
+    set_threads(args.threads)
+    ckpt = load_checkpoint(args.checkpoint or default_root() / "resnet18-utkface")
+    hopper = load_photo(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+    face = hopper.resize((round(hopper.width * 480 / hopper.height), 480), Image.Resampling.BILINEAR)
+    photo = Image.new("RGB", (640, 480), (90, 110, 130))
+    photo.paste(face, ((640 - face.width) // 2, 0))
+    det = FaceDetector()
+    faces = det.detect(photo)
+    assert len(faces) == 1, f"expected one face, found {len(faces)}"
+    result = analyse(photo, "bench", ckpt, faces)
+    x = model_input(ckpt, result.faces[0].pixels)
+    maps = ("older", "younger", "female" if result.faces[0].p_female >= 0.5 else "male")
+
+    def forward():
+        with torch.no_grad():
+            ckpt.model(x)
+
+    t_fwd = _median_s(forward, args.runs)
+    t_det = _median_s(lambda: det.detect(photo), args.runs)
+    t_pred = _median_s(lambda: analyse(photo, "bench", ckpt, faces), args.runs)
+    t_cam = _median_s(lambda: explain(ckpt.model, x, maps=maps), args.runs)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {ckpt.name}, 640x480 photo, one face")
+    print(f"median over {args.runs} runs:")
+    print(f"  detection (MTCNN)                         {t_det * 1000:7.1f} ms")
+    print(f"  alignment + prediction (with flip TTA)    {t_pred * 1000:7.1f} ms")
+    print(f"  Grad-CAM, both heads ({', '.join(maps)})  {t_cam * 1000:7.1f} ms")
+    print(f"  full explanation                          {(t_det + t_pred + t_cam) * 1000:7.1f} ms   (goal <= 600)")
+    print(f"  one plain forward pass (batch 1)          {t_fwd * 1000:7.1f} ms")
+    print(f"  CAMs / forward pass = {t_cam / t_fwd:.2f}   (goal <= 3)")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m agegender.bench", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="what", required=True)
@@ -172,9 +227,15 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--workers", type=int, default=2, help="DataLoader workers for (b)")
     t.add_argument("--threads", type=int, default=0)
     t.add_argument("--cache-dir", default=None)
+    pr = sub.add_parser("predict", help="photo-to-explanation latency")
+    pr.add_argument("--checkpoint", help="default: checkpoints/resnet18-utkface")
+    pr.add_argument("--runs", type=int, default=15)
+    pr.add_argument("--threads", type=int, default=0)
     args = p.parse_args(argv)
     if args.what == "train":
         bench_train(args)
+    else:
+        bench_predict(args)
     return 0
 
 

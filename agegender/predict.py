@@ -75,14 +75,15 @@ def analyse(
     photo: Image.Image,
     name: str,
     ckpt: Checkpoint,
-    detector: FaceDetector | None,
+    faces: list[Face] | None,
     cropped: bool = False,
     whole_if_no_face: bool = False,
     min_confidence: float = DEFAULT_MIN_CONFIDENCE,
     band: tuple[float, float] = DEFAULT_BAND,
     tta: bool = True,
 ) -> ImageResult:
-    """Detect, align and predict every face of one photo. ``cropped`` skips detection."""
+    """Align and predict every detected face of one photo (``faces`` from FaceDetector.detect);
+    ``cropped`` takes the photo itself as the face."""
     result = ImageResult(name, size=photo.size)
     size = ckpt.preprocess.cache_size
     if cropped:
@@ -90,8 +91,7 @@ def analyse(
         x, y = (photo.width - s) / 2, (photo.height - s) / 2
         result.faces = [FaceResult((x, y, x + s, y + s), None, True, face_pixels(photo, None, size))]
     else:
-        faces = detector.detect(photo) if detector is not None else []
-        for f in faces:
+        for f in faces or []:
             ok = f.confidence >= min_confidence
             result.faces.append(FaceResult(f.box, f.confidence, ok, face_pixels(photo, f, size) if ok else None))
         if not any(f.predicted for f in result.faces):
@@ -152,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
             results.append(ImageResult(path, error=str(e)))
             print(f"error: {e}", file=sys.stderr)
             continue
-        r = analyse(photo, path, ckpt, detector, cropped=args.cropped, min_confidence=args.min_confidence)
+        faces = None if args.cropped else detector.detect(photo)
+        r = analyse(photo, path, ckpt, faces, cropped=args.cropped, min_confidence=args.min_confidence)
         if r.error:
             print(f"error: {r.error}", file=sys.stderr)
         if args.cam_dir:

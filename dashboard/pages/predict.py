@@ -1,0 +1,93 @@
+"""Predict & explain: every face in a photo, its age and gender, and what each head looked at."""
+
+import json
+
+import matplotlib.cbook
+import streamlit as st
+
+from agegender.explain import LAYERS, METHODS
+from agegender.visual import draw_faces, results_frame, zip_bytes
+from dashboard import ui
+
+EXAMPLE = matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
+
+st.title("Predict & explain")
+ckpts = ui.selected_checkpoints(limit=3)
+
+source = st.radio("Photo", ["Example", "Upload", "Camera"], horizontal=True, key="source")
+files: list[tuple[str, bytes]] = []
+if source == "Upload":
+    ups = st.file_uploader("Images", type=["jpg", "jpeg", "png", "webp", "bmp"], accept_multiple_files=True)
+    files = [(u.name, u.getvalue()) for u in ups or []]
+elif source == "Camera":
+    shot = st.camera_input("Take a photo")
+    files = [("camera.jpg", shot.getvalue())] if shot else []
+else:
+    with open(EXAMPLE, "rb") as f:
+        files = [("grace_hopper.jpg", f.read())]
+    st.caption("Example: Grace Hopper (female, photographed in her late seventies), shipped with matplotlib.")
+
+with st.expander("Options", expanded=False):
+    c1, c2, c3 = st.columns(3)
+    opt = ui.Options(
+        cropped=c1.toggle("This image is already a cropped face", key="cropped"),
+        whole_if_no_face=c1.toggle("No face found: use the whole image", key="whole"),
+        min_confidence=c1.slider("Detection confidence threshold", 0.5, 1.0, 0.9, 0.01, key="min_conf"),
+        band=c1.slider("Uncertain band for P(female)", 0.0, 1.0, (0.45, 0.55), 0.01, key="band"),
+        method=c2.selectbox("CAM method", list(METHODS), key="method",
+                            help="ScoreCAM runs hundreds of forward passes: several seconds per face."),
+        layer=c2.selectbox("Target layer", LAYERS, key="layer", format_func=lambda s: f"{s} (last block)"),
+        aug_smooth=c2.checkbox("Augmentation smoothing", key="aug_smooth"),
+        eigen_smooth=c2.checkbox("Eigen smoothing", key="eigen_smooth"),
+        other_gender=c3.checkbox("Also show the other gender class", key="other_gender"),
+        faithfulness=c3.checkbox("Faithfulness (ROAD)", key="faith",
+                                 help="Target change when the 20% least relevant pixels are imputed minus when "
+                                      "the 20% most relevant are: large for a meaningful map, near 0 for noise."),
+        opacity=c3.slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05, key="opacity"),
+    )
+
+if not files:
+    st.info("Upload one or more photos, take one with the camera, or pick the example.")
+    st.stop()
+
+results = {c.name: [] for c in ckpts}
+overlays: dict[str, bytes] = {}
+for name, data in files:
+    st.subheader(name)
+    per_ckpt = {c.name: ui.analyse_cached(data, name, str(c.path), opt.cropped, opt.whole_if_no_face,
+                                          opt.min_confidence) for c in ckpts}
+    for c in ckpts:
+        results[c.name].append(per_ckpt[c.name])
+    first = per_ckpt[ckpts[0].name]
+    if first.error and not first.faces:
+        st.error(first.error)
+        continue
+    if first.error:
+        st.warning(f"{first.error}: every detection is under the confidence threshold. Lower it, or turn on "
+                   "'No face found: use the whole image' in Options.")
+    elif not opt.cropped:
+        photo, _ = ui.detect_cached(data, name)
+        n_ok = sum(f.predicted for f in first.faces)
+        st.image(draw_faces(photo, first.faces), width=min(700, photo.width),
+                 caption=f"{len(first.faces)} face(s) found, {n_ok} above the threshold")
+    skipped = [i + 1 for i, f in enumerate(first.faces) if not f.predicted]
+    if skipped:
+        st.caption(f"Listed but not predicted (confidence under {opt.min_confidence:.2f}): face(s) "
+                   + ", ".join(map(str, skipped)))
+    key = f"{ui.data_key(data)}-{opt.cropped}-{opt.whole_if_no_face}-{opt.min_confidence}"
+    numbers = [j + 1 for j, f in enumerate(first.faces) if f.predicted]
+    for i, number in enumerate(numbers):
+        st.markdown(f"#### Face {number}")
+        for c in ckpts:
+            ui.face_view(c, per_ckpt[c.name], i, key, opt, overlays)
+
+table = results_frame(results, opt.band)
+if not table.empty:
+    st.divider()
+    st.dataframe(table, hide_index=True)
+    d1, d2, d3 = st.columns(3)
+    d1.download_button("Predictions (CSV)", table.to_csv(index=False), "predictions.csv", "text/csv")
+    d2.download_button("Predictions (JSON)", json.dumps({k: [r.to_json() for r in v] for k, v in results.items()},
+                                                        indent=2), "predictions.json", "application/json")
+    if overlays:
+        d3.download_button("Overlays (PNG, zip)", zip_bytes(overlays), "overlays.zip", "application/zip")

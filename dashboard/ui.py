@@ -1,0 +1,153 @@
+"""Parts shared by the pages: the sidebar checkpoint picker, cached models and detector,
+and the per-face result view (predict and compare pages use it)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import streamlit as st
+
+from agegender.catalog import default_root
+from agegender.checkpoint import META, WEIGHTS, Checkpoint, CheckpointError, list_checkpoints, load_checkpoint
+from agegender.explain import CamMap
+from agegender.faces import FaceDetector, UnreadableImage, load_photo
+from agegender.labels import gender_label
+from agegender.predict import ImageResult, analyse, display_crop, explain_face
+from agegender.visual import png_bytes
+
+SELECTED = "selected_checkpoints"
+
+
+def _stamp(path: Path) -> tuple[float, float]:
+    """Changes when the checkpoint's files change, so the cache reloads them."""
+    return tuple((path / f).stat().st_mtime if (path / f).exists() else 0.0 for f in (META, WEIGHTS))
+
+
+@st.cache_resource(show_spinner="Loading checkpoint…", max_entries=8)
+def _load(path: str, stamp: tuple) -> Checkpoint:
+    # shared by every session: never mutated after loading
+    return load_checkpoint(path)
+
+
+def get_checkpoint(path: str | Path) -> Checkpoint:
+    return _load(str(path), _stamp(Path(path)))
+
+
+@st.cache_resource(show_spinner="Loading the face detector…")
+def get_detector() -> FaceDetector:
+    return FaceDetector()
+
+
+def sidebar() -> None:
+    """The checkpoint picker every page shares; choices live in session state."""
+    root = default_root()
+    names = [p.name for p in list_checkpoints(root)]
+    with st.sidebar:
+        st.header("Checkpoints")
+        chosen = st.multiselect("From checkpoints/", names, default=names[:1], key="picker_names",
+                                help=f"Folders in {root}")
+        extra = st.text_input("…or a checkpoint folder", key="picker_path", placeholder="/path/to/checkpoint")
+    paths = [str(root / n) for n in chosen] + ([extra.strip()] if extra.strip() else [])
+    st.session_state[SELECTED] = paths
+
+
+def selected_checkpoints(limit: int | None = None) -> list[Checkpoint]:
+    """The loaded checkpoints picked in the sidebar; a page with none stops with a hint."""
+    loaded = []
+    for p in st.session_state.get(SELECTED, [])[:limit]:
+        try:
+            loaded.append(get_checkpoint(p))
+        except CheckpointError as e:
+            st.error(f"Checkpoint not loaded: {e}")
+    if not loaded:
+        st.info("Pick a checkpoint in the sidebar (folders under checkpoints/, or a path).")
+        st.stop()
+    return loaded
+
+
+@dataclass(frozen=True)
+class Options:
+    cropped: bool = False
+    whole_if_no_face: bool = False
+    min_confidence: float = 0.9
+    band: tuple[float, float] = (0.45, 0.55)
+    method: str = "GradCAM"
+    layer: str = "layer4"
+    aug_smooth: bool = False
+    eigen_smooth: bool = False
+    other_gender: bool = False
+    faithfulness: bool = False
+    opacity: float = 0.5
+
+
+@st.cache_data(max_entries=64, show_spinner="Finding faces…")
+def detect_cached(data: bytes, name: str):
+    """(photo, faces) or (None, error message) for one uploaded file."""
+    try:
+        photo = load_photo(data, name)
+    except UnreadableImage as e:
+        return None, str(e)
+    return photo, get_detector().detect(photo)
+
+
+@st.cache_data(max_entries=64, show_spinner="Predicting…")
+def analyse_cached(data: bytes, name: str, ckpt_path: str, cropped: bool, whole: bool, min_conf: float) -> ImageResult:
+    photo, faces = detect_cached(data, name) if not cropped else (None, None)
+    if cropped:
+        try:
+            photo = load_photo(data, name)
+        except UnreadableImage as e:
+            return ImageResult(name, error=str(e))
+    elif photo is None:
+        return ImageResult(name, error=faces)
+    return analyse(photo, name, get_checkpoint(ckpt_path), faces, cropped=cropped, whole_if_no_face=whole,
+                   min_confidence=min_conf)
+
+
+@st.cache_data(max_entries=256, show_spinner="Computing Grad-CAM…")
+def cams_cached(ckpt_path: str, result_key: str, face_index: int, _result: ImageResult, maps: tuple[str, ...],
+                method: str, layer: str, aug: bool, eigen: bool, faith: bool) -> list[CamMap]:
+    face = [f for f in _result.faces if f.predicted][face_index]
+    return explain_face(get_checkpoint(ckpt_path), face, maps, method=method, layer=layer, aug_smooth=aug,
+                        eigen_smooth=eigen, faithfulness=faith)
+
+
+def data_key(data: bytes) -> str:
+    return hashlib.sha1(data).hexdigest()
+
+
+def cam_caption(m: CamMap) -> str:
+    title = {"older": "age: evidence for older", "younger": "age: evidence for younger",
+             "female": "gender: evidence for female", "male": "gender: evidence for male"}[m.name]
+    if m.faithfulness is None:
+        return title
+    unit = "y" if m.head == "age" else "logit"
+    return f"{title} · ROAD gap {m.faithfulness:+.2f} {unit}"
+
+
+def face_view(ckpt: Checkpoint, result: ImageResult, face_index: int, result_key: str, opt: Options,
+              overlays: dict[str, bytes]) -> None:
+    """One face (the face_index-th predicted one) through one checkpoint: prediction, then the CAMs
+    per head. ``result_key`` names the image and the options that produced ``result``."""
+    from agegender.explain import overlay
+
+    face = [f for f in result.faces if f.predicted][face_index]
+    label = gender_label(face.p_female, opt.band)
+    st.markdown(f"**{ckpt.name}** — age **{face.age:.1f}** y · P(female) **{face.p_female:.2f}** → **{label}**")
+    gender = "female" if face.p_female >= 0.5 else "male"
+    maps = ("older", "younger", gender) + (("male" if gender == "female" else "female",) if opt.other_gender else ())
+    try:
+        cams = cams_cached(str(ckpt.path), result_key, face_index, result, maps, opt.method, opt.layer,
+                           opt.aug_smooth, opt.eigen_smooth, opt.faithfulness)
+    except ValueError as e:
+        st.error(f"Grad-CAM failed: {e}")
+        return
+    crop = display_crop(ckpt, face.pixels)
+    cols = st.columns(len(cams) + 1)
+    cols[0].image(crop, caption="model input (aligned)", width="stretch")
+    for col, m in zip(cols[1:], cams, strict=True):
+        img = overlay(crop, m.heat, opt.opacity)
+        col.image(img, caption=cam_caption(m), width="stretch")
+        overlays[f"{Path(result.image).stem}-face{face_index + 1}-{ckpt.name}-{m.head}-{m.name}.png"] = png_bytes(img)

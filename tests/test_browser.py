@@ -1,0 +1,74 @@
+"""End to end in a real browser: streamlit run, upload grace_hopper.jpg, read the result."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import matplotlib.cbook
+import pytest
+
+from .conftest import ROOT
+
+HOPPER = matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="no chromium on PATH (.ci/run installs it: apt-get install chromium)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path):
+    port = free_port()
+    log = open(tmp_path / "streamlit.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(ROOT / "dashboard" / "app.py"),
+         "--server.headless", "true", "--server.address", "127.0.0.1", "--server.port", str(port),
+         "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url + "/_stcore/health", timeout=2)
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail(f"streamlit did not start: {(tmp_path / 'streamlit.log').read_text()[-2000:]}")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=20)
+    log.close()
+
+
+def test_upload_predict_and_explain_in_chromium(server, tmp_path):
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        page = browser.new_page(viewport={"width": 1400, "height": 2200})
+        page.goto(server, wait_until="domcontentloaded")
+        page.get_by_text("Upload", exact=True).click()
+        page.locator("input[type=file]").first.set_input_files(HOPPER)
+        page.get_by_text("P(female)").first.wait_for(timeout=120_000)
+        text = page.get_by_text("P(female)").first.inner_text()
+        assert any(label in text for label in ("Male", "Female", "Uncertain"))
+        captions = page.get_by_text("evidence for older")
+        captions.first.wait_for(timeout=60_000)
+        imgs = page.locator("[data-testid=stImage] img")
+        assert imgs.count() >= 5
+        assert all(imgs.nth(i).evaluate("e => e.naturalWidth") > 0 for i in range(imgs.count()))
+        page.screenshot(path=str(tmp_path / "predict.png"), full_page=True)
+        browser.close()
+    assert (tmp_path / "predict.png").stat().st_size > 10_000
