@@ -1,0 +1,87 @@
+"""Plotly figures for the bias report, shared by the dashboard and the HTML export."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.express as px
+import plotly.graph_objects as go
+
+from .fairness import METRICS, GroupReport
+
+SMALL_COLOUR, COLOUR = "#b0b0b0", "#3b6fb6"
+
+
+def group_bars(report: GroupReport, metric: str) -> go.Figure:
+    """One bar per group with its 95% interval; groups too small to judge in grey."""
+    m = METRICS[metric]
+    g = report.by_group
+    names = report.group_names
+    fig = go.Figure(go.Bar(
+        x=names, y=g[metric],
+        error_y={"type": "data", "symmetric": False, "array": g[f"{metric}_hi"] - g[metric],
+                 "arrayminus": g[metric] - g[f"{metric}_lo"]},
+        marker_color=[SMALL_COLOUR if s else COLOUR for s in g["too_small"]],
+        customdata=np.stack([g["n"], g[f"{metric}_lo"], g[f"{metric}_hi"]], axis=1),
+        hovertemplate="%{x}<br>%{y:.3f} [%{customdata[1]:.3f}, %{customdata[2]:.3f}]<br>n=%{customdata[0]}"
+                      "<extra></extra>",
+    ))
+    fig.add_hline(y=report.overall[metric], line_dash="dot", annotation_text="overall")
+    fig.update_layout(title=f"{m.label} by {report.grouping.replace(':', ' × ')} (grey: n < {report.min_count})",
+                      yaxis_title=m.label + (f" ({m.unit})" if m.unit else ""), margin={"t": 50, "b": 10})
+    return fig
+
+
+def intersection_heatmap(report: GroupReport, metric: str) -> go.Figure:
+    """Two-column grouping as a grid, the value and count in each cell."""
+    m = METRICS[metric]
+    a, b = report.columns
+    g = report.by_group
+    values = g.pivot(index=a, columns=b, values=metric)
+    counts = g.pivot(index=a, columns=b, values="n").reindex_like(values)
+    if a == "age_bucket":
+        order = [x for x in sorted(values.index, key=lambda s: int(s.split("-")[0].rstrip("+")))]
+        values, counts = values.loc[order], counts.loc[order]
+    text = [[("" if np.isnan(v) else f"{v:.2f}") + ("" if np.isnan(c) else f"<br>n={int(c)}")
+             for v, c in zip(vr, cr, strict=True)] for vr, cr in zip(values.to_numpy(), counts.to_numpy(), strict=True)]
+    scale = "RdYlGn" if m.higher_is_better else "RdYlGn_r"
+    fig = go.Figure(go.Heatmap(z=values.to_numpy(), x=list(values.columns), y=list(values.index), text=text,
+                               texttemplate="%{text}", colorscale=scale, colorbar={"title": m.label}))
+    fig.update_layout(title=f"{m.label}: {a} × {b}", margin={"t": 50})
+    return fig
+
+
+def predicted_vs_true(df: pd.DataFrame, max_points: int = 5000) -> go.Figure:
+    d = df.sample(max_points, random_state=0) if len(df) > max_points else df
+    fig = px.scatter(d, x="age", y="pred_age", color="race", opacity=0.5, hover_data=["file"] if "file" in d else None,
+                     labels={"age": "true age", "pred_age": "predicted age"})
+    top = float(max(df["age"].max(), df["pred_age"].max()))
+    fig.add_trace(go.Scatter(x=[0, top], y=[0, top], mode="lines", name="identity", line={"color": "black"}))
+    fig.update_layout(title="Predicted against true age", margin={"t": 50})
+    return fig
+
+
+def residual_by_age(df: pd.DataFrame) -> go.Figure:
+    d = df.assign(residual=df["pred_age"] - df["age"])
+    stats = d.groupby("age")["residual"].agg(["mean", "count"]).reset_index()
+    fig = px.scatter(d.sample(min(len(d), 5000), random_state=0), x="age", y="residual", opacity=0.25,
+                     labels={"age": "true age", "residual": "predicted − true (years)"})
+    fig.add_trace(go.Scatter(x=stats["age"], y=stats["mean"].rolling(5, center=True, min_periods=1).mean(),
+                             mode="lines", name="mean (5-year window)", line={"color": "crimson"}))
+    fig.add_hline(y=0, line_color="black")
+    fig.update_layout(title="Residual by true age: above 0 is over-estimation", margin={"t": 50})
+    return fig
+
+
+def composition_vs_error(report: GroupReport, metric: str) -> go.Figure:
+    """Each group's share of the data beside its error: representation versus difficulty."""
+    g = report.by_group.assign(group=report.group_names, share=lambda t: t["n"] / t["n"].sum())
+    m = METRICS[metric]
+    fig = go.Figure()
+    fig.add_trace(go.Bar(x=g["group"], y=g["share"], name="share of images", yaxis="y", marker_color="#9bb7d4"))
+    fig.add_trace(go.Scatter(x=g["group"], y=g[metric], name=m.label, yaxis="y2", mode="markers+lines",
+                             marker={"color": "crimson", "size": 9}))
+    fig.update_layout(title=f"Composition and {m.label}", yaxis={"title": "share", "tickformat": ".0%"},
+                      yaxis2={"title": m.label, "overlaying": "y", "side": "right"}, margin={"t": 50},
+                      legend={"orientation": "h"})
+    return fig
