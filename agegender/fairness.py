@@ -10,6 +10,7 @@ year wide either way.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -97,7 +98,7 @@ def prepare(df: pd.DataFrame, edges: tuple[int, ...] = AGE_BUCKET_EDGES) -> pd.D
     return out
 
 
-def _columns(df: pd.DataFrame) -> dict[str, np.ndarray]:
+def metric_columns(df: pd.DataFrame) -> dict[str, np.ndarray]:
     female = (df["gender"].astype(str) == GENDERS[1]).to_numpy()
     p = df["p_female"].to_numpy(np.float64)
     return {
@@ -153,12 +154,12 @@ class GroupReport:
         self.metrics = [METRICS[m] for m in (metrics or METRICS)]
         rng = np.random.default_rng(seed)
         # ``overall`` from another grouping of the same table saves recomputing it
-        self.overall = overall or self._row(_estimate(_columns(df), n_boot, rng, exact_n, self.metrics), len(df))
+        self.overall = overall or self._row(_estimate(metric_columns(df), n_boot, rng, exact_n, self.metrics), len(df))
         rows = []
         if self.columns:
             for key, part in df.groupby(self.columns, observed=True, sort=True):
                 key = key if isinstance(key, tuple) else (key,)
-                est = _estimate(_columns(part), n_boot, rng, exact_n, self.metrics)
+                est = _estimate(metric_columns(part), n_boot, rng, exact_n, self.metrics)
                 rows.append({**dict(zip(self.columns, map(str, key), strict=True)),
                              **self._row(est, len(part))})
         self.by_group = pd.DataFrame(rows)
@@ -168,6 +169,12 @@ class GroupReport:
         for name, (v, lo, hi) in est.items():
             row[name], row[f"{name}_lo"], row[f"{name}_hi"] = v, lo, hi
         return row
+
+    def with_groups(self, by_group: pd.DataFrame) -> GroupReport:
+        """The same report restricted to some of its groups (a filter in the dashboard)."""
+        other = copy.copy(self)
+        other.by_group = by_group.reset_index(drop=True)
+        return other
 
     @property
     def group_names(self) -> pd.Series:

@@ -5,9 +5,13 @@ import streamlit as st
 from dashboard import ui
 
 st.set_page_config(page_title="agegender", page_icon=":material/face:", layout="wide")
+ui.sidebar()
 page = st.navigation([
     st.Page("pages/predict.py", title="Predict & explain", icon=":material/center_focus_strong:", default=True),
+    st.Page("pages/bias.py", title="Bias report", icon=":material/balance:"),
+    st.Page("pages/compare.py", title="Compare checkpoints", icon=":material/compare:"),
+    st.Page("pages/explorer.py", title="Error explorer", icon=":material/travel_explore:"),
+    st.Page("pages/training.py", title="Training", icon=":material/show_chart:"),
     st.Page("pages/checkpoints.py", title="Checkpoints", icon=":material/inventory_2:"),
 ])
-ui.sidebar()
 page.run()

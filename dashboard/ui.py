@@ -12,12 +12,14 @@ import streamlit as st
 from agegender.catalog import default_root
 from agegender.checkpoint import META, WEIGHTS, Checkpoint, CheckpointError, list_checkpoints, load_checkpoint
 from agegender.explain import CamMap
+from agegender.explorer import DATA_ENV, default_data_path
 from agegender.faces import FaceDetector, UnreadableImage, load_photo
 from agegender.labels import gender_label
 from agegender.predict import ImageResult, analyse, display_crop, explain_face
 from agegender.visual import png_bytes
 
 SELECTED = "selected_checkpoints"
+DATASET = "dataset_path"
 
 
 def _stamp(path: Path) -> tuple[float, float]:
@@ -49,8 +51,12 @@ def sidebar() -> None:
         chosen = st.multiselect("From checkpoints/", names, default=names[:1], key="picker_names",
                                 help=f"Folders in {root}")
         extra = st.text_input("…or a checkpoint folder", key="picker_path", placeholder="/path/to/checkpoint")
+        data = st.text_input("UTKFace dataset (error explorer)", value=default_data_path(), key="data_path",
+                             placeholder="/path/to/UTKFace", help=f"Folder, .zip or .tar.gz; default ${DATA_ENV}")
     paths = [str(root / n) for n in chosen] + ([extra.strip()] if extra.strip() else [])
+    # plain keys, not widget keys: pages read these
     st.session_state[SELECTED] = paths
+    st.session_state[DATASET] = data.strip()
 
 
 def selected_checkpoints(limit: int | None = None) -> list[Checkpoint]:
@@ -151,3 +157,28 @@ def face_view(ckpt: Checkpoint, result: ImageResult, face_index: int, result_key
         img = overlay(crop, m.heat, opt.opacity)
         col.image(img, caption=cam_caption(m), width="stretch")
         overlays[f"{Path(result.image).stem}-face{face_index + 1}-{ckpt.name}-{m.head}-{m.name}.png"] = png_bytes(img)
+
+
+def checkpoint_choice(ckpts: list[Checkpoint], label: str = "Checkpoint", key: str = "one_ckpt") -> Checkpoint:
+    """One of the sidebar's checkpoints, for pages that look at one at a time."""
+    if len(ckpts) == 1:
+        return ckpts[0]
+    names = [c.name for c in ckpts]
+    return ckpts[names.index(st.selectbox(label, names, key=key))]
+
+
+@st.cache_data(max_entries=16, show_spinner="Reading predictions…")
+def predictions_cached(ckpt_path: str, split: str, stamp: float):
+    from agegender.report import load_predictions
+
+    return load_predictions(ckpt_path, split)
+
+
+def predictions(ckpt: Checkpoint, split: str):
+    """The checkpoint's predictions for a split, or None after showing why they are missing."""
+    path = ckpt.path / f"predictions-{split}.csv"
+    try:
+        return predictions_cached(str(ckpt.path), split, path.stat().st_mtime if path.exists() else 0.0)
+    except (ValueError, CheckpointError) as e:
+        st.error(str(e))
+        return None

@@ -10,9 +10,12 @@ APP = str(ROOT / "dashboard" / "app.py")
 
 @pytest.fixture
 def app(monkeypatch, tmp_path):
-    def make(root):
+    def make(root, picks=None):
         monkeypatch.setenv("AGEGENDER_CHECKPOINTS", str(root))
-        return AppTest.from_file(APP, default_timeout=60).run()
+        at = AppTest.from_file(APP, default_timeout=60)
+        if picks:  # AppTest drops the entry script's sidebar on reruns: preset the picker instead
+            at.session_state["picker_names"] = picks
+        return at.run()
     return make
 
 
@@ -75,3 +78,73 @@ def test_predict_page_no_face_and_unreadable_upload(predict_app, tmp_path):
     assert not at.exception
     assert "no face found in wall.png" not in [e.value for e in at.error]
     assert "P(female)" in markdown_text(at)
+
+
+@pytest.fixture
+def two_checkpoints(app, tiny_checkpoint, tmp_path):
+    import pandas as pd
+
+    root = tmp_path / "two"
+    shutil.copytree(tiny_checkpoint, root / "a")
+    shutil.copytree(tiny_checkpoint, root / "b")
+    for split in ("val", "test"):  # make b differ: older guesses, some flipped genders
+        p = root / "b" / f"predictions-{split}.csv"
+        df = pd.read_csv(p)
+        df["pred_age"] += 3
+        df.loc[::3, "p_female"] = 1 - df.loc[::3, "p_female"]
+        df.to_csv(p, index=False)
+    return app(root, picks=["a", "b"])
+
+
+def test_bias_page(predict_app):
+    at = predict_app.switch_page("pages/bias.py").run()
+    assert not at.exception
+    assert len(at.get("plotly_chart")) == 4
+    assert "nothing to compare" in at.info[0].value  # the tiny split has no group of 30
+    at.number_input(key="bias_min").set_value(1).run()
+    assert not at.exception
+    assert len(at.dataframe) == 2  # disparity and all groups
+    at.selectbox(key="bias_grouping").set_value("race:gender").run()
+    assert not at.exception and len(at.get("plotly_chart")) == 4
+    at.selectbox(key="bias_split").set_value("test").run()
+    assert not at.exception
+
+
+def test_compare_page(two_checkpoints):
+    at = two_checkpoints.switch_page("pages/compare.py").run()
+    assert not at.exception
+    assert any(h.value == "b against a" for h in at.header)
+    mae = next(m for m in at.metric if m.label == "age MAE")
+    assert mae.delta.startswith(("+", "-"))
+    assert len(at.get("plotly_chart")) == 2
+
+
+def test_compare_page_needs_two(predict_app):
+    at = predict_app.switch_page("pages/compare.py").run()
+    assert not at.exception and "two or more" in at.info[0].value
+
+
+def test_explorer_page_without_data_says_how_to_set_it(app, tiny_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.delenv("AGEGENDER_UTKFACE", raising=False)
+    shutil.copytree(tiny_checkpoint, tmp_path / "ck" / "tiny")
+    at = app(tmp_path / "ck").switch_page("pages/explorer.py").run()
+    assert not at.exception and "needs the UTKFace images" in at.info[0].value
+    assert "AGEGENDER_UTKFACE" in at.info[0].value
+
+
+def test_explorer_page(app, tiny_checkpoint, tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("AGEGENDER_UTKFACE", str(tiny_data))
+    shutil.copytree(tiny_checkpoint, tmp_path / "ck" / "tiny")
+    at = app(tmp_path / "ck").switch_page("pages/explorer.py").run()
+    assert not at.exception
+    assert len(at.get("image")) >= 6 + 3  # thumbnails, then the picked face and its maps
+    at.radio(key="ex_mode").set_value("Misgendered").run()
+    assert not at.exception
+    at.button(key="ex_avg_go").click().run()
+    assert not at.exception
+
+
+def test_training_page(predict_app):
+    at = predict_app.switch_page("pages/training.py").run()
+    assert not at.exception
+    assert len(at.get("plotly_chart")) == 3

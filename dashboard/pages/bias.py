@@ -1,0 +1,86 @@
+"""Bias report: for whom does the model fail, by how much, with what certainty."""
+
+import streamlit as st
+
+from agegender import charts
+from agegender.fairness import DEFAULT_GROUPINGS, GROUP_COLUMNS, METRICS, GroupReport, prepare
+from agegender.report import to_html
+from dashboard import ui
+
+GROUPINGS = list(DEFAULT_GROUPINGS) + [g for g in ("age_bucket:gender",) if g not in DEFAULT_GROUPINGS]
+
+
+# cache_resource: the report holds metric functions (not picklable); it is never mutated
+@st.cache_resource(max_entries=32, show_spinner="Computing the report (bootstrap)…")
+def report_cached(ckpt_path: str, split: str, stamp: float, grouping: str, n_boot: int, min_count: int):
+    df = ui.predictions_cached(ckpt_path, split, stamp)
+    table = prepare(df)
+    return table, GroupReport(table, grouping, n_boot=n_boot, min_count=min_count)
+
+
+@st.cache_data(max_entries=8, show_spinner="Writing the HTML report…")
+def html_cached(ckpt_path: str, split: str, stamp: float, n_boot: int, min_count: int) -> str:
+    from agegender.report import build
+
+    df = ui.predictions_cached(ckpt_path, split, stamp)
+    return to_html(build(df, list(DEFAULT_GROUPINGS), n_boot, 0, min_count), df, f"{ckpt_path} ({split})")
+
+
+st.title("Bias report")
+ckpt = ui.checkpoint_choice(ui.selected_checkpoints())
+c1, c2, c3, c4 = st.columns(4)
+split = c1.selectbox("Split", ["val", "test"], key="bias_split")
+grouping = c2.selectbox("Grouping", GROUPINGS, key="bias_grouping", format_func=lambda g: g.replace(":", " × "))
+metric = c3.selectbox("Metric", list(METRICS), key="bias_metric", format_func=lambda m: METRICS[m].label)
+min_count = c4.number_input("Too small below n =", 1, 10_000, 30, key="bias_min")
+if ui.predictions(ckpt, split) is None:
+    st.stop()
+path = ckpt.path / f"predictions-{split}.csv"
+stamp = path.stat().st_mtime
+table, rep = report_cached(str(ckpt.path), split, stamp, grouping, 1000, int(min_count))
+
+o = rep.overall
+cols = st.columns(4)
+for col, name in zip(cols, ("age_mae", "age_bias", "gender_accuracy", "gender_auc"), strict=True):
+    col.metric(f"{METRICS[name].label} (n={o['n']})", f"{o[name]:.3f}",
+               help=f"95% interval [{o[name + '_lo']:.3f}, {o[name + '_hi']:.3f}]", delta=None)
+
+st.subheader("Disparity")
+disp = rep.disparity()
+st.caption(f"Worst and best group per metric among groups with n ≥ {int(min_count)}; "
+           f"{int(rep.by_group['too_small'].sum())} smaller group(s) are flagged below, not hidden.")
+if disp.empty:
+    st.info(f"Fewer than two groups have n ≥ {int(min_count)}: nothing to compare. Lower the threshold to see more.")
+else:
+    st.dataframe(disp.style.highlight_max(subset=["gap"], color="#f6c7c7"), hide_index=True)
+
+shown = rep.by_group
+with st.expander("Filter groups"):
+    for c in rep.columns:
+        keep = st.multiselect(c, sorted(shown[c].unique()), key=f"bias_f_{c}")
+        if keep:
+            shown = shown[shown[c].isin(keep)]
+    if st.checkbox("Hide groups too small to judge", key="bias_hide_small"):
+        shown = shown[~shown["too_small"]]
+view = rep.with_groups(shown)
+
+left, right = st.columns(2)
+left.plotly_chart(charts.group_bars(view, metric), width="stretch")
+if len(rep.columns) == 2:
+    right.plotly_chart(charts.intersection_heatmap(view, metric), width="stretch")
+else:
+    right.plotly_chart(charts.composition_vs_error(view, metric), width="stretch")
+left, right = st.columns(2)
+left.plotly_chart(charts.predicted_vs_true(table), width="stretch")
+right.plotly_chart(charts.residual_by_age(table), width="stretch")
+
+st.subheader("All groups")
+st.dataframe(shown.style.apply(lambda r: ["color: #999" if r["too_small"] else "" for _ in r], axis=1),
+             hide_index=True)
+d1, d2 = st.columns(2)
+d1.download_button("Groups (CSV)", shown.to_csv(index=False), f"bias-{ckpt.name}-{split}-{grouping}.csv", "text/csv")
+if d2.button("Prepare the HTML report (all groupings)", key="bias_html"):
+    d2.download_button("Download the HTML report", html_cached(str(ckpt.path), split, stamp, 1000, int(min_count)),
+                       f"bias-{ckpt.name}-{split}.html", "text/html")
+st.caption(f"Groupings available: {', '.join(GROUP_COLUMNS)} and their pairs. The command line gives the same: "
+           f"`python -m agegender.report --checkpoint {ckpt.path} --split {split} --html report.html`")

@@ -1,0 +1,91 @@
+"""Compare checkpoints: overall and per-group deltas on the same images, agreement, and one photo
+through each checkpoint with the Grad-CAMs side by side."""
+
+import plotly.express as px
+import plotly.graph_objects as go
+import streamlit as st
+
+from agegender.compare import agreement, pair, paired_deltas
+from agegender.fairness import DEFAULT_GROUPINGS, METRICS
+from dashboard import ui
+
+st.title("Compare checkpoints")
+ckpts = ui.selected_checkpoints()
+if len(ckpts) < 2:
+    st.info("Pick two or more checkpoints in the sidebar to compare them.")
+    st.stop()
+
+
+@st.cache_data(max_entries=16, show_spinner="Paired bootstrap…")
+def deltas_cached(a: str, b: str, split: str, stamps: tuple, grouping: str):
+    m = pair(ui.predictions_cached(a, split, stamps[0]), ui.predictions_cached(b, split, stamps[1]))
+    metrics = ("age_mae", "age_bias", "gender_accuracy", "female_as_male", "male_as_female")
+    return m, paired_deltas(m, None, metrics), paired_deltas(m, grouping, metrics)
+
+
+c1, c2, c3 = st.columns(3)
+split = c1.selectbox("Split", ["val", "test"], key="cmp_split")
+base_name = c2.selectbox("Baseline", [c.name for c in ckpts], key="cmp_base")
+grouping = c3.selectbox("Grouping", DEFAULT_GROUPINGS, key="cmp_grouping", format_func=lambda g: g.replace(":", " × "))
+base = next(c for c in ckpts if c.name == base_name)
+if any(ui.predictions(c, split) is None for c in ckpts):
+    st.stop()
+
+
+def stamp(c):
+    return (c.path / f"predictions-{split}.csv").stat().st_mtime
+
+
+for other in [c for c in ckpts if c is not base]:
+    st.header(f"{other.name} against {base.name}")
+    try:
+        m, overall, groups = deltas_cached(str(base.path), str(other.path), split, (stamp(base), stamp(other)),
+                                           grouping)
+    except ValueError as e:
+        st.error(str(e))
+        continue
+    o = overall.iloc[0]
+    st.caption(f"{int(o['n'])} images scored by both; deltas are {other.name} − {base.name} "
+               f"with paired bootstrap 95% intervals.")
+    cols = st.columns(5)
+    for col, name in zip(cols, ("age_mae", "age_bias", "gender_accuracy", "female_as_male", "male_as_female"),
+                         strict=True):
+        better_low = METRICS[name].higher_is_better is False
+        col.metric(METRICS[name].label, f"{o[name + '_b']:.3f}", f"{o[name + '_delta']:+.3f}",
+                   delta_color="inverse" if better_low else "normal",
+                   help=f"{base.name}: {o[name + '_a']:.3f}; delta interval "
+                        f"[{o[name + '_delta_lo']:.3f}, {o[name + '_delta_hi']:.3f}]")
+    metric = st.selectbox("Per-group delta of", ["age_mae", "gender_accuracy", "age_bias"], key=f"cmp_m_{other.name}",
+                          format_func=lambda k: METRICS[k].label)
+    names = groups[groups.columns[: len(grouping.split(':'))]].astype(str).agg(" · ".join, axis=1)
+    fig = go.Figure(go.Bar(
+        x=names, y=groups[f"{metric}_delta"],
+        error_y={"type": "data", "symmetric": False,
+                 "array": groups[f"{metric}_delta_hi"] - groups[f"{metric}_delta"],
+                 "arrayminus": groups[f"{metric}_delta"] - groups[f"{metric}_delta_lo"]},
+        marker_color=["#b0b0b0" if s else "#3b6fb6" for s in groups["too_small"]]))
+    fig.add_hline(y=0, line_color="black")
+    fig.update_layout(title=f"{METRICS[metric].label}: {other.name} − {base.name} by {grouping} (grey: too small)")
+    st.plotly_chart(fig, width="stretch")
+    st.dataframe(groups, hide_index=True)
+    agree = agreement(m, grouping)
+    left, right = st.columns(2)
+    left.metric("Gender labels disagree on", f"{agree['gender_disagreement']:.1%} of images")
+    left.dataframe(agree["by_group"], hide_index=True)
+    right.plotly_chart(px.histogram(x=agree["age_diff"], nbins=60, title="Predicted age difference (years)",
+                                    labels={"x": f"{other.name} − {base.name}"}), width="stretch")
+
+st.header("One photo through each checkpoint")
+up = st.file_uploader("Photo", type=["jpg", "jpeg", "png", "webp", "bmp"], key="cmp_upload")
+if up is not None:
+    data, opt = up.getvalue(), ui.Options()
+    results = {c.name: ui.analyse_cached(data, up.name, str(c.path), False, True, opt.min_confidence) for c in ckpts}
+    first = results[ckpts[0].name]
+    if first.error:
+        st.error(first.error)
+    else:
+        key = f"{ui.data_key(data)}-False-True-{opt.min_confidence}"
+        for i in range(sum(f.predicted for f in first.faces)):
+            st.markdown(f"#### Face {i + 1}")
+            for c in ckpts:
+                ui.face_view(c, results[c.name], i, key, opt, {})

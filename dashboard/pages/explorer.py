@@ -1,0 +1,103 @@
+"""Error explorer: the faces a checkpoint gets most wrong, and where it looks, per group."""
+
+import numpy as np
+import streamlit as st
+from PIL import Image
+
+from agegender.data import DatasetError, scan
+from agegender.explain import overlay
+from agegender.explorer import ERR_NO_DATA, mean_cams, misgendered, read_chips, worst_age_errors
+from agegender.fairness import GROUP_COLUMNS, prepare
+from agegender.predict import FaceResult, ImageResult, display_crop
+from agegender.preprocess import resize_image
+from dashboard import ui
+
+st.title("Error explorer")
+ckpt = ui.checkpoint_choice(ui.selected_checkpoints())
+data_path = st.session_state.get(ui.DATASET, "")
+if not data_path:
+    st.info(ERR_NO_DATA[0].upper() + ERR_NO_DATA[1:] + ".")
+    st.stop()
+
+
+@st.cache_resource(show_spinner="Listing the dataset…", max_entries=4)
+def scan_cached(path: str):
+    return scan(path)
+
+
+try:
+    sc = scan_cached(data_path)
+except DatasetError as e:
+    st.error(str(e))
+    st.stop()
+
+c1, c2, c3, c4 = st.columns(4)
+split = c1.selectbox("Split", ["val", "test"], key="ex_split")
+mode = c2.radio("Show", ["Worst age errors", "Misgendered"], key="ex_mode")
+group_col = c3.selectbox("Group", ["(all)", *GROUP_COLUMNS], key="ex_group_col")
+n = c4.slider("Faces", 6, 60, 18, 6, key="ex_n")
+df = ui.predictions(ckpt, split)
+if df is None:
+    st.stop()
+df = prepare(df)
+if group_col != "(all)":
+    value = st.selectbox(group_col, sorted(df[group_col].astype(str).unique()), key="ex_group_value")
+    df = df[df[group_col].astype(str) == value]
+rows = (worst_age_errors if mode == "Worst age errors" else misgendered)(df, n)
+
+
+def show_errors(rows) -> None:
+    chips = read_chips(sc, list(rows["file"]))
+    missing = [f for f in rows["file"] if f not in chips]
+    if missing:
+        st.warning(f"{len(missing)} of these images are not in {data_path} (e.g. {missing[0]}): "
+                   "is it the same dataset?")
+    cols = st.columns(6)
+    for i, (_, r) in enumerate(rows[rows["file"].isin(chips)].iterrows()):
+        cols[i % 6].image(chips[r["file"]], width="stretch",
+                          caption=f"#{i + 1} true {r['age']} {r['gender']} · pred {r['pred_age']:.0f} "
+                                  f"P(f)={r['p_female']:.2f}")
+    options = [f for f in rows["file"] if f in chips]
+    pick = st.selectbox("Explain", options, key="ex_pick", format_func=lambda f: f"#{options.index(f) + 1} {f}")
+    if pick:
+        chip = chips[pick]
+        r = rows[rows["file"] == pick].iloc[0]
+        face = FaceResult((0, 0, chip.width, chip.height), None, True,
+                          resize_image(chip, ckpt.preprocess.cache_size), float(r["pred_age"]), float(r["p_female"]))
+        ui.face_view(ckpt, ImageResult(pick, [face]), 0, f"explorer-{pick}", ui.Options(other_gender=True), {})
+
+
+if rows.empty:
+    st.success("No such errors in this selection.")
+else:
+    show_errors(rows)
+
+st.subheader("Average Grad-CAM per group")
+g1, g2 = st.columns(2)
+by = g1.selectbox("Groups", GROUP_COLUMNS, index=2, key="ex_avg_by")
+per_group = g2.slider("Faces per group", 4, 64, 16, 4, key="ex_avg_n")
+
+
+@st.cache_data(max_entries=8, show_spinner="Averaging Grad-CAMs…")
+def group_means(ckpt_path: str, split: str, by: str, per_group: int, data_path: str):
+    sc = scan_cached(data_path)
+    table = prepare(ui.predictions_cached(ckpt_path, split, 0.0))
+    out = {}
+    for value, g in table.groupby(by, observed=True):
+        pick = g.iloc[:: max(1, len(g) // per_group)].head(per_group)
+        imgs = list(read_chips(sc, list(pick["file"])).values())
+        if imgs:
+            mean_face = np.mean([resize_image(im, ui.get_checkpoint(ckpt_path).preprocess.cache_size)
+                                 for im in imgs], axis=0).astype(np.uint8)
+            out[str(value)] = (len(imgs), mean_face, mean_cams(ui.get_checkpoint(ckpt_path), imgs))
+    return out
+
+
+if st.button("Compute the group averages", key="ex_avg_go"):
+    means = group_means(str(ckpt.path), split, by, per_group, data_path)
+    cols = st.columns(max(1, len(means)))
+    for col, (name, (count, mean_face, maps)) in zip(cols, means.items(), strict=False):
+        base = display_crop(ckpt, mean_face)
+        col.markdown(f"**{name}** (n={count})")
+        for m, heat in maps.items():
+            col.image(Image.fromarray(overlay(base, heat, 0.6)), caption=f"mean '{m}' map", width="stretch")
