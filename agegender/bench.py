@@ -6,6 +6,9 @@ tensors and (b) a plain torchvision DataLoader + PIL transforms + fp32 pipeline;
 
 predict: latency for a 640x480 photo with one face: detection, alignment + prediction, both heads'
 Grad-CAMs, against one plain forward pass of the model.
+
+report: the bias report on a checkpoint's ~2,100 test rows (1,000 resamples), a rerun of the bias
+page after a filter change, and the bias page on a generated 200,000-row predictions file.
 """
 
 from __future__ import annotations
@@ -215,6 +218,65 @@ def bench_predict(args) -> None:
     print(f"  CAMs / forward pass = {t_cam / t_fwd:.2f}   (goal <= 3)")
 
 
+def _bias_page(root: Path, runs: int) -> tuple[float, float]:
+    """(first render, median rerun after a filter change) of the bias page, in seconds (AppTest)."""
+    import os
+
+    from streamlit.testing.v1 import AppTest
+
+    os.environ["AGEGENDER_CHECKPOINTS"] = str(root)
+    app = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
+    at = AppTest.from_file(app, default_timeout=300)
+    at.session_state["picker_names"] = [p.name for p in root.iterdir()][:1]
+    at.run()
+    t = time.perf_counter()
+    at.switch_page("pages/bias.py").run()
+    first = time.perf_counter() - t
+    if at.exception:
+        raise RuntimeError(at.exception[0].value)
+    reruns = []
+    for i in range(runs):
+        t = time.perf_counter()
+        at.checkbox(key="bias_hide_small").set_value(i % 2 == 0).run()
+        reruns.append(time.perf_counter() - t)
+    return first, statistics.median(reruns)
+
+
+def bench_report(args) -> None:
+    import logging
+    import shutil
+
+    from .catalog import default_root
+    from .fairness import DEFAULT_GROUPINGS
+    from .report import build, load_predictions
+
+    logging.getLogger("streamlit").setLevel(logging.ERROR)
+    set_threads(args.threads)
+    ckpt = Path(args.checkpoint) if args.checkpoint else default_root() / "resnet18-utkface"
+    df = load_predictions(ckpt, "test")
+    one = _median_s(lambda: build(df, ["age_bucket"], 1000), args.runs, 1)
+    full = _median_s(lambda: build(df, list(DEFAULT_GROUPINGS), 1000), args.runs, 1)
+    print(f"{ckpt.name} test split, {len(df)} rows, 1,000 bootstrap resamples, median of {args.runs}:")
+    print(f"  report, overall + age_bucket                 {one:6.2f} s   (goal <= 2)")
+    print(f"  report, overall + {len(DEFAULT_GROUPINGS)} groupings ({', '.join(DEFAULT_GROUPINGS)}) {full:6.2f} s")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "ck"
+        shutil.copytree(ckpt, root / ckpt.name, ignore=shutil.ignore_patterns("*.safetensors.tmp*"))
+        first, rerun = _bias_page(root, args.runs)
+        print(f"  bias page, first render (val split)          {first:6.2f} s")
+        print(f"  bias page, rerun after a filter change       {rerun:6.2f} s   (goal <= 1)")
+        big = Path(tmp) / "big"
+        shutil.copytree(ckpt, big / "big", ignore=shutil.ignore_patterns("*.safetensors.tmp*"))
+        rng = np.random.default_rng(0)
+        val = load_predictions(ckpt, "val")
+        rows = val.sample(200_000, replace=True, random_state=0).reset_index(drop=True)
+        rows["file"] = [f"gen{i}.jpg" for i in range(len(rows))]
+        rows["pred_age"] = (rows["pred_age"] + rng.normal(0, 1, len(rows))).clip(0).round(2)
+        rows.to_csv(big / "big" / "predictions-val.csv", index=False)
+        first_big, _ = _bias_page(big, 1)
+        print(f"  bias page on 200,000 generated rows, first render {first_big:6.2f} s   (goal <= 10)")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m agegender.bench", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="what", required=True)
@@ -231,11 +293,12 @@ def main(argv: list[str] | None = None) -> int:
     pr.add_argument("--checkpoint", help="default: checkpoints/resnet18-utkface")
     pr.add_argument("--runs", type=int, default=15)
     pr.add_argument("--threads", type=int, default=0)
+    rp = sub.add_parser("report", help="bias report and bias page timings")
+    rp.add_argument("--checkpoint", help="default: checkpoints/resnet18-utkface")
+    rp.add_argument("--runs", type=int, default=5)
+    rp.add_argument("--threads", type=int, default=0)
     args = p.parse_args(argv)
-    if args.what == "train":
-        bench_train(args)
-    else:
-        bench_predict(args)
+    {"train": bench_train, "predict": bench_predict, "report": bench_report}[args.what](args)
     return 0
 
 
