@@ -7,6 +7,8 @@ tensors and (b) a plain torchvision DataLoader + PIL transforms + fp32 pipeline;
 predict: latency for a 640x480 photo with one face: detection, alignment + prediction, both heads'
 Grad-CAMs, against one plain forward pass of the model.
 
+app: seconds from `streamlit run` to the first page rendered in headless Chromium (cold, then warm).
+
 report: the bias report on a checkpoint's ~2,100 test rows (1,000 resamples), a rerun of the bias
 page after a filter change, and the bias page on a generated 200,000-row predictions file.
 """
@@ -277,6 +279,54 @@ def bench_report(args) -> None:
         print(f"  bias page on 200,000 generated rows, first render {first_big:6.2f} s   (goal <= 10)")
 
 
+def bench_app(args) -> None:
+    import shutil
+    import socket
+    import subprocess
+    import urllib.request
+
+    from playwright.sync_api import sync_playwright
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        raise SystemExit("bench app needs chromium on PATH (apt-get install chromium)")
+    root = Path(__file__).resolve().parents[1]
+    times, titles = [], []
+    for _ in range(args.runs):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        t = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(root / "dashboard" / "app.py"),
+                                 "--server.headless", "true", "--server.port", str(port),
+                                 "--server.address", "127.0.0.1"], cwd=root,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            while True:
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=1)
+                    break
+                except OSError:
+                    time.sleep(0.1)
+            with sync_playwright() as p:
+                b = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu",
+                                      "--disable-background-networking", "--no-first-run"])
+                page = b.new_page()
+                page.goto(f"http://127.0.0.1:{port}")
+                page.get_by_role("heading", name="Predict & explain").wait_for(timeout=120_000)
+                titles.append(time.perf_counter() - t)
+                page.get_by_text("evidence for older").first.wait_for(timeout=120_000)
+                times.append(time.perf_counter() - t)
+                b.close()
+        finally:
+            proc.terminate()
+            proc.wait()
+    warm = slice(1, None) if len(times) > 1 else slice(None)
+    print(f"streamlit run -> first page in Chromium, {len(times)} starts (the first cold):")
+    for label, ts in (("page rendered (title)", titles), ("example photo fully explained", times)):
+        print(f"  {label:32s} first {ts[0]:.1f} s, warm median {statistics.median(ts[warm]):.1f} s")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m agegender.bench", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="what", required=True)
@@ -297,8 +347,10 @@ def main(argv: list[str] | None = None) -> int:
     rp.add_argument("--checkpoint", help="default: checkpoints/resnet18-utkface")
     rp.add_argument("--runs", type=int, default=5)
     rp.add_argument("--threads", type=int, default=0)
+    ap = sub.add_parser("app", help="dashboard start-up time in a real browser")
+    ap.add_argument("--runs", type=int, default=3)
     args = p.parse_args(argv)
-    {"train": bench_train, "predict": bench_predict, "report": bench_report}[args.what](args)
+    {"train": bench_train, "predict": bench_predict, "report": bench_report, "app": bench_app}[args.what](args)
     return 0
 
 
