@@ -38,14 +38,7 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "UT
 
 def _median_rate(step, batch_size: int, steps: int, warmup: int) -> tuple[float, float]:
     """Median images/s over ``steps`` timed calls after ``warmup`` untimed ones, and the median step time."""
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
-    med = statistics.median(times)
+    med = _median_s(step, steps, warmup)
     return batch_size / med, med
 
 
