@@ -94,8 +94,8 @@ def bench_train(args) -> None:
         print(f"dataset not found; using {4 * args.batch_size} generated 200 px JPEGs")
     sc = scan(data)
     t = time.perf_counter()
-    images = cached_images(sc, cfg.cache_size, args.cache_dir)
-    pixels = torch.from_numpy(np.array(images.pixels))
+    images = cached_images(sc, cfg.cache_size, args.cache_dir, in_memory=True)
+    pixels = torch.from_numpy(images.pixels)
     load_s = time.perf_counter() - t
     ages = torch.as_tensor(images.labels()["age"])
     female = torch.as_tensor(images.labels()["gender"])

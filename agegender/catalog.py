@@ -1,15 +1,28 @@
-"""The checkpoints a dashboard or a report can offer, with their headline figures."""
+"""Where checkpoints and the dataset are, and which checkpoints there are, with their headline
+figures. Imports no torch, so the dashboard shell can render before the models load."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-import pandas as pd
-
-from .checkpoint import CheckpointError, list_checkpoints, read_meta
-
 REPO_CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
+META = "meta.json"  # the file that makes a folder a checkpoint
+WEIGHTS = "model.safetensors"
+DATA_ENV = "AGEGENDER_UTKFACE"
+
+
+def list_checkpoints(root: str | os.PathLike) -> list[Path]:
+    """Folders under ``root`` that hold a meta.json, sorted by name."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if (p / META).is_file())
+
+
+def default_data_path() -> str:
+    """$AGEGENDER_UTKFACE, or empty."""
+    return os.environ.get(DATA_ENV, "")
 
 
 def default_root() -> Path:
@@ -17,9 +30,13 @@ def default_root() -> Path:
     return Path(os.environ.get("AGEGENDER_CHECKPOINTS", REPO_CHECKPOINTS))
 
 
-def summary_table(root: str | os.PathLike | None = None) -> pd.DataFrame:
-    """One row per checkpoint folder: architecture, input, training and test figures.
+def summary_table(root: str | os.PathLike | None = None):
+    """One row per checkpoint folder (a DataFrame): architecture, input, training and test figures.
     A folder that cannot be read gets a row with its problem instead of breaking the table."""
+    import pandas as pd
+
+    from .checkpoint import CheckpointError, read_meta
+
     rows = []
     for path in list_checkpoints(root or default_root()):
         try:

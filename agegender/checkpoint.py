@@ -13,11 +13,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from . import __version__
+from .catalog import META, WEIGHTS, list_checkpoints  # noqa: F401 - re-exported
 from .model import ARCHS, AgeGenderNet, create_model
 from .preprocess import Preprocess
 
-WEIGHTS = "model.safetensors"
-META = "meta.json"
 FORMAT = "agegender-checkpoint/1"
 REQUIRED_META = ("format", "arch", "preprocess", "age_offset", "age_scale", "labels", "weights_sha256")
 
@@ -139,11 +138,3 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()})
     model.to(device).eval()
     return Checkpoint(path, model, meta)
-
-
-def list_checkpoints(root: str | os.PathLike) -> list[Path]:
-    """Folders under ``root`` that hold a meta.json, sorted by name."""
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.iterdir() if (p / META).is_file())

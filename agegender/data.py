@@ -232,9 +232,11 @@ def _atomic_save_npy(path: Path, arr: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def cached_images(scan_: Scan, size: int, cache_dir: str | os.PathLike | None = None) -> Images:
+def cached_images(scan_: Scan, size: int, cache_dir: str | os.PathLike | None = None,
+                  in_memory: bool = False) -> Images:
     """Every sample of the scan decoded at ``size`` px, through an on-disk cache keyed by
-    the dataset fingerprint and the size; a second run loads it in seconds."""
+    the dataset fingerprint and the size; a second run loads it in seconds. ``in_memory`` reads
+    it into RAM (training gathers random batches) rather than memory-mapping it."""
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     stem = cache_dir / f"utk-{scan_.fingerprint[:20]}-{size}px"
     npy, index = stem.with_suffix(".npy"), stem.with_suffix(".json")
@@ -242,7 +244,7 @@ def cached_images(scan_: Scan, size: int, cache_dir: str | os.PathLike | None = 
     if npy.exists() and index.exists():
         try:
             info = json.loads(index.read_text())
-            pixels = np.load(npy, mmap_mode="r")
+            pixels = np.load(npy, mmap_mode=None if in_memory else "r")
             if len(info["members"]) == len(pixels):
                 if info["unreadable"]:
                     log.warning("skipped %d unreadable image(s), e.g. %s", len(info["unreadable"]),

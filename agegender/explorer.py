@@ -4,25 +4,20 @@ the dataset, and Grad-CAMs averaged over the faces of each group."""
 from __future__ import annotations
 
 import io
-import os
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
+from .catalog import DATA_ENV
 from .checkpoint import Checkpoint
 from .data import Scan, iter_bytes
 from .explain import explain
 from .predict import model_input
 from .preprocess import resize_image
 
-DATA_ENV = "AGEGENDER_UTKFACE"
 ERR_NO_DATA = (f"the error explorer needs the UTKFace images: set the dataset path in the sidebar, "
                f"or the environment variable {DATA_ENV}")
-
-
-def default_data_path() -> str:
-    return os.environ.get(DATA_ENV, "")
 
 
 def worst_age_errors(df: pd.DataFrame, n: int = 24) -> pd.DataFrame:

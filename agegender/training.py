@@ -182,9 +182,7 @@ def train(cfg: TrainConfig) -> Path:
     torch.manual_seed(cfg.seed)
 
     sc = scan(cfg.data)
-    images = cached_images(sc, cfg.cache_size, cfg.cache_dir or None)
-    if isinstance(images.pixels, np.memmap):
-        images.pixels = np.array(images.pixels)  # random batch gathers run from RAM, not the page cache
+    images = cached_images(sc, cfg.cache_size, cfg.cache_dir or None, in_memory=True)
     train_idx, val_idx = images.indices("train"), images.indices("val")
     if len(train_idx) < cfg.batch_size or len(val_idx) == 0:
         raise TrainingError(

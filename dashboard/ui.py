@@ -1,22 +1,26 @@
 """Parts shared by the pages: the sidebar checkpoint picker, cached models and detector,
-and the per-face result view (predict and compare pages use it)."""
+and the per-face result view (predict and compare pages use it).
+
+torch and the model code are imported inside the functions that need them, so the sidebar and
+each page's title render while they load."""
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import streamlit as st
 
-from agegender.catalog import default_root
-from agegender.checkpoint import META, WEIGHTS, Checkpoint, CheckpointError, list_checkpoints, load_checkpoint
-from agegender.explain import CamMap
-from agegender.explorer import DATA_ENV, default_data_path
-from agegender.faces import FaceDetector, UnreadableImage, load_photo
+from agegender.catalog import DATA_ENV, META, WEIGHTS, default_data_path, default_root, list_checkpoints
 from agegender.labels import gender_label
-from agegender.predict import ImageResult, analyse, display_crop, explain_face
-from agegender.visual import png_bytes
+
+if TYPE_CHECKING:
+    from agegender.checkpoint import Checkpoint
+    from agegender.explain import CamMap
+    from agegender.faces import FaceDetector
+    from agegender.predict import ImageResult
 
 SELECTED = "selected_checkpoints"
 DATASET = "dataset_path"
@@ -30,6 +34,8 @@ def _stamp(path: Path) -> tuple[float, float]:
 @st.cache_resource(show_spinner="Loading checkpoint…", max_entries=8)
 def _load(path: str, stamp: tuple) -> Checkpoint:
     # shared by every session: never mutated after loading
+    from agegender.checkpoint import load_checkpoint
+
     return load_checkpoint(path)
 
 
@@ -39,6 +45,8 @@ def get_checkpoint(path: str | Path) -> Checkpoint:
 
 @st.cache_resource(show_spinner="Loading the face detector…")
 def get_detector() -> FaceDetector:
+    from agegender.faces import FaceDetector
+
     return FaceDetector()
 
 
@@ -61,6 +69,8 @@ def sidebar() -> None:
 
 def selected_checkpoints(limit: int | None = None) -> list[Checkpoint]:
     """The loaded checkpoints picked in the sidebar; a page with none stops with a hint."""
+    from agegender.checkpoint import CheckpointError
+
     loaded = []
     for p in st.session_state.get(SELECTED, [])[:limit]:
         try:
@@ -91,6 +101,8 @@ class Options:
 @st.cache_data(max_entries=64, show_spinner="Finding faces…")
 def detect_cached(data: bytes, name: str):
     """(photo, faces) or (None, error message) for one uploaded file."""
+    from agegender.faces import UnreadableImage, load_photo
+
     try:
         photo = load_photo(data, name)
     except UnreadableImage as e:
@@ -100,6 +112,9 @@ def detect_cached(data: bytes, name: str):
 
 @st.cache_data(max_entries=64, show_spinner="Predicting…")
 def analyse_cached(data: bytes, name: str, ckpt_path: str, cropped: bool, whole: bool, min_conf: float) -> ImageResult:
+    from agegender.faces import UnreadableImage, load_photo
+    from agegender.predict import ImageResult, analyse
+
     photo, faces = detect_cached(data, name) if not cropped else (None, None)
     if cropped:
         try:
@@ -115,6 +130,8 @@ def analyse_cached(data: bytes, name: str, ckpt_path: str, cropped: bool, whole:
 @st.cache_data(max_entries=256, show_spinner="Computing Grad-CAM…")
 def cams_cached(ckpt_path: str, result_key: str, face_index: int, _result: ImageResult, maps: tuple[str, ...],
                 method: str, layer: str, aug: bool, eigen: bool, faith: bool) -> list[CamMap]:
+    from agegender.predict import explain_face
+
     face = [f for f in _result.faces if f.predicted][face_index]
     return explain_face(get_checkpoint(ckpt_path), face, maps, method=method, layer=layer, aug_smooth=aug,
                         eigen_smooth=eigen, faithfulness=faith)
@@ -138,6 +155,8 @@ def face_view(ckpt: Checkpoint, result: ImageResult, face_index: int, result_key
     """One face (the face_index-th predicted one) through one checkpoint: prediction, then the CAMs
     per head. ``result_key`` names the image and the options that produced ``result``."""
     from agegender.explain import overlay
+    from agegender.predict import display_crop
+    from agegender.visual import png_bytes
 
     face = [f for f in result.faces if f.predicted][face_index]
     label = gender_label(face.p_female, opt.band)
@@ -176,6 +195,8 @@ def predictions_cached(ckpt_path: str, split: str, stamp: float):
 
 def predictions(ckpt: Checkpoint, split: str):
     """The checkpoint's predictions for a split, or None after showing why they are missing."""
+    from agegender.checkpoint import CheckpointError
+
     path = ckpt.path / f"predictions-{split}.csv"
     try:
         return predictions_cached(str(ckpt.path), split, path.stat().st_mtime if path.exists() else 0.0)

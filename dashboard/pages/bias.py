@@ -2,12 +2,7 @@
 
 import streamlit as st
 
-from agegender import charts
-from agegender.fairness import DEFAULT_GROUPINGS, GROUP_COLUMNS, METRICS, GroupReport, prepare
-from agegender.report import to_html
 from dashboard import ui
-
-GROUPINGS = list(DEFAULT_GROUPINGS) + [g for g in ("age_bucket:gender",) if g not in DEFAULT_GROUPINGS]
 
 
 # cache_resource: the report holds metric functions (not picklable); it is never mutated
@@ -27,6 +22,14 @@ def html_cached(ckpt_path: str, split: str, stamp: float, n_boot: int, min_count
 
 
 st.title("Bias report")
+
+# heavy imports after the title, so the page shows while they load
+from agegender import charts
+from agegender.fairness import DEFAULT_GROUPINGS, GROUP_COLUMNS, METRICS, GroupReport, prepare
+from agegender.report import to_html
+
+GROUPINGS = list(DEFAULT_GROUPINGS) + [g for g in ("age_bucket:gender",) if g not in DEFAULT_GROUPINGS]
+
 ckpt = ui.checkpoint_choice(ui.selected_checkpoints())
 c1, c2, c3, c4 = st.columns(4)
 split = c1.selectbox("Split", ["val", "test"], key="bias_split")

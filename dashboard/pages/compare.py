@@ -1,15 +1,19 @@
 """Compare checkpoints: overall and per-group deltas on the same images, agreement, and one photo
 through each checkpoint with the Grad-CAMs side by side."""
 
-import plotly.express as px
-import plotly.graph_objects as go
 import streamlit as st
 
-from agegender.compare import agreement, pair, paired_deltas
-from agegender.fairness import DEFAULT_GROUPINGS, METRICS
 from dashboard import ui
 
 st.title("Compare checkpoints")
+
+# heavy imports after the title, so the page shows while they load
+import plotly.express as px
+import plotly.graph_objects as go
+
+from agegender.compare import agreement, pair, paired_deltas
+from agegender.fairness import DEFAULT_GROUPINGS, METRICS
+
 ckpts = ui.selected_checkpoints()
 if len(ckpts) < 2:
     st.info("Pick two or more checkpoints in the sidebar to compare them.")

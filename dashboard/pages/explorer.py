@@ -1,7 +1,13 @@
 """Error explorer: the faces a checkpoint gets most wrong, and where it looks, per group."""
 
-import numpy as np
 import streamlit as st
+
+from dashboard import ui
+
+st.title("Error explorer")
+
+# heavy imports after the title, so the page shows while they load
+import numpy as np
 from PIL import Image
 
 from agegender.data import DatasetError, scan
@@ -10,9 +16,7 @@ from agegender.explorer import ERR_NO_DATA, mean_cams, misgendered, read_chips, 
 from agegender.fairness import GROUP_COLUMNS, prepare
 from agegender.predict import FaceResult, ImageResult, display_crop
 from agegender.preprocess import resize_image
-from dashboard import ui
 
-st.title("Error explorer")
 ckpt = ui.checkpoint_choice(ui.selected_checkpoints())
 data_path = st.session_state.get(ui.DATASET, "")
 if not data_path:

@@ -2,16 +2,20 @@
 
 import json
 
-import matplotlib.cbook
 import streamlit as st
+
+from dashboard import ui
+
+st.title("Predict & explain")
+
+# heavy imports after the title, so the page shows while they load
+import matplotlib.cbook
 
 from agegender.explain import LAYERS, METHODS
 from agegender.visual import draw_faces, results_frame, zip_bytes
-from dashboard import ui
 
 EXAMPLE = matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
 
-st.title("Predict & explain")
 ckpts = ui.selected_checkpoints(limit=3)
 
 source = st.radio("Photo", ["Example", "Upload", "Camera"], horizontal=True, key="source")

@@ -1,12 +1,15 @@
 """Training curves from each checkpoint's history.csv."""
 
-import pandas as pd
-import plotly.express as px
 import streamlit as st
 
 from dashboard import ui
 
 st.title("Training")
+
+# heavy imports after the title, so the page shows while they load
+import pandas as pd
+import plotly.express as px
+
 PANELS = [("loss", ["train_loss"]), ("age MAE (years)", ["train_age_mae", "val_age_mae"]),
           ("gender accuracy", ["train_gender_acc", "val_gender_acc"])]
 for ckpt in ui.selected_checkpoints():
