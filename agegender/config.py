@@ -43,6 +43,8 @@ class TrainConfig:
     aug_brightness: float = Augment.brightness
     aug_contrast: float = Augment.contrast
     aug_saturation: float = Augment.saturation
+    balance: str = "none"  # none | sampling: draw training images by ethnicity x gender x age bucket
+    balance_power: float = 0.5  # sampling weight = cell count ** -power: 1 fully balances, 0.5 halfway
     resume: bool = False  # continue the run whose state is in --out
 
     def augment(self) -> Augment:
@@ -60,6 +62,8 @@ class TrainConfig:
             raise ValueError(f"--age-loss must be smooth_l1 or l1, not {self.age_loss!r}")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"--precision must be auto, bf16 or fp32, not {self.precision!r}")
+        if self.balance not in ("none", "sampling"):
+            raise ValueError(f"--balance must be none or sampling, not {self.balance!r}")
         if self.input_size > self.cache_size:
             raise ValueError("--input-size cannot exceed --cache-size")
         if self.epochs < 1 or self.batch_size < 1:

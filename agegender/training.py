@@ -21,7 +21,7 @@ from .checkpoint import META, WEIGHTS, save_weights, write_meta
 from .config import TrainConfig
 from .data import SPLIT_RULE, Images, cached_images, scan, write_manifest
 from .inference import predict_pixels
-from .labels import AGE_BUCKET_EDGES, GENDERS, RACES
+from .labels import AGE_BUCKET_EDGES, GENDERS, RACES, age_bucket
 from .metrics import summary
 from .model import create_model
 from .preprocess import Preprocess, preprocess, to_batch
@@ -79,6 +79,26 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Ada
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
     return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                               {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+
+
+def balance_weights(images: Images, idx: np.ndarray, power: float) -> tuple[np.ndarray, dict]:
+    """Per-image sampling weights, count(cell) ** -power over ethnicity x gender x age bucket,
+    and a description for meta.json (each cell's count and its share of the draws)."""
+    lab = images.labels(idx)
+    bucket = np.searchsorted(np.array(AGE_BUCKET_EDGES), lab["age"], side="right") - 1
+    cell = (lab["race"] * len(GENDERS) + lab["gender"].astype(np.int64)) * len(AGE_BUCKET_EDGES) + bucket
+    counts = np.bincount(cell, minlength=len(RACES) * len(GENDERS) * len(AGE_BUCKET_EDGES))
+    w = counts[cell].astype(np.float64) ** -power
+    share = np.bincount(cell, weights=w, minlength=len(counts)) / w.sum()
+    cells = {}
+    for c in np.flatnonzero(counts):
+        r, rest = divmod(int(c), len(GENDERS) * len(AGE_BUCKET_EDGES))
+        g, b = divmod(rest, len(AGE_BUCKET_EDGES))
+        cells[f"{RACES[r]} / {GENDERS[g]} / {age_bucket(AGE_BUCKET_EDGES[b])}"] = {
+            "count": int(counts[c]), "share_of_data": round(counts[c] / len(idx), 5),
+            "share_of_draws": round(float(share[c]), 5)}
+    return w / w.sum(), {"method": "sampling", "power": power, "cells": "ethnicity x gender x age bucket",
+                         "by_cell": cells}
 
 
 def val_score(mae: float, acc: float, cfg: TrainConfig) -> float:
@@ -198,6 +218,10 @@ def train(cfg: TrainConfig) -> Path:
     opt = build_optimizer(model, cfg)
     aug, aug_gen = cfg.augment(), torch.Generator()
     steps_per_epoch = len(train_idx) // cfg.batch_size
+    draw = None
+    if cfg.balance == "sampling":
+        weights, meta["balance"] = balance_weights(images, train_idx, cfg.balance_power)
+        draw = torch.as_tensor(weights)
     total_steps = steps_per_epoch * cfg.epochs
 
     info = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_score": None, "best_epoch": None,
@@ -221,7 +245,11 @@ def train(cfg: TrainConfig) -> Path:
         if info["step_in_epoch"] == 0:
             aug_gen.manual_seed(cfg.seed * 7919 + epoch)
             info["sums"] = [0.0] * 4  # loss, abs age error, gender correct, images
-        perm = torch.randperm(len(train_idx), generator=_epoch_generator(cfg.seed, epoch))
+        if draw is None:
+            perm = torch.randperm(len(train_idx), generator=_epoch_generator(cfg.seed, epoch))
+        else:  # as many draws as images, with replacement, by the balancing weights
+            perm = torch.multinomial(draw, len(train_idx), replacement=True,
+                                     generator=_epoch_generator(cfg.seed, epoch))
         epoch_start = time.monotonic()
         bar = tqdm(range(info["step_in_epoch"], steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    unit="step", dynamic_ncols=True)

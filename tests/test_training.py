@@ -110,3 +110,21 @@ def test_schedule_warms_up_then_decays():
     lrs = [lr_at(s, 100, cfg) for s in range(100)]
     assert lrs[0] < lrs[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False)) and lrs[-1] < 0.01
+
+
+def test_balanced_sampling_evens_out_cells_and_is_recorded(tiny_data, tmp_path):
+    from agegender.data import cached_images, scan
+    from agegender.training import balance_weights
+
+    images = cached_images(scan(tiny_data), 32, tmp_path / "c")
+    idx = images.indices("train")
+    w, desc = balance_weights(images, idx, power=1.0)
+    assert w.sum() == pytest.approx(1.0) and len(w) == len(idx)
+    shares = [c["share_of_draws"] for c in desc["by_cell"].values()]
+    assert max(shares) == pytest.approx(min(shares), rel=1e-3)  # power 1: every cell drawn alike
+    half = balance_weights(images, idx, power=0.5)[1]["by_cell"]
+    big = max(half, key=lambda k: half[k]["count"])
+    assert half[big]["share_of_draws"] <= half[big]["share_of_data"]
+    out = train(tiny_config(tiny_data, tmp_path / "bal", balance="sampling"))
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["balance"]["method"] == "sampling" and meta["train_config"]["balance"] == "sampling"
