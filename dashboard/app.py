@@ -14,4 +14,4 @@ page = st.navigation([
     st.Page("pages/training.py", title="Training", icon=":material/show_chart:"),
     st.Page("pages/checkpoints.py", title="Checkpoints", icon=":material/inventory_2:"),
 ])
-page.run()
+ui.run_page(page)

@@ -7,6 +7,7 @@ each page's title render while they load."""
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from agegender.faces import FaceDetector
     from agegender.predict import ImageResult
 
+log = logging.getLogger("agegender.dashboard")
 SELECTED = "selected_checkpoints"
 DATASET = "dataset_path"
 
@@ -48,6 +50,21 @@ def get_detector() -> FaceDetector:
     from agegender.faces import FaceDetector
 
     return FaceDetector()
+
+
+def run_page(page) -> None:
+    """The error boundary: an unexpected error in a page is logged with its traceback on the
+    server and shown as one short line; the other pages keep working."""
+    try:
+        page.run()
+    except Exception as e:  # noqa: BLE001 - that is the point of a boundary
+        log.exception("page %r failed", getattr(page, "title", page))
+        st.error(f"This page failed: {type(e).__name__}: {str(e)[:200]}. The details are in the server log; "
+                 "the other pages still work.")
+
+
+def too_large(data: bytes) -> bool:
+    return len(data) > st.get_option("server.maxUploadSize") * 1024 * 1024
 
 
 def sidebar() -> None:

@@ -148,3 +148,52 @@ def test_training_page(predict_app):
     at = predict_app.switch_page("pages/training.py").run()
     assert not at.exception
     assert len(at.get("plotly_chart")) == 3
+
+
+def boundary_app():
+    import streamlit as st
+
+    from dashboard import ui
+
+    class Broken:
+        title = "broken"
+
+        def run(self):
+            st.write("before the failure")
+            raise RuntimeError("boom")
+
+    class Fine:
+        title = "fine"
+
+        def run(self):
+            st.write("fine page")
+
+    ui.run_page(Broken())
+    ui.run_page(Fine())
+
+
+def test_error_boundary_keeps_the_app_alive(caplog):
+    # the boundary app.py wraps every page in (AppTest cannot rerun app.py around a failing page)
+    at = AppTest.from_function(boundary_app).run()
+    assert not at.exception
+    assert at.error[0].value.startswith("This page failed: RuntimeError: boom.")
+    assert "Traceback" in caplog.text and "boom" in caplog.text  # the details went to the server log
+    assert [m.value for m in at.markdown] == ["before the failure", "fine page"]
+
+
+def test_upload_too_large_and_decompression_bomb(predict_app, monkeypatch):
+    import io
+
+    from PIL import Image
+
+    at = predict_app
+    at.radio(key="source").set_value("Upload").run()
+    buf = io.BytesIO()
+    Image.new("RGB", (300, 300), (128, 128, 128)).save(buf, "PNG")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20_000)  # makes the 300 x 300 image a "bomb"
+    big = b"\xff" * (26 * 1024 * 1024)
+    at.file_uploader[0].set_value([("huge.jpg", big, "image/jpeg"), ("bomb.png", buf.getvalue(), "image/png")]).run()
+    assert not at.exception
+    errors = [e.value for e in at.error]
+    assert "huge.jpg is larger than 25 MB: downscale it first." in errors
+    assert any(e.startswith("bomb.png is too large to decode safely") for e in errors)

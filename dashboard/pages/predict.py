@@ -23,6 +23,9 @@ files: list[tuple[str, bytes]] = []
 if source == "Upload":
     ups = st.file_uploader("Images", type=["jpg", "jpeg", "png", "webp", "bmp"], accept_multiple_files=True)
     files = [(u.name, u.getvalue()) for u in ups or []]
+    for name in [n for n, d in files if ui.too_large(d)]:
+        st.error(f"{name} is larger than {st.get_option('server.maxUploadSize')} MB: downscale it first.")
+    files = [(n, d) for n, d in files if not ui.too_large(d)]
 elif source == "Camera":
     shot = st.camera_input("Take a photo")
     files = [("camera.jpg", shot.getvalue())] if shot else []
