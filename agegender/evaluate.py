@@ -19,6 +19,7 @@ import pandas as pd
 
 from .checkpoint import CheckpointError, load_checkpoint, read_meta, write_meta
 from .data import DatasetError, Images, cached_images, load_images, scan
+from .distributed import setup as setup_distributed
 from .inference import predict_pixels
 from .labels import GENDERS, RACES
 from .metrics import summary
@@ -100,8 +101,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     set_threads(args.threads)
     t0 = time.perf_counter()
+    dd, device = setup_distributed()  # under torchrun each rank scores its share of the images
     try:
-        ckpt = load_checkpoint(args.checkpoint)
+        return _evaluate(args, dd, device, t0)
+    finally:
+        dd.close()
+
+
+def _evaluate(args, dd, device, t0: float) -> int:
+    try:
+        ckpt = load_checkpoint(args.checkpoint, device)
         sc = scan(args.data)
         size = ckpt.preprocess.cache_size
         if args.limit:
@@ -113,10 +122,14 @@ def main(argv: list[str] | None = None) -> int:
         idx = images.indices(args.split)
         if len(idx) == 0:
             raise DatasetError(f"no images of split {args.split!r} at {args.data}; try --split all")
-        df = predictions_frame(ckpt, images, idx, args.tta)
+        parts = dd.gather(predictions_frame(ckpt, images, idx[dd.rank::dd.world], args.tta))
     except (CheckpointError, DatasetError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if not dd.main:
+        return 0
+    position = np.concatenate([np.arange(len(idx))[r::dd.world] for r in range(dd.world)])
+    df = pd.concat(parts, ignore_index=True).iloc[np.argsort(position, kind="stable")].reset_index(drop=True)
     out = Path(args.out) if args.out else Path(args.checkpoint) / f"predictions-{args.split}.csv"
     _write_csv(df, out)
     m = {**metrics_of(df), "split": args.split, "tta": args.tta, "checkpoint": str(args.checkpoint),

@@ -20,12 +20,13 @@ from tqdm import tqdm
 from .checkpoint import META, WEIGHTS, save_weights, write_meta
 from .config import TrainConfig
 from .data import SPLIT_RULE, Images, cached_images, scan, write_manifest
+from .distributed import setup as setup_distributed
 from .inference import predict_pixels
 from .labels import AGE_BUCKET_EDGES, GENDERS, RACES, age_bucket
 from .metrics import summary
 from .model import create_model
 from .preprocess import Preprocess, preprocess, to_batch
-from .runtime import autocast, pick_device, set_threads
+from .runtime import autocast, set_threads
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +150,8 @@ def _check_out(out: Path, resume: bool) -> None:
     if resume:
         if not (out / STATE).is_file():
             raise TrainingError(ERR_NO_STATE.format(out=out, STATE=STATE))
+        for stale in out.glob(".*.tmp*"):  # a write cut short by a kill; the file it meant to replace is whole
+            stale.unlink()
         return
     if (out / STATE).exists() or (out / META).exists():
         raise TrainingError(ERR_EXISTS.format(out=out))
@@ -187,9 +190,20 @@ def _validate(model, images: Images, idx: np.ndarray, pp, meta: dict, cfg: Train
 
 
 def train(cfg: TrainConfig) -> Path:
-    """Train, keep the best weights by val score, then evaluate val and test into the folder."""
+    """Train, keep the best weights by val score, then evaluate val and test into the folder.
+    Under torchrun each rank trains on its shard of every batch (DDP); rank 0 alone writes."""
+    dd, device = setup_distributed(cfg.device)
+    try:
+        return _train(cfg, dd, device)
+    finally:
+        dd.close()
+
+
+def _train(cfg: TrainConfig, dd, device: torch.device) -> Path:
     out = Path(cfg.out)
-    _check_out(out, cfg.resume)
+    if dd.main:
+        _check_out(out, cfg.resume)
+    dd.barrier()
     saved_info = None
     if cfg.resume:
         with safe_open(str(out / STATE), "pt") as f:
@@ -197,12 +211,17 @@ def train(cfg: TrainConfig) -> Path:
         runtime = {k: getattr(cfg, k) for k in RUNTIME_KEYS}
         cfg = TrainConfig(**{**saved_info["config"], **runtime})
     cfg.validate()
+    if cfg.batch_size % dd.world:
+        raise TrainingError(f"--batch-size {cfg.batch_size} must divide evenly over {dd.world} processes")
     set_threads(cfg.threads)
-    device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
 
     sc = scan(cfg.data)
+    if not dd.main:
+        dd.barrier()  # rank 0 builds the cache first
     images = cached_images(sc, cfg.cache_size, cfg.cache_dir or None, in_memory=True)
+    if dd.main:
+        dd.barrier()
     train_idx, val_idx = images.indices("train"), images.indices("val")
     if len(train_idx) < cfg.batch_size or len(val_idx) == 0:
         raise TrainingError(
@@ -211,11 +230,17 @@ def train(cfg: TrainConfig) -> Path:
     train_ages = images.labels(train_idx)["age"]
     pp = Preprocess(cache_size=cfg.cache_size, input_size=cfg.input_size)
     meta = base_meta(cfg, pp, float(train_ages.mean()), float(train_ages.std()), sc.fingerprint)
-    write_manifest(images, out / MANIFEST)
+    if dd.main:
+        write_manifest(images, out / MANIFEST)
 
     model = create_model(cfg.arch, cfg.pretrained, cfg.dropout).to(device)
     model = model.to(memory_format=torch.channels_last)
     opt = build_optimizer(model, cfg)
+    step_model = model
+    if dd.active:  # same initial weights everywhere: DDP broadcasts rank 0's
+        step_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda"
+                                                               else None)
+    local_bs = cfg.batch_size // dd.world
     aug, aug_gen = cfg.augment(), torch.Generator()
     steps_per_epoch = len(train_idx) // cfg.batch_size
     draw = None
@@ -230,6 +255,8 @@ def train(cfg: TrainConfig) -> Path:
     if saved_info is not None:
         info = _load_state(out / STATE, model, opt, aug_gen)
         info["config"] = dataclasses.asdict(cfg)
+        if dd.rank > 0:  # the state holds rank 0's augmentation stream; the others restart theirs
+            aug_gen.manual_seed(cfg.seed * 7919 + info["epoch"] + dd.rank * 1_000_003 + info["step_in_epoch"])
         log.info("resuming at epoch %d step %d", info["epoch"] + 1, info["step_in_epoch"])
 
     age_t = torch.as_tensor(images.labels()["age"])
@@ -243,7 +270,7 @@ def train(cfg: TrainConfig) -> Path:
     while info["epoch"] < cfg.epochs and not info["stopped_early"] and not out_of_time:
         epoch = info["epoch"]
         if info["step_in_epoch"] == 0:
-            aug_gen.manual_seed(cfg.seed * 7919 + epoch)
+            aug_gen.manual_seed(cfg.seed * 7919 + epoch + dd.rank * 1_000_003)
             info["sums"] = [0.0] * 4  # loss, abs age error, gender correct, images
         if draw is None:
             perm = torch.randperm(len(train_idx), generator=_epoch_generator(cfg.seed, epoch))
@@ -252,16 +279,17 @@ def train(cfg: TrainConfig) -> Path:
                                      generator=_epoch_generator(cfg.seed, epoch))
         epoch_start = time.monotonic()
         bar = tqdm(range(info["step_in_epoch"], steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                   unit="step", dynamic_ncols=True)
+                   unit="step", dynamic_ncols=True, disable=not dd.main)
         for step in bar:
-            batch = torch.as_tensor(train_idx[perm[step * cfg.batch_size:(step + 1) * cfg.batch_size].numpy()])
+            chunk = perm[step * cfg.batch_size:(step + 1) * cfg.batch_size][dd.rank * local_bs:(dd.rank + 1) * local_bs]
+            batch = torch.as_tensor(train_idx[chunk.numpy()])
             x = preprocess(to_batch(pixels[batch]).to(device), pp, aug, aug_gen)
             age = age_t[batch].to(device)
             female = gender_t[batch].to(device)
             for g in opt.param_groups:
                 g["lr"] = lr_at(info["global_step"], total_steps, cfg)
             loss, age_raw, logit = compute_step(
-                model, opt, x, (age - meta["age_offset"]) / meta["age_scale"], female, cfg, device)
+                step_model, opt, x, (age - meta["age_offset"]) / meta["age_scale"], female, cfg, device)
             info["global_step"] += 1
             info["step_in_epoch"] = step + 1
             with torch.no_grad():
@@ -273,21 +301,22 @@ def train(cfg: TrainConfig) -> Path:
                 s[3] += len(batch)
             bar.set_postfix(loss=f"{s[0] / s[3]:.3f}", mae=f"{s[1] / s[3]:.2f}", acc=f"{s[2] / s[3]:.3f}")
             now = time.monotonic()
-            if now - start > budget_s:
+            if dd.any(now - start > budget_s):
                 out_of_time = True
                 break
-            if now - last_save > cfg.save_every_minutes * 60:
+            if dd.main and now - last_save > cfg.save_every_minutes * 60:
                 _save_state(out / STATE, model, opt, aug_gen, {**info, "elapsed": info["elapsed"] + now - start})
                 last_save = now
         bar.close()
         if out_of_time and info["step_in_epoch"] < steps_per_epoch:
             log.info("time budget of %.1f min reached mid-epoch; state saved for --resume", cfg.max_minutes)
-            _save_state(out / STATE, model, opt, aug_gen,
-                        {**info, "elapsed": info["elapsed"] + time.monotonic() - start})
+            if dd.main:
+                _save_state(out / STATE, model, opt, aug_gen,
+                            {**info, "elapsed": info["elapsed"] + time.monotonic() - start})
             break
-        mae, acc = _validate(model, images, val_idx, pp, meta, cfg)
+        mae, acc = _validate(model, images, val_idx, pp, meta, cfg)  # every rank: same weights, same answer
         score = val_score(mae, acc, cfg)
-        s = info["sums"]
+        s = dd.sum(list(info["sums"]))
         secs = time.monotonic() - epoch_start
         row = {"epoch": epoch + 1, "step": info["global_step"], "lr": f"{opt.param_groups[0]['lr']:.6g}",
                "train_loss": f"{s[0] / s[3]:.5f}", "train_age_mae": f"{s[1] / s[3]:.4f}",
@@ -299,22 +328,27 @@ def train(cfg: TrainConfig) -> Path:
                  epoch + 1, s[0] / s[3], s[1] / s[3], mae, acc, score, secs)
         if info["best_score"] is None or score < info["best_score"]:
             info.update(best_score=score, best_epoch=epoch + 1, bad_epochs=0,
-                        best_sha256=save_weights(model, out / WEIGHTS))
+                        best_sha256=save_weights(model, out / WEIGHTS) if dd.main else None)
         else:
             info["bad_epochs"] += 1
             if info["bad_epochs"] >= cfg.patience:
                 log.info("early stop: no better val score for %d epochs", cfg.patience)
                 info["stopped_early"] = True
         info["epoch"], info["step_in_epoch"] = epoch + 1, 0
-        _write_history(out / HISTORY, info["history"])
-        _save_state(out / STATE, model, opt, aug_gen, {**info, "elapsed": info["elapsed"] + time.monotonic() - start})
+        if dd.main:
+            _write_history(out / HISTORY, info["history"])
+            _save_state(out / STATE, model, opt, aug_gen,
+                        {**info, "elapsed": info["elapsed"] + time.monotonic() - start})
         last_save = time.monotonic()
 
     info["elapsed"] += time.monotonic() - start
-    if info["best_sha256"] is None:
+    if info["best_epoch"] is None:
         raise TrainingError(f"the time budget ran out before the first epoch finished; run again with --resume "
                             f"--out {out} and a larger --max-minutes")
     finished = info["epoch"] >= cfg.epochs or info["stopped_early"]
+    if not dd.main:
+        dd.barrier()  # wait for rank 0's final evaluation, then leave together
+        return out
     meta.update(best_epoch=info["best_epoch"], epochs_run=info["epoch"], finished=finished,
                 train_minutes=round(info["elapsed"] / 60, 1), weights_sha256=info["best_sha256"])
     write_meta(out, meta)
@@ -325,4 +359,5 @@ def train(cfg: TrainConfig) -> Path:
         (out / STATE).unlink(missing_ok=True)
     else:
         log.info("stopped by the time budget after %d/%d epochs; --resume continues", info["epoch"], cfg.epochs)
+    dd.barrier()
     return out

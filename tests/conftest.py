@@ -67,3 +67,26 @@ def real_data() -> Path:
     if p is None:
         pytest.skip("real UTKFace not found: set AGEGENDER_UTKFACE or place it at ../shared/datasets/UTKFace")
     return p
+
+
+@pytest.fixture(scope="session")
+def uninterrupted(tiny_data, tmp_path_factory) -> Path:
+    """A 2-epoch tiny run without interruption, to compare interrupted runs with."""
+    from agegender.training import train
+
+    return train(tiny_config(tiny_data, tmp_path_factory.mktemp("full") / "run", epochs=2))
+
+
+def cli_args(cfg: TrainConfig) -> list[str]:
+    """The train.py command line for a config (booleans as --x / --no-x)."""
+    import dataclasses
+
+    args = []
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(v, bool):
+            args.append(flag if v else "--no-" + flag[2:])
+        elif v != "":
+            args += [flag, str(v)]
+    return args

@@ -46,11 +46,6 @@ def _weights(path):
     return {k: v.float().numpy() for k, v in load_file(str(path / "model.safetensors")).items()}
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tiny_data, tmp_path_factory):
-    return train(tiny_config(tiny_data, tmp_path_factory.mktemp("full") / "run", epochs=2))
-
-
 def test_resume_after_a_crash_matches_an_uninterrupted_run(tiny_data, tmp_path, monkeypatch, uninterrupted):
     real = training.preprocess
     calls = {"n": 0}
