@@ -7,6 +7,9 @@ tensors and (b) a plain torchvision DataLoader + PIL transforms + fp32 pipeline;
 predict: latency for a 640x480 photo with one face: detection, alignment + prediction, both heads'
 Grad-CAMs, against one plain forward pass of the model.
 
+serve: eight threads predicting and explaining at once through one shared model against the same
+requests one after another (equal results?), then resident memory over 200 explanations in a row.
+
 app: seconds from `streamlit run` to the first page rendered in headless Chromium (cold, then warm).
 
 report: the bias report on a checkpoint's ~2,100 test rows (1,000 resamples), a rerun of the bias
@@ -16,6 +19,7 @@ page after a filter change, and the bias page on a generated 200,000-row predict
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import statistics
 import sys
@@ -320,6 +324,74 @@ def bench_app(args) -> None:
         print(f"  {label:32s} first {ts[0]:.1f} s, warm median {statistics.median(ts[warm]):.1f} s")
 
 
+def bench_serve(args) -> None:
+    import threading
+
+    import matplotlib.cbook
+    from PIL import Image
+
+    from .catalog import default_root
+    from .checkpoint import load_checkpoint
+    from .faces import FaceDetector, load_photo
+    from .predict import analyse, explain_face
+
+    set_threads(args.threads)
+    ckpt = load_checkpoint(args.checkpoint or default_root() / "resnet18-utkface")
+    det = FaceDetector()
+    hopper = load_photo(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+    photos = []  # eight different requests: the photo scaled, shifted and mirrored
+    for i in range(8):
+        side = 360 + 30 * i
+        im = hopper.resize((side * hopper.width // hopper.height, side), Image.Resampling.BILINEAR)
+        im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if i % 2 else im
+        canvas = Image.new("RGB", (640, 640), (40 + 20 * i, 90, 120))
+        canvas.paste(im, (10 * i, 640 - side))
+        photos.append(canvas)
+    methods = ["GradCAM", "GradCAM++", "LayerCAM", "XGradCAM"]
+
+    def request(i: int):
+        r = analyse(photos[i], f"p{i}", ckpt, det.detect(photos[i]))
+        f = next(f for f in r.faces if f.predicted)
+        maps = explain_face(ckpt, f, method=methods[i % len(methods)])
+        return f.age, f.p_female, [m.heat for m in maps]
+
+    sequential = [request(i) for i in range(8)]
+    concurrent: list = [None] * 8
+    barrier = threading.Barrier(8)
+
+    def worker(i: int) -> None:
+        barrier.wait()
+        concurrent[i] = request(i)
+
+    t = time.perf_counter()
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    wall = time.perf_counter() - t
+    worst = max(max(abs(a[0] - b[0]), abs(a[1] - b[1]), *(float(np.abs(x - y).max()) for x, y in zip(a[2], b[2],
+                strict=True))) for a, b in zip(sequential, concurrent, strict=True))
+    print(f"8 concurrent predict+explain requests in {wall:.2f} s; largest difference from the same requests "
+          f"run one after another: {worst:.2e} (ages in years, P(female), heat maps in [0, 1])")
+
+    def rss_mb() -> float:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    for i in range(20):  # warm-up: allocator pools, lazy imports
+        request(i % 8)
+    before = rss_mb()
+    marks = []
+    for i in range(args.soak):
+        request(i % 8)
+        if (i + 1) % 50 == 0:
+            marks.append(f"{i + 1}: {rss_mb():.0f}")
+    after = rss_mb()
+    print(f"resident memory over {args.soak} explanations after 20 warm-up ones: {before:.0f} MiB -> "
+          f"{after:.0f} MiB ({after - before:+.0f} MiB); at " + ", ".join(marks))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m agegender.bench", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="what", required=True)
@@ -340,10 +412,15 @@ def main(argv: list[str] | None = None) -> int:
     rp.add_argument("--checkpoint", help="default: checkpoints/resnet18-utkface")
     rp.add_argument("--runs", type=int, default=5)
     rp.add_argument("--threads", type=int, default=0)
+    sv = sub.add_parser("serve", help="concurrent requests and memory over a soak")
+    sv.add_argument("--checkpoint", help="default: checkpoints/resnet18-utkface")
+    sv.add_argument("--soak", type=int, default=200)
+    sv.add_argument("--threads", type=int, default=0)
     ap = sub.add_parser("app", help="dashboard start-up time in a real browser")
     ap.add_argument("--runs", type=int, default=3)
     args = p.parse_args(argv)
-    {"train": bench_train, "predict": bench_predict, "report": bench_report, "app": bench_app}[args.what](args)
+    {"train": bench_train, "predict": bench_predict, "report": bench_report, "app": bench_app,
+     "serve": bench_serve}[args.what](args)
     return 0
 
 
