@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import tarfile
 import zipfile
 from collections.abc import Iterator
@@ -225,6 +226,17 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("AGEGENDER_CACHE", Path.home() / ".cache" / "agegender"))
 
 
+def _free_bytes(folder: Path) -> int | None:
+    """Free space where ``folder`` is or would be created (None when unknown)."""
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        return shutil.disk_usage(probe).free
+    except OSError:
+        return None
+
+
 def _atomic_save_npy(path: Path, arr: np.ndarray) -> None:
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     with open(tmp, "wb") as f:
@@ -252,6 +264,12 @@ def cached_images(scan_: Scan, size: int, cache_dir: str | os.PathLike | None = 
                 return Images([by_member[m] for m in info["members"]], pixels, info["unreadable"])
         except (OSError, ValueError, KeyError) as e:
             log.warning("ignoring a damaged cache at %s (%s); rebuilding it", stem, e)
+    need = len(scan_.samples) * size * size * 3
+    free = _free_bytes(cache_dir)
+    if free is not None and free < need * 1.05:
+        log.warning("not enough disk for the image cache in %s (needs %.2f GB, %.2f GB free): decoding into "
+                    "memory only; free space or pass --cache-dir", cache_dir, need / 1e9, free / 1e9)
+        return load_images(scan_, scan_.samples, size)
     images = load_images(scan_, scan_.samples, size)
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)

@@ -105,3 +105,14 @@ def test_real_dataset_scan_skips_its_malformed_names(real_data):
     assert len(sc.samples) > 20000
     counts = Counter(s.split for s in sc.samples)
     assert 0.78 < counts["train"] / len(sc.samples) < 0.82
+
+
+def test_too_little_disk_for_the_cache_is_reported_up_front(tmp_path, monkeypatch, caplog):
+    make_dataset(tmp_path / "d", n=6)
+    sc = scan(tmp_path / "d")
+    monkeypatch.setattr(data.shutil, "disk_usage", lambda p: type("U", (), {"free": 1000})())
+    with caplog.at_level(logging.WARNING):
+        images = cached_images(sc, 16, tmp_path / "cache")
+    assert len(images.samples) == 6  # nothing lost: decoded into memory
+    assert "not enough disk for the image cache" in caplog.text
+    assert not list((tmp_path).glob("cache/*.npy"))
