@@ -201,7 +201,8 @@ class GroupReport:
                 "ratio": (worst / best) if best not in (0, 0.0) else np.nan,
                 "overall": self.overall[m.name],
             })
-        return pd.DataFrame(rows)
+        return pd.DataFrame(rows, columns=["metric", "label", "best_group", "best", "worst_group", "worst", "gap",
+                                           "ratio", "overall"])
 
     def to_json(self) -> dict:
         def clean(d: dict) -> dict:
