@@ -49,11 +49,13 @@ def read_chips(scan: Scan, members: list[str]) -> dict[str, Image.Image]:
 
 
 def mean_cams(ckpt: Checkpoint, chips: list[Image.Image], maps: tuple[str, ...] = ("older", "female"),
-              method: str = "GradCAM") -> dict[str, np.ndarray]:
-    """Each map averaged over the chips: where a head looks for a whole group."""
+              method: str = "GradCAM") -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The mean face (uint8, the model's cache size) and each map averaged over the chips: where a
+    head looks for a whole group."""
     sums: dict[str, np.ndarray] = {}
-    for chip in chips:
-        x = model_input(ckpt, resize_image(chip, ckpt.preprocess.cache_size))
-        for c in explain(ckpt.model, x, maps=maps, method=method):
+    faces = [resize_image(chip, ckpt.preprocess.cache_size) for chip in chips]
+    for pixels in faces:
+        for c in explain(ckpt.model, model_input(ckpt, pixels), maps=maps, method=method):
             sums[c.name] = sums.get(c.name, 0) + c.heat
-    return {k: v / max(1, len(chips)) for k, v in sums.items()}
+    mean_face = np.mean(faces, axis=0).astype(np.uint8) if faces else None
+    return mean_face, {k: v / max(1, len(chips)) for k, v in sums.items()}

@@ -109,10 +109,16 @@ def analyse(
     return result
 
 
+def default_maps(p_female: float, other_gender: bool = False) -> tuple[str, ...]:
+    """Both age directions and the predicted gender class (and the other class on request)."""
+    predicted, other = ("female", "male") if p_female >= 0.5 else ("male", "female")
+    return ("older", "younger", predicted) + ((other,) if other_gender else ())
+
+
 def explain_face(ckpt: Checkpoint, face: FaceResult, maps: tuple[str, ...] | None = None, **kw) -> list[CamMap]:
-    """Grad-CAMs for one predicted face; by default both age directions and the predicted gender."""
+    """Grad-CAMs for one predicted face, by default ``default_maps``."""
     if maps is None:
-        maps = ("older", "younger", "female" if (face.p_female or 0) >= 0.5 else "male")
+        maps = default_maps(face.p_female or 0.0)
     face.maps = explain(ckpt.model, model_input(ckpt, face.pixels), maps=maps,
                         age_scale=ckpt.meta["age_scale"], **kw)
     return face.maps

@@ -172,14 +172,13 @@ def face_view(ckpt: Checkpoint, result: ImageResult, face_index: int, result_key
     """One face (the face_index-th predicted one) through one checkpoint: prediction, then the CAMs
     per head. ``result_key`` names the image and the options that produced ``result``."""
     from agegender.explain import overlay
-    from agegender.predict import display_crop
+    from agegender.predict import default_maps, display_crop
     from agegender.visual import png_bytes
 
     face = [f for f in result.faces if f.predicted][face_index]
     label = gender_label(face.p_female, opt.band)
     st.markdown(f"**{ckpt.name}** — age **{face.age:.1f}** y · P(female) **{face.p_female:.2f}** → **{label}**")
-    gender = "female" if face.p_female >= 0.5 else "male"
-    maps = ("older", "younger", gender) + (("male" if gender == "female" else "female",) if opt.other_gender else ())
+    maps = default_maps(face.p_female, opt.other_gender)
     try:
         cams = cams_cached(str(ckpt.path), result_key, face_index, result, maps, opt.method, opt.layer,
                            opt.aug_smooth, opt.eigen_smooth, opt.faithfulness)

@@ -7,7 +7,6 @@ from dashboard import ui
 st.title("Error explorer")
 
 # heavy imports after the title, so the page shows while they load
-import numpy as np
 from PIL import Image
 
 from agegender.data import DatasetError, scan
@@ -91,9 +90,7 @@ def group_means(ckpt_path: str, split: str, by: str, per_group: int, data_path: 
         pick = g.iloc[:: max(1, len(g) // per_group)].head(per_group)
         imgs = list(read_chips(sc, list(pick["file"])).values())
         if imgs:
-            mean_face = np.mean([resize_image(im, ui.get_checkpoint(ckpt_path).preprocess.cache_size)
-                                 for im in imgs], axis=0).astype(np.uint8)
-            out[str(value)] = (len(imgs), mean_face, mean_cams(ui.get_checkpoint(ckpt_path), imgs))
+            out[str(value)] = (len(imgs), *mean_cams(ui.get_checkpoint(ckpt_path), imgs))
     return out
 
 
