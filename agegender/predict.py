@@ -71,6 +71,13 @@ def model_input(ckpt: Checkpoint, pixels: np.ndarray) -> torch.Tensor:
     return preprocess(to_batch(pixels).to(device), ckpt.preprocess)
 
 
+def _whole_image_face(photo: Image.Image, size: int) -> FaceResult:
+    """The photo's centre square taken as the face (no detection, so no confidence)."""
+    s = min(photo.size)
+    x, y = (photo.width - s) / 2, (photo.height - s) / 2
+    return FaceResult((x, y, x + s, y + s), None, True, face_pixels(photo, None, size))
+
+
 def analyse(
     photo: Image.Image,
     name: str,
@@ -87,9 +94,7 @@ def analyse(
     result = ImageResult(name, size=photo.size)
     size = ckpt.preprocess.cache_size
     if cropped:
-        s = min(photo.size)
-        x, y = (photo.width - s) / 2, (photo.height - s) / 2
-        result.faces = [FaceResult((x, y, x + s, y + s), None, True, face_pixels(photo, None, size))]
+        result.faces = [_whole_image_face(photo, size)]
     else:
         for f in faces or []:
             ok = f.confidence >= min_confidence
@@ -98,9 +103,7 @@ def analyse(
             if not whole_if_no_face:
                 result.error = ERR_NO_FACE.format(name=name)
                 return result
-            s = min(photo.size)
-            x, y = (photo.width - s) / 2, (photo.height - s) / 2
-            result.faces.append(FaceResult((x, y, x + s, y + s), None, True, face_pixels(photo, None, size)))
+            result.faces.append(_whole_image_face(photo, size))
     todo = [f for f in result.faces if f.predicted]
     ages, pf = predict_pixels(ckpt.model, np.stack([f.pixels for f in todo]), ckpt.preprocess,
                               ckpt.meta["age_offset"], ckpt.meta["age_scale"], tta=tta)
