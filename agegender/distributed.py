@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .runtime import pick_device
+
 
 @dataclass
 class Dist:
@@ -63,8 +65,10 @@ def setup(device_name: str = "auto") -> tuple[Dist, torch.device]:
     """Join torchrun's process group when there is one: gloo on CPU, NCCL on GPUs."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    cuda = torch.cuda.is_available() and device_name != "cpu"
-    device = torch.device("cuda", local) if cuda else torch.device("cpu" if device_name == "auto" else device_name)
+    device = pick_device(device_name)
+    cuda = device.type == "cuda"
+    if cuda:
+        device = torch.device("cuda", local)  # one GPU per process under torchrun
     if world <= 1:
         return Dist(), device
     owns = not dist.is_initialized()
