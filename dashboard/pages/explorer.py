@@ -82,9 +82,9 @@ per_group = g2.slider("Faces per group", 4, 64, 16, 4, key="ex_avg_n")
 
 
 @st.cache_data(max_entries=8, show_spinner="Averaging Grad-CAMs…")
-def group_means(ckpt_path: str, split: str, by: str, per_group: int, data_path: str):
+def group_means(ckpt_path: str, split: str, by: str, per_group: int, data_path: str, stamp: float):
     sc = scan_cached(data_path)
-    table = prepare(ui.predictions_cached(ckpt_path, split, 0.0))
+    table = prepare(ui.predictions_cached(ckpt_path, split, stamp))
     out = {}
     for value, g in table.groupby(by, observed=True):
         pick = g.iloc[:: max(1, len(g) // per_group)].head(per_group)
@@ -95,7 +95,8 @@ def group_means(ckpt_path: str, split: str, by: str, per_group: int, data_path: 
 
 
 if st.button("Compute the group averages", key="ex_avg_go"):
-    means = group_means(str(ckpt.path), split, by, per_group, data_path)
+    stamp = (ckpt.path / f"predictions-{split}.csv").stat().st_mtime
+    means = group_means(str(ckpt.path), split, by, per_group, data_path, stamp)
     cols = st.columns(max(1, len(means)))
     for col, (name, (count, mean_face, maps)) in zip(cols, means.items(), strict=False):
         base = display_crop(ckpt, mean_face)
