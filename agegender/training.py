@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 from pathlib import Path
 
@@ -146,11 +147,19 @@ def _write_history(path: Path, rows: list[dict]) -> None:
     os.replace(tmp, path)
 
 
+def _partial_writes(out: Path) -> list[Path]:
+    """Temporary files a kill cut short; the files they were meant to replace are whole.
+
+    Ours are named `.NAME.tmpPID`; safetensors itself writes through a `.tmpXXXXXX` file (Rust's tempfile crate)
+    before it renames into place, so a kill inside `save_file` leaves one of those."""
+    return [p for p in out.glob(".*") if p.is_file() and (".tmp" in p.name[1:] or re.fullmatch(r"\.tmp\w{6}", p.name))]
+
+
 def _check_out(out: Path, resume: bool) -> None:
     if resume:
         if not (out / STATE).is_file():
             raise TrainingError(ERR_NO_STATE.format(out=out, STATE=STATE))
-        for stale in out.glob(".*.tmp*"):  # a write cut short by a kill; the file it meant to replace is whole
+        for stale in _partial_writes(out):
             stale.unlink()
         return
     if (out / STATE).exists() or (out / META).exists():

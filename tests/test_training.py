@@ -61,8 +61,13 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tiny_data, tmp_path, 
     with pytest.raises(KeyboardInterrupt):
         train(tiny_config(tiny_data, out, epochs=2, save_every_minutes=0))
     assert (out / STATE).exists() and not (out / "meta.json").exists()
+    # what a SIGKILL inside a save leaves: our own temporary name, and the one safetensors writes through
+    leftovers = [out / f".{STATE}.tmp4242", out / ".tmpAb12Cd"]
+    for p in leftovers:
+        p.write_bytes(b"half a file")
     monkeypatch.setattr(training, "preprocess", real)
     train(tiny_config(tiny_data, out, resume=True))
+    assert not [p for p in leftovers if p.exists()]
     a, b = _weights(uninterrupted), _weights(out)
     assert a.keys() == b.keys()
     for k in a:
