@@ -43,8 +43,12 @@ class TrainConfig:
     aug_brightness: float = Augment.brightness
     aug_contrast: float = Augment.contrast
     aug_saturation: float = Augment.saturation
-    balance: str = "none"  # none | sampling: draw training images by ethnicity x gender x age bucket
-    balance_power: float = 0.5  # sampling weight = cell count ** -power: 1 fully balances, 0.5 halfway
+    # none | sampling (draw rare cells more often) | loss (weight each cell by its last-epoch error, per head)
+    balance: str = "none"
+    balance_by: str = "race,gender,age_bucket"  # the cells: any of race, gender, age_bucket
+    # sampling: weight = cell count ** -power (1 fully balances, 0.5 halfway);
+    # loss: weight = (cell's mean loss / overall mean) ** power (0 is plain training)
+    balance_power: float = 0.5
     resume: bool = False  # continue the run whose state is in --out
 
     def augment(self) -> Augment:
@@ -52,6 +56,7 @@ class TrainConfig:
                        self.aug_brightness, self.aug_contrast, self.aug_saturation)
 
     def validate(self) -> None:
+        from .balance import parse_by
         from .model import ARCHS
 
         if not self.data or not self.out:
@@ -62,8 +67,9 @@ class TrainConfig:
             raise ValueError(f"--age-loss must be smooth_l1 or l1, not {self.age_loss!r}")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"--precision must be auto, bf16 or fp32, not {self.precision!r}")
-        if self.balance not in ("none", "sampling"):
-            raise ValueError(f"--balance must be none or sampling, not {self.balance!r}")
+        if self.balance not in ("none", "sampling", "loss"):
+            raise ValueError(f"--balance must be none, sampling or loss, not {self.balance!r}")
+        parse_by(self.balance_by)
         if self.input_size > self.cache_size:
             raise ValueError("--input-size cannot exceed --cache-size")
         if self.epochs < 1 or self.batch_size < 1:

@@ -45,6 +45,14 @@ def _row(r: dict, m: str) -> str:
     return f"{_fmt(m, r[m])} [{_fmt(m, r[m + '_lo'])}, {_fmt(m, r[m + '_hi'])}]"
 
 
+def _balancing(b: dict | None) -> str:
+    if not b:
+        return "none"
+    how = ("sampling, count ** -power" if b["method"] == "sampling"
+           else "loss reweighting by each cell's last-epoch error (per head), (error / mean) ** power")
+    return f"{how}, power {b['power']}, over {b['cells']}"
+
+
 def card_for(path: Path, n_boot: int = 1000) -> str:
     meta = read_meta(path)
     cfg = meta.get("train_config", {})
@@ -56,9 +64,7 @@ def card_for(path: Path, n_boot: int = 1000) -> str:
                  f"{meta.get('split_rule', '?')}.")
     lines.append(f"- Training: {meta.get('epochs_run')} epochs (best: {meta.get('best_epoch')}), batch "
                  f"{cfg.get('batch_size')}, AdamW lr {cfg.get('lr')}, {cfg.get('age_loss')} age loss, "
-                 f"{meta.get('train_minutes')} min; balancing: "
-                 + (f"sampling, power {meta['balance']['power']} over {meta['balance']['cells']}"
-                    if meta.get("balance") else "none") + ".")
+                 f"{meta.get('train_minutes')} min; balancing: {_balancing(meta.get('balance'))}.")
     try:
         df = prepare(load_predictions(path, "test"))
     except ValueError as e:

@@ -18,12 +18,13 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, safe_open, save_file
 from tqdm import tqdm
 
+from .balance import describe_loss_weights, groups, loss_weights, parse_by, sampling_weights
 from .checkpoint import META, WEIGHTS, save_weights, write_meta
 from .config import TrainConfig
 from .data import SPLIT_RULE, Images, cached_images, scan, write_manifest
 from .distributed import setup as setup_distributed
 from .inference import predict_pixels
-from .labels import AGE_BUCKET_EDGES, GENDERS, RACES, age_bucket
+from .labels import AGE_BUCKET_EDGES, GENDERS, RACES
 from .metrics import summary
 from .model import create_model
 from .preprocess import Preprocess, preprocess, to_batch
@@ -58,17 +59,24 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
 
+def _mean(per_image: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    return per_image.mean() if weights is None else (per_image * weights).sum() / weights.sum()
+
+
 def compute_step(model, opt, x: torch.Tensor, age_scaled: torch.Tensor, female: torch.Tensor,
-                 cfg: TrainConfig, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One optimiser step on a ready batch; returns the loss and both heads' outputs (detached)."""
+                 cfg: TrainConfig, device: torch.device, age_w: torch.Tensor | None = None,
+                 gender_w: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One optimiser step on a ready batch; returns the loss and both heads' outputs (detached).
+    ``age_w`` and ``gender_w`` weight each image's loss per head (loss balancing); None weighs all alike."""
     with autocast(device, cfg.precision):
         age_raw, logit = model(x)
     age_raw, logit = age_raw.float(), logit.float()
-    if cfg.age_loss == "smooth_l1":
-        age_loss = F.smooth_l1_loss(age_raw, age_scaled, beta=0.05)  # ~1 year: L1 beyond, smooth near zero
+    if cfg.age_loss == "smooth_l1":  # beta ~1 year: L1 beyond, smooth near zero
+        age_loss = F.smooth_l1_loss(age_raw, age_scaled, beta=0.05, reduction="none")
     else:
-        age_loss = F.l1_loss(age_raw, age_scaled)
-    loss = cfg.age_weight * age_loss + cfg.gender_weight * F.binary_cross_entropy_with_logits(logit, female)
+        age_loss = F.l1_loss(age_raw, age_scaled, reduction="none")
+    gender_loss = F.binary_cross_entropy_with_logits(logit, female, reduction="none")
+    loss = cfg.age_weight * _mean(age_loss, age_w) + cfg.gender_weight * _mean(gender_loss, gender_w)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
@@ -81,26 +89,6 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Ada
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
     return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                               {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
-
-
-def balance_weights(images: Images, idx: np.ndarray, power: float) -> tuple[np.ndarray, dict]:
-    """Per-image sampling weights, count(cell) ** -power over ethnicity x gender x age bucket,
-    and a description for meta.json (each cell's count and its share of the draws)."""
-    lab = images.labels(idx)
-    bucket = np.searchsorted(np.array(AGE_BUCKET_EDGES), lab["age"], side="right") - 1
-    cell = (lab["race"] * len(GENDERS) + lab["gender"].astype(np.int64)) * len(AGE_BUCKET_EDGES) + bucket
-    counts = np.bincount(cell, minlength=len(RACES) * len(GENDERS) * len(AGE_BUCKET_EDGES))
-    w = counts[cell].astype(np.float64) ** -power
-    share = np.bincount(cell, weights=w, minlength=len(counts)) / w.sum()
-    cells = {}
-    for c in np.flatnonzero(counts):
-        r, rest = divmod(int(c), len(GENDERS) * len(AGE_BUCKET_EDGES))
-        g, b = divmod(rest, len(AGE_BUCKET_EDGES))
-        cells[f"{RACES[r]} / {GENDERS[g]} / {age_bucket(AGE_BUCKET_EDGES[b])}"] = {
-            "count": int(counts[c]), "share_of_data": round(counts[c] / len(idx), 5),
-            "share_of_draws": round(float(share[c]), 5)}
-    return w / w.sum(), {"method": "sampling", "power": power, "cells": "ethnicity x gender x age bucket",
-                         "by_cell": cells}
 
 
 def val_score(mae: float, acc: float, cfg: TrainConfig) -> float:
@@ -252,15 +240,20 @@ def _train(cfg: TrainConfig, dd, device: torch.device) -> Path:
     local_bs = cfg.batch_size // dd.world
     aug, aug_gen = cfg.augment(), torch.Generator()
     steps_per_epoch = len(train_idx) // cfg.batch_size
+    by = parse_by(cfg.balance_by)
+    cell, cell_names = groups(images.labels(train_idx), by)
+    cell_t = torch.as_tensor(cell)
     draw = None
     if cfg.balance == "sampling":
-        weights, meta["balance"] = balance_weights(images, train_idx, cfg.balance_power)
+        weights, meta["balance"] = sampling_weights(cell, cell_names, by, cfg.balance_power)
         draw = torch.as_tensor(weights)
     total_steps = steps_per_epoch * cfg.epochs
 
     info = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_score": None, "best_epoch": None,
             "best_sha256": None, "bad_epochs": 0, "history": [], "elapsed": 0.0, "sums": [0.0] * 4,
-            "config": dataclasses.asdict(cfg), "stopped_early": False}
+            "config": dataclasses.asdict(cfg), "stopped_early": False,
+            "cell_stats": [[0.0] * 3 for _ in cell_names],  # loss balancing: age error, gender loss, count
+            "cell_weights": [[1.0, 1.0] for _ in cell_names]}  # and the weights they gave, per head
     if saved_info is not None:
         info = _load_state(out / STATE, model, opt, aug_gen)
         info["config"] = dataclasses.asdict(cfg)
@@ -281,6 +274,8 @@ def _train(cfg: TrainConfig, dd, device: torch.device) -> Path:
         if info["step_in_epoch"] == 0:
             aug_gen.manual_seed(cfg.seed * 7919 + epoch + dd.rank * 1_000_003)
             info["sums"] = [0.0] * 4  # loss, abs age error, gender correct, images
+            info["cell_stats"] = [[0.0] * 3 for _ in cell_names]
+        cell_w = torch.tensor(info["cell_weights"]) if cfg.balance == "loss" else None
         if draw is None:
             perm = torch.randperm(len(train_idx), generator=_epoch_generator(cfg.seed, epoch))
         else:  # as many draws as images, with replacement, by the balancing weights
@@ -295,10 +290,13 @@ def _train(cfg: TrainConfig, dd, device: torch.device) -> Path:
             x = preprocess(to_batch(pixels[batch]).to(device), pp, aug, aug_gen)
             age = age_t[batch].to(device)
             female = gender_t[batch].to(device)
+            cells = cell_t[chunk]
+            w = cell_w[cells].to(device) if cell_w is not None else None
             for g in opt.param_groups:
                 g["lr"] = lr_at(info["global_step"], total_steps, cfg)
             loss, age_raw, logit = compute_step(
-                step_model, opt, x, (age - meta["age_offset"]) / meta["age_scale"], female, cfg, device)
+                step_model, opt, x, (age - meta["age_offset"]) / meta["age_scale"], female, cfg, device,
+                *((w[:, 0], w[:, 1]) if w is not None else ()))
             info["global_step"] += 1
             info["step_in_epoch"] = step + 1
             with torch.no_grad():
@@ -308,6 +306,11 @@ def _train(cfg: TrainConfig, dd, device: torch.device) -> Path:
                 s[1] += (pred_age - age).abs().sum().item()
                 s[2] += ((logit >= 0) == (female >= 0.5)).sum().item()
                 s[3] += len(batch)
+                if cell_w is not None:
+                    per = torch.stack([(pred_age - age).abs(), F.binary_cross_entropy_with_logits(
+                        logit, female, reduction="none"), torch.ones_like(age)], 1).cpu().double()
+                    cs = torch.tensor(info["cell_stats"], dtype=torch.float64).index_add_(0, cells, per)
+                    info["cell_stats"] = cs.tolist()
             bar.set_postfix(loss=f"{s[0] / s[3]:.3f}", mae=f"{s[1] / s[3]:.2f}", acc=f"{s[2] / s[3]:.3f}")
             now = time.monotonic()
             if dd.any(now - start > budget_s):
@@ -326,6 +329,9 @@ def _train(cfg: TrainConfig, dd, device: torch.device) -> Path:
         mae, acc = _validate(model, images, val_idx, pp, meta, cfg)  # every rank: same weights, same answer
         score = val_score(mae, acc, cfg)
         s = dd.sum(list(info["sums"]))
+        if cfg.balance == "loss":  # next epoch's weights, from every rank's images
+            stats = np.array(dd.sum(sum(info["cell_stats"], []))).reshape(-1, 3)
+            info["cell_weights"] = loss_weights(stats, cfg.balance_power).tolist()
         secs = time.monotonic() - epoch_start
         row = {"epoch": epoch + 1, "step": info["global_step"], "lr": f"{opt.param_groups[0]['lr']:.6g}",
                "train_loss": f"{s[0] / s[3]:.5f}", "train_age_mae": f"{s[1] / s[3]:.4f}",
@@ -358,6 +364,9 @@ def _train(cfg: TrainConfig, dd, device: torch.device) -> Path:
     if not dd.main:
         dd.barrier()  # wait for rank 0's final evaluation, then leave together
         return out
+    if cfg.balance == "loss":
+        meta["balance"] = describe_loss_weights(np.array(info["cell_weights"]), np.bincount(cell, minlength=len(
+            cell_names)), cell_names, by, cfg.balance_power)
     meta.update(best_epoch=info["best_epoch"], epochs_run=info["epoch"], finished=finished,
                 train_minutes=round(info["elapsed"] / 60, 1), weights_sha256=info["best_sha256"])
     write_meta(out, meta)

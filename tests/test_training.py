@@ -113,18 +113,79 @@ def test_schedule_warms_up_then_decays():
 
 
 def test_balanced_sampling_evens_out_cells_and_is_recorded(tiny_data, tmp_path):
+    from agegender.balance import groups, parse_by, sampling_weights
     from agegender.data import cached_images, scan
-    from agegender.training import balance_weights
 
     images = cached_images(scan(tiny_data), 32, tmp_path / "c")
-    idx = images.indices("train")
-    w, desc = balance_weights(images, idx, power=1.0)
-    assert w.sum() == pytest.approx(1.0) and len(w) == len(idx)
+    by = parse_by("race,gender,age_bucket")
+    cell, names = groups(images.labels(images.indices("train")), by)
+    w, desc = sampling_weights(cell, names, by, power=1.0)
+    assert w.sum() == pytest.approx(1.0) and len(w) == len(cell)
     shares = [c["share_of_draws"] for c in desc["by_cell"].values()]
     assert max(shares) == pytest.approx(min(shares), rel=1e-3)  # power 1: every cell drawn alike
-    half = balance_weights(images, idx, power=0.5)[1]["by_cell"]
+    half = sampling_weights(cell, names, by, power=0.5)[1]["by_cell"]
     big = max(half, key=lambda k: half[k]["count"])
     assert half[big]["share_of_draws"] <= half[big]["share_of_data"]
     out = train(tiny_config(tiny_data, tmp_path / "bal", balance="sampling"))
     meta = json.loads((out / "meta.json").read_text())
     assert meta["balance"]["method"] == "sampling" and meta["train_config"]["balance"] == "sampling"
+
+
+def test_cells_are_named_and_numbered_consistently():
+    from agegender.balance import groups, parse_by
+
+    labels = {"age": np.array([1.0, 25, 25, 80]), "gender": np.array([0.0, 1, 1, 0]), "race": np.array([2, 0, 0, 4])}
+    cell, names = groups(labels, parse_by("race,age_bucket"))
+    assert len(names) == 5 * 9 and cell[1] == cell[2] != cell[0]
+    assert [names[c] for c in cell] == ["Asian / 0-2", "White / 20-29", "White / 20-29", "Others / 70+"]
+    cell, names = groups(labels, parse_by("gender"))
+    assert names == ["male", "female"] and list(cell) == [0, 1, 1, 0]
+    for bad in ("", "race,race", "ethnicity"):
+        with pytest.raises(ValueError, match="--balance-by takes"):
+            parse_by(bad)
+
+
+def test_loss_weights_follow_each_cells_error_per_head():
+    from agegender.balance import loss_weights
+
+    # cells: age error sum, gender loss sum, count. Cell 0 is twice the average age error, cell 2 too rare.
+    stats = np.array([[200.0, 10, 20], [100, 40, 40], [50, 50, 5]])
+    w = loss_weights(stats, power=1.0)
+    overall_age, overall_gender = 350 / 65, 100 / 65
+    assert w[0, 0] == pytest.approx(10 / overall_age) and w[1, 0] == pytest.approx(2.5 / overall_age)
+    assert w[0, 1] == pytest.approx(0.5 / overall_gender) and w[1, 1] == pytest.approx(1.0 / overall_gender)
+    assert list(w[2]) == [1.0, 1.0]  # 5 images: too few to act on
+    assert np.all(loss_weights(stats, power=0.0) == 1.0)  # power 0 is plain training
+    assert w[0, 0] > 1 > w[0, 1]  # the heads are weighted separately
+
+
+def test_loss_balancing_trains_resumes_bit_exact_and_is_recorded(tiny_data, tmp_path, monkeypatch, uninterrupted):
+    cfg = dict(balance="loss", balance_by="gender", balance_power=1.0, epochs=2)
+    ref = train(tiny_config(tiny_data, tmp_path / "ref", **cfg))
+    meta = json.loads((ref / "meta.json").read_text())
+    bal = meta["balance"]
+    assert bal["method"] == "loss" and bal["cells"] == "gender" and set(bal["by_cell"]) == {"male", "female"}
+    weights = [c["age_weight"] for c in bal["by_cell"].values()]
+    assert len(weights) >= 2 and max(weights) > min(weights)  # epoch 1's errors moved the weights ...
+    plain, weighted = _weights(uninterrupted), _weights(ref)
+    assert any(not np.array_equal(plain[k], weighted[k]) for k in plain)  # ... and the weights moved training
+    assert sum(c["count"] for c in bal["by_cell"].values()) == len(pd.read_csv(ref / "manifest.csv").query(
+        "split == 'train'"))
+
+    real, calls = training.preprocess, {"n": 0}
+
+    def crash_in_epoch_two(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 14:
+            raise KeyboardInterrupt("simulated kill")
+        return real(*a, **k)
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(training, "preprocess", crash_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(tiny_data, out, save_every_minutes=0, **cfg))
+    monkeypatch.setattr(training, "preprocess", real)
+    train(tiny_config(tiny_data, out, resume=True))
+    a, b = _weights(ref), _weights(out)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)

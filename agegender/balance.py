@@ -1,0 +1,77 @@
+"""Bias mitigation in training: group-balanced sampling, or loss reweighting by each group's error.
+
+Groups are cells of any of ethnicity, gender and age bucket (``--balance-by``). Sampling draws rare
+cells more often. Loss reweighting instead weights each cell by how badly the model did on it in
+the previous epoch, separately per head: the groups the age head fails (the old, mostly White) are
+not the ones the gender head fails (babies, mostly Asian), so one weight cannot serve both.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .labels import AGE_BUCKET_EDGES, GENDERS, RACES, age_bucket, gender_name
+
+FACTORS = {"race": "ethnicity", "gender": "gender", "age_bucket": "age bucket"}
+
+
+def parse_by(by: str) -> tuple[str, ...]:
+    keys = tuple(k.strip() for k in by.split(",") if k.strip())
+    bad = [k for k in keys if k not in FACTORS]
+    if not keys or bad or len(set(keys)) != len(keys):
+        raise ValueError(f"--balance-by takes a comma list of distinct {', '.join(FACTORS)}, not {by!r}")
+    return keys
+
+
+def groups(labels: dict[str, np.ndarray], by: tuple[str, ...]) -> tuple[np.ndarray, list[str]]:
+    """Each image's cell id, and the names of all possible cells ("White / female / 20-29")."""
+    codes = {
+        "race": (labels["race"].astype(np.int64), RACES),
+        "gender": (labels["gender"].astype(np.int64), [gender_name(g) for g in range(len(GENDERS))]),
+        "age_bucket": (np.searchsorted(np.array(AGE_BUCKET_EDGES), labels["age"], side="right") - 1,
+                       [age_bucket(e) for e in AGE_BUCKET_EDGES]),
+    }
+    cell = np.zeros(len(labels["age"]), dtype=np.int64)
+    names = [""]
+    for k in by:
+        c, n = codes[k]
+        cell = cell * len(n) + c
+        names = [f"{a} / {b}" if a else b for a in names for b in n]
+    return cell, names
+
+
+def sampling_weights(cell: np.ndarray, names: list[str], by: tuple[str, ...], power: float) -> tuple[np.ndarray, dict]:
+    """Per-image draw probabilities, count(cell) ** -power, and a description for meta.json."""
+    counts = np.bincount(cell, minlength=len(names))
+    w = counts[cell].astype(np.float64) ** -power
+    share = np.bincount(cell, weights=w, minlength=len(names)) / w.sum()
+    by_cell = {names[c]: {"count": int(counts[c]), "share_of_data": round(counts[c] / len(cell), 5),
+                          "share_of_draws": round(float(share[c]), 5)} for c in np.flatnonzero(counts)}
+    return w / w.sum(), {"method": "sampling", "power": power, "cells": " x ".join(FACTORS[k] for k in by),
+                         "by_cell": by_cell}
+
+
+def loss_weights(stats: np.ndarray, power: float, min_count: int = 20) -> np.ndarray:
+    """Per-cell loss weights for the next epoch from this epoch's per-cell sums.
+
+    ``stats`` is (cells, 3): summed age error, summed gender loss, image count. A cell's weight for a
+    head is (its mean loss / the overall mean loss) ** power, so power 0 is plain training and a cell
+    twice as hard as average counts 2 ** power times as much. Cells seen fewer than ``min_count``
+    times keep weight 1: their mean is too noisy to act on. Returns (cells, 2): age, gender."""
+    n = stats[:, 2]
+    w = np.ones((len(stats), 2))
+    seen = n >= min_count
+    for head in (0, 1):
+        overall = stats[:, head].sum() / max(n.sum(), 1)
+        if overall > 0:
+            w[seen, head] = (stats[seen, head] / n[seen] / overall) ** power
+    return w
+
+
+def describe_loss_weights(weights: np.ndarray, counts: np.ndarray, names: list[str], by: tuple[str, ...],
+                          power: float) -> dict:
+    by_cell = {names[c]: {"count": int(counts[c]), "age_weight": round(float(weights[c, 0]), 4),
+                          "gender_weight": round(float(weights[c, 1]), 4)} for c in np.flatnonzero(counts)}
+    return {"method": "loss", "power": power, "cells": " x ".join(FACTORS[k] for k in by),
+            "rule": "weight = (cell's mean training loss last epoch / overall mean) ** power, per head",
+            "by_cell": by_cell}
