@@ -62,3 +62,80 @@ def agreement(m: pd.DataFrame, grouping: str | None = "race") -> dict:
                            .agg(["size", "mean"]).rename(columns={"size": "n", "mean": "gender_disagreement"})
                            .reset_index())
     return out
+
+
+def gap_change(m: pd.DataFrame, grouping: str = "race", metrics: tuple[str, ...] = ("age_mae", "gender_accuracy"),
+               n_boot: int = 1000, seed: int = 0, min_count: int = 30) -> pd.DataFrame:
+    """Per metric: the gap between the best and the worst group for a and for b, and the relative
+    change of the gap with a paired bootstrap 95% interval (images resampled within each group, the
+    same draws for both). Groups under ``min_count`` are left out, as in the disparity table."""
+    rng = np.random.default_rng(seed)
+    cols = parse_grouping(grouping)
+    parts = [g for _, g in m.groupby(cols, observed=True) if len(g) >= min_count]
+    if len(parts) < 2:
+        raise ValueError(f"fewer than two groups of {grouping} with at least {min_count} images")
+    draws = [rng.integers(0, len(g), size=(n_boot, len(g))) for g in parts]
+    rows = []
+    for name in metrics:
+        fn = METRICS[name].fn
+        point, boot = {}, {}
+        for s in ("a", "b"):
+            sides = [_side(g, s) for g in parts]
+            v = np.array([float(fn(c)) for c in sides])
+            bv = np.stack([fn({k: x[i] for k, x in c.items()}) for c, i in zip(sides, draws, strict=True)])
+            point[s], boot[s] = v.max() - v.min(), np.nanmax(bv, 0) - np.nanmin(bv, 0)
+        with np.errstate(divide="ignore", invalid="ignore"):  # a gap of zero has no relative change
+            rel = boot["b"] / boot["a"] - 1
+            change = point["b"] / point["a"] - 1 if point["a"] > 0 else np.nan
+        rel = rel[np.isfinite(rel)]
+        lo, hi = np.percentile(rel, [2.5, 97.5]) if len(rel) else (np.nan, np.nan)
+        rows.append({"metric": name, "label": METRICS[name].label, "groups": len(parts),
+                     "gap_a": point["a"], "gap_b": point["b"], "change": change,
+                     "change_lo": float(lo), "change_hi": float(hi)})
+    return pd.DataFrame(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import sys
+
+    from .checkpoint import CheckpointError
+    from .report import load_predictions
+
+    p = argparse.ArgumentParser(prog="python -m agegender.compare",
+                                description="Compare checkpoint B with A on the images both scored.")
+    p.add_argument("a", help="checkpoint folder A (the reference)")
+    p.add_argument("b", help="checkpoint folder B")
+    p.add_argument("--split", default="test", choices=["val", "test"])
+    p.add_argument("--by", default="race", help="grouping for the gaps and per-group deltas (e.g. race, race:gender)")
+    p.add_argument("--n-boot", type=int, default=1000)
+    p.add_argument("--min-count", type=int, default=30, help="smaller groups are not judged for the gap")
+    args = p.parse_args(argv)
+    try:
+        m = pair(load_predictions(args.a, args.split), load_predictions(args.b, args.split))
+        overall = paired_deltas(m, n_boot=args.n_boot).iloc[0]
+        groups = paired_deltas(m, args.by, n_boot=args.n_boot, min_count=args.min_count)
+    except (OSError, ValueError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        gaps = gap_change(m, args.by, n_boot=args.n_boot, min_count=args.min_count)
+    except ValueError as e:
+        gaps = pd.DataFrame()
+        print(f"note: no gap to judge: {e}")
+    print(f"{args.split} split, {len(m)} images scored by both; B - A with paired 95% intervals")
+    for name in ("age_mae", "gender_accuracy"):
+        r = overall
+        print(f"  {METRICS[name].label}: A {r[f'{name}_a']:.4f}  B {r[f'{name}_b']:.4f}  delta "
+              f"{r[f'{name}_delta']:+.4f} [{r[f'{name}_delta_lo']:+.4f}, {r[f'{name}_delta_hi']:+.4f}]")
+    print(f"best-to-worst gap over {args.by}:")
+    for _, r in gaps.iterrows():
+        print(f"  {r['label']}: A {r['gap_a']:.4f}  B {r['gap_b']:.4f}  change {r['change']:+.1%} "
+              f"[{r['change_lo']:+.1%}, {r['change_hi']:+.1%}]")
+    print(f"per group ({args.by}):")
+    print(groups.drop(columns=[c for c in groups if c.endswith(("_lo", "_hi"))]).to_string(index=False))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

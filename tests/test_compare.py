@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from agegender.compare import agreement, pair, paired_deltas
+from agegender.compare import agreement, gap_change, pair, paired_deltas
+from agegender.compare import main as compare_main
 
 from .test_fairness import fake_predictions
 
@@ -50,3 +51,36 @@ def test_agreement(two):
     assert ag["gender_disagreement"] == pytest.approx(expected)
     assert 0.15 < expected < 0.35
     assert ag["by_group"]["n"].sum() == 800
+
+
+def test_gap_change_matches_direct_computation(two):
+    a, _ = two
+    b = a.copy()
+    black = b["race"] == "Black"  # the hardest group gets twice as close to the truth
+    b.loc[black, "pred_age"] = (b.loc[black, "age"] + (b.loc[black, "pred_age"] - b.loc[black, "age"]) / 2).round(2)
+    m = pair(a, b)
+    g = gap_change(m, "race", n_boot=300).set_index("metric")
+
+    def gap(pred):
+        mae = (m[pred] - m["age"]).abs().groupby(m["race"]).mean()
+        return mae.max() - mae.min()
+
+    r = g.loc["age_mae"]
+    assert r["gap_a"] == pytest.approx(gap("pred_age_a")) and r["gap_b"] == pytest.approx(gap("pred_age_b"))
+    assert r["change"] == pytest.approx(gap("pred_age_b") / gap("pred_age_a") - 1)
+    assert r["change_lo"] <= r["change"] <= r["change_hi"] < 0  # clearly smaller
+    same = gap_change(pair(a, a), "race", n_boot=100).set_index("metric")
+    assert np.allclose(same[["change", "change_lo", "change_hi"]].to_numpy(), 0)
+    with pytest.raises(ValueError, match="fewer than two groups"):
+        gap_change(m, "race", min_count=10_000)
+
+
+def test_compare_cli_prints_deltas_and_gaps(tiny_checkpoint, tmp_path, capsys):
+    assert compare_main([str(tiny_checkpoint), str(tiny_checkpoint), "--split", "val", "--by", "gender",
+                         "--n-boot", "50", "--min-count", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "delta +0.0000 [+0.0000, +0.0000]" in out and "best-to-worst gap over gender" in out
+    assert compare_main([str(tiny_checkpoint), str(tiny_checkpoint), "--split", "val", "--n-boot", "50"]) == 0
+    assert "note: no gap to judge: fewer than two groups of race" in capsys.readouterr().out
+    assert compare_main([str(tiny_checkpoint), str(tmp_path / "nowhere")]) == 2
+    assert capsys.readouterr().err.startswith("error: ")

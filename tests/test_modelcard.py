@@ -1,7 +1,11 @@
 import json
 import shutil
 
+import numpy as np
+
 from agegender.modelcard import main as modelcard_main
+
+from .test_fairness import fake_predictions
 
 
 def test_model_card_from_metadata_and_predictions(tiny_checkpoint, tmp_path):
@@ -15,3 +19,26 @@ def test_model_card_from_metadata_and_predictions(tiny_checkpoint, tmp_path):
     assert f"{meta['metrics']['test']['age_mae']:.2f} y [" in text
     for heading in ("Intended use", "Not for", "Limitations", "Where it fails most"):
         assert heading in text
+
+
+def test_balanced_checkpoint_is_compared_with_its_baseline(tiny_checkpoint, tmp_path):
+    root = tmp_path / "ck"
+    base = fake_predictions(900, seed=3).assign(split="test")
+    shutil.copytree(tiny_checkpoint, root / "plain")
+    shutil.copytree(tiny_checkpoint, root / "plain-balanced")
+    base.to_csv(root / "plain" / "predictions-test.csv", index=False)
+    hard = base["race"] == "Black"  # the worst group gets closer to the truth: its gap must shrink
+    bal = base.assign(pred_age=np.where(hard, (base["pred_age"] + base["age"]) / 2, base["pred_age"]))
+    bal.to_csv(root / "plain-balanced" / "predictions-test.csv", index=False)
+    meta_path = root / "plain-balanced" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["balance"] = {"method": "loss", "power": 1.0, "cells": "ethnicity"}
+    meta_path.write_text(json.dumps(meta))
+    assert modelcard_main(["--root", str(root), "--n-boot", "100"]) == 0
+    text = (root / "README.md").read_text()
+    assert "loss reweighting by each cell's last-epoch error (per head), (error / mean) ** power, power 1.0, " \
+           "over ethnicity" in text
+    section = text.split("## Mitigation: plain-balanced against plain")[1]
+    row = next(line for line in section.splitlines() if line.startswith("| ethnicity gap in age MAE"))
+    before, after, change = (c.strip() for c in row.strip("|").split("|")[1:4])
+    assert float(after.split()[0]) < float(before.split()[0]) and change.startswith("-")
