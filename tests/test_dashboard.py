@@ -197,3 +197,22 @@ def test_upload_too_large_and_decompression_bomb(predict_app, monkeypatch):
     errors = [e.value for e in at.error]
     assert "huge.jpg is larger than 25 MB: downscale it first." in errors
     assert any(e.startswith("bomb.png is too large to decode safely") for e in errors)
+
+
+def test_compare_page_shows_the_gap_change(app, tiny_checkpoint, tmp_path):
+    import numpy as np
+
+    from .test_fairness import fake_predictions
+
+    root = tmp_path / "gap"
+    a = fake_predictions(900, seed=5).assign(split="val")
+    hard = a["race"] == "Black"  # b halves the worst group's errors
+    b = a.assign(pred_age=np.where(hard, (a["pred_age"] + a["age"]) / 2, a["pred_age"]))
+    for name, df in (("a", a), ("b", b)):
+        shutil.copytree(tiny_checkpoint, root / name)
+        df.to_csv(root / name / "predictions-val.csv", index=False)
+    at = app(root, picks=["a", "b"]).switch_page("pages/compare.py").run()
+    at.selectbox(key="cmp_grouping").set_value("race").run()
+    assert not at.exception
+    gap = next(m for m in at.metric if m.label == "Gap in age MAE between race groups")
+    assert gap.delta.startswith("-") and "change interval" in gap.help

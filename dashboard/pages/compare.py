@@ -11,7 +11,7 @@ st.title("Compare checkpoints")
 import plotly.express as px
 import plotly.graph_objects as go
 
-from agegender.compare import agreement, pair, paired_deltas
+from agegender.compare import agreement, gap_change, pair, paired_deltas
 from agegender.fairness import DEFAULT_GROUPINGS, METRICS
 
 ckpts = ui.selected_checkpoints()
@@ -24,7 +24,11 @@ if len(ckpts) < 2:
 def deltas_cached(a: str, b: str, split: str, stamps: tuple, grouping: str):
     m = pair(ui.predictions_cached(a, split, stamps[0]), ui.predictions_cached(b, split, stamps[1]))
     metrics = ("age_mae", "age_bias", "gender_accuracy", "female_as_male", "male_as_female")
-    return m, paired_deltas(m, None, metrics), paired_deltas(m, grouping, metrics)
+    try:
+        gaps = gap_change(m, grouping)
+    except ValueError as e:  # fewer than two groups big enough to judge
+        gaps = str(e)
+    return m, paired_deltas(m, None, metrics), paired_deltas(m, grouping, metrics), gaps
 
 
 c1, c2, c3 = st.columns(3)
@@ -43,7 +47,7 @@ def stamp(c):
 for other in [c for c in ckpts if c is not base]:
     st.header(f"{other.name} against {base.name}")
     try:
-        m, overall, groups = deltas_cached(str(base.path), str(other.path), split, (stamp(base), stamp(other)),
+        m, overall, groups, gaps = deltas_cached(str(base.path), str(other.path), split, (stamp(base), stamp(other)),
                                            grouping)
     except ValueError as e:
         st.error(str(e))
@@ -59,6 +63,15 @@ for other in [c for c in ckpts if c is not base]:
                    delta_color="inverse" if better_low else "normal",
                    help=f"{base.name}: {o[name + '_a']:.3f}; delta interval "
                         f"[{o[name + '_delta_lo']:.3f}, {o[name + '_delta_hi']:.3f}]")
+    if isinstance(gaps, str):
+        st.caption(f"No best-to-worst gap to compare: {gaps}.")
+    else:
+        cols = st.columns(len(gaps))
+        for col, (_, r) in zip(cols, gaps.iterrows(), strict=True):
+            col.metric(f"Gap in {r['label']} between {grouping.replace(':', ' × ')} groups",
+                       f"{r['gap_b']:.3f}", f"{r['change']:+.0%}", delta_color="inverse",
+                       help=f"best against worst group of at least 30 images; {base.name}: {r['gap_a']:.3f}; "
+                            f"change interval [{r['change_lo']:+.0%}, {r['change_hi']:+.0%}] (paired bootstrap)")
     metric = st.selectbox("Per-group delta of", ["age_mae", "gender_accuracy", "age_bias"], key=f"cmp_m_{other.name}",
                           format_func=lambda k: METRICS[k].label)
     names = groups[groups.columns[: len(grouping.split(':'))]].astype(str).agg(" · ".join, axis=1)
