@@ -122,7 +122,8 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         raise CheckpointError(ERR_NOT_SAFETENSORS.format(path=path, WEIGHTS=WEIGHTS)) from e
     if sha256_file(weights) != meta["weights_sha256"]:
         raise CheckpointError(ERR_CHECKSUM.format(path=path, WEIGHTS=WEIGHTS, META=META))
-    model = create_model(meta["arch"], dropout=float(meta.get("dropout", 0.0)))
+    model = create_model(meta["arch"], dropout=float(meta.get("dropout", 0.0)), age_bins=int(meta.get("age_bins", 0)),
+                         age_offset=float(meta["age_offset"]), age_scale=float(meta["age_scale"]))
     expected = model.state_dict()
     problems = [f"missing {k}" for k in expected if k not in tensors]
     problems += [f"unexpected {k}" for k in tensors if k not in expected]

@@ -23,7 +23,11 @@ class TrainConfig:
     warmup: float = 0.15  # fraction of all steps spent warming up
     weight_decay: float = 0.05
     dropout: float = 0.0  # before both heads
-    age_loss: str = "smooth_l1"  # smooth_l1 | l1, on age scaled by the train split's mean/std
+    # smooth_l1 | l1 on age scaled by the train split's mean/std, or dldl: a distribution over whole
+    # years learnt from Gaussian soft labels (cross-entropy) plus L1 on its expectation (DLDL-v2)
+    age_loss: str = "smooth_l1"
+    age_sigma: float = 2.0  # dldl: width of the soft label, years
+    age_bins: int = 121  # dldl: ages 0..120
     age_weight: float = 1.0
     gender_weight: float = 1.0
     score_gender_weight: float = 10.0  # val score = age MAE + this x gender error rate (lower is better)
@@ -63,8 +67,10 @@ class TrainConfig:
             raise ValueError("both --data and --out are required")
         if self.arch not in ARCHS:
             raise ValueError(f"unknown --arch {self.arch!r}; known: {', '.join(ARCHS)}")
-        if self.age_loss not in ("smooth_l1", "l1"):
-            raise ValueError(f"--age-loss must be smooth_l1 or l1, not {self.age_loss!r}")
+        if self.age_loss not in ("smooth_l1", "l1", "dldl"):
+            raise ValueError(f"--age-loss must be smooth_l1, l1 or dldl, not {self.age_loss!r}")
+        if self.age_loss == "dldl" and (self.age_sigma <= 0 or self.age_bins < 2):
+            raise ValueError("--age-sigma must be positive and --age-bins at least 2")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"--precision must be auto, bf16 or fp32, not {self.precision!r}")
         if self.balance not in ("none", "sampling", "loss"):

@@ -69,9 +69,13 @@ def compute_step(model, opt, x: torch.Tensor, age_scaled: torch.Tensor, female: 
     """One optimiser step on a ready batch; returns the loss and both heads' outputs (detached).
     ``age_w`` and ``gender_w`` weight each image's loss per head (loss balancing); None weighs all alike."""
     with autocast(device, cfg.precision):
-        age_raw, logit = model(x)
-    age_raw, logit = age_raw.float(), logit.float()
-    if cfg.age_loss == "smooth_l1":  # beta ~1 year: L1 beyond, smooth near zero
+        out = model(x, with_age_logits=True) if cfg.age_loss == "dldl" else model(x)
+    age_raw, logit = out[0].float(), out[1].float()
+    if cfg.age_loss == "dldl":
+        head = getattr(model, "module", model).age_head  # under DDP the network is model.module
+        soft = head.soft_labels(age_scaled, cfg.age_sigma)
+        age_loss = F.cross_entropy(out[2].float(), soft, reduction="none") + (age_raw - age_scaled).abs()
+    elif cfg.age_loss == "smooth_l1":  # beta ~1 year: L1 beyond, smooth near zero
         age_loss = F.smooth_l1_loss(age_raw, age_scaled, beta=0.05, reduction="none")
     else:
         age_loss = F.l1_loss(age_raw, age_scaled, reduction="none")
@@ -230,7 +234,10 @@ def _train(cfg: TrainConfig, dd, device: torch.device) -> Path:
     if dd.main:
         write_manifest(images, out / MANIFEST)
 
-    model = create_model(cfg.arch, cfg.pretrained, cfg.dropout).to(device)
+    if cfg.age_loss == "dldl":
+        meta["age_bins"] = cfg.age_bins
+    model = create_model(cfg.arch, cfg.pretrained, cfg.dropout, meta.get("age_bins", 0), meta["age_offset"],
+                         meta["age_scale"]).to(device)
     model = model.to(memory_format=torch.channels_last)
     opt = build_optimizer(model, cfg)
     step_model = model

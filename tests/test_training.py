@@ -4,6 +4,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from agegender import training
@@ -189,3 +190,19 @@ def test_loss_balancing_trains_resumes_bit_exact_and_is_recorded(tiny_data, tmp_
     a, b = _weights(ref), _weights(out)
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_dldl_age_loss_trains_loads_predicts_and_explains(tiny_data, tmp_path):
+    from agegender.explain import explain
+    from agegender.model import DistributionAgeHead
+
+    out = train(tiny_config(tiny_data, tmp_path / "dldl", age_loss="dldl"))
+    ckpt = load_checkpoint(out)
+    assert ckpt.meta["age_bins"] == 121 and isinstance(ckpt.model.age_head, DistributionAgeHead)
+    preds = pd.read_csv(out / "predictions-val.csv")
+    assert preds["pred_age"].between(0, 120).all() and preds["pred_age"].nunique() > 1
+    x = torch.rand(1, 3, 28, 28)
+    maps = explain(ckpt.model, x, maps=("older", "female"))
+    assert [m.heat.shape for m in maps] == [(28, 28), (28, 28)]
+    with pytest.raises(ValueError, match="--age-loss must be smooth_l1, l1 or dldl"):
+        TrainConfig(data="d", out="o", age_loss="ordinal").validate()
