@@ -30,8 +30,8 @@ people identify, and a model trained on them cannot either.
 **Limitations.** UTKFace is web-scraped: its groups are unbalanced (few "Others", few very old
 people, many babies among "Asian") and its labels are noisy. Several images of one person can fall
 in different splits (the split is by file, not by identity), so held-out figures may be optimistic.
-The models are trained from scratch at 112 px on 2 CPU cores; figures on other photo sources,
-lighting or poses will be worse. Faces must be detected and aligned as the dashboard does.
+The models are trained from scratch (no ImageNet weights) at low resolution on 2 CPU cores; figures
+on other photo sources, lighting or poses will be worse. Faces must be detected and aligned as the dashboard does.
 """
 
 
