@@ -47,18 +47,23 @@ def _weights(path):
     return {k: v.float().numpy() for k, v in load_file(str(path / "model.safetensors")).items()}
 
 
-def test_resume_after_a_crash_matches_an_uninterrupted_run(tiny_data, tmp_path, monkeypatch, uninterrupted):
-    real = training.preprocess
-    calls = {"n": 0}
+def crash_on_batch(monkeypatch, n: int) -> None:
+    """The n-th training batch raises, as a kill would stop the run there."""
+    real, calls = training.preprocess, {"n": 0}
 
-    def crash_on_eleventh(*a, **k):
+    def crashing(*a, **k):
         calls["n"] += 1
-        if calls["n"] == 11:
+        if calls["n"] == n:
             raise KeyboardInterrupt("simulated kill")
         return real(*a, **k)
 
+    monkeypatch.setattr(training, "preprocess", crashing)
+
+
+def test_resume_after_a_crash_matches_an_uninterrupted_run(tiny_data, tmp_path, monkeypatch, uninterrupted):
+    real = training.preprocess
     out = tmp_path / "run"
-    monkeypatch.setattr(training, "preprocess", crash_on_eleventh)
+    crash_on_batch(monkeypatch, 11)
     with pytest.raises(KeyboardInterrupt):
         train(tiny_config(tiny_data, out, epochs=2, save_every_minutes=0))
     assert (out / STATE).exists() and not (out / "meta.json").exists()
@@ -173,16 +178,9 @@ def test_loss_balancing_trains_resumes_bit_exact_and_is_recorded(tiny_data, tmp_
     assert sum(c["count"] for c in bal["by_cell"].values()) == len(pd.read_csv(ref / "manifest.csv").query(
         "split == 'train'"))
 
-    real, calls = training.preprocess, {"n": 0}
-
-    def crash_in_epoch_two(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 14:
-            raise KeyboardInterrupt("simulated kill")
-        return real(*a, **k)
-
+    real = training.preprocess
     out = tmp_path / "run"
-    monkeypatch.setattr(training, "preprocess", crash_in_epoch_two)
+    crash_on_batch(monkeypatch, 14)  # in epoch two, after the first weights update
     with pytest.raises(KeyboardInterrupt):
         train(tiny_config(tiny_data, out, save_every_minutes=0, **cfg))
     monkeypatch.setattr(training, "preprocess", real)
