@@ -20,6 +20,20 @@ def list_checkpoints(root: str | os.PathLike) -> list[Path]:
     return sorted(p for p in root.iterdir() if (p / META).is_file())
 
 
+def default_pick(paths: list[Path]) -> list[Path]:
+    """The checkpoint a fresh session starts on: the first trained without bias mitigation (the
+    baseline a mitigated one is read against), else the first."""
+    import json
+
+    for p in paths:
+        try:
+            if not json.loads((p / META).read_text()).get("balance"):
+                return [p]
+        except (OSError, ValueError):
+            continue
+    return paths[:1]
+
+
 def default_data_path() -> str:
     """$AGEGENDER_UTKFACE, or empty."""
     return os.environ.get(DATA_ENV, "")

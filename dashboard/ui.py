@@ -14,7 +14,15 @@ from typing import TYPE_CHECKING
 
 import streamlit as st
 
-from agegender.catalog import DATA_ENV, META, WEIGHTS, default_data_path, default_root, list_checkpoints
+from agegender.catalog import (
+    DATA_ENV,
+    META,
+    WEIGHTS,
+    default_data_path,
+    default_pick,
+    default_root,
+    list_checkpoints,
+)
 from agegender.labels import gender_label
 
 if TYPE_CHECKING:
@@ -70,10 +78,12 @@ def too_large(data: bytes) -> bool:
 def sidebar() -> None:
     """The checkpoint picker every page shares; choices live in session state."""
     root = default_root()
-    names = [p.name for p in list_checkpoints(root)]
+    paths = list_checkpoints(root)
+    names = [p.name for p in paths]
     with st.sidebar:
         st.header("Checkpoints")
-        chosen = st.multiselect("From checkpoints/", names, default=names[:1], key="picker_names",
+        chosen = st.multiselect("From checkpoints/", names, default=[p.name for p in default_pick(paths)],
+                                key="picker_names",
                                 help=f"Folders in {root}")
         extra = st.text_input("…or a checkpoint folder", key="picker_path", placeholder="/path/to/checkpoint")
         data = st.text_input("UTKFace dataset (error explorer)", value=default_data_path(), key="data_path",

@@ -97,3 +97,15 @@ def test_weights_of_another_architecture(ckpt):
     set_meta(ckpt, weights_sha256=sha256_file(ckpt / WEIGHTS))
     with pytest.raises(CheckpointError, match=r"the weights in .* do not fit resnet18: unexpected trunk.layer1.2"):
         load_checkpoint(ckpt)
+
+
+def test_a_fresh_session_starts_on_the_baseline_not_the_mitigated_checkpoint(tmp_path):
+    from agegender.catalog import default_pick
+
+    for name, meta in (("a-balanced", {"balance": {"method": "loss"}}), ("b-plain", {}), ("c-broken", None)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / META).write_text("{not json" if meta is None else json.dumps(meta))
+    paths = list_checkpoints(tmp_path)
+    assert [p.name for p in default_pick(paths)] == ["b-plain"]
+    assert [p.name for p in default_pick(paths[:1])] == ["a-balanced"]  # no baseline: the first
+    assert default_pick([]) == []
