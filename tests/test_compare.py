@@ -75,11 +75,38 @@ def test_gap_change_matches_direct_computation(two):
         gap_change(m, "race", min_count=10_000)
 
 
+def test_standardised_gap_removes_the_age_mix():
+    """Two groups whose error depends on age alone, one of them older: the raw MAE gap is large,
+    the age-standardised gap is zero; halving one group's errors is measured against the overall mix."""
+    rng = np.random.default_rng(0)
+    a = fake_predictions(3000, seed=2)
+    race = np.where(rng.random(len(a)) < 0.5, "White", "Asian")
+    old = rng.random(len(a)) < np.where(race == "White", 0.7, 0.2)
+    a["race"], a["age"] = race, np.where(old, rng.integers(60, 85, len(a)), rng.integers(20, 30, len(a)))
+    sign = rng.choice([-1.0, 1.0], len(a))
+    a["pred_age"] = a["age"] + sign * np.where(old, 8.0, 2.0)
+    b = a.copy()
+    b.loc[b["race"] == "White", "pred_age"] = b["age"] + (a["pred_age"] - a["age"]) / 2
+    m = pair(a, b)
+    raw = gap_change(m, "race", n_boot=100).set_index("metric").loc["age_mae"]
+    std = gap_change(m, "race", n_boot=100, standardise="age_bucket").set_index("metric").loc["age_mae"]
+    assert raw["gap_a"] > 2.5 and std["gap_a"] == pytest.approx(0, abs=1e-9)
+
+    mix = m["age_bucket"].value_counts(normalize=True)
+    per = (m["pred_age_b"] - m["age"]).abs().groupby([m["race"], m["age_bucket"]], observed=True).mean()
+    direct = {r: sum(mix[k] * v for k, v in per[r].items()) / sum(mix[k] for k in per[r].index)
+              for r in ("White", "Asian")}
+    assert std["gap_b"] == pytest.approx(direct["Asian"] - direct["White"])
+    with pytest.raises(ValueError, match="already split"):
+        gap_change(m, "age_bucket:race", standardise="age_bucket")
+
+
 def test_compare_cli_prints_deltas_and_gaps(tiny_checkpoint, tmp_path, capsys):
     assert compare_main([str(tiny_checkpoint), str(tiny_checkpoint), "--split", "val", "--by", "gender",
                          "--n-boot", "50", "--min-count", "1"]) == 0
     out = capsys.readouterr().out
     assert "delta +0.0000 [+0.0000, +0.0000]" in out and "best-to-worst gap over gender" in out
+    assert "gap over gender, each group given the overall age_bucket mix:" in out
     assert compare_main([str(tiny_checkpoint), str(tiny_checkpoint), "--split", "val", "--n-boot", "50"]) == 0
     assert "note: no gap to judge: fewer than two groups of race" in capsys.readouterr().out
     assert compare_main([str(tiny_checkpoint), str(tmp_path / "nowhere")]) == 2

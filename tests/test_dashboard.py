@@ -216,3 +216,8 @@ def test_compare_page_shows_the_gap_change(app, tiny_checkpoint, tmp_path):
     assert not at.exception
     gap = next(m for m in at.metric if m.label == "Gap in age MAE between race groups")
     assert gap.delta.startswith("-") and "change interval" in gap.help
+    label = "Gap in age MAE between race groups with each group given the overall age mix"
+    std = next(m for m in at.metric if m.label == label)
+    assert std.delta.startswith("-") and "age-standardised" in std.help
+    at.selectbox(key="cmp_grouping").set_value("age_bucket:race").run()
+    assert not at.exception and not any("overall age mix" in m.label for m in at.metric)

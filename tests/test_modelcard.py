@@ -42,3 +42,5 @@ def test_balanced_checkpoint_is_compared_with_its_baseline(tiny_checkpoint, tmp_
     row = next(line for line in section.splitlines() if line.startswith("| ethnicity gap in age MAE"))
     before, after, change = (c.strip() for c in row.strip("|").split("|")[1:4])
     assert float(after.split()[0]) < float(before.split()[0]) and change.startswith("-")
+    std = next(ln for ln in section.splitlines() if ln.startswith("| ethnicity gap, age-standardised, in age MAE"))
+    assert std != row and "Age-standardised: each ethnicity group weighted" in section

@@ -24,10 +24,12 @@ if len(ckpts) < 2:
 def deltas_cached(a: str, b: str, split: str, stamps: tuple, grouping: str):
     m = pair(ui.predictions_cached(a, split, stamps[0]), ui.predictions_cached(b, split, stamps[1]))
     metrics = ("age_mae", "age_bias", "gender_accuracy", "female_as_male", "male_as_female")
-    try:
-        gaps = gap_change(m, grouping)
-    except ValueError as e:  # fewer than two groups big enough to judge
-        gaps = str(e)
+    gaps = {}
+    for std in (None, "age_bucket"):
+        try:
+            gaps[std] = gap_change(m, grouping, standardise=std)
+        except ValueError as e:  # fewer than two groups big enough to judge, or grouped by age already
+            gaps[std] = str(e)
     return m, paired_deltas(m, None, metrics), paired_deltas(m, grouping, metrics), gaps
 
 
@@ -63,15 +65,21 @@ for other in [c for c in ckpts if c is not base]:
                    delta_color="inverse" if better_low else "normal",
                    help=f"{base.name}: {o[name + '_a']:.3f}; delta interval "
                         f"[{o[name + '_delta_lo']:.3f}, {o[name + '_delta_hi']:.3f}]")
-    if isinstance(gaps, str):
-        st.caption(f"No best-to-worst gap to compare: {gaps}.")
-    else:
-        cols = st.columns(len(gaps))
-        for col, (_, r) in zip(cols, gaps.iterrows(), strict=True):
-            col.metric(f"Gap in {r['label']} between {grouping.replace(':', ' × ')} groups",
+    for std, table in gaps.items():
+        mix = " with each group given the overall age mix" if std else ""
+        if isinstance(table, str):
+            if not std:
+                st.caption(f"No best-to-worst gap to compare: {table}.")
+            continue
+        cols = st.columns(len(table))
+        for col, (_, r) in zip(cols, table.iterrows(), strict=True):
+            col.metric(f"Gap in {r['label']} between {grouping.replace(':', ' × ')} groups{mix}",
                        f"{r['gap_b']:.3f}", f"{r['change']:+.0%}", delta_color="inverse",
                        help=f"best against worst group of at least 30 images; {base.name}: {r['gap_a']:.3f}; "
-                            f"change interval [{r['change_lo']:+.0%}, {r['change_hi']:+.0%}] (paired bootstrap)")
+                            f"change interval [{r['change_lo']:+.0%}, {r['change_hi']:+.0%}] (paired bootstrap)"
+                            + ("; age-standardised: a group's figure is its per-age-bucket figures weighted by "
+                               "the overall age-bucket mix, so older groups are not judged worse for age alone"
+                               if std else ""))
     metric = st.selectbox("Per-group delta of", ["age_mae", "gender_accuracy", "age_bias"], key=f"cmp_m_{other.name}",
                           format_func=lambda k: METRICS[k].label)
     names = groups[groups.columns[: len(grouping.split(':'))]].astype(str).agg(" · ".join, axis=1)
