@@ -1,26 +1,38 @@
-"""The checkpoint the dashboard ships with: present, loadable, and as good as its card says."""
+"""The checkpoints the dashboard ships with: present, loadable, and as good as their card says."""
 
 import json
+
+import pytest
 
 from agegender.catalog import REPO_CHECKPOINTS
 from agegender.checkpoint import load_checkpoint
 from agegender.evaluate import main as evaluate_main
 
-SHIPPED = REPO_CHECKPOINTS / "resnet18-utkface"
+SHIPPED = [REPO_CHECKPOINTS / "resnet18-utkface", REPO_CHECKPOINTS / "resnet18-balanced"]
+shipped = pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
 
 
-def test_shipped_checkpoint_loads_and_records_its_targets():
-    ckpt = load_checkpoint(SHIPPED)
+@shipped
+def test_shipped_checkpoint_loads_and_records_its_targets(path):
+    ckpt = load_checkpoint(path)
     test = ckpt.meta["metrics"]["test"]
     assert test["n"] > 2000
     assert test["age_mae"] <= 5.3 and test["gender_accuracy"] >= 0.925
     for name in ("history.csv", "predictions-val.csv", "predictions-test.csv", "manifest.csv"):
-        assert (SHIPPED / name).is_file()
+        assert (path / name).is_file()
 
 
-def test_shipped_checkpoint_on_real_test_images(real_data, tmp_path):
+def test_the_balanced_checkpoint_records_its_weighting():
+    balance = load_checkpoint(SHIPPED[1]).meta["balance"]
+    assert balance["method"] == "loss" and balance["cells"] == "ethnicity"
+    weights = [c["age_weight"] for c in balance["by_cell"].values()]
+    assert len(weights) == 5 and max(weights) > min(weights) > 0
+
+
+@shipped
+def test_shipped_checkpoint_on_real_test_images(path, real_data, tmp_path):
     js = tmp_path / "m.json"
-    assert evaluate_main(["--checkpoint", str(SHIPPED), "--data", str(real_data), "--split", "test",
+    assert evaluate_main(["--checkpoint", str(path), "--data", str(real_data), "--split", "test",
                           "--limit", "400", "--out", str(tmp_path / "p.csv"), "--json", str(js)]) == 0
     m = json.loads(js.read_text())
     assert m["n"] == 400
