@@ -51,27 +51,45 @@ def sampling_weights(cell: np.ndarray, names: list[str], by: tuple[str, ...], po
                          "by_cell": by_cell}
 
 
-def loss_weights(stats: np.ndarray, power: float, min_count: int = 20) -> np.ndarray:
+def loss_weights(stats: np.ndarray, power: float, min_count: int = 20, strata: np.ndarray | None = None) -> np.ndarray:
     """Per-cell loss weights for the next epoch from this epoch's per-cell sums.
 
     ``stats`` is (cells, 3): summed age error, summed gender loss, image count. A cell's weight for a
     head is (its mean loss / the overall mean loss) ** power, so power 0 is plain training and a cell
-    twice as hard as average counts 2 ** power times as much. Cells seen fewer than ``min_count``
-    times keep weight 1: their mean is too noisy to act on. Returns (cells, 2): age, gender."""
+    twice as hard as average counts 2 ** power times as much. With ``strata`` (each cell's stratum
+    id, see ``strata_of_cells``), a cell is measured against the mean of its own stratum instead, so
+    that "White / 70+" is compared with other 70+ cells, not with babies. Cells seen fewer than
+    ``min_count`` times keep weight 1: their mean is too noisy to act on. Returns (cells, 2): age, gender."""
     n = stats[:, 2]
     w = np.ones((len(stats), 2))
-    seen = n >= min_count
-    for head in (0, 1):
-        overall = stats[:, head].sum() / max(n.sum(), 1)
-        if overall > 0:
-            w[seen, head] = (stats[seen, head] / n[seen] / overall) ** power
+    strata = np.zeros(len(stats), dtype=np.int64) if strata is None else strata
+    for s in np.unique(strata):
+        seen = (n >= min_count) & (strata == s)
+        for head in (0, 1):
+            overall = stats[strata == s, head].sum() / max(n[strata == s].sum(), 1)
+            if overall > 0:
+                w[seen, head] = (stats[seen, head] / n[seen] / overall) ** power
     return w
 
 
+def strata_of_cells(labels: dict[str, np.ndarray], by: tuple[str, ...], within: str) -> np.ndarray:
+    """For ``--balance-within``: each cell's stratum (its value of the ``within`` factor, one of ``by``)."""
+    if within not in by or len(by) < 2:
+        raise ValueError(f"--balance-within must be one of --balance-by ({', '.join(by)}), "
+                         f"which must name another factor too, not {within!r}")
+    cell, names = groups(labels, by)
+    stratum, _ = groups(labels, (within,))
+    out = np.zeros(len(names), dtype=np.int64)
+    out[cell] = stratum  # each cell holds one value of the within factor
+    return out
+
+
 def describe_loss_weights(weights: np.ndarray, counts: np.ndarray, names: list[str], by: tuple[str, ...],
-                          power: float) -> dict:
+                          power: float, within: str = "") -> dict:
     by_cell = {names[c]: {"count": int(counts[c]), "age_weight": round(float(weights[c, 0]), 4),
                           "gender_weight": round(float(weights[c, 1]), 4)} for c in np.flatnonzero(counts)}
-    return {"method": "loss", "power": power, "cells": " x ".join(FACTORS[k] for k in by),
-            "rule": "weight = (cell's mean training loss last epoch / overall mean) ** power, per head",
-            "by_cell": by_cell}
+    against = f"mean of its {FACTORS[within]}" if within else "overall mean"
+    out = {"method": "loss", "power": power, "cells": " x ".join(FACTORS[k] for k in by),
+           "rule": f"weight = (cell's mean training loss last epoch / {against}) ** power, per head",
+           "by_cell": by_cell}
+    return {**out, "within": FACTORS[within]} if within else out

@@ -53,6 +53,9 @@ class TrainConfig:
     # sampling: weight = cell count ** -power (1 fully balances, 0.5 halfway);
     # loss: weight = (cell's mean loss / overall mean) ** power (0 is plain training)
     balance_power: float = 0.5
+    # loss: measure each cell against the mean of its own value of this factor (one of balance_by),
+    # e.g. age_bucket, so that the weights act on ethnicity within each age and not on age itself
+    balance_within: str = ""
     resume: bool = False  # continue the run whose state is in --out
 
     def augment(self) -> Augment:
@@ -75,7 +78,10 @@ class TrainConfig:
             raise ValueError(f"--precision must be auto, bf16 or fp32, not {self.precision!r}")
         if self.balance not in ("none", "sampling", "loss"):
             raise ValueError(f"--balance must be none, sampling or loss, not {self.balance!r}")
-        parse_by(self.balance_by)
+        by = parse_by(self.balance_by)
+        if self.balance_within and (self.balance != "loss" or self.balance_within not in by or len(by) < 2):
+            raise ValueError("--balance-within needs --balance loss and must be one of at least two "
+                             f"--balance-by factors ({self.balance_by}), not {self.balance_within!r}")
         if self.input_size > self.cache_size:
             raise ValueError("--input-size cannot exceed --cache-size")
         if self.epochs < 1 or self.batch_size < 1:

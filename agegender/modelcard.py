@@ -51,7 +51,8 @@ def _balancing(b: dict | None) -> str:
         return "none"
     how = ("sampling, count ** -power" if b["method"] == "sampling"
            else "loss reweighting by each cell's last-epoch error (per head), (error / mean) ** power")
-    return f"{how}, power {b['power']}, over {b['cells']}"
+    within = f", each cell against the mean of its {b['within']}" if b.get("within") else ""
+    return f"{how}, power {b['power']}, over {b['cells']}{within}"
 
 
 def card_for(path: Path, n_boot: int = 1000) -> str:

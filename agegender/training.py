@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, safe_open, save_file
 from tqdm import tqdm
 
-from .balance import describe_loss_weights, groups, loss_weights, parse_by, sampling_weights
+from .balance import describe_loss_weights, groups, loss_weights, parse_by, sampling_weights, strata_of_cells
 from .checkpoint import META, WEIGHTS, save_weights, write_meta
 from .config import TrainConfig
 from .data import SPLIT_RULE, Images, cached_images, scan, write_manifest
@@ -250,6 +250,7 @@ def _train(cfg: TrainConfig, dd, device: torch.device) -> Path:
     by = parse_by(cfg.balance_by)
     cell, cell_names = groups(images.labels(train_idx), by)
     cell_t = torch.as_tensor(cell)
+    strata = strata_of_cells(images.labels(train_idx), by, cfg.balance_within) if cfg.balance_within else None
     draw = None
     if cfg.balance == "sampling":
         weights, meta["balance"] = sampling_weights(cell, cell_names, by, cfg.balance_power)
@@ -338,7 +339,7 @@ def _train(cfg: TrainConfig, dd, device: torch.device) -> Path:
         s = dd.sum(list(info["sums"]))
         if cfg.balance == "loss":  # next epoch's weights, from every rank's images
             stats = np.array(dd.sum(sum(info["cell_stats"], []))).reshape(-1, 3)
-            info["cell_weights"] = loss_weights(stats, cfg.balance_power).tolist()
+            info["cell_weights"] = loss_weights(stats, cfg.balance_power, strata=strata).tolist()
         secs = time.monotonic() - epoch_start
         row = {"epoch": epoch + 1, "step": info["global_step"], "lr": f"{opt.param_groups[0]['lr']:.6g}",
                "train_loss": f"{s[0] / s[3]:.5f}", "train_age_mae": f"{s[1] / s[3]:.4f}",
@@ -373,7 +374,7 @@ def _train(cfg: TrainConfig, dd, device: torch.device) -> Path:
         return out
     if cfg.balance == "loss":
         meta["balance"] = describe_loss_weights(np.array(info["cell_weights"]), np.bincount(cell, minlength=len(
-            cell_names)), cell_names, by, cfg.balance_power)
+            cell_names)), cell_names, by, cfg.balance_power, cfg.balance_within)
     meta.update(best_epoch=info["best_epoch"], epochs_run=info["epoch"], finished=finished,
                 train_minutes=round(info["elapsed"] / 60, 1), weights_sha256=info["best_sha256"])
     write_meta(out, meta)

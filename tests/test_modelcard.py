@@ -32,12 +32,12 @@ def test_balanced_checkpoint_is_compared_with_its_baseline(tiny_checkpoint, tmp_
     bal.to_csv(root / "plain-balanced" / "predictions-test.csv", index=False)
     meta_path = root / "plain-balanced" / "meta.json"
     meta = json.loads(meta_path.read_text())
-    meta["balance"] = {"method": "loss", "power": 1.0, "cells": "ethnicity"}
+    meta["balance"] = {"method": "loss", "power": 1.0, "cells": "ethnicity x age bucket", "within": "age bucket"}
     meta_path.write_text(json.dumps(meta))
     assert modelcard_main(["--root", str(root), "--n-boot", "100"]) == 0
     text = (root / "README.md").read_text()
     assert "loss reweighting by each cell's last-epoch error (per head), (error / mean) ** power, power 1.0, " \
-           "over ethnicity" in text
+           "over ethnicity x age bucket, each cell against the mean of its age bucket" in text
     section = text.split("## Mitigation: plain-balanced against plain")[1]
     row = next(line for line in section.splitlines() if line.startswith("| ethnicity gap in age MAE"))
     before, after, change = (c.strip() for c in row.strip("|").split("|")[1:4])

@@ -165,6 +165,38 @@ def test_loss_weights_follow_each_cells_error_per_head():
     assert w[0, 0] > 1 > w[0, 1]  # the heads are weighted separately
 
 
+def test_loss_weights_within_strata_compare_each_cell_with_its_own_stratum():
+    from agegender.balance import groups, loss_weights, parse_by, strata_of_cells
+
+    # two strata (young, old): each holds an easy and a hard cell; old cells are all harder than young ones
+    stats = np.array([[20.0, 1, 20], [40, 1, 20], [200, 1, 20], [400, 1, 20]])
+    strata = np.array([0, 0, 1, 1])
+    w = loss_weights(stats, power=1.0, strata=strata)
+    assert w[:, 0] == pytest.approx([2 / 3, 4 / 3, 2 / 3, 4 / 3])  # against 1.5 and 15, not the overall 8.25
+    plain = loss_weights(stats, power=1.0)
+    assert plain[0, 0] < 0.2 and plain[3, 0] > 2  # overall: the young cells all but vanish
+
+    labels = {"race": np.array([0, 1, 0, 2]), "gender": np.array([0, 0, 1, 1]), "age": np.array([1, 25, 25, 80])}
+    by = parse_by("race,age_bucket")
+    cell, names = groups(labels, by)
+    st = strata_of_cells(labels, by, "age_bucket")
+    bucket, _ = groups(labels, ("age_bucket",))
+    assert len(st) == len(names) and np.array_equal(st[cell], bucket)
+    with pytest.raises(ValueError, match="--balance-within must be one of"):
+        strata_of_cells(labels, ("race",), "race")
+    with pytest.raises(ValueError, match="--balance-within needs --balance loss"):
+        TrainConfig(data="d", out="o", balance="loss", balance_by="race", balance_within="age_bucket").validate()
+    TrainConfig(data="d", out="o", balance="loss", balance_by="race,age_bucket", balance_within="age_bucket").validate()
+
+
+def test_loss_balancing_within_a_factor_is_recorded(tiny_data, tmp_path):
+    out = train(tiny_config(tiny_data, tmp_path / "within", balance="loss", balance_by="gender,age_bucket",
+                            balance_within="age_bucket", balance_power=1.0, epochs=1))
+    bal = json.loads((out / "meta.json").read_text())["balance"]
+    assert bal["within"] == "age bucket" and "/ mean of its age bucket) ** power" in bal["rule"]
+    assert bal["cells"] == "gender x age bucket" and all(" / " in name for name in bal["by_cell"])
+
+
 def test_loss_balancing_trains_resumes_bit_exact_and_is_recorded(tiny_data, tmp_path, monkeypatch, uninterrupted):
     cfg = dict(balance="loss", balance_by="gender", balance_power=1.0, epochs=2)
     ref = train(tiny_config(tiny_data, tmp_path / "ref", **cfg))
