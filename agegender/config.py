@@ -47,6 +47,7 @@ class TrainConfig:
     aug_brightness: float = Augment.brightness
     aug_contrast: float = Augment.contrast
     aug_saturation: float = Augment.saturation
+    aug_erase: float = Augment.erase
     # none | sampling (draw rare cells more often) | loss (weight each cell by its last-epoch error, per head)
     balance: str = "none"
     balance_by: str = "race,gender,age_bucket"  # the cells: any of race, gender, age_bucket
@@ -60,7 +61,7 @@ class TrainConfig:
 
     def augment(self) -> Augment:
         return Augment(self.aug_scale, self.aug_rotate, self.aug_shift, self.aug_flip,
-                       self.aug_brightness, self.aug_contrast, self.aug_saturation)
+                       self.aug_brightness, self.aug_contrast, self.aug_saturation, self.aug_erase)
 
     def validate(self) -> None:
         from .balance import parse_by
@@ -82,6 +83,8 @@ class TrainConfig:
         if self.balance_within and (self.balance != "loss" or self.balance_within not in by or len(by) < 2):
             raise ValueError("--balance-within needs --balance loss and must be one of at least two "
                              f"--balance-by factors ({self.balance_by}), not {self.balance_within!r}")
+        if not 0 <= self.aug_erase <= 1:
+            raise ValueError(f"--aug-erase is a probability, not {self.aug_erase}")
         if self.input_size > self.cache_size:
             raise ValueError("--input-size cannot exceed --cache-size")
         if self.epochs < 1 or self.batch_size < 1:

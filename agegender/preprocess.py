@@ -3,7 +3,8 @@
 Every image becomes a square uint8 image of ``cache_size`` pixels (the form the
 training cache stores), then a batch of those becomes the model input: a crop of
 ``input_size`` pixels, normalised. Training adds a random affine and colour
-jitter on the whole batch in one pass; evaluation takes the centre crop.
+jitter (and, if asked, random erasing) on the whole batch in one pass; evaluation takes
+the centre crop.
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ class Augment:
     brightness: float = 0.25
     contrast: float = 0.25
     saturation: float = 0.25
+    # probability of random erasing (Zhong et al. 2017): one rectangle of 2-33% of the crop, aspect
+    # 0.3-3.3, set to the mean colour, so the network cannot lean on any one part of the face
+    erase: float = 0.0
 
 
 def resize_image(image: Image.Image, size: int) -> np.ndarray:
@@ -102,6 +106,21 @@ def _random_affine(x: torch.Tensor, pp: Preprocess, aug: Augment, g: torch.Gener
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
+def _random_erase(x: torch.Tensor, p: float, g: torch.Generator) -> torch.Tensor:
+    """Zero (the mean, once normalised) one random rectangle in a share ``p`` of the images."""
+    n, _, h, w = x.shape
+    u = torch.rand(n, 5, generator=g)  # erase?, area, aspect, centre y, centre x
+    area = (0.02 + u[:, 1] * 0.31) * h * w
+    aspect = torch.exp((u[:, 2] * 2 - 1) * math.log(1 / 0.3))
+    half_h, half_w = (area * aspect).sqrt() / 2, (area / aspect).sqrt() / 2
+    ys = torch.arange(h).view(1, h, 1) + 0.5
+    xs = torch.arange(w).view(1, 1, w) + 0.5
+    inside = (((ys - u[:, 3].view(n, 1, 1) * h).abs() <= half_h.view(n, 1, 1))
+              & ((xs - u[:, 4].view(n, 1, 1) * w).abs() <= half_w.view(n, 1, 1))
+              & (u[:, 0] < p).view(n, 1, 1))
+    return x.masked_fill(inside.unsqueeze(1).to(x.device), 0.0)
+
+
 def _colour_jitter(x: torch.Tensor, aug: Augment, g: torch.Generator) -> torch.Tensor:
     n = x.shape[0]
 
@@ -140,4 +159,6 @@ def preprocess(
     else:
         g = generator if generator is not None else torch.default_generator
         x = _colour_jitter(_random_affine(x, pp, augment, g), augment, g)
+        if augment.erase > 0:  # no draw otherwise, so runs without erasing keep their random stream
+            return _random_erase(_normalise(x, pp), augment.erase, g)
     return _normalise(x, pp)

@@ -47,6 +47,29 @@ def test_flip_only_mirrors():
     assert all(torch.allclose(o, plain, atol=1e-5) or torch.allclose(o, plain.flip(3), atol=1e-5) for o in outs)
 
 
+def test_random_erasing_blanks_one_rectangle_per_chosen_image():
+    import dataclasses
+
+    b = batch(400, seed=1)
+    plain = preprocess(b, PP)
+    always = preprocess(b, PP, dataclasses.replace(NO_AUG, erase=1.0), torch.Generator().manual_seed(0))
+    changed = ~torch.isclose(always, plain, atol=1e-5)
+    assert (always[changed] == 0).all()  # only ever set to the mean, which is 0 once normalised
+    blank = (always == 0).all(1)  # pixels erased in all channels
+    share = blank.flatten(1).float().mean(1)
+    assert share.max() <= 0.34 and (share > 0).float().mean() > 0.95
+    for img in blank[share > 0][:50]:  # one axis-aligned rectangle: rows and columns hit form a solid block
+        rows, cols = img.any(1).nonzero().flatten(), img.any(0).nonzero().flatten()
+        assert img[rows.min():rows.max() + 1, cols.min():cols.max() + 1].all()
+    half = preprocess(b, PP, dataclasses.replace(NO_AUG, erase=0.5), torch.Generator().manual_seed(0))
+    assert 140 < int((half == 0).all(1).flatten(1).any(1).sum()) < 260
+    from agegender.config import TrainConfig
+
+    assert TrainConfig(data="d", out="o", aug_erase=0.25).augment().erase == 0.25  # --aug-erase reaches it
+    with pytest.raises(ValueError, match="--aug-erase is a probability"):
+        TrainConfig(data="d", out="o", aug_erase=1.5).validate()
+
+
 def test_wrong_input_is_refused():
     with pytest.raises(ValueError, match="expected 32 px images"):
         preprocess(torch.zeros(1, 3, 40, 40, dtype=torch.uint8), PP)
