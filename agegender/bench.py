@@ -88,7 +88,8 @@ class _PlainDataset(torch.utils.data.Dataset):
 def bench_train(args) -> None:
     set_threads(args.threads)
     device = pick_device("auto")
-    cfg = TrainConfig(data="-", out="-", arch=args.arch, batch_size=args.batch_size)
+    cfg = TrainConfig(data="-", out="-", arch=args.arch, batch_size=args.batch_size, cache_size=args.cache_size,
+                      input_size=args.input_size)
     pp = Preprocess(cache_size=cfg.cache_size, input_size=cfg.input_size)
     data = Path(args.data) if args.data else DEFAULT_DATA
     tmp = None
@@ -135,7 +136,9 @@ def bench_train(args) -> None:
     fp32 = TrainConfig(data="-", out="-", arch=args.arch, batch_size=bs, precision="fp32")
     model = create_model(args.arch).to(device).train()
     opt = build_optimizer(model, fp32)
-    if sc.kind != "folder":
+    if args.no_plain:
+        rate_b = float("nan")
+    elif sc.kind != "folder":
         print("(b) needs a dataset folder; skipped")
         rate_b = float("nan")
     else:
@@ -402,6 +405,9 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--steps", type=int, default=15)
     t.add_argument("--warmup", type=int, default=3)
     t.add_argument("--workers", type=int, default=2, help="DataLoader workers for (b)")
+    t.add_argument("--cache-size", type=int, default=TrainConfig.cache_size)
+    t.add_argument("--input-size", type=int, default=TrainConfig.input_size)
+    t.add_argument("--no-plain", action="store_true", help="skip (b), e.g. to compare architectures")
     t.add_argument("--threads", type=int, default=0)
     t.add_argument("--cache-dir", default=None)
     pr = sub.add_parser("predict", help="photo-to-explanation latency")
