@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import numpy as np
 from .catalog import default_root, list_checkpoints
 from .checkpoint import read_meta
 from .compare import gap_change, pair, paired_deltas
+from .config import TrainConfig
 from .fairness import METRICS, GroupReport, prepare
 from .report import load_predictions
 
@@ -33,6 +35,27 @@ in different splits (the split is by file, not by identity), so held-out figures
 The models are trained from scratch (no ImageNet weights) at low resolution on 2 CPU cores; figures
 on other photo sources, lighting or poses will be worse. Faces must be detected and aligned as the dashboard does.
 """
+
+
+# settings that do not change what a run learns (paths, threads, time budget) or that are the mitigation itself
+NOT_RECIPE = {"data", "out", "resume", "max_minutes", "save_every_minutes", "threads", "cache_dir", "device",
+              "balance", "balance_by", "balance_power", "balance_within"}
+
+
+def recipe_differences(a: dict, b: dict) -> dict[str, tuple]:
+    """Training settings two checkpoints' metas differ in, besides balancing; keys missing from an older
+    meta take TrainConfig's defaults of the time the field was added."""
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    ca = {**defaults, **a.get("train_config", {})}
+    cb = {**defaults, **b.get("train_config", {})}
+    return {k: (ca[k], cb[k]) for k in defaults if k not in NOT_RECIPE and ca[k] != cb[k]}
+
+
+def baseline_for(balanced: Path, plain: list[Path], metas: dict) -> Path:
+    """The unbalanced checkpoint trained most like ``balanced``: same architecture first, then the fewest
+    other differences, so that the comparison measures the mitigation and as little else as possible."""
+    return min(plain, key=lambda q: (metas[q]["arch"] != metas[balanced]["arch"],
+                                     len(recipe_differences(metas[q], metas[balanced]))))
 
 
 def _fmt(m: str, v: float) -> str:
@@ -93,6 +116,11 @@ def card_for(path: Path, n_boot: int = 1000) -> str:
 def mitigation(baseline: Path, balanced: Path, n_boot: int = 1000) -> str:
     """What balancing did: overall deltas and the change of the ethnicity gaps, on the test split."""
     lines = [f"## Mitigation: {balanced.name} against {baseline.name}", ""]
+    diff = recipe_differences(read_meta(baseline), read_meta(balanced))
+    if diff:
+        lines += ["**Not a clean comparison**: besides balancing, the two were trained differently ("
+                  + "; ".join(f"{k}: {a} in {baseline.name}, {b} in {balanced.name}" for k, (a, b) in diff.items())
+                  + "), so the figures below mix both effects.", ""]
     try:
         m = pair(load_predictions(baseline, "test"), load_predictions(balanced, "test"))
         overall = paired_deltas(m, n_boot=n_boot).iloc[0]
@@ -131,9 +159,8 @@ def write_card(root: Path, out: Path, n_boot: int = 1000) -> str:
     metas = {p: read_meta(p) for p in paths}
     plain = [p for p in paths if not metas[p].get("balance")]
     for p in paths:
-        if metas[p].get("balance") and plain:  # against the unbalanced checkpoint of the same architecture
-            same = [q for q in plain if metas[q]["arch"] == metas[p]["arch"]]
-            parts.append(mitigation((same or plain)[0], p, n_boot))
+        if metas[p].get("balance") and plain:
+            parts.append(mitigation(baseline_for(p, plain, metas), p, n_boot))
     text = "\n".join(parts)
     out.write_text(text)
     return text

@@ -44,3 +44,33 @@ def test_balanced_checkpoint_is_compared_with_its_baseline(tiny_checkpoint, tmp_
     assert float(after.split()[0]) < float(before.split()[0]) and change.startswith("-")
     std = next(ln for ln in section.splitlines() if ln.startswith("| ethnicity gap, age-standardised, in age MAE"))
     assert std != row and "Age-standardised: each ethnicity group weighted" in section
+
+
+def test_a_balanced_checkpoint_is_paired_with_the_baseline_trained_most_like_it(tiny_checkpoint, tmp_path):
+    root = tmp_path / "ck"
+    for name in ("a-dldl", "plain", "plain-balanced"):
+        shutil.copytree(tiny_checkpoint, root / name)
+
+    def edit(name, **changes):
+        path = root / name / "meta.json"
+        meta = json.loads(path.read_text())
+        for k, v in changes.items():
+            if k == "balance":
+                meta["balance"] = v
+            else:
+                meta["train_config"][k] = v
+        path.write_text(json.dumps(meta))
+
+    edit("a-dldl", age_loss="dldl")  # sorts first, same architecture, another recipe
+    edit("plain-balanced", balance={"method": "loss", "power": 2.0, "cells": "ethnicity"}, balance_power=2.0,
+         out="/elsewhere")  # the mitigation and the output folder are not the recipe
+    assert modelcard_main(["--root", str(root), "--n-boot", "20"]) == 0
+    text = (root / "README.md").read_text()
+    assert "## Mitigation: plain-balanced against plain\n" in text and "Not a clean comparison" not in text
+
+    shutil.rmtree(root / "plain")
+    assert modelcard_main(["--root", str(root), "--n-boot", "20"]) == 0
+    text = (root / "README.md").read_text()
+    assert "## Mitigation: plain-balanced against a-dldl" in text
+    assert "**Not a clean comparison**: besides balancing, the two were trained differently (age_loss: dldl in " \
+           "a-dldl, " in text
