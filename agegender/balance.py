@@ -72,11 +72,15 @@ def loss_weights(stats: np.ndarray, power: float, min_count: int = 20, strata: n
     return w
 
 
+def check_within(method: str, by: tuple[str, ...], within: str) -> None:
+    if method != "loss" or within not in by or len(by) < 2:
+        raise ValueError(f"--balance-within needs --balance loss and one of at least two --balance-by factors "
+                         f"({', '.join(by)}), not {within!r}")
+
+
 def strata_of_cells(labels: dict[str, np.ndarray], by: tuple[str, ...], within: str) -> np.ndarray:
     """For ``--balance-within``: each cell's stratum (its value of the ``within`` factor, one of ``by``)."""
-    if within not in by or len(by) < 2:
-        raise ValueError(f"--balance-within must be one of --balance-by ({', '.join(by)}), "
-                         f"which must name another factor too, not {within!r}")
+    check_within("loss", by, within)
     cell, names = groups(labels, by)
     stratum, _ = groups(labels, (within,))
     out = np.zeros(len(names), dtype=np.int64)

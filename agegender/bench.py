@@ -133,15 +133,15 @@ def bench_train(args) -> None:
     rate_e2e, step_e2e = _median_rate(ours, bs, args.steps, args.warmup)
     peak_ours = _peak_rss_mb()
 
-    fp32 = TrainConfig(data="-", out="-", arch=args.arch, batch_size=bs, precision="fp32")
-    model = create_model(args.arch).to(device).train()
-    opt = build_optimizer(model, fp32)
     if args.no_plain:
         rate_b = float("nan")
     elif sc.kind != "folder":
         print("(b) needs a dataset folder; skipped")
         rate_b = float("nan")
     else:
+        fp32 = TrainConfig(data="-", out="-", arch=args.arch, batch_size=bs, precision="fp32")
+        model = create_model(args.arch).to(device).train()
+        opt = build_optimizer(model, fp32)
         loader = torch.utils.data.DataLoader(_PlainDataset(sc.path, sc.samples, pp), batch_size=bs, shuffle=True,
                                              num_workers=args.workers, drop_last=True, persistent_workers=True)
         it = iter(loader)

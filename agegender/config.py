@@ -64,7 +64,7 @@ class TrainConfig:
                        self.aug_brightness, self.aug_contrast, self.aug_saturation, self.aug_erase)
 
     def validate(self) -> None:
-        from .balance import parse_by
+        from .balance import check_within, parse_by
         from .model import ARCHS
 
         if not self.data or not self.out:
@@ -80,9 +80,8 @@ class TrainConfig:
         if self.balance not in ("none", "sampling", "loss"):
             raise ValueError(f"--balance must be none, sampling or loss, not {self.balance!r}")
         by = parse_by(self.balance_by)
-        if self.balance_within and (self.balance != "loss" or self.balance_within not in by or len(by) < 2):
-            raise ValueError("--balance-within needs --balance loss and must be one of at least two "
-                             f"--balance-by factors ({self.balance_by}), not {self.balance_within!r}")
+        if self.balance_within:
+            check_within(self.balance, by, self.balance_within)
         if not 0 <= self.aug_erase <= 1:
             raise ValueError(f"--aug-erase is a probability, not {self.aug_erase}")
         if self.input_size > self.cache_size:

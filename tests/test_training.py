@@ -182,10 +182,11 @@ def test_loss_weights_within_strata_compare_each_cell_with_its_own_stratum():
     st = strata_of_cells(labels, by, "age_bucket")
     bucket, _ = groups(labels, ("age_bucket",))
     assert len(st) == len(names) and np.array_equal(st[cell], bucket)
-    with pytest.raises(ValueError, match="--balance-within must be one of"):
+    with pytest.raises(ValueError, match="--balance-within needs --balance loss and one of at least two"):
         strata_of_cells(labels, ("race",), "race")
-    with pytest.raises(ValueError, match="--balance-within needs --balance loss"):
-        TrainConfig(data="d", out="o", balance="loss", balance_by="race", balance_within="age_bucket").validate()
+    for method, by in (("loss", "race"), ("sampling", "race,age_bucket")):
+        with pytest.raises(ValueError, match="--balance-within needs --balance loss"):
+            TrainConfig(data="d", out="o", balance=method, balance_by=by, balance_within="age_bucket").validate()
     TrainConfig(data="d", out="o", balance="loss", balance_by="race,age_bucket", balance_within="age_bucket").validate()
 
 
