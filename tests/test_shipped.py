@@ -24,9 +24,10 @@ def test_shipped_checkpoint_loads_and_records_its_targets(path):
 
 def test_the_balanced_checkpoint_records_its_weighting():
     balance = load_checkpoint(SHIPPED[1]).meta["balance"]
-    assert balance["method"] == "loss" and balance["cells"] == "ethnicity"
+    assert balance["method"] == "loss" and balance["cells"] == "ethnicity x age bucket"
+    assert balance["within"] == "age bucket"
     weights = [c["age_weight"] for c in balance["by_cell"].values()]
-    assert len(weights) == 5 and max(weights) > min(weights) > 0
+    assert len(weights) == 5 * 9 and max(weights) > min(weights) > 0
 
 
 @shipped
