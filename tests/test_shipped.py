@@ -7,6 +7,7 @@ import pytest
 from agegender.catalog import REPO_CHECKPOINTS
 from agegender.checkpoint import load_checkpoint
 from agegender.evaluate import main as evaluate_main
+from agegender.modelcard import write_card
 
 SHIPPED = [REPO_CHECKPOINTS / "resnet18-utkface", REPO_CHECKPOINTS / "resnet18-balanced"]
 shipped = pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
@@ -28,6 +29,13 @@ def test_the_balanced_checkpoint_records_its_weighting():
     assert balance["within"] == "age bucket"
     weights = [c["age_weight"] for c in balance["by_cell"].values()]
     assert len(weights) == 5 * 9 and max(weights) > min(weights) > 0
+
+
+def test_the_model_card_matches_the_shipped_checkpoints(tmp_path):
+    card = tmp_path / "README.md"
+    write_card(REPO_CHECKPOINTS, card, 1000)
+    assert card.read_text() == (REPO_CHECKPOINTS / "README.md").read_text(), (
+        "checkpoints/README.md is stale: run python -m agegender.modelcard")
 
 
 @shipped
