@@ -48,6 +48,15 @@ class Dist:
         dist.all_reduce(t)
         return t.tolist()
 
+    def sync_buffers(self, model: torch.nn.Module) -> None:
+        """Every rank takes rank 0's buffers (BatchNorm running statistics). DDP broadcasts them
+        before each training forward, so after the last step of an epoch each rank holds the
+        statistics of its own share of the batch: without this the ranks validate differently and
+        take different best-epoch and early-stopping decisions."""
+        if self.active:
+            for b in model.buffers():
+                dist.broadcast(b, 0)
+
     def gather(self, obj) -> list | None:
         """Every rank's ``obj`` on rank 0 (None elsewhere)."""
         if not self.active:

@@ -334,6 +334,7 @@ def _train(cfg: TrainConfig, dd, device: torch.device) -> Path:
                 _save_state(out / STATE, model, opt, aug_gen,
                             {**info, "elapsed": info["elapsed"] + time.monotonic() - start})
             break
+        dd.sync_buffers(model)
         mae, acc = _validate(model, images, val_idx, pp, meta, cfg)  # every rank: same weights, same answer
         score = val_score(mae, acc, cfg)
         s = dd.sum(list(info["sums"]))

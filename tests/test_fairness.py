@@ -81,7 +81,12 @@ def test_intervals_contain_the_estimate_and_narrow_with_more_data():
     large = GroupReport(prepare(fake_predictions(5000)), n_boot=300).overall
     for m in METRICS:
         for o in (small, large):
-            assert o[f"{m}_lo"] <= o[m] <= o[f"{m}_hi"], m
+            if m == "gender_ece" and o is small:
+                # ECE sums |mean p - mean y| over bins, so resampling noise only adds to it: on 200 images the
+                # percentile interval can lie wholly above the estimate (16 of 100 seeds), never below it
+                assert o[f"{m}_lo"] <= o[f"{m}_hi"] and o[m] <= o[f"{m}_hi"], m
+            else:
+                assert o[f"{m}_lo"] <= o[m] <= o[f"{m}_hi"], m
         assert large[f"{m}_hi"] - large[f"{m}_lo"] < small[f"{m}_hi"] - small[f"{m}_lo"], m
 
 

@@ -1,10 +1,12 @@
 import csv
+import dataclasses
 import json
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from agegender import training
@@ -37,7 +39,8 @@ def test_predictions_are_identical_after_reload(tiny_checkpoint, tiny_data, tmp_
 
     out = tmp_path / "again.csv"
     assert evaluate_main(["--checkpoint", str(tiny_checkpoint), "--data", str(tiny_data), "--split", "val",
-                          "--out", str(out), "--cache-dir", str(tiny_checkpoint.parent / "cache")]) == 0
+                          "--out", str(out), "--cache-dir", str(tiny_checkpoint.parent / "cache"),
+                          "--threads", "1"]) == 0  # training's own (tiny_config's): others may sum in another order
     before = pd.read_csv(tiny_checkpoint / "predictions-val.csv")
     after = pd.read_csv(out)
     pd.testing.assert_frame_equal(before, after)
@@ -198,29 +201,123 @@ def test_loss_balancing_within_a_factor_is_recorded(tiny_data, tmp_path):
     assert bal["cells"] == "gender x age bucket" and all(" / " in name for name in bal["by_cell"])
 
 
-def test_loss_balancing_trains_resumes_bit_exact_and_is_recorded(tiny_data, tmp_path, monkeypatch, uninterrupted):
-    cfg = dict(balance="loss", balance_by="gender", balance_power=1.0, epochs=2)
+def _state(out):
+    """The fp32 weights and the bookkeeping in the resume state a stopped run left in ``out``."""
+    with safe_open(str(out / STATE), "pt") as f:
+        weights = {k[len("model."):]: f.get_tensor(k).numpy() for k in f.keys() if k.startswith("model.")}
+        return weights, json.loads(f.metadata()["info"])
+
+
+def crash_before_final_evaluation(monkeypatch) -> None:
+    """The run stops once its last epoch's resume state is written, as a kill before the final evaluation
+    would: that state holds the last epoch's weights, where model.safetensors holds the best epoch's."""
+    from agegender import evaluate
+
+    def crashing(*a, **k):
+        raise KeyboardInterrupt("simulated kill")
+
+    monkeypatch.setattr(evaluate, "evaluate_into_checkpoint", crashing)
+
+
+def stopped(monkeypatch, stop, run) -> None:
+    """``run()`` stopped by a simulated kill that ``stop(monkeypatch)`` plants, then the plant lifted."""
+    stop(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    monkeypatch.undo()
+
+
+def test_loss_balancing_trains_resumes_bit_exact_and_is_recorded(tiny_data, tmp_path, monkeypatch):
+    cfg = dict(balance="loss", balance_by="gender", balance_power=1.0, epochs=2, save_every_minutes=0)
     ref = train(tiny_config(tiny_data, tmp_path / "ref", **cfg))
     meta = json.loads((ref / "meta.json").read_text())
     bal = meta["balance"]
     assert bal["method"] == "loss" and bal["cells"] == "gender" and set(bal["by_cell"]) == {"male", "female"}
     weights = [c["age_weight"] for c in bal["by_cell"].values()]
-    assert len(weights) >= 2 and max(weights) > min(weights)  # epoch 1's errors moved the weights ...
-    plain, weighted = _weights(uninterrupted), _weights(ref)
-    assert any(not np.array_equal(plain[k], weighted[k]) for k in plain)  # ... and the weights moved training
+    assert len(weights) >= 2 and max(weights) > min(weights)  # the weights a next epoch would use
     assert sum(c["count"] for c in bal["by_cell"].values()) == len(pd.read_csv(ref / "manifest.csv").query(
         "split == 'train'"))
+    per_epoch = int(pd.read_csv(ref / "history.csv")["step"][0])  # optimiser steps in an epoch
 
-    real = training.preprocess
+    # The same run, killed three times and resumed: at the end of epoch 1, in the middle of epoch 2 (after
+    # the first weights update) and after epoch 2; it ends bit for bit where the uninterrupted run ended.
     out = tmp_path / "run"
-    crash_on_batch(monkeypatch, 14)  # in epoch two, after the first weights update
-    with pytest.raises(KeyboardInterrupt):
-        train(tiny_config(tiny_data, out, save_every_minutes=0, **cfg))
-    monkeypatch.setattr(training, "preprocess", real)
+    stopped(monkeypatch, lambda m: crash_on_batch(m, per_epoch + 1), lambda: train(tiny_config(tiny_data, out, **cfg)))
+    weighted_1, info = _state(out)
+    age_w = [w[0] for w in info["cell_weights"]]
+    assert info["epoch"] == 1 and max(age_w) > min(age_w)  # epoch 1's errors set unequal weights for epoch 2
+    stopped(monkeypatch, lambda m: crash_on_batch(m, 6), lambda: train(tiny_config(tiny_data, out, resume=True)))
+    stopped(monkeypatch, crash_before_final_evaluation, lambda: train(tiny_config(tiny_data, out, resume=True)))
+    weighted_2, info = _state(out)
+    assert info["epoch"] == 2
     train(tiny_config(tiny_data, out, resume=True))
     a, b = _weights(ref), _weights(out)
+    assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    timing = ["epoch_seconds", "train_img_per_s"]
+    pd.testing.assert_frame_equal(pd.read_csv(ref / "history.csv", dtype=str).drop(columns=timing),
+                                  pd.read_csv(out / "history.csv", dtype=str).drop(columns=timing))
+
+    # The plain run, stopped at the same two epoch ends. The checkpoints' best-epoch weights cannot tell the
+    # runs apart (epoch 1 can be the best of both), so compare each epoch's last weights from the resume state.
+    plain = tmp_path / "plain"
+    plain_cfg = {**cfg, "balance": "none"}
+    stopped(monkeypatch, lambda m: crash_on_batch(m, per_epoch + 1),
+            lambda: train(tiny_config(tiny_data, plain, **plain_cfg)))
+    plain_1, _ = _state(plain)
+    stopped(monkeypatch, crash_before_final_evaluation, lambda: train(tiny_config(tiny_data, plain, resume=True)))
+    plain_2, _ = _state(plain)
+    assert plain_1.keys() == weighted_1.keys() == plain_2.keys() == weighted_2.keys()
+    # Epoch 1 weighs every image 1 in both runs: (loss * 1).sum() / n is loss.mean() up to the rounding of one
+    # division, which moves each of epoch 1's 8 Adam steps by a few ulps (1.2e-7 near 1): well under 1e-5.
+    for k in plain_1:
+        np.testing.assert_allclose(weighted_1[k], plain_1[k], rtol=1e-6, atol=1e-5, err_msg=k)
+    # Epoch 2 weighs the genders' errors unequally, which turns the gradient: the runs part by a good share of
+    # the steps' lr (1e-3 at most), and the BatchNorm statistics with them; 1e-4 is 10 times that tolerance.
+    assert max(float(np.abs(weighted_2[k] - plain_2[k]).max()) for k in plain_2) > 1e-4
+
+
+@pytest.mark.parametrize("age_loss", ["smooth_l1", "l1", "dldl"])
+def test_loss_weights_give_the_weighted_mean_of_per_image_gradients(age_loss):
+    """compute_step weighs each image's loss per head: its gradient is, head by head, the weights' average of the
+    images' own gradients; weights all alike, whatever their value, give the unweighted gradient."""
+    from torch import nn
+
+    from agegender.model import AgeGenderNet, DistributionAgeHead
+
+    torch.manual_seed(0)
+    n, features = 8, 6
+    head = DistributionAgeHead(features, 20, 10.0, 5.0) if age_loss == "dldl" else None
+    model = AgeGenderNet(nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, features), nn.Tanh()), features,
+                         age_head=head)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)  # the step leaves the model as it is
+    x, age, female = torch.randn(n, 3, 4, 4), torch.randn(n), (torch.rand(n) < 0.5).float()
+    with torch.no_grad():  # two targets within smooth L1's quadratic zone (0.05) of the prediction
+        age[:2] = model(x[:2])[0] + 0.01
+    age_w, gender_w = torch.rand(n) * 2 + 0.1, torch.rand(n) * 2 + 0.1
+    cfg = TrainConfig(age_loss=age_loss, precision="fp32", age_weight=1.3, gender_weight=0.7)
+
+    def gradient(cfg, i, *w):
+        training.compute_step(model, opt, x[i], age[i], female[i], cfg, torch.device("cpu"), *w)
+        return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+    every = slice(None)
+    weighted = gradient(cfg, every, age_w, gender_w)
+    age_only, gender_only = (dataclasses.replace(cfg, age_weight=1.0, gender_weight=0.0),
+                             dataclasses.replace(cfg, age_weight=0.0, gender_weight=1.0))
+    by_hand = sum(cfg.age_weight * age_w[i] / age_w.sum() * gradient(age_only, slice(i, i + 1))
+                  + cfg.gender_weight * gender_w[i] / gender_w.sum() * gradient(gender_only, slice(i, i + 1))
+                  for i in range(n))
+    # The same fp32 terms summed in another order: each side is off by at most a few ulps of the largest
+    # gradient (~0.5, ulp 6e-8); 1e-6 allows 16 of them.
+    tol = dict(rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(weighted, by_hand, **tol)
+    plain = gradient(cfg, every)
+    assert (weighted - plain).abs().max() > 1e-2 * plain.abs().max()  # far outside the tolerance: weights count
+    for c in (1.0, 2.5):
+        alike = torch.full((n,), c)
+        torch.testing.assert_close(gradient(cfg, every, alike, alike), plain, **tol)
 
 
 def test_dldl_age_loss_trains_loads_predicts_and_explains(tiny_data, tmp_path):
