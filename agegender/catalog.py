@@ -1,8 +1,11 @@
-"""Where checkpoints and the dataset are, and which checkpoints there are, with their headline
-figures. Imports no torch, so the dashboard shell can render before the models load."""
+"""Where checkpoints and the dataset are, which checkpoints there are, their meta.json read without
+torch, their headline figures and whether those say the checkpoint learnt anything. Imports no
+torch, so the dashboard shell can render before the models load."""
 
 from __future__ import annotations
 
+import json
+import math
 import os
 from pathlib import Path
 
@@ -10,6 +13,30 @@ REPO_CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
 META = "meta.json"  # the file that makes a folder a checkpoint
 WEIGHTS = "model.safetensors"
 DATA_ENV = "AGEGENDER_UTKFACE"
+REQUIRED_META = ("format", "arch", "preprocess", "age_offset", "age_scale", "labels", "weights_sha256")
+
+# Error messages are constants so tests can assert them word for word.
+ERR_NO_FOLDER = "checkpoint folder {path} does not exist"
+ERR_NO_META = "{path} is not a checkpoint folder: {META} is missing"
+ERR_BAD_META = "{path}/{META} is corrupt ({detail}); restore the folder or retrain"
+
+# Health: what the validation figures in meta.json say about a checkpoint (see health()).
+MIN_VAL_N = 100  # at 100 images chance accuracy (0.5) is 2 standard errors below GENDER_CHANCE
+GENDER_CHANCE = 0.6  # gender accuracy or AUC at or below this is no better than guessing
+AGE_MAE_FACTOR = 0.7  # x age_scale: always guessing the training mean scores 0.75 of it on UTKFace
+HEALTH_NO_VAL = "no validation figures (metrics.val in meta.json): training stopped before evaluating it"
+HEALTH_FEW = "only {n} validation images (under {min_n}): too few to show that it learnt anything"
+HEALTH_MISSING = "validation {figure} is {value}"
+HEALTH_CHANCE = "validation {figure} {value:.2f} is no better than chance ({limit:.2f} or less)"
+HEALTH_SCALE = "age_scale in meta.json is {value}, not a positive number"
+HEALTH_AGE = ("validation age MAE {value:.1f} y is no better than always guessing the mean training age "
+              "({limit:.1f} y or more: {factor} x the {scale:.1f} y spread of the training ages)")
+FLAGGED = ("{name} looks untrained or diverged: {reason}. It still works; "
+           "read its predictions with that in mind.")
+
+
+class CheckpointError(Exception):
+    """A checkpoint folder that cannot be used; the message says which file and why."""
 
 
 def list_checkpoints(root: str | os.PathLike) -> list[Path]:
@@ -20,11 +47,31 @@ def list_checkpoints(root: str | os.PathLike) -> list[Path]:
     return sorted(p for p in root.iterdir() if (p / META).is_file())
 
 
+def read_meta(path: str | os.PathLike) -> dict:
+    """A checkpoint's meta.json with its required keys checked. The architecture is checked by
+    agegender.checkpoint.read_meta, which knows the model registry (and so imports torch)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(ERR_NO_FOLDER.format(path=path))
+    if not (path / META).is_file():
+        raise CheckpointError(ERR_NO_META.format(path=path, META=META))
+    try:
+        meta = json.loads((path / META).read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(ERR_BAD_META.format(path=path, META=META, detail=f"not JSON: {e}")) from e
+    if not isinstance(meta, dict):
+        raise CheckpointError(ERR_BAD_META.format(path=path, META=META, detail="not a JSON object"))
+    missing = [k for k in REQUIRED_META if k not in meta]
+    if missing:
+        raise CheckpointError(
+            ERR_BAD_META.format(path=path, META=META, detail=f"missing {', '.join(missing)}")
+        )
+    return meta
+
+
 def default_pick(paths: list[Path]) -> list[Path]:
     """The checkpoint a fresh session starts on: the first trained without bias mitigation (the
     baseline a mitigated one is read against), else the first."""
-    import json
-
     for p in paths:
         try:
             if not json.loads((p / META).read_text()).get("balance"):
@@ -44,15 +91,63 @@ def default_root() -> Path:
     return Path(os.environ.get("AGEGENDER_CHECKPOINTS", REPO_CHECKPOINTS))
 
 
-def summary_table(root: str | os.PathLike | None = None):
-    """One row per checkpoint folder (a DataFrame): architecture, input, training and test figures.
-    A folder that cannot be read gets a row with its problem instead of breaking the table."""
+def _number(value) -> float | None:
+    """A finite number, else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def health(meta: dict) -> str | None:
+    """Why the validation figures say this checkpoint is untrained or diverged (each reason that
+    applies, joined by "; "), or None when they do not. The rule: validation figures exist, on at
+    least MIN_VAL_N images, all finite; gender accuracy and AUC above GENDER_CHANCE; age MAE below
+    AGE_MAE_FACTOR x age_scale, the standard deviation of the training ages (always guessing their
+    mean scores about 0.8 x that on a normal spread of ages, 0.75 x on UTKFace's)."""
+    val = (meta.get("metrics") or {}).get("val")
+    if not isinstance(val, dict) or not val:
+        return HEALTH_NO_VAL
+    figures = {"n": "image count", "age_mae": "age MAE", "gender_accuracy": "gender accuracy",
+               "gender_auc": "gender AUC"}
+    reasons = []
+    for key, figure in figures.items():
+        if _number(val.get(key)) is None:
+            value = val.get(key)
+            reasons.append(HEALTH_MISSING.format(figure=figure, value="missing" if value is None else value))
+    n = _number(val.get("n"))
+    if n is not None and n < MIN_VAL_N:
+        reasons.append(HEALTH_FEW.format(n=int(n), min_n=MIN_VAL_N))
+    for key in ("gender_accuracy", "gender_auc"):
+        value = _number(val.get(key))
+        if value is not None and value <= GENDER_CHANCE:
+            reasons.append(HEALTH_CHANCE.format(figure=figures[key], value=value, limit=GENDER_CHANCE))
+    scale, mae = _number(meta.get("age_scale")), _number(val.get("age_mae"))
+    if scale is None or scale <= 0:
+        value = meta.get("age_scale")
+        reasons.append(HEALTH_SCALE.format(value="missing" if value is None else value))
+    elif mae is not None and mae >= AGE_MAE_FACTOR * scale:
+        reasons.append(HEALTH_AGE.format(value=mae, limit=AGE_MAE_FACTOR * scale, factor=AGE_MAE_FACTOR,
+                                         scale=scale))
+    return "; ".join(reasons) or None
+
+
+def health_of(path: str | os.PathLike) -> str | None:
+    """health() of the checkpoint folder at ``path``; a meta.json that cannot be read is a reason too."""
+    try:
+        return health(read_meta(path))
+    except CheckpointError as e:
+        return str(e)
+
+
+def summary_table(root: str | os.PathLike | None = None, paths: list[Path] | None = None):
+    """One row per checkpoint folder in ``root`` (or per folder in ``paths``), as a DataFrame:
+    architecture, input, training and test figures, and its health ("ok" or why it looks untrained
+    or diverged). A folder that cannot be read gets a row with its problem instead of breaking the
+    table."""
     import pandas as pd
 
-    from .checkpoint import CheckpointError, read_meta
-
     rows = []
-    for path in list_checkpoints(root or default_root()):
+    for path in list_checkpoints(root or default_root()) if paths is None else paths:
         try:
             meta = read_meta(path)
         except CheckpointError as e:
@@ -62,6 +157,7 @@ def summary_table(root: str | os.PathLike | None = None):
         cfg = meta.get("train_config", {})
         rows.append({
             "checkpoint": path.name,
+            "health": health(meta) or "ok",
             "arch": meta["arch"],
             "input px": meta["preprocess"]["input_size"],
             "epochs": meta.get("epochs_run"),

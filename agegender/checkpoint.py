@@ -13,17 +13,23 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from . import __version__
-from .catalog import META, WEIGHTS, list_checkpoints  # noqa: F401 - re-exported
+from .catalog import (  # noqa: F401 - re-exported: the torch-free part of reading a checkpoint lives there
+    ERR_BAD_META,
+    ERR_NO_FOLDER,
+    ERR_NO_META,
+    META,
+    REQUIRED_META,
+    WEIGHTS,
+    CheckpointError,
+    list_checkpoints,
+)
+from .catalog import read_meta as read_meta_json
 from .model import ARCHS, AgeGenderNet, create_model
 from .preprocess import Preprocess
 
 FORMAT = "agegender-checkpoint/1"
-REQUIRED_META = ("format", "arch", "preprocess", "age_offset", "age_scale", "labels", "weights_sha256")
 
-# Error messages are constants so tests can assert them word for word.
-ERR_NO_FOLDER = "checkpoint folder {path} does not exist"
-ERR_NO_META = "{path} is not a checkpoint folder: {META} is missing"
-ERR_BAD_META = "{path}/{META} is corrupt ({detail}); restore the folder or retrain"
+# Error messages are constants so tests can assert them word for word (the meta.json ones are in catalog).
 ERR_NO_WEIGHTS = "{path}/{WEIGHTS} is missing; restore the folder or retrain"
 ERR_NOT_SAFETENSORS = (
     "{path}/{WEIGHTS} is not a safetensors file (a pickle, or a damaged file); "
@@ -35,10 +41,6 @@ ERR_CHECKSUM = (
 )
 ERR_ARCH = "{path}/{META} names an unknown architecture {arch!r}; known: {known}"
 ERR_SHAPES = "the weights in {path} do not fit {arch}: {detail}"
-
-
-class CheckpointError(Exception):
-    """A checkpoint folder that cannot be used; the message says which file and why."""
 
 
 @dataclass
@@ -88,22 +90,9 @@ def write_meta(folder: Path, meta: dict) -> None:
 
 
 def read_meta(path: str | os.PathLike) -> dict:
+    """catalog.read_meta (meta.json present, JSON, required keys) plus a known architecture."""
     path = Path(path)
-    if not path.is_dir():
-        raise CheckpointError(ERR_NO_FOLDER.format(path=path))
-    if not (path / META).is_file():
-        raise CheckpointError(ERR_NO_META.format(path=path, META=META))
-    try:
-        meta = json.loads((path / META).read_text())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise CheckpointError(ERR_BAD_META.format(path=path, META=META, detail=f"not JSON: {e}")) from e
-    if not isinstance(meta, dict):
-        raise CheckpointError(ERR_BAD_META.format(path=path, META=META, detail="not a JSON object"))
-    missing = [k for k in REQUIRED_META if k not in meta]
-    if missing:
-        raise CheckpointError(
-            ERR_BAD_META.format(path=path, META=META, detail=f"missing {', '.join(missing)}")
-        )
+    meta = read_meta_json(path)
     if meta["arch"] not in ARCHS:
         raise CheckpointError(ERR_ARCH.format(path=path, META=META, arch=meta["arch"], known=", ".join(ARCHS)))
     return meta

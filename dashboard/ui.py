@@ -14,14 +14,25 @@ from typing import TYPE_CHECKING
 
 import streamlit as st
 
+from agegender.access import (
+    CHECKPOINT_SECRET,
+    DATA_SECRET,
+    AllowList,
+    NotAllowed,
+    checkpoint_allow_list,
+    data_allow_list,
+    pickable,
+)
 from agegender.catalog import (
     DATA_ENV,
+    FLAGGED,
     META,
     WEIGHTS,
     default_data_path,
     default_pick,
     default_root,
-    list_checkpoints,
+    health,
+    health_of,
 )
 from agegender.labels import gender_label
 
@@ -75,23 +86,66 @@ def too_large(data: bytes) -> bool:
     return len(data) > st.get_option("server.maxUploadSize") * 1024 * 1024
 
 
-def sidebar() -> None:
-    """The checkpoint picker every page shares; choices live in session state."""
-    root = default_root()
-    paths = list_checkpoints(root)
+def _secret(key: str) -> tuple[object, str]:
+    """(the value of a key of .streamlit/secrets.toml or None, why a secrets file that exists
+    cannot be read or "")."""
+    try:
+        return st.secrets.get(key), ""
+    except FileNotFoundError as e:  # StreamlitSecretNotFoundError: no secrets file, or one that does not parse
+        exists = any(Path(f).expanduser().exists() for f in st.get_option("secrets.files"))
+        return None, str(e) if exists else ""
+
+
+def allow_lists() -> tuple[AllowList, AllowList]:
+    """Where checkpoints and datasets may be read from: the environment, else secrets.toml."""
+    return checkpoint_allow_list(*_secret(CHECKPOINT_SECRET)), data_allow_list(*_secret(DATA_SECRET))
+
+
+def pick_labels(paths: list[Path]) -> dict[str, Path]:
+    """Picker labels: the folder's name, or its whole path where two folders share a name."""
     names = [p.name for p in paths]
+    return {(p.name if names.count(p.name) == 1 else str(p)): p for p in paths}
+
+
+def typed_path(text: str, allowed: AllowList) -> str:
+    """The path typed, stripped; empty after showing why, for one outside the allow-list."""
+    text = text.strip()
+    try:
+        if text:
+            allowed.check(text)
+    except NotAllowed as e:
+        st.error(str(e))
+        return ""
+    return text
+
+
+def sidebar() -> None:
+    """The checkpoint picker every page shares; choices live in session state. It offers, and
+    reads, only folders the allow-lists allow (agegender.access); ⚠ marks a checkpoint whose
+    validation figures say it is untrained or diverged (agegender.catalog.health)."""
+    ckpt_allowed, data_allowed = allow_lists()
+    root = default_root()
+    paths = pickable(ckpt_allowed, root)
+    labels = pick_labels(paths)
+    flags = {label: health_of(p) for label, p in labels.items()}
+    where = root if ckpt_allowed.roots is None else ", ".join(map(str, ckpt_allowed.roots)) or "nowhere"
     with st.sidebar:
         st.header("Checkpoints")
-        chosen = st.multiselect("From checkpoints/", names, default=[p.name for p in default_pick(paths)],
-                                key="picker_names",
-                                help=f"Folders in {root}")
-        extra = st.text_input("…or a checkpoint folder", key="picker_path", placeholder="/path/to/checkpoint")
-        data = st.text_input("UTKFace dataset (error explorer)", value=default_data_path(), key="data_path",
-                             placeholder="/path/to/UTKFace", help=f"Folder, .zip or .tar.gz; default ${DATA_ENV}")
-    paths = [str(root / n) for n in chosen] + ([extra.strip()] if extra.strip() else [])
+        for problem in {a.problem for a in (ckpt_allowed, data_allowed) if a.problem}:
+            st.error(problem)
+        chosen = st.multiselect("From checkpoints/", list(labels), key="picker_names",
+                                default=[label for label, p in labels.items() if p in default_pick(paths)],
+                                format_func=lambda label: f"{label} ⚠" if flags.get(label) else label,
+                                help=f"Folders in {where}. ⚠: its validation figures say it is untrained or "
+                                     "diverged (the Checkpoints page says why).")
+        extra = typed_path(st.text_input("…or a checkpoint folder", key="picker_path",
+                                         placeholder="/path/to/checkpoint"), ckpt_allowed)
+        data = typed_path(st.text_input("UTKFace dataset (error explorer)", value=default_data_path(),
+                                        key="data_path", placeholder="/path/to/UTKFace",
+                                        help=f"Folder, .zip or .tar.gz; default ${DATA_ENV}"), data_allowed)
     # plain keys, not widget keys: pages read these
-    st.session_state[SELECTED] = paths
-    st.session_state[DATASET] = data.strip()
+    st.session_state[SELECTED] = [str(labels[c]) for c in chosen if c in labels] + ([extra] if extra else [])
+    st.session_state[DATASET] = data
 
 
 def selected_checkpoints(limit: int | None = None) -> list[Checkpoint]:
@@ -104,6 +158,10 @@ def selected_checkpoints(limit: int | None = None) -> list[Checkpoint]:
             loaded.append(get_checkpoint(p))
         except CheckpointError as e:
             st.error(f"Checkpoint not loaded: {e}")
+            continue
+        reason = health(loaded[-1].meta)
+        if reason:  # still usable: say so, and go on
+            st.warning(FLAGGED.format(name=loaded[-1].name, reason=reason))
     if not loaded:
         st.info("Pick a checkpoint in the sidebar (folders under checkpoints/, or a path).")
         st.stop()

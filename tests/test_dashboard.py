@@ -221,3 +221,22 @@ def test_compare_page_shows_the_gap_change(app, tiny_checkpoint, tmp_path):
     assert std.delta.startswith("-") and "age-standardised" in std.help
     at.selectbox(key="cmp_grouping").set_value("age_bucket:race").run()
     assert not at.exception and not any("overall age mix" in m.label for m in at.metric)
+
+
+def test_checkpoints_page_shows_health_and_only_allowed_folders(tiny_checkpoint, tmp_path, monkeypatch):
+    from agegender.catalog import health_of
+
+    shutil.copytree(tiny_checkpoint, tmp_path / "ck" / "tiny")
+    monkeypatch.setenv("AGEGENDER_CHECKPOINTS", str(tmp_path / "ck"))
+    monkeypatch.delenv("AGEGENDER_ALLOWED_ROOTS", raising=False)
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.session_state["picker_names"] = []  # no prediction on the first page: this test is about the table
+    at.run().switch_page("pages/checkpoints.py").run()
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert list(table["health"]) == [health_of(tmp_path / "ck" / "tiny")] and "validation images" in table["health"][0]
+    assert at.warning[0].value.startswith("tiny: untrained or diverged")
+    # with an allow-list that leaves checkpoints/ out, the page lists what the picker offers: nothing
+    monkeypatch.setenv("AGEGENDER_ALLOWED_ROOTS", str(tmp_path / "elsewhere"))
+    at.run()
+    assert not at.exception and at.info[0].value.startswith(f"No checkpoints in `{(tmp_path / 'elsewhere').resolve()}`")
