@@ -15,8 +15,8 @@ from PIL import Image, ImageFilter
 
 from .checkpoint import Checkpoint, load_checkpoint
 from .data import iter_bytes, scan
-from .faces import FaceDetector
-from .inference import predict_pixels
+from .faces import DECODE_ERRORS, FaceDetector
+from .inference import predict_checkpoint
 from .predict import analyse
 from .preprocess import resize_image
 
@@ -36,6 +36,18 @@ def paste_into_photo(chip: Image.Image, rng: np.random.Generator) -> Image.Image
     return canvas
 
 
+def _read_chip(raw: bytes | None) -> Image.Image | None:
+    """Read as the training cache reads chips (no EXIF turn), so the chip's prediction is what
+    evaluation gives it; None when the bytes are missing or not a readable image."""
+    if raw is None:
+        return None
+    try:
+        with Image.open(io.BytesIO(raw)) as im:
+            return im.convert("RGB")
+    except DECODE_ERRORS:
+        return None
+
+
 def measure(ckpt: Checkpoint, data: str, n: int = 300, split: str = "test", seed: int = 0,
             detector: FaceDetector | None = None) -> dict:
     sc = scan(data)
@@ -43,15 +55,14 @@ def measure(ckpt: Checkpoint, data: str, n: int = 300, split: str = "test", seed
     picked = picked[:: max(1, len(picked) // n)][:n]
     detector = detector or FaceDetector()
     rng = np.random.default_rng(seed)
-    size, meta = ckpt.preprocess.cache_size, ckpt.meta
-    age_diff, agree, missed = [], [], 0
+    size = ckpt.preprocess.cache_size
+    age_diff, agree, missed, unreadable = [], [], 0, 0
     for s, raw in iter_bytes(sc, picked):
-        if raw is None:
+        chip = _read_chip(raw)
+        if chip is None:  # a damaged chip costs that chip, not the run
+            unreadable += 1
             continue
-        with Image.open(io.BytesIO(raw)) as im:
-            chip = im.convert("RGB")
-        a0, p0 = predict_pixels(ckpt.model, resize_image(chip, size)[None], ckpt.preprocess,
-                                meta["age_offset"], meta["age_scale"])
+        a0, p0 = predict_checkpoint(ckpt, resize_image(chip, size)[None])
         photo = paste_into_photo(chip, rng)
         r = analyse(photo, s.name, ckpt, detector.detect(photo))
         if r.error:
@@ -62,7 +73,7 @@ def measure(ckpt: Checkpoint, data: str, n: int = 300, split: str = "test", seed
         agree.append((f.p_female >= 0.5) == (float(p0[0]) >= 0.5))
     d = np.array(age_diff)
     return {
-        "chips": len(picked), "detected": len(d), "missed": missed,
+        "chips": len(picked), "unreadable": unreadable, "detected": len(d), "missed": missed,
         "median_abs_age_diff": float(np.median(d)) if len(d) else None,
         "mean_abs_age_diff": float(d.mean()) if len(d) else None,
         "p90_abs_age_diff": float(np.percentile(d, 90)) if len(d) else None,

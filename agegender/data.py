@@ -15,9 +15,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from tqdm import tqdm
 
+from .faces import (
+    DECODE_ERRORS,
+    ERR_TOO_LARGE,
+    ERR_UNREADABLE,
+    WHY_EMPTY,
+    UnreadableImage,
+    too_large_detail,
+    why_unreadable,
+)
 from .labels import MalformedName, image_key, parse_name
 from .preprocess import resize_image
 
@@ -27,6 +36,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 SPLITS = ("train", "val", "test")
 SPLIT_RULE = "sha1(image_key) -> first 8 hex digits / 2**32: < 0.8 train, < 0.9 val, else test"
 EXAMPLES = 3  # how many offending names a report quotes
+WHY_NO_BYTES = "its bytes could not be read from the dataset"
 
 
 class DatasetError(Exception):
@@ -167,15 +177,26 @@ def iter_bytes(scan_: Scan, samples: list[Sample]) -> Iterator[tuple[Sample, byt
         yield from ((s, None) for s in wanted.values())
 
 
-def decode(data: bytes | None, size: int) -> np.ndarray | None:
-    """Bytes -> size x size x 3 uint8, or None for an unreadable image."""
+def decode(data: bytes | None, size: int, name: str = "the image") -> np.ndarray:
+    """Bytes -> size x size x 3 uint8. Raises UnreadableImage naming ``name`` and the reason, in the
+    words the predict command uses."""
     if data is None:
-        return None
+        raise UnreadableImage(ERR_UNREADABLE.format(name=name, detail=WHY_NO_BYTES))
+    if not data:
+        raise UnreadableImage(ERR_UNREADABLE.format(name=name, detail=WHY_EMPTY))
     try:
         with Image.open(io.BytesIO(data)) as im:
             return resize_image(im, size)
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
-        return None
+    except Image.DecompressionBombError as e:
+        raise UnreadableImage(ERR_TOO_LARGE.format(name=name, detail=too_large_detail(e))) from e
+    except DECODE_ERRORS as e:
+        raise UnreadableImage(ERR_UNREADABLE.format(name=name, detail=why_unreadable(e))) from e
+
+
+def _report_unreadable(why: dict[str, str]) -> None:
+    """One warning for the whole run: how many, and a few of them with their reasons."""
+    if why:
+        log.warning("skipped %d unreadable image(s), e.g. %s", len(why), "; ".join(list(why.values())[:EXAMPLES]))
 
 
 @dataclass
@@ -184,7 +205,8 @@ class Images:
 
     samples: list[Sample]
     pixels: np.ndarray
-    unreadable: list[str] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)  # members left out
+    why: dict[str, str] = field(default_factory=dict)  # member -> the message saying why
 
     def indices(self, split: str) -> np.ndarray:
         if split == "all":
@@ -204,22 +226,22 @@ class Images:
 
 def load_images(scan_: Scan, samples: list[Sample], size: int, progress: bool = True) -> Images:
     """Decode ``samples`` without a cache; unreadable files are reported once and dropped."""
-    kept, arrays, bad = [], [], []
+    kept, arrays, why = [], [], {}
     it = iter_bytes(scan_, samples)
     if progress:
         it = tqdm(it, total=len(samples), desc=f"decode {size}px", unit="img", leave=False)
     for s, data in it:
-        img = decode(data, size)
-        if img is None:
-            bad.append(s.member)
-        else:
-            kept.append(s)
-            arrays.append(img)
-    if bad:
-        log.warning("skipped %d unreadable image(s), e.g. %s", len(bad), ", ".join(bad[:EXAMPLES]))
-    order = sorted(range(len(kept)), key=lambda i: kept[i].member)  # tar order -> stable order
+        try:
+            arrays.append(decode(data, size, s.member))
+        except UnreadableImage as e:  # one bad file costs that file, never the run
+            why[s.member] = str(e)
+            continue
+        kept.append(s)
+    why = dict(sorted(why.items()))  # tar order -> stable order
+    _report_unreadable(why)
+    order = sorted(range(len(kept)), key=lambda i: kept[i].member)
     pixels = np.stack([arrays[i] for i in order]) if arrays else np.zeros((0, size, size, 3), np.uint8)
-    return Images([kept[i] for i in order], pixels, bad)
+    return Images([kept[i] for i in order], pixels, list(why), why)
 
 
 def default_cache_dir() -> Path:
@@ -258,10 +280,10 @@ def cached_images(scan_: Scan, size: int, cache_dir: str | os.PathLike | None = 
             info = json.loads(index.read_text())
             pixels = np.load(npy, mmap_mode=None if in_memory else "r")
             if len(info["members"]) == len(pixels):
-                if info["unreadable"]:
-                    log.warning("skipped %d unreadable image(s), e.g. %s", len(info["unreadable"]),
-                                ", ".join(info["unreadable"][:EXAMPLES]))
-                return Images([by_member[m] for m in info["members"]], pixels, info["unreadable"])
+                # caches written before reasons were kept name the files alone
+                why = info.get("why") or {m: m for m in info["unreadable"]}
+                _report_unreadable(why)
+                return Images([by_member[m] for m in info["members"]], pixels, info["unreadable"], why)
         except (OSError, ValueError, KeyError) as e:
             log.warning("ignoring a damaged cache at %s (%s); rebuilding it", stem, e)
     need = len(scan_.samples) * size * size * 3
@@ -276,7 +298,7 @@ def cached_images(scan_: Scan, size: int, cache_dir: str | os.PathLike | None = 
         _atomic_save_npy(npy, images.pixels)
         tmp = index.with_name(index.name + f".tmp{os.getpid()}")
         tmp.write_text(json.dumps({"members": [s.member for s in images.samples],
-                                   "unreadable": images.unreadable}))
+                                   "unreadable": images.unreadable, "why": images.why}))
         os.replace(tmp, index)
     except OSError as e:
         log.warning("could not write the image cache to %s (%s); continuing without it", cache_dir, e)

@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 
 from .checkpoint import CheckpointError, load_checkpoint, read_meta, write_meta
-from .data import DatasetError, Images, cached_images, load_images, scan
+from .data import DatasetError, Images, cached_images, load_images, scan, split_of
 from .distributed import setup as setup_distributed
-from .inference import predict_pixels
+from .inference import predict_checkpoint
 from .labels import GENDERS, RACES
 from .metrics import summary
 from .runtime import set_threads
@@ -31,9 +31,7 @@ PREDICTION_COLUMNS = ["file", "split", "age", "gender", "race", "pred_age", "p_f
 
 
 def predictions_frame(ckpt, images: Images, idx: np.ndarray, tta: bool = True) -> pd.DataFrame:
-    meta = ckpt.meta
-    ages, pf = predict_pixels(ckpt.model, images.pixels[idx], ckpt.preprocess,
-                              meta["age_offset"], meta["age_scale"], tta=tta)
+    ages, pf = predict_checkpoint(ckpt, images.pixels[idx], tta)
     ss = [images.samples[i] for i in idx]
     return pd.DataFrame({
         "file": [s.member for s in ss],
@@ -132,8 +130,10 @@ def _evaluate(args, dd, device, t0: float) -> int:
     df = pd.concat(parts, ignore_index=True).iloc[np.argsort(position, kind="stable")].reset_index(drop=True)
     out = Path(args.out) if args.out else Path(args.checkpoint) / f"predictions-{args.split}.csv"
     _write_csv(df, out)
+    # the data module has logged them once with examples; the JSON keeps the count with the metrics
+    skipped = [u for u in images.unreadable if args.split == "all" or split_of(u) == args.split]
     m = {**metrics_of(df), "split": args.split, "tta": args.tta, "checkpoint": str(args.checkpoint),
-         "seconds": round(time.perf_counter() - t0, 2)}
+         "unreadable": len(skipped), "seconds": round(time.perf_counter() - t0, 2)}
     print(format_metrics(m))
     print(f"predictions: {out}   time: {m['seconds']:.1f} s")
     if args.json:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
+import struct
 import threading
 import warnings
 from dataclasses import dataclass
@@ -19,6 +21,25 @@ CHIP_SIZE = 200  # UTKFace chips are 200 x 200
 
 ERR_UNREADABLE = "cannot read {name} as an image ({detail})"
 ERR_TOO_LARGE = "{name} is too large to decode safely ({detail}); downscale it first"
+# the reasons ERR_UNREADABLE gives, in words
+WHY_MISSING = "no such file"
+WHY_EMPTY = "empty file"
+WHY_NOT_IMAGE = "not an image file or a format we cannot read"
+WHY_CORRUPT = "the file is truncated or corrupt"
+# ERR_TOO_LARGE's detail: our limit is PIL's warning threshold, half its hard error's
+TOO_MANY_PIXELS = "{pixels:,} pixels, more than the {limit:,} allowed"
+MORE_THAN_LIMIT = "more than the {limit:,} pixels allowed"
+
+# What decoding a damaged file raises inside PIL: OSError (truncated data; UnidentifiedImageError
+# is one), SyntaxError and ValueError (broken headers), EOFError, struct.error (short fields), and
+# the bomb error (callers that word it apart catch it first)
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError)
+# What PIL raises re-writing EXIF it could not parse (exif_transpose writes the tags back)
+EXIF_ERRORS = (SyntaxError, ValueError, TypeError, KeyError, OSError, struct.error)
+
+MIN_FACE_SIZE = 20  # the smallest face MTCNN looks for, in pixels (facenet-pytorch's default)
+PNET_WINDOW = 12  # MTCNN's first net scans 12 x 12 windows
+EMPTY_PYRAMID = "expected a non-empty list of Tensors"  # torch.cat's message when MTCNN had nothing to scan
 
 
 class UnreadableImage(ValueError):
@@ -33,8 +54,8 @@ class Face:
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
-    if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grayscale: rescale, do not clip
-        a = np.asarray(im, dtype=np.float64)
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16-bit, 32-bit, float: rescale, do not clip
+        a = np.nan_to_num(np.asarray(im, dtype=np.float64))
         hi = 65535.0 if im.mode.startswith("I;16") else max(float(a.max()), 1.0)
         return Image.fromarray(np.clip(a / hi * 255, 0, 255).astype(np.uint8)).convert("RGB")
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
@@ -44,24 +65,59 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
+def _upright(im: Image.Image) -> Image.Image:
+    """Turned by its EXIF orientation; broken EXIF says nothing trustworthy about it, so a photo
+    whose EXIF PIL cannot handle stays as stored rather than being refused."""
+    try:
+        return ImageOps.exif_transpose(im)
+    except EXIF_ERRORS:
+        return im
+
+
+def why_unreadable(e: BaseException) -> str:
+    """A decoding or file error in words, never an object repr or an address."""
+    if isinstance(e, FileNotFoundError):
+        return WHY_MISSING
+    if isinstance(e, UnidentifiedImageError):
+        return WHY_NOT_IMAGE
+    if isinstance(e, OSError) and e.strerror:  # from the file system: "permission denied", "is a directory"
+        return e.strerror.lower()
+    return WHY_CORRUPT
+
+
+def too_large_detail(e: BaseException) -> str:
+    """ERR_TOO_LARGE's detail: the image's pixel count when PIL's message carries it."""
+    limit = Image.MAX_IMAGE_PIXELS
+    m = re.search(r"\((\d+) pixels\)", str(e))
+    return TOO_MANY_PIXELS.format(pixels=int(m[1]), limit=limit) if m else MORE_THAN_LIMIT.format(limit=limit)
+
+
+def _is_empty(source) -> bool:
+    if isinstance(source, bytes):
+        return not source
+    if isinstance(source, (str, os.PathLike)):
+        return os.path.isfile(source) and os.path.getsize(source) == 0
+    return False
+
+
 def load_photo(source: str | os.PathLike | bytes | io.IOBase, name: str | None = None) -> Image.Image:
     """Any readable image -> RGB, upright by its EXIF orientation. Raises UnreadableImage."""
     if name is None:
         name = str(source) if isinstance(source, (str, os.PathLike)) else getattr(source, "name", "the upload")
+    if _is_empty(source):
+        raise UnreadableImage(ERR_UNREADABLE.format(name=name, detail=WHY_EMPTY))
     data = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", UserWarning)  # PIL's notes on broken EXIF we do not use
             with Image.open(data) as im:
                 im.load()
-                im = ImageOps.exif_transpose(im)
-                return _to_rgb(im)
+                return _to_rgb(_upright(im))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise UnreadableImage(ERR_TOO_LARGE.format(name=name, detail=e)) from e
-    except FileNotFoundError as e:
-        raise UnreadableImage(ERR_UNREADABLE.format(name=name, detail="no such file")) from e
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise UnreadableImage(ERR_UNREADABLE.format(name=name, detail=type(e).__name__ if not str(e) else e)) from e
+        raise UnreadableImage(ERR_TOO_LARGE.format(name=name, detail=too_large_detail(e))) from e
+    except DECODE_ERRORS as e:
+        raise UnreadableImage(ERR_UNREADABLE.format(name=name, detail=why_unreadable(e))) from e
 
 
 def load_template(path: Path = TEMPLATE_FILE) -> np.ndarray:
@@ -114,16 +170,34 @@ class FaceDetector:
     """MTCNN (facenet-pytorch ships its weights: nothing is downloaded). Detection holds no
     per-request state on the modules, but the lock keeps the shared nets to one request at a time."""
 
-    def __init__(self, device: str = "cpu", min_face_size: int = 20):
+    def __init__(self, device: str = "cpu", min_face_size: int = MIN_FACE_SIZE):
         from facenet_pytorch import MTCNN
 
+        self.min_face_size = min_face_size
         self._mtcnn = MTCNN(keep_all=True, device=device, min_face_size=min_face_size)
         self._lock = threading.Lock()
 
+    def can_scan(self, photo: Image.Image) -> bool:
+        """Whether MTCNN's pyramid has a level for this photo. facenet's detect_face scales the photo
+        by 12 / min_face_size and scans while the scaled short side is >= 12 (the P-Net window):
+        a short side under min_face_size leaves no level and torch.cat fails on the empty list.
+        The same float arithmetic as facenet's, so the two agree at the boundary."""
+        return min(photo.size) * (PNET_WINDOW / self.min_face_size) >= PNET_WINDOW
+
     def detect(self, photo: Image.Image) -> list[Face]:
-        """Every face, most confident first."""
-        with self._lock:
-            boxes, probs, points = self._mtcnn.detect(photo, landmarks=True)
+        """Every face, most confident first; [] for a photo too small to hold one."""
+        if not self.can_scan(photo):
+            return []
+        photo = photo if photo.mode == "RGB" else photo.convert("RGB")  # the nets take 3 channels
+        try:
+            with self._lock:
+                boxes, probs, points = self._mtcnn.detect(photo, landmarks=True)
+        except ValueError as e:
+            # the safety net: a later stage with no window to crop fails the same way (torch.cat on
+            # an empty list); that is "no face", anything else is a real error
+            if EMPTY_PYRAMID not in str(e):
+                raise
+            return []
         if boxes is None:
             return []
         faces = [Face(tuple(float(v) for v in b), float(p), np.asarray(lm, np.float64))

@@ -9,6 +9,8 @@ import torch
 from torch import nn
 from torchvision import models as tvm
 
+from .labels import MAX_AGE
+
 
 @dataclass(frozen=True)
 class Arch:
@@ -107,6 +109,20 @@ def create_model(arch: str, pretrained: bool = False, dropout: float = 0.0, age_
     return AgeGenderNet(trunk, spec.features, dropout, head)
 
 
-def decode_age(raw: torch.Tensor, offset: float, scale: float) -> torch.Tensor:
-    """Model output (scaled) -> years, never negative."""
-    return (raw.float() * scale + offset).clamp(min=0)
+def age_range(meta: dict) -> tuple[float, float]:
+    """The youngest and oldest age a checkpoint may predict: meta's explicit ``age_range`` when it
+    records one; else 0 to the DLDL head's last bin (its expectation cannot leave them); else 0 to the
+    oldest age a UTKFace name may carry, since a regression head has no bound of its own (an
+    undertrained one says 997)."""
+    if "age_range" in meta:
+        lo, hi = meta["age_range"]
+        return float(lo), float(hi)
+    bins = int(meta.get("age_bins", 0))
+    return 0.0, float(bins - 1 if bins else MAX_AGE)
+
+
+def decode_age(raw: torch.Tensor, offset: float, scale: float,
+               limits: tuple[float, float] = (0.0, float(MAX_AGE))) -> torch.Tensor:
+    """Model output (scaled) -> years, kept inside the label range ``limits`` (see age_range):
+    every place that turns outputs into ages comes through here."""
+    return (raw.float() * scale + offset).clamp(*limits)

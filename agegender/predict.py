@@ -17,13 +17,16 @@ import torch
 from PIL import Image
 
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint
-from .explain import CamMap, explain, overlay
-from .faces import Face, FaceDetector, UnreadableImage, align_face, centre_square, load_photo
-from .inference import predict_pixels
+from .explain import METHODS, CamMap, explain, overlay
+from .faces import MIN_FACE_SIZE, Face, FaceDetector, UnreadableImage, align_face, centre_square, load_photo
+from .inference import predict_checkpoint
 from .labels import gender_label
 from .preprocess import preprocess, resize_image, to_batch
 
 ERR_NO_FACE = "no face found in {name}"
+ERR_TOO_SMALL = ("no face found in {name}: at {width} x {height} pixels it is too small for the detector, "
+                 "which looks for faces of {min_size} pixels and more")
+ERR_FAILED = "cannot analyse {name} ({detail})"
 DEFAULT_MIN_CONFIDENCE = 0.9  # MTCNN probability under which a detection is listed, not predicted
 DEFAULT_BAND = (0.45, 0.55)  # P(female) inside this band reads "Uncertain"
 
@@ -101,15 +104,22 @@ def analyse(
             result.faces.append(FaceResult(f.box, f.confidence, ok, face_pixels(photo, f, size) if ok else None))
         if not any(f.predicted for f in result.faces):
             if not whole_if_no_face:
-                result.error = ERR_NO_FACE.format(name=name)
+                small = min(photo.size) < MIN_FACE_SIZE
+                result.error = (ERR_TOO_SMALL if small else ERR_NO_FACE).format(
+                    name=name, width=photo.width, height=photo.height, min_size=MIN_FACE_SIZE)
                 return result
             result.faces.append(_whole_image_face(photo, size))
     todo = [f for f in result.faces if f.predicted]
-    ages, pf = predict_pixels(ckpt.model, np.stack([f.pixels for f in todo]), ckpt.preprocess,
-                              ckpt.meta["age_offset"], ckpt.meta["age_scale"], tta=tta)
+    ages, pf = predict_checkpoint(ckpt, np.stack([f.pixels for f in todo]), tta)
     for f, a, p in zip(todo, ages, pf, strict=True):
         f.age, f.p_female, f.label = float(a), float(p), gender_label(float(p), band)
     return result
+
+
+def image_error(name: str, e: ValueError) -> str:
+    """The one line for an image our code could not take: UnreadableImage names the file and the
+    reason itself; any other ValueError (alignment on degenerate landmarks, say) gets ERR_FAILED."""
+    return str(e) if isinstance(e, UnreadableImage) else ERR_FAILED.format(name=name, detail=e)
 
 
 def default_maps(p_female: float, other_gender: bool = False) -> tuple[str, ...]:
@@ -136,6 +146,30 @@ def display_crop(ckpt: Checkpoint, pixels: np.ndarray, scale: int = 2) -> np.nda
     return np.asarray(Image.fromarray(crop).resize((side, side), Image.Resampling.BICUBIC))
 
 
+def _write_cams(ckpt: Checkpoint, r: ImageResult, out: Path, method: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    for i, f in enumerate(f for f in r.faces if f.predicted):
+        face = display_crop(ckpt, f.pixels)
+        for m in explain_face(ckpt, f, ("older", "younger", "female", "male"), method=method):
+            png = out / f"{Path(r.image).stem}-face{i + 1}-{m.head}-{m.name}.png"
+            Image.fromarray(overlay(face, m.heat)).save(png)
+
+
+def run_file(path: str, ckpt: Checkpoint, detector: FaceDetector | None, min_confidence: float,
+             cam_dir: str | None = None, method: str = "GradCAM") -> ImageResult:
+    """One file start to end (no detector: it is a cropped face). A bad file comes back as a result
+    with its error, so it never costs the files after it."""
+    try:
+        photo = load_photo(path)
+        faces = None if detector is None else detector.detect(photo)
+        r = analyse(photo, path, ckpt, faces, cropped=detector is None, min_confidence=min_confidence)
+        if cam_dir:
+            _write_cams(ckpt, r, Path(cam_dir), method)
+        return r
+    except ValueError as e:  # UnreadableImage, or our code refusing this image; a bug elsewhere still stops
+        return ImageResult(path, error=image_error(path, e))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m agegender.predict", description=__doc__.split("\n")[0])
     p.add_argument("images", nargs="+")
@@ -144,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cam-dir", help="write Grad-CAM overlays here, one PNG per face, head and direction")
     p.add_argument("--cropped", action="store_true", help="the images are already cropped faces")
     p.add_argument("--min-confidence", type=float, default=DEFAULT_MIN_CONFIDENCE)
-    p.add_argument("--method", default="GradCAM")
+    p.add_argument("--method", default="GradCAM", choices=list(METHODS))  # a typo is a usage error, not a per-image one
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:
@@ -155,25 +189,10 @@ def main(argv: list[str] | None = None) -> int:
     detector = None if args.cropped else FaceDetector()
     results = []
     for path in args.images:
-        try:
-            photo = load_photo(path)
-        except UnreadableImage as e:
-            results.append(ImageResult(path, error=str(e)))
-            print(f"error: {e}", file=sys.stderr)
-            continue
-        faces = None if args.cropped else detector.detect(photo)
-        r = analyse(photo, path, ckpt, faces, cropped=args.cropped, min_confidence=args.min_confidence)
-        if r.error:
-            print(f"error: {r.error}", file=sys.stderr)
-        if args.cam_dir:
-            out = Path(args.cam_dir)
-            out.mkdir(parents=True, exist_ok=True)
-            for i, f in enumerate(f for f in r.faces if f.predicted):
-                face = display_crop(ckpt, f.pixels)
-                for m in explain_face(ckpt, f, ("older", "younger", "female", "male"), method=args.method):
-                    png = out / f"{Path(path).stem}-face{i + 1}-{m.head}-{m.name}.png"
-                    Image.fromarray(overlay(face, m.heat)).save(png)
+        r = run_file(path, ckpt, detector, args.min_confidence, args.cam_dir, args.method)
         results.append(r)
+        if r.error:  # every message names the file
+            print(f"error: {r.error}", file=sys.stderr)
         if not args.json:
             for i, f in enumerate(r.faces):
                 conf = "" if f.confidence is None else f" (detection {f.confidence:.2f})"

@@ -26,7 +26,7 @@ from .distributed import setup as setup_distributed
 from .inference import predict_pixels
 from .labels import AGE_BUCKET_EDGES, GENDERS, RACES
 from .metrics import summary
-from .model import create_model
+from .model import age_range, create_model, decode_age
 from .preprocess import Preprocess, preprocess, to_batch
 from .runtime import autocast, set_threads
 
@@ -308,7 +308,7 @@ def _train(cfg: TrainConfig, dd, device: torch.device) -> Path:
             info["global_step"] += 1
             info["step_in_epoch"] = step + 1
             with torch.no_grad():
-                pred_age = (age_raw * meta["age_scale"] + meta["age_offset"]).clamp(min=0)
+                pred_age = decode_age(age_raw, meta["age_offset"], meta["age_scale"], age_range(meta))
                 s = info["sums"]
                 s[0] += loss.item() * len(batch)
                 s[1] += (pred_age - age).abs().sum().item()

@@ -185,31 +185,35 @@ class Options:
 
 @st.cache_data(max_entries=64, show_spinner="Finding faces…")
 def detect_cached(data: bytes, name: str):
-    """(photo, faces) or (None, error message) for one uploaded file."""
-    from agegender.faces import UnreadableImage, load_photo
+    """(photo, faces) or (None, error message) for one uploaded file: a bad upload never raises,
+    so the other uploads keep their results."""
+    from agegender.faces import load_photo
+    from agegender.predict import image_error
 
     try:
         photo = load_photo(data, name)
-    except UnreadableImage as e:
-        return None, str(e)
-    return photo, get_detector().detect(photo)
+        return photo, get_detector().detect(photo)
+    except ValueError as e:  # UnreadableImage, or our code refusing this image (as the predict command)
+        return None, image_error(name, e)
 
 
 @st.cache_data(max_entries=64, show_spinner="Predicting…")
 def analyse_cached(data: bytes, name: str, ckpt_path: str, cropped: bool, whole: bool, min_conf: float) -> ImageResult:
-    from agegender.faces import UnreadableImage, load_photo
-    from agegender.predict import ImageResult, analyse
+    """One upload through one checkpoint; a bad upload comes back as a result with its error."""
+    from agegender.faces import load_photo
+    from agegender.predict import ImageResult, analyse, image_error
 
-    photo, faces = detect_cached(data, name) if not cropped else (None, None)
-    if cropped:
-        try:
-            photo = load_photo(data, name)
-        except UnreadableImage as e:
-            return ImageResult(name, error=str(e))
-    elif photo is None:
-        return ImageResult(name, error=faces)
-    return analyse(photo, name, get_checkpoint(ckpt_path), faces, cropped=cropped, whole_if_no_face=whole,
-                   min_confidence=min_conf)
+    try:
+        if cropped:
+            photo, faces = load_photo(data, name), None
+        else:
+            photo, faces = detect_cached(data, name)
+            if photo is None:
+                return ImageResult(name, error=faces)
+        return analyse(photo, name, get_checkpoint(ckpt_path), faces, cropped=cropped, whole_if_no_face=whole,
+                       min_confidence=min_conf)
+    except ValueError as e:  # the same per-image errors as the predict command
+        return ImageResult(name, error=image_error(name, e))
 
 
 @st.cache_data(max_entries=256, show_spinner="Computing Grad-CAM…")

@@ -9,6 +9,7 @@ import pytest
 
 from agegender import data
 from agegender.data import DatasetError, cached_images, load_images, scan, split_of
+from agegender.faces import ERR_UNREADABLE, WHY_CORRUPT, WHY_EMPTY, WHY_NOT_IMAGE
 
 from .conftest import MALFORMED, make_dataset
 
@@ -55,7 +56,35 @@ def test_unreadable_images_are_reported_and_dropped(tmp_path, caplog):
         images = load_images(sc, sc.samples, 16, progress=False)
     assert len(images.samples) == 6 and images.pixels.shape == (6, 16, 16, 3)
     assert images.unreadable == ["30_1_2_20170109150557999.jpg.chip.jpg"]
+    assert images.why == {"30_1_2_20170109150557999.jpg.chip.jpg": ERR_UNREADABLE.format(
+        name="30_1_2_20170109150557999.jpg.chip.jpg", detail=WHY_NOT_IMAGE)}  # no JPEG past its marker
     assert any("1 unreadable image" in r.getMessage() for r in caplog.records)
+
+
+def damage(folder, names) -> dict[str, str]:
+    """Truncate, empty and replace three of a generated dataset's files; their expected messages."""
+    truncated, empty, corrupt = names[:3]
+    raw = (folder / truncated).read_bytes()
+    (folder / truncated).write_bytes(raw[: len(raw) // 2])
+    (folder / empty).write_bytes(b"")
+    (folder / corrupt).write_bytes(b"GIF89a? no")
+    return {truncated: ERR_UNREADABLE.format(name=truncated, detail=WHY_CORRUPT),
+            empty: ERR_UNREADABLE.format(name=empty, detail=WHY_EMPTY),
+            corrupt: ERR_UNREADABLE.format(name=corrupt, detail=WHY_NOT_IMAGE)}
+
+
+def test_damaged_files_are_counted_reported_once_with_reasons_and_skipped(tmp_path, caplog):
+    names = make_dataset(tmp_path / "d", n=10, size=64)
+    expected = damage(tmp_path / "d", names)
+    sc = scan(tmp_path / "d")
+    for attempt in ("built", "from the cache"):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            images = cached_images(sc, 16, tmp_path / "cache")
+        assert len(images.samples) == 7 and len(images.pixels) == 7, attempt
+        assert images.why == dict(sorted(expected.items())), attempt
+        [report] = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
+        assert report == "skipped 3 unreadable image(s), e.g. " + "; ".join(v for _, v in sorted(expected.items()))
 
 
 @pytest.mark.parametrize("form", ["zip", "tar.gz"])

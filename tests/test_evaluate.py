@@ -1,4 +1,5 @@
 import json
+import logging
 
 import numpy as np
 import pandas as pd
@@ -43,3 +44,24 @@ def test_errors_exit_2_with_one_line(tiny_data, tmp_path, capsys):
     assert evaluate_main(["--checkpoint", str(tmp_path / "none"), "--data", str(tiny_data)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: checkpoint folder") and "Traceback" not in err
+
+
+def test_damaged_dataset_files_are_counted_reported_and_skipped(tiny_checkpoint, tmp_path, caplog):
+    from .conftest import make_dataset
+    from .test_data import damage
+
+    names = make_dataset(tmp_path / "d", n=20)
+    expected = damage(tmp_path / "d", names)
+    for attempt in ("decoded", "from the cache"):
+        caplog.clear()
+        out, js = tmp_path / f"p-{attempt}.csv", tmp_path / f"m-{attempt}.json"
+        with caplog.at_level(logging.WARNING):
+            code = evaluate_main(["--checkpoint", str(tiny_checkpoint), "--data", str(tmp_path / "d"), "--split", "all",
+                                  "--out", str(out), "--json", str(js), "--cache-dir", str(tmp_path / "cache")])
+        assert code == 0, attempt
+        df, m = pd.read_csv(out), json.loads(js.read_text())
+        assert len(df) == m["n"] == 17 and not set(df["file"]) & set(expected)
+        assert m["unreadable"] == 3
+        [report] = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
+        assert report.startswith("skipped 3 unreadable image(s), e.g. ")
+        assert all(msg in report for msg in expected.values())

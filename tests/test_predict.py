@@ -2,8 +2,16 @@ import json
 
 import matplotlib.cbook
 import numpy as np
+import pytest
+import torch
 from PIL import Image
 
+from agegender import predict
+from agegender.checkpoint import load_checkpoint
+from agegender.faces import MIN_FACE_SIZE
+from agegender.labels import MAX_AGE
+from agegender.model import age_range, decode_age
+from agegender.predict import ERR_FAILED, ERR_TOO_SMALL, analyse
 from agegender.predict import main as predict_main
 
 HOPPER = matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
@@ -63,3 +71,46 @@ def test_cropped_skips_detection(tiny_checkpoint, tmp_path, capsys):
 def test_bad_checkpoint(tmp_path, capsys):
     code, _, err = run(capsys, HOPPER, "--checkpoint", tmp_path)
     assert code == 2 and err.startswith("error: ") and "meta.json is missing" in err
+
+
+def test_too_small_and_failing_images_fail_alone(tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    tiny = tmp_path / "dot.png"
+    Image.new("RGB", (3, 40)).save(tiny)
+    odd = tmp_path / "odd.jpg"
+    Image.open(HOPPER).save(odd)
+    real_align, calls = predict.align_face, []
+
+    def align(photo, landmarks, *a, **kw):  # the first face aligned fails, as on degenerate landmarks
+        calls.append(1)
+        if len(calls) == 1:
+            raise np.linalg.LinAlgError("SVD did not converge")
+        return real_align(photo, landmarks, *a, **kw)
+
+    monkeypatch.setattr(predict, "align_face", align)
+    code, out, err = run(capsys, tiny, odd, HOPPER, "--checkpoint", tiny_checkpoint, "--json")
+    assert code == 2
+    results = json.loads(out)
+    assert results[0]["error"] == ERR_TOO_SMALL.format(name=tiny, width=3, height=40, min_size=MIN_FACE_SIZE)
+    assert results[1]["error"] == ERR_FAILED.format(name=odd, detail="SVD did not converge")
+    assert results[2]["error"] is None and len(results[2]["faces"]) == 1
+    assert err.splitlines() == [f"error: {results[0]['error']}", f"error: {results[1]['error']}"]
+
+
+def test_decoded_ages_stay_inside_the_label_range():
+    raw = torch.tensor([-1e6, 0.0, 1.0, 48.0, 1e6])
+    assert decode_age(raw, 33.0, 20.0).tolist() == [0.0, 33.0, 53.0, MAX_AGE, MAX_AGE]  # not 993
+    assert decode_age(raw, 33.0, 20.0, age_range({"age_bins": 121})).tolist()[-1] == 120.0
+    assert age_range({}) == (0.0, MAX_AGE)
+    assert age_range({"age_bins": 121}) == (0.0, 120.0)
+    assert age_range({"age_bins": 121, "age_range": [1, 90]}) == (1.0, 90.0)
+
+
+@pytest.mark.parametrize("bias, expected", [(1e4, MAX_AGE), (-1e4, 0.0)])
+def test_an_undertrained_model_cannot_predict_impossible_ages(tiny_checkpoint, bias, expected):
+    ckpt = load_checkpoint(tiny_checkpoint)  # a regression head: no bound of its own
+    assert "age_bins" not in ckpt.meta
+    with torch.no_grad():
+        ckpt.model.age_head.bias.fill_(bias)
+    photo = Image.open(HOPPER).convert("RGB")
+    r = analyse(photo, "hopper", ckpt, None, cropped=True)
+    assert r.faces[0].age == expected

@@ -15,14 +15,21 @@ from agegender.explain import LAYERS, METHODS
 from agegender.visual import draw_faces, results_frame, zip_bytes
 
 EXAMPLE = matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
+TYPES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+# with MIME types in the list Streamlit leaves the check to the browser's file dialog and to this page,
+# so a file of another type that gets past the browser is refused alone, not with the whole upload
+MIME_TYPES = ("image/jpeg", "image/png", "image/webp", "image/bmp")
 
 ckpts = ui.selected_checkpoints(limit=3)
 
 source = st.radio("Photo", ["Example", "Upload", "Camera"], horizontal=True, key="source")
 files: list[tuple[str, bytes]] = []
 if source == "Upload":
-    ups = st.file_uploader("Images", type=["jpg", "jpeg", "png", "webp", "bmp"], accept_multiple_files=True)
+    ups = st.file_uploader("Images", type=[*TYPES, *MIME_TYPES], accept_multiple_files=True)
     files = [(u.name, u.getvalue()) for u in ups or []]
+    for name in [n for n, _ in files if not n.lower().endswith(TYPES)]:
+        st.error(f"{name} is not a type this page reads: upload JPEG, PNG, WebP or BMP.")
+    files = [(n, d) for n, d in files if n.lower().endswith(TYPES)]
     for name in [n for n, d in files if ui.too_large(d)]:
         st.error(f"{name} is larger than {st.get_option('server.maxUploadSize')} MB: downscale it first.")
     files = [(n, d) for n, d in files if not ui.too_large(d)]
