@@ -9,16 +9,10 @@ import math
 import os
 from pathlib import Path
 
-REPO_CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
-META = "meta.json"  # the file that makes a folder a checkpoint
-WEIGHTS = "model.safetensors"
-DATA_ENV = "AGEGENDER_UTKFACE"
-REQUIRED_META = ("format", "arch", "preprocess", "age_offset", "age_scale", "labels", "weights_sha256")
+from .meta import META, WEIGHTS, CheckpointError, read_meta  # noqa: F401 - WEIGHTS re-exported for the dashboard
 
-# Error messages are constants so tests can assert them word for word.
-ERR_NO_FOLDER = "checkpoint folder {path} does not exist"
-ERR_NO_META = "{path} is not a checkpoint folder: {META} is missing"
-ERR_BAD_META = "{path}/{META} is corrupt ({detail}); restore the folder or retrain"
+REPO_CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
+DATA_ENV = "AGEGENDER_UTKFACE"
 
 # Health: what the validation figures in meta.json say about a checkpoint (see health()).
 MIN_VAL_N = 100  # at 100 images chance accuracy (0.5) is 2 standard errors below GENDER_CHANCE
@@ -35,38 +29,12 @@ FLAGGED = ("{name} looks untrained or diverged: {reason}. It still works; "
            "read its predictions with that in mind.")
 
 
-class CheckpointError(Exception):
-    """A checkpoint folder that cannot be used; the message says which file and why."""
-
-
 def list_checkpoints(root: str | os.PathLike) -> list[Path]:
     """Folders under ``root`` that hold a meta.json, sorted by name."""
     root = Path(root)
     if not root.is_dir():
         return []
     return sorted(p for p in root.iterdir() if (p / META).is_file())
-
-
-def read_meta(path: str | os.PathLike) -> dict:
-    """A checkpoint's meta.json with its required keys checked. The architecture is checked by
-    agegender.checkpoint.read_meta, which knows the model registry (and so imports torch)."""
-    path = Path(path)
-    if not path.is_dir():
-        raise CheckpointError(ERR_NO_FOLDER.format(path=path))
-    if not (path / META).is_file():
-        raise CheckpointError(ERR_NO_META.format(path=path, META=META))
-    try:
-        meta = json.loads((path / META).read_text())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise CheckpointError(ERR_BAD_META.format(path=path, META=META, detail=f"not JSON: {e}")) from e
-    if not isinstance(meta, dict):
-        raise CheckpointError(ERR_BAD_META.format(path=path, META=META, detail="not a JSON object"))
-    missing = [k for k in REQUIRED_META if k not in meta]
-    if missing:
-        raise CheckpointError(
-            ERR_BAD_META.format(path=path, META=META, detail=f"missing {', '.join(missing)}")
-        )
-    return meta
 
 
 def default_pick(paths: list[Path]) -> list[Path]:

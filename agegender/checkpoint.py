@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,24 +10,25 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from . import __version__
-from .catalog import (  # noqa: F401 - re-exported: the torch-free part of reading a checkpoint lives there
+from .catalog import list_checkpoints  # noqa: F401 - re-exported
+from .meta import (  # noqa: F401 - re-exported: the torch-free part of a checkpoint lives there
     ERR_BAD_META,
     ERR_NO_FOLDER,
     ERR_NO_META,
+    FORMAT,
     META,
     REQUIRED_META,
     WEIGHTS,
     CheckpointError,
-    list_checkpoints,
+    atomic_write,
+    sha256_file,
+    write_meta,
 )
-from .catalog import read_meta as read_meta_json
+from .meta import read_meta as read_meta_json
 from .model import ARCHS, AgeGenderNet, create_model
 from .preprocess import Preprocess
 
-FORMAT = "agegender-checkpoint/1"
-
-# Error messages are constants so tests can assert them word for word (the meta.json ones are in catalog).
+# Error messages are constants so tests can assert them word for word (the meta.json ones are in meta).
 ERR_NO_WEIGHTS = "{path}/{WEIGHTS} is missing; restore the folder or retrain"
 ERR_NOT_SAFETENSORS = (
     "{path}/{WEIGHTS} is not a safetensors file (a pickle, or a damaged file); "
@@ -58,39 +57,18 @@ class Checkpoint:
         return self.path.name
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def save_weights(model: torch.nn.Module, path: Path, dtype: torch.dtype = torch.float16) -> str:
     """Write the weights atomically (fp16 by default, enough to ship); returns their sha256."""
     tensors = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
                for k, v in model.state_dict().items()}
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save_file(tensors, str(tmp))
-    digest = sha256_file(tmp)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        save_file(tensors, str(tmp))
+        digest = sha256_file(tmp)
     return digest
 
 
-def write_meta(folder: Path, meta: dict) -> None:
-    meta = {"format": FORMAT, "code_version": __version__, **meta}
-    atomic_write_text(folder / META, json.dumps(meta, indent=2, sort_keys=False) + "\n")
-
-
 def read_meta(path: str | os.PathLike) -> dict:
-    """catalog.read_meta (meta.json present, JSON, required keys) plus a known architecture."""
+    """meta.read_meta (meta.json present, JSON, required keys) plus a known architecture."""
     path = Path(path)
     meta = read_meta_json(path)
     if meta["arch"] not in ARCHS:

@@ -28,6 +28,7 @@ from .faces import (
     why_unreadable,
 )
 from .labels import MalformedName, image_key, parse_name
+from .meta import atomic_write, atomic_write_text
 from .preprocess import resize_image
 
 log = logging.getLogger(__name__)
@@ -260,10 +261,8 @@ def _free_bytes(folder: Path) -> int | None:
 
 
 def _atomic_save_npy(path: Path, arr: np.ndarray) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
+    with atomic_write(path) as tmp, open(tmp, "wb") as f:
         np.save(f, arr)
-    os.replace(tmp, path)
 
 
 def cached_images(scan_: Scan, size: int, cache_dir: str | os.PathLike | None = None,
@@ -296,10 +295,8 @@ def cached_images(scan_: Scan, size: int, cache_dir: str | os.PathLike | None = 
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         _atomic_save_npy(npy, images.pixels)
-        tmp = index.with_name(index.name + f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps({"members": [s.member for s in images.samples],
-                                   "unreadable": images.unreadable, "why": images.why}))
-        os.replace(tmp, index)
+        atomic_write_text(index, json.dumps({"members": [s.member for s in images.samples],
+                                             "unreadable": images.unreadable, "why": images.why}))
     except OSError as e:
         log.warning("could not write the image cache to %s (%s); continuing without it", cache_dir, e)
     return images
@@ -309,6 +306,4 @@ def write_manifest(images: Images, path: Path) -> None:
     """One row per image: member, split, labels. Written next to the checkpoint."""
     lines = ["file,split,age,gender,race"]
     lines += [f"{s.member},{s.split},{s.age},{s.gender},{s.race}" for s in images.samples]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, "\n".join(lines) + "\n")
