@@ -108,10 +108,16 @@ def load_photo(source: str | os.PathLike | bytes | io.IOBase, name: str | None =
         raise UnreadableImage(ERR_UNREADABLE.format(name=name, detail=WHY_EMPTY))
     data = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
+        # catch_warnings is not thread-safe (Streamlit serves sessions from threads), so it only
+        # quiets PIL; the bomb check itself is the explicit pixel count below, which is
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             warnings.simplefilter("ignore", UserWarning)  # PIL's notes on broken EXIF we do not use
             with Image.open(data) as im:
+                pixels, limit = im.width * im.height, Image.MAX_IMAGE_PIXELS
+                if limit and pixels > limit:  # checked on the header, before any pixel is decoded
+                    detail = TOO_MANY_PIXELS.format(pixels=pixels, limit=limit)
+                    raise UnreadableImage(ERR_TOO_LARGE.format(name=name, detail=detail))
                 im.load()
                 return _to_rgb(_upright(im))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
