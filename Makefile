@@ -33,7 +33,7 @@ test: lint
 	AGEGENDER_LOCKED=$(LOCK) $(BIN)/python -m pytest
 
 bench: setup
-	$(BIN)/python -m agegender.bench train
+	$(BIN)/python -m benchmarks.train
 
 # Re-resolve every package to its newest release within requirements*.txt (torch as TORCH_PINS),
 # for CPython 3.11 on Linux x86_64, the platform the lock is tested on. Takes about 10 minutes:

@@ -8,7 +8,10 @@ not the ones the gender head fails (babies, mostly Asian), so one weight cannot 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
+import torch
 
 from .labels import AGE_BUCKET_EDGES, GENDERS, RACES, age_bucket, gender_name
 
@@ -70,6 +73,43 @@ def loss_weights(stats: np.ndarray, power: float, min_count: int = 20, strata: n
             if overall > 0:
                 w[seen, head] = (stats[seen, head] / n[seen] / overall) ** power
     return w
+
+
+class CellLosses:
+    """Loss balancing over a run: each cell's summed age error (years), summed gender loss and image
+    count over the epoch under way, and the per-head weights the last finished epoch's sums gave
+    (1 before the first). The resume state saves both and reads them back."""
+
+    def __init__(self, cells: int):
+        self.sums = torch.zeros(cells, 3, dtype=torch.float64)  # float64: a whole epoch's sums, exact enough
+        self.weights = np.ones((cells, 2))  # age, gender
+
+    def start_epoch(self) -> None:
+        self.sums.zero_()
+
+    def add(self, cells: torch.Tensor, age_error: torch.Tensor, gender_loss: torch.Tensor) -> None:
+        """One batch: each image's cell, absolute age error and gender loss."""
+        per = torch.stack([age_error, gender_loss, torch.ones_like(age_error)], 1).cpu().double()
+        self.sums.index_add_(0, cells, per)
+
+    def image_weights(self, cells: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each image's (age, gender) loss weight, by its cell."""
+        w = torch.as_tensor(self.weights, dtype=torch.float32)[cells].to(device)
+        return w[:, 0], w[:, 1]
+
+    def end_epoch(self, power: float, strata: np.ndarray | None,
+                  total: Callable[[list[float]], list[float]] = lambda v: v) -> None:
+        """The next epoch's weights from this epoch's sums; ``total`` adds up every process's sums
+        (Dist.sum under torchrun), so all of them weight alike."""
+        stats = np.array(total(self.sums.flatten().tolist())).reshape(-1, 3)
+        self.weights = loss_weights(stats, power, strata=strata)
+
+    def to_json(self) -> dict:
+        return {"cell_stats": self.sums.tolist(), "cell_weights": self.weights.tolist()}
+
+    def load_json(self, d: dict) -> None:
+        self.sums = torch.tensor(d["cell_stats"], dtype=torch.float64).reshape(-1, 3)
+        self.weights = np.array(d["cell_weights"], dtype=np.float64).reshape(-1, 2)
 
 
 def check_within(method: str, by: tuple[str, ...], within: str) -> None:

@@ -7,21 +7,25 @@ import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
 
-from .fairness import METRICS, GroupReport
+from .fairness import METRICS, GroupReport, group_names, parse_grouping
 
 SMALL_COLOUR, COLOUR = "#b0b0b0", "#3b6fb6"
+
+
+def _interval_bars(names: pd.Series, g: pd.DataFrame, value: str, lo: str, hi: str, **kw) -> go.Bar:
+    """Bars of column ``value`` of a per-group table with [lo, hi] error bars; too small in grey."""
+    return go.Bar(
+        x=names, y=g[value],
+        error_y={"type": "data", "symmetric": False, "array": g[hi] - g[value], "arrayminus": g[value] - g[lo]},
+        marker_color=[SMALL_COLOUR if s else COLOUR for s in g["too_small"]], **kw)
 
 
 def group_bars(report: GroupReport, metric: str) -> go.Figure:
     """One bar per group with its 95% interval; groups too small to judge in grey."""
     m = METRICS[metric]
     g = report.by_group
-    names = report.group_names
-    fig = go.Figure(go.Bar(
-        x=names, y=g[metric],
-        error_y={"type": "data", "symmetric": False, "array": g[f"{metric}_hi"] - g[metric],
-                 "arrayminus": g[metric] - g[f"{metric}_lo"]},
-        marker_color=[SMALL_COLOUR if s else COLOUR for s in g["too_small"]],
+    fig = go.Figure(_interval_bars(
+        report.group_names, g, metric, f"{metric}_lo", f"{metric}_hi",
         customdata=np.stack([g["n"], g[f"{metric}_lo"], g[f"{metric}_hi"]], axis=1),
         hovertemplate="%{x}<br>%{y:.3f} [%{customdata[1]:.3f}, %{customdata[2]:.3f}]<br>n=%{customdata[0]}"
                       "<extra></extra>",
@@ -29,6 +33,16 @@ def group_bars(report: GroupReport, metric: str) -> go.Figure:
     fig.add_hline(y=report.overall[metric], line_dash="dot", annotation_text="overall")
     fig.update_layout(title=f"{m.label} by {report.grouping.replace(':', ' × ')} (grey: n < {report.min_count})",
                       yaxis_title=m.label + (f" ({m.unit})" if m.unit else ""), margin={"t": 50, "b": 10})
+    return fig
+
+
+def delta_bars(groups: pd.DataFrame, metric: str, grouping: str, a: str, b: str) -> go.Figure:
+    """Per group, b's figure minus a's with its paired 95% interval (agegender.compare.paired_deltas);
+    groups too small to judge in grey."""
+    names = group_names(groups, parse_grouping(grouping))
+    fig = go.Figure(_interval_bars(names, groups, f"{metric}_delta", f"{metric}_delta_lo", f"{metric}_delta_hi"))
+    fig.add_hline(y=0, line_color="black")
+    fig.update_layout(title=f"{METRICS[metric].label}: {b} − {a} by {grouping} (grey: too small)")
     return fig
 
 

@@ -6,27 +6,30 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .fairness import METRICS, metric_columns, parse_grouping, prepare
-from .labels import AGE_BUCKET_EDGES
+from .fairness import METRICS, MIN_COUNT, N_BOOT, SEED, parse_grouping, prepare
+from .labels import AGE_BUCKET_EDGES, called_female
+from .predictions import IMAGE_KEYS, PREDICTED, metric_columns, validate
 
-KEYS = ["file", "age", "gender", "race"]
+ERR_NOTHING_SHARED = "the two checkpoints share no scored image: compare predictions of the same split and data"
+STANDARDISE = "age_bucket"  # gaps are also given with each group at the overall mix of this: age drives error most
 
 
 def pair(a: pd.DataFrame, b: pd.DataFrame, edges: tuple[int, ...] = AGE_BUCKET_EDGES) -> pd.DataFrame:
     """Rows scored by both, with pred_age_a/_b and p_female_a/_b; raises when they share none."""
-    m = a[KEYS + ["pred_age", "p_female"]].merge(b[KEYS + ["pred_age", "p_female"]], on=KEYS, suffixes=("_a", "_b"))
+    cols, keys = [*IMAGE_KEYS, *PREDICTED], list(IMAGE_KEYS)
+    m = validate(a, cols)[cols].merge(validate(b, cols)[cols], on=keys, suffixes=("_a", "_b"))
     if m.empty:
-        raise ValueError("the two checkpoints share no scored image: compare predictions of the same split and data")
+        raise ValueError(ERR_NOTHING_SHARED)
     return prepare(m.assign(pred_age=m["pred_age_a"], p_female=m["p_female_a"]), edges)
 
 
 def _side(m: pd.DataFrame, s: str) -> dict[str, np.ndarray]:
-    return metric_columns(m.assign(pred_age=m[f"pred_age_{s}"], p_female=m[f"p_female_{s}"]))
+    return metric_columns(m, f"_{s}")
 
 
 def paired_deltas(m: pd.DataFrame, grouping: str | None = None,
                   metrics: tuple[str, ...] = ("age_mae", "gender_accuracy"),
-                  n_boot: int = 1000, seed: int = 0, min_count: int = 30) -> pd.DataFrame:
+                  n_boot: int = N_BOOT, seed: int = SEED, min_count: int = MIN_COUNT) -> pd.DataFrame:
     """Per group (or overall): each metric for a and b, b - a, and its paired 95% interval
     (both resampled with the same indices, so the shared difficulty of the images cancels)."""
     rng = np.random.default_rng(seed)
@@ -52,7 +55,7 @@ def paired_deltas(m: pd.DataFrame, grouping: str | None = None,
 
 def agreement(m: pd.DataFrame, grouping: str | None = "race") -> dict:
     """How often the gender labels disagree (overall and per group) and how far apart the ages are."""
-    fa, fb = m["p_female_a"] >= 0.5, m["p_female_b"] >= 0.5
+    fa, fb = called_female(m["p_female_a"]), called_female(m["p_female_b"])
     diff = (m["pred_age_b"] - m["pred_age_a"]).to_numpy()
     out = {"n": len(m), "gender_disagreement": float((fa != fb).mean()), "age_diff": diff,
            "age_diff_mean_abs": float(np.abs(diff).mean()), "age_diff_median": float(np.median(diff))}
@@ -65,7 +68,8 @@ def agreement(m: pd.DataFrame, grouping: str | None = "race") -> dict:
 
 
 def gap_change(m: pd.DataFrame, grouping: str = "race", metrics: tuple[str, ...] = ("age_mae", "gender_accuracy"),
-               n_boot: int = 1000, seed: int = 0, min_count: int = 30, standardise: str | None = None) -> pd.DataFrame:
+               n_boot: int = N_BOOT, seed: int = SEED, min_count: int = MIN_COUNT,
+               standardise: str | None = None) -> pd.DataFrame:
     """Per metric: the gap between the best and the worst group for a and for b, and the relative
     change of the gap with a paired bootstrap 95% interval (images resampled within each group, the
     same draws for both). Groups under ``min_count`` are left out, as in the disparity table.
@@ -112,12 +116,25 @@ def gap_change(m: pd.DataFrame, grouping: str = "race", metrics: tuple[str, ...]
     return pd.DataFrame(rows)
 
 
+def gaps(m: pd.DataFrame, grouping: str, metrics: tuple[str, ...] = ("age_mae", "gender_accuracy"),
+         standardise: tuple[str | None, ...] = (None, STANDARDISE), **kw) -> dict[str | None, pd.DataFrame | str]:
+    """gap_change without and with each standardisation; where there is no gap to judge (fewer than
+    two groups big enough, or groups that already split the standardising column), why not instead."""
+    out: dict[str | None, pd.DataFrame | str] = {}
+    for std in standardise:
+        try:
+            out[std] = gap_change(m, grouping, metrics, standardise=std, **kw)
+        except ValueError as e:
+            out[std] = str(e)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
     import sys
 
-    from .checkpoint import CheckpointError
-    from .report import load_predictions
+    from .meta import CheckpointError
+    from .predictions import load_predictions
 
     p = argparse.ArgumentParser(prog="python -m agegender.compare",
                                 description="Compare checkpoint B with A on the images both scored.")
@@ -125,9 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("b", help="checkpoint folder B")
     p.add_argument("--split", default="test", choices=["val", "test"])
     p.add_argument("--by", default="race", help="grouping for the gaps and per-group deltas (e.g. race, race:gender)")
-    p.add_argument("--n-boot", type=int, default=1000)
-    p.add_argument("--min-count", type=int, default=30, help="smaller groups are not judged for the gap")
-    p.add_argument("--standardise", default="age_bucket",
+    p.add_argument("--n-boot", type=int, default=N_BOOT)
+    p.add_argument("--min-count", type=int, default=MIN_COUNT, help="smaller groups are not judged for the gap")
+    p.add_argument("--standardise", default=STANDARDISE,
                    help="also give the gap with every group given the overall mix of this column ('' for none)")
     args = p.parse_args(argv)
     try:

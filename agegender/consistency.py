@@ -14,9 +14,10 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from .checkpoint import Checkpoint, load_checkpoint
-from .data import iter_bytes, scan
+from .data import evenly_spaced, iter_bytes, scan
 from .faces import DECODE_ERRORS, FaceDetector
 from .inference import predict_checkpoint
+from .labels import called_female
 from .predict import analyse
 from .preprocess import resize_image
 
@@ -52,7 +53,7 @@ def measure(ckpt: Checkpoint, data: str, n: int = 300, split: str = "test", seed
             detector: FaceDetector | None = None) -> dict:
     sc = scan(data)
     picked = [s for s in sc.samples if s.split == split]
-    picked = picked[:: max(1, len(picked) // n)][:n]
+    picked = evenly_spaced(picked, n)
     detector = detector or FaceDetector()
     rng = np.random.default_rng(seed)
     size = ckpt.preprocess.cache_size
@@ -70,7 +71,7 @@ def measure(ckpt: Checkpoint, data: str, n: int = 300, split: str = "test", seed
             continue
         f = next(f for f in r.faces if f.predicted)  # the most confident face
         age_diff.append(abs(f.age - float(a0[0])))
-        agree.append((f.p_female >= 0.5) == (float(p0[0]) >= 0.5))
+        agree.append(called_female(f.p_female) == called_female(float(p0[0])))
     d = np.array(age_diff)
     return {
         "chips": len(picked), "unreadable": unreadable, "detected": len(d), "missed": missed,

@@ -79,6 +79,17 @@ def split_of(name: str) -> str:
     return "train" if u < 0.8 else "val" if u < 0.9 else "test"
 
 
+def evenly_spaced(items, n: int):
+    """At most n of ``items`` (a list, or a DataFrame's rows), every (len // n)-th from the first: a
+    sample that is the same on every run and spread over the whole list (UTKFace names, and so
+    scans, are sorted by age first)."""
+    rows = getattr(items, "iloc", items)  # a DataFrame by position
+    if n <= 0:
+        return rows[:0]
+    picked = rows[:: max(1, len(items) // n)]
+    return getattr(picked, "iloc", picked)[:n]
+
+
 def _is_image(member: str) -> bool:
     base = member.rsplit("/", 1)[-1]
     return (

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -18,16 +17,15 @@ import numpy as np
 import pandas as pd
 
 from .checkpoint import CheckpointError, load_checkpoint, read_meta, write_meta
-from .data import DatasetError, Images, cached_images, load_images, scan, split_of
+from .data import DatasetError, Images, cached_images, evenly_spaced, load_images, scan, split_of
 from .distributed import setup as setup_distributed
 from .inference import predict_checkpoint
 from .labels import GENDERS, RACES
-from .metrics import summary
+from .metrics import summary_of
+from .predictions import COLUMNS, file_name, predictions_path, write_predictions
 from .runtime import set_threads
 
 log = logging.getLogger(__name__)
-
-PREDICTION_COLUMNS = ["file", "split", "age", "gender", "race", "pred_age", "p_female"]
 
 
 def predictions_frame(ckpt, images: Images, idx: np.ndarray, tta: bool = True) -> pd.DataFrame:
@@ -41,18 +39,7 @@ def predictions_frame(ckpt, images: Images, idx: np.ndarray, tta: bool = True) -
         "race": [RACES[s.race] for s in ss],
         "pred_age": np.round(ages, 2),
         "p_female": np.round(pf, 4),
-    }, columns=PREDICTION_COLUMNS)
-
-
-def metrics_of(df: pd.DataFrame) -> dict:
-    female = (df["gender"] == GENDERS[1]).to_numpy(int)
-    return summary(df["age"].to_numpy(), df["pred_age"].to_numpy(), female, df["p_female"].to_numpy())
-
-
-def _write_csv(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    }, columns=COLUMNS)
 
 
 def evaluate_into_checkpoint(folder: Path, images: Images, tta: bool = True) -> dict:
@@ -62,8 +49,8 @@ def evaluate_into_checkpoint(folder: Path, images: Images, tta: bool = True) -> 
     for split in ("val", "test"):
         t = time.perf_counter()
         df = predictions_frame(ckpt, images, images.indices(split), tta)
-        _write_csv(df, folder / f"predictions-{split}.csv")
-        results[split] = {**metrics_of(df), "tta": tta, "seconds": round(time.perf_counter() - t, 1)}
+        write_predictions(df, predictions_path(folder, split))
+        results[split] = {**summary_of(df), "tta": tta, "seconds": round(time.perf_counter() - t, 1)}
         log.info("%s: %s", split, format_metrics(results[split]))
     meta = read_meta(folder)
     meta["metrics"] = results
@@ -87,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", required=True, help="UTKFace-named images: folder, .zip or .tar.gz")
     p.add_argument("--split", default="test", choices=["val", "test", "all"],
                    help="all = every parseable image, whatever its split (external test sets)")
-    p.add_argument("--out", help="predictions CSV (default: CHECKPOINT/predictions-SPLIT.csv)")
+    p.add_argument("--out", help=f"predictions CSV (default: CHECKPOINT/{file_name('SPLIT')})")
     p.add_argument("--json", help="write the metrics to this file")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
                    help="average with the mirrored image (default on)")
@@ -113,7 +100,7 @@ def _evaluate(args, dd, device, t0: float) -> int:
         size = ckpt.preprocess.cache_size
         if args.limit:
             picked = [s for s in sc.samples if args.split == "all" or s.split == args.split]
-            picked = picked[:: max(1, len(picked) // args.limit)][: args.limit]  # spread over all ages
+            picked = evenly_spaced(picked, args.limit)  # spread over all ages
             images = load_images(sc, picked, size)
         else:
             images = cached_images(sc, size, args.cache_dir)
@@ -128,11 +115,11 @@ def _evaluate(args, dd, device, t0: float) -> int:
         return 0
     position = np.concatenate([np.arange(len(idx))[r::dd.world] for r in range(dd.world)])
     df = pd.concat(parts, ignore_index=True).iloc[np.argsort(position, kind="stable")].reset_index(drop=True)
-    out = Path(args.out) if args.out else Path(args.checkpoint) / f"predictions-{args.split}.csv"
-    _write_csv(df, out)
+    out = Path(args.out) if args.out else predictions_path(args.checkpoint, args.split)
+    write_predictions(df, out)
     # the data module has logged them once with examples; the JSON keeps the count with the metrics
     skipped = [u for u in images.unreadable if args.split == "all" or split_of(u) == args.split]
-    m = {**metrics_of(df), "split": args.split, "tta": args.tta, "checkpoint": str(args.checkpoint),
+    m = {**summary_of(df), "split": args.split, "tta": args.tta, "checkpoint": str(args.checkpoint),
          "unreadable": len(skipped), "seconds": round(time.perf_counter() - t0, 2)}
     print(format_metrics(m))
     print(f"predictions: {out}   time: {m['seconds']:.1f} s")

@@ -4,13 +4,15 @@ The shared (cached) model never gets a hook: each request runs the trunk up to t
 under no_grad on the shared model, then a private copy of the rest of the network (target block,
 pooling, both heads) that the CAM hooks attach to. Concurrent requests cannot see each other's
 activations, and the backward pass stops at the target block. One package call explains every
-requested map at once, as a batch of views of the same features.
+requested map at once, as a batch of views of the same features. Where the network can be split,
+and which blocks are targets, the architecture declares (``Arch.stages`` and ``Arch.cam_layers``).
 """
 
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -27,16 +29,22 @@ from pytorch_grad_cam.metrics.road import ROADLeastRelevantFirst, ROADMostReleva
 from pytorch_grad_cam.utils.image import show_cam_on_image
 from torch import nn
 
-from .model import AgeGenderNet
+from .inference import model_input
+from .model import AgeGenderNet, AgeScaling
+
+if TYPE_CHECKING:
+    from .checkpoint import Checkpoint
 
 METHODS = {
     "GradCAM": GradCAM, "GradCAM++": GradCAMPlusPlus, "HiResCAM": HiResCAM, "XGradCAM": XGradCAM,
     "LayerCAM": LayerCAM, "EigenCAM": EigenCAM, "ScoreCAM": ScoreCAM,
 }
-LAYERS = ("layer4", "layer3")  # the last block of each
+# Deprecated: the ResNet trunks' target layers, for dashboard/pages/predict.py until it lists the
+# loaded model's own (``model.cam_layers``), which is what explain() checks against.
 # map name -> (output column, sign): age is a regression, so "younger" is the negated target
 MAPS = {"older": (0, 1.0), "younger": (0, -1.0), "female": (1, 1.0), "male": (1, -1.0)}
 HEAD_OF = {"older": "age", "younger": "age", "female": "gender", "male": "gender"}
+ERR_NO_LAYERS = "{arch} declares no Grad-CAM layers: add cam_layers and stages to its Arch in agegender/model.py"
 REMOVED = 80  # ROAD: percentile; 20% of the pixels, most or least relevant first, are imputed
 
 
@@ -50,21 +58,16 @@ class HeadTarget:
         return self.sign * output[..., self.column]
 
 
-def _units(model: AgeGenderNet) -> list[nn.Module]:
-    t = model.trunk
-    return [t.conv1, t.bn1, t.relu, t.maxpool, *t.layer1, *t.layer2, *t.layer3, *t.layer4]
-
-
 class _Suffix(nn.Module):
     """A private copy of the network from the target block on; earlier blocks stay shared."""
 
     def __init__(self, model: AgeGenderNet, layer: str):
         super().__init__()
-        units = _units(model)
+        blocks = model.blocks()
         target = model.cam_layers[layer]
-        k = next(i for i, u in enumerate(units) if u is target)
-        self.prefix = units[:k]  # shared modules, run under no_grad: a plain list, not submodules
-        self.rest = copy.deepcopy(nn.Sequential(*units[k:]))
+        k = next(i for i, b in enumerate(blocks) if b is target)  # Arch declares targets among the blocks
+        self.prefix = blocks[:k]  # shared modules, run under no_grad: a plain list, not submodules
+        self.rest = copy.deepcopy(nn.Sequential(*blocks[k:]))
         self.age_head = copy.deepcopy(model.age_head)
         self.gender_head = copy.deepcopy(model.gender_head)
         self.target_layer = self.rest[0]
@@ -102,22 +105,34 @@ class CamMap:
         return self.road_least - self.road_most
 
 
+def layer_names(models) -> list[str]:
+    """The Grad-CAM layers every one of these models declares, in the first one's order (its default first)."""
+    first, *rest = [list(m.cam_layers) for m in models]
+    return [name for name in first if all(name in r for r in rest)]
+
+
 def explain(
     model: AgeGenderNet,
     x: torch.Tensor,
     maps: tuple[str, ...] = ("older", "younger", "female"),
     method: str = "GradCAM",
-    layer: str = "layer4",
+    layer: str | None = None,
     aug_smooth: bool = False,
     eigen_smooth: bool = False,
     faithfulness: bool = False,
     age_scale: float = 1.0,
 ) -> list[CamMap]:
-    """CAMs for one preprocessed face ``x`` (1 x 3 x H x W). Hooks come off when this returns."""
+    """CAMs for one preprocessed face ``x`` (1 x 3 x H x W). Hooks come off when this returns.
+    ``layer``: one of ``model.cam_layers``, by default the first. ``age_scale`` turns the age head's
+    faithfulness figures into years: explain_checkpoint passes the checkpoint's."""
     if method not in METHODS:
         raise ValueError(f"unknown CAM method {method!r}; known: {', '.join(METHODS)}")
-    if layer not in LAYERS:
-        raise ValueError(f"unknown target layer {layer!r}; known: {', '.join(LAYERS)}")
+    layers = model.cam_layers
+    if not layers:
+        raise ValueError(ERR_NO_LAYERS.format(arch=type(model.trunk).__name__))
+    layer = next(iter(layers)) if layer is None else layer
+    if layer not in layers:
+        raise ValueError(f"unknown target layer {layer!r}; known: {', '.join(layers)}")
     unknown = [m for m in maps if m not in MAPS]
     if unknown or not maps:
         raise ValueError(f"unknown map(s) {unknown}; known: {', '.join(MAPS)}")
@@ -139,6 +154,14 @@ def explain(
             unit = age_scale if c.head == "age" else 1.0
             c.road_most, c.road_least = float(most[i]) * unit, float(least[i]) * unit
     return out
+
+
+def explain_checkpoint(ckpt: Checkpoint, pixels: np.ndarray, maps: tuple[str, ...] = ("older", "younger", "female"),
+                       **kw) -> list[CamMap]:
+    """CAMs for one aligned face (S x S x 3 uint8 at the checkpoint's cache size), preprocessed the
+    checkpoint's way, with age faithfulness in years by its age scaling. ``kw`` as for explain."""
+    scale = AgeScaling.from_meta(ckpt.meta).scale
+    return explain(ckpt.model, model_input(ckpt, pixels), maps=maps, age_scale=scale, **kw)
 
 
 def overlay(face_rgb: np.ndarray, heat: np.ndarray, opacity: float = 0.5) -> np.ndarray:

@@ -9,15 +9,13 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from .catalog import DATA_ENV
 from .checkpoint import Checkpoint
-from .data import Scan, iter_bytes
-from .explain import explain
-from .predict import model_input
+from .data import Scan, evenly_spaced, iter_bytes
+from .explain import explain_checkpoint
+from .labels import DECISION
+from .predict import FaceResult, ImageResult
+from .predictions import metric_columns
 from .preprocess import resize_image
-
-ERR_NO_DATA = (f"the error explorer needs the UTKFace images: set the dataset path in the sidebar, "
-               f"or the environment variable {DATA_ENV}")
 
 
 def worst_age_errors(df: pd.DataFrame, n: int = 24) -> pd.DataFrame:
@@ -27,9 +25,17 @@ def worst_age_errors(df: pd.DataFrame, n: int = 24) -> pd.DataFrame:
 
 def misgendered(df: pd.DataFrame, n: int = 24) -> pd.DataFrame:
     """Wrong gender calls, the most confident first."""
-    female = df["gender"] == "female"
-    wrong = df[(df["p_female"] >= 0.5) != female]
-    return wrong.reindex((wrong["p_female"] - 0.5).abs().sort_values(ascending=False).index).head(n)
+    wrong = df[~metric_columns(df)["correct"]]
+    return wrong.reindex((wrong["p_female"] - DECISION).abs().sort_values(ascending=False).index).head(n)
+
+
+def group_values(table: pd.DataFrame, column: str) -> list[str]:
+    """The values a group column takes, as the names in_group takes."""
+    return sorted(table[column].astype(str).unique())
+
+
+def in_group(table: pd.DataFrame, column: str, value: str) -> pd.DataFrame:
+    return table[table[column].astype(str) == value]
 
 
 def read_chips(scan: Scan, members: list[str]) -> dict[str, Image.Image]:
@@ -48,6 +54,16 @@ def read_chips(scan: Scan, members: list[str]) -> dict[str, Image.Image]:
     return out
 
 
+def chip_result(ckpt: Checkpoint, name: str, chip: Image.Image, row: pd.Series) -> ImageResult:
+    """A dataset chip and its row of the predictions table as the result of predicting it, so the
+    dashboard's face view can show it and explain it: the whole chip is the face (it is aligned
+    already), with the predictions the table holds rather than new ones."""
+    face = FaceResult(box=(0, 0, chip.width, chip.height), confidence=None, predicted=True,
+                      pixels=resize_image(chip, ckpt.preprocess.cache_size), age=float(row["pred_age"]),
+                      p_female=float(row["p_female"]))
+    return ImageResult(name, [face])
+
+
 def mean_cams(ckpt: Checkpoint, chips: list[Image.Image], maps: tuple[str, ...] = ("older", "female"),
               method: str = "GradCAM") -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """The mean face (uint8, the model's cache size) and each map averaged over the chips: where a
@@ -55,7 +71,20 @@ def mean_cams(ckpt: Checkpoint, chips: list[Image.Image], maps: tuple[str, ...] 
     sums: dict[str, np.ndarray] = {}
     faces = [resize_image(chip, ckpt.preprocess.cache_size) for chip in chips]
     for pixels in faces:
-        for c in explain(ckpt.model, model_input(ckpt, pixels), maps=maps, method=method):
+        for c in explain_checkpoint(ckpt, pixels, maps=maps, method=method):
             sums[c.name] = sums.get(c.name, 0) + c.heat
     mean_face = np.mean(faces, axis=0).astype(np.uint8) if faces else None
     return mean_face, {k: v / max(1, len(chips)) for k, v in sums.items()}
+
+
+def group_mean_cams(ckpt: Checkpoint, scan: Scan, table: pd.DataFrame, by: str,
+                    per_group: int) -> dict[str, tuple[int, np.ndarray, dict[str, np.ndarray]]]:
+    """Per value of column ``by`` of a prepared predictions table (agegender.fairness.prepare): how
+    many chips were read of an evenly spaced ``per_group`` of its rows, their mean face and mean
+    maps (mean_cams). Groups none of whose chips are in the dataset are left out."""
+    out = {}
+    for value, g in table.groupby(by, observed=True):
+        chips = list(read_chips(scan, list(evenly_spaced(g, per_group)["file"])).values())
+        if chips:
+            out[str(value)] = (len(chips), *mean_cams(ckpt, chips))
+    return out

@@ -37,6 +37,7 @@ DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, Image
 # What PIL raises re-writing EXIF it could not parse (exif_transpose writes the tags back)
 EXIF_ERRORS = (SyntaxError, ValueError, TypeError, KeyError, OSError, struct.error)
 
+MIN_CONFIDENCE = 0.9  # MTCNN probability under which a detection is listed, not predicted or trusted
 MIN_FACE_SIZE = 20  # the smallest face MTCNN looks for, in pixels (facenet-pytorch's default)
 PNET_WINDOW = 12  # MTCNN's first net scans 12 x 12 windows
 EMPTY_PYRAMID = "expected a non-empty list of Tensors"  # torch.cat's message when MTCNN had nothing to scan

@@ -18,13 +18,18 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
-from .labels import AGE_BUCKET_EDGES, GENDERS, age_bucket
+from .labels import AGE_BUCKET_EDGES, age_bucket
+from .predictions import metric_columns, validate
 
 GROUP_COLUMNS = ("age_bucket", "gender", "race")
 DEFAULT_GROUPINGS = ("age_bucket", "gender", "race", "race:gender", "age_bucket:race")
 ECE_BINS = 10
+# Every report, comparison and the model card resample this often from this seed, so that the same
+# table gives the same intervals wherever it is shown (the model card is checked byte for byte).
+N_BOOT = 1000
+SEED = 0
+MIN_COUNT = 30  # smaller groups are flagged too small to judge, and left out of disparities and gaps
 
-ERR_MISSING_COLUMNS = "the predictions lack column(s) {missing}; expected {expected}"
 ERR_BAD_GROUPING = "unknown grouping {grouping!r}: use {known}, or two joined by ':' (e.g. race:gender)"
 
 
@@ -87,26 +92,11 @@ METRICS: dict[str, Metric] = {m.name: m for m in [
 
 
 def prepare(df: pd.DataFrame, edges: tuple[int, ...] = AGE_BUCKET_EDGES) -> pd.DataFrame:
-    """A predictions table (file, age, gender, race, pred_age, p_female) with group columns added."""
-    expected = ["age", "gender", "race", "pred_age", "p_female"]
-    missing = [c for c in expected if c not in df.columns]
-    if missing:
-        raise ValueError(ERR_MISSING_COLUMNS.format(missing=", ".join(missing), expected=", ".join(expected)))
-    out = df.copy()
+    """A predictions table (agegender.predictions) with group columns added."""
+    out = validate(df).copy()
     labels = [age_bucket(lo, edges) for lo in edges]
     out["age_bucket"] = pd.Categorical([age_bucket(a, edges) for a in out["age"]], categories=labels, ordered=True)
     return out
-
-
-def metric_columns(df: pd.DataFrame) -> dict[str, np.ndarray]:
-    female = (df["gender"].astype(str) == GENDERS[1]).to_numpy()
-    p = df["p_female"].to_numpy(np.float64)
-    return {
-        "err": (df["pred_age"].to_numpy(np.float64) - df["age"].to_numpy(np.float64)),
-        "female": female,
-        "p_female": p,
-        "correct": (p >= 0.5) == female,
-    }
 
 
 def _estimate(cols: dict[str, np.ndarray], n_boot: int, rng: np.random.Generator, exact_n: int,
@@ -142,11 +132,18 @@ def parse_grouping(grouping: str) -> list[str]:
     return cols
 
 
+def group_names(by_group: pd.DataFrame, columns: list[str]) -> pd.Series:
+    """One name per row of a per-group table: its group's values joined by ' · '."""
+    if by_group.empty:
+        return pd.Series(dtype=str)
+    return by_group[columns].astype(str).agg(" · ".join, axis=1)
+
+
 class GroupReport:
     """Overall and per-group metrics with bootstrap 95% intervals for one grouping of a table."""
 
-    def __init__(self, df: pd.DataFrame, grouping: str | None = None, n_boot: int = 1000, seed: int = 0,
-                 min_count: int = 30, exact_n: int = 4000, metrics: list[str] | None = None,
+    def __init__(self, df: pd.DataFrame, grouping: str | None = None, n_boot: int = N_BOOT, seed: int = SEED,
+                 min_count: int = MIN_COUNT, exact_n: int = 4000, metrics: list[str] | None = None,
                  overall: dict | None = None):
         self.grouping = grouping
         self.columns = parse_grouping(grouping) if grouping else []
@@ -178,9 +175,7 @@ class GroupReport:
 
     @property
     def group_names(self) -> pd.Series:
-        if self.by_group.empty:
-            return pd.Series(dtype=str)
-        return self.by_group[self.columns].astype(str).agg(" · ".join, axis=1)
+        return group_names(self.by_group, self.columns)
 
     def disparity(self) -> pd.DataFrame:
         """Per metric: the best and worst group (among groups big enough to judge), gap and ratio."""

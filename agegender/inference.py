@@ -1,4 +1,8 @@
-"""Batched prediction on preprocessed pixels, shared by training, evaluation and the dashboard."""
+"""Batched prediction on preprocessed pixels, shared by training, evaluation, the CLI and the dashboard.
+
+``predict_checkpoint`` is the one call from pixels to (years, P(female)) for a checkpoint: it reads
+the preprocessing and the age head's scaling from the checkpoint itself, so no caller passes them.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .model import AgeGenderNet, DistributionAgeHead, age_range, decode_age
+from .model import AgeGenderNet, AgeScaling
 from .preprocess import Preprocess, preprocess, to_batch
 from .runtime import autocast
 
@@ -20,20 +24,14 @@ def predict_pixels(
     model: AgeGenderNet,
     pixels: np.ndarray,
     pp: Preprocess,
-    age_offset: float,
-    age_scale: float,
+    scaling: AgeScaling,
     tta: bool = True,
     batch_size: int = 256,
     precision: str = "auto",
-    limits: tuple[float, float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """N x S x S x 3 uint8 -> (age in years, P(female)); with ``tta`` the mean over the
-    image and its mirror. Ages stay inside ``limits``: pass ``age_range(meta)``; None takes the
-    range the model's own age head implies (training validates before any meta.json exists)."""
+    image and its mirror, taken on the heads' outputs before decoding."""
     device = next(model.parameters()).device
-    if limits is None:
-        head = model.age_head
-        limits = age_range({"age_bins": head.fc.out_features} if isinstance(head, DistributionAgeHead) else {})
     ages, probs = [], []
     for i in range(0, len(pixels), batch_size):
         x = preprocess(to_batch(np.ascontiguousarray(pixels[i : i + batch_size])).to(device), pp)
@@ -45,7 +43,7 @@ def predict_pixels(
                 a, g = model(v)
                 age_raw += a.float()
                 logit += g.float()
-        ages.append(decode_age(age_raw / len(views), age_offset, age_scale, limits).cpu())
+        ages.append(scaling.decode(age_raw / len(views)).cpu())
         probs.append(torch.sigmoid(logit / len(views)).cpu())
     if not ages:
         return np.zeros(0, np.float32), np.zeros(0, np.float32)
@@ -53,8 +51,12 @@ def predict_pixels(
 
 
 def predict_checkpoint(ckpt: Checkpoint, pixels: np.ndarray, tta: bool = True, **kw) -> tuple[np.ndarray, np.ndarray]:
-    """predict_pixels with everything the checkpoint says about itself: preprocessing, age scaling
-    and age range, so no caller rebuilds that contract."""
-    m = ckpt.meta
-    return predict_pixels(ckpt.model, pixels, ckpt.preprocess, m["age_offset"], m["age_scale"], tta=tta,
-                          limits=age_range(m), **kw)
+    """Aligned faces (N x S x S x 3 uint8 at the checkpoint's cache size) -> (age in years, P(female)),
+    with the checkpoint's own preprocessing, age scaling and age range. ``kw``: batch_size, precision."""
+    return predict_pixels(ckpt.model, pixels, ckpt.preprocess, AgeScaling.from_meta(ckpt.meta), tta=tta, **kw)
+
+
+def model_input(ckpt: Checkpoint, pixels: np.ndarray) -> torch.Tensor:
+    """One aligned face (S x S x 3 uint8) as the checkpoint's model takes it: 1 x 3 x H x W, on its device."""
+    device = next(ckpt.model.parameters()).device
+    return preprocess(to_batch(pixels).to(device), ckpt.preprocess)

@@ -9,6 +9,8 @@ GENDERS = ("male", "female")  # UTKFace: 0 = male, 1 = female; the gender head p
 RACES = ("White", "Black", "Asian", "Indian", "Others")
 MAX_AGE = 116
 AGE_BUCKET_EDGES = (0, 3, 10, 20, 30, 40, 50, 60, 70)  # lower bounds; the last bucket is open
+DECISION = 0.5  # P(female) at or above this is called female (outside the Uncertain band's reading)
+DEFAULT_BAND = (0.45, 0.55)  # P(female) inside this band reads "Uncertain"
 
 # age_gender_race_datetime with .jpg, or the aligned-and-cropped .jpg.chip.jpg form.
 _NAME_RE = re.compile(
@@ -69,7 +71,12 @@ def age_bucket(age: float, edges: tuple[int, ...] = AGE_BUCKET_EDGES) -> str:
     return label
 
 
-def gender_label(p_female: float, band: tuple[float, float] = (0.45, 0.55)) -> str:
+def called_female(p_female):
+    """The gender call at the decision threshold; works on floats, arrays and Series alike."""
+    return p_female >= DECISION
+
+
+def gender_label(p_female: float, band: tuple[float, float] = DEFAULT_BAND) -> str:
     """Male, Female or Uncertain when P(female) falls inside the band."""
     lo, hi = band
     if p_female < lo:

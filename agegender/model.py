@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -14,16 +14,36 @@ from .labels import MAX_AGE
 
 @dataclass(frozen=True)
 class Arch:
+    """A registered backbone and what the rest of the package needs to know about its insides.
+    Paths are attribute paths into the trunk; a number indexes a Sequential (-1: its last block)."""
+
     build: Callable[..., nn.Module]
     features: int
     weights: object  # torchvision weights enum member used by --pretrained
+    classifier: str = "fc"  # the trunk's own classifier, which the factory replaces with the identity
+    # The trunk's modules in forward order up to its global average pooling; a Sequential stands for
+    # its blocks. Grad-CAM splits the network at one of those blocks (explain.py).
+    stages: tuple[str, ...] = ()
+    # Grad-CAM targets by name, the default first; each is one of the blocks ``stages`` yields.
+    # An architecture that declares none cannot be explained.
+    cam_layers: dict[str, str] = field(default_factory=dict)
 
+
+RESNET_STAGES = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+RESNET_CAM = {"layer4": "layer4.-1", "layer3": "layer3.-1"}  # the last block of each: 4x4 and 7x7 at 112 px
 
 ARCHS: dict[str, Arch] = {
-    "resnet18": Arch(tvm.resnet18, 512, tvm.ResNet18_Weights.IMAGENET1K_V1),
-    "resnet34": Arch(tvm.resnet34, 512, tvm.ResNet34_Weights.IMAGENET1K_V1),
-    "resnet50": Arch(tvm.resnet50, 2048, tvm.ResNet50_Weights.IMAGENET1K_V2),
+    "resnet18": Arch(tvm.resnet18, 512, tvm.ResNet18_Weights.IMAGENET1K_V1, "fc", RESNET_STAGES, RESNET_CAM),
+    "resnet34": Arch(tvm.resnet34, 512, tvm.ResNet34_Weights.IMAGENET1K_V1, "fc", RESNET_STAGES, RESNET_CAM),
+    "resnet50": Arch(tvm.resnet50, 2048, tvm.ResNet50_Weights.IMAGENET1K_V2, "fc", RESNET_STAGES, RESNET_CAM),
 }
+
+
+def submodule(root: nn.Module, path: str) -> nn.Module:
+    """``root`` followed along an Arch path such as "layer4.-1"."""
+    for part in path.split("."):
+        root = root[int(part)] if part.lstrip("-").isdigit() else getattr(root, part)
+    return root
 
 
 class UnknownArchitecture(ValueError):
@@ -59,10 +79,13 @@ class DistributionAgeHead(nn.Module):
 
 
 class AgeGenderNet(nn.Module):
-    """A shared trunk, an age head (scaled years) and a gender head (logit of P(female))."""
+    """A shared trunk, an age head (scaled years) and a gender head (logit of P(female)). ``arch``
+    is the registry entry the trunk was built from (None for a hand-built trunk: no Grad-CAM)."""
 
-    def __init__(self, trunk: nn.Module, features: int, dropout: float = 0.0, age_head: nn.Module | None = None):
+    def __init__(self, trunk: nn.Module, features: int, dropout: float = 0.0, age_head: nn.Module | None = None,
+                 arch: Arch | None = None):
         super().__init__()
+        self.arch = arch  # a plain attribute: not a submodule, so not in the state dict
         self.trunk = trunk
         self.dropout = nn.Dropout(dropout)
         self.age_head = age_head or nn.Linear(features, 1)
@@ -79,9 +102,17 @@ class AgeGenderNet(nn.Module):
 
     @property
     def cam_layers(self) -> dict[str, nn.Module]:
-        """Layers Grad-CAM can target, by name: the last block of layer4 by default."""
-        t = self.trunk
-        return {"layer4": t.layer4[-1], "layer3": t.layer3[-1]}
+        """Layers Grad-CAM can target, by name, the default first: as the architecture declares them."""
+        declared = self.arch.cam_layers if self.arch is not None else {}
+        return {name: submodule(self.trunk, path) for name, path in declared.items()}
+
+    def blocks(self) -> list[nn.Module]:
+        """The trunk up to its global pooling as a list of modules run one after the other."""
+        out: list[nn.Module] = []
+        for path in self.arch.stages if self.arch is not None else ():
+            m = submodule(self.trunk, path)
+            out += list(m) if isinstance(m, nn.Sequential) else [m]
+        return out
 
 
 def create_model(arch: str, pretrained: bool = False, dropout: float = 0.0, age_bins: int = 0,
@@ -104,9 +135,9 @@ def create_model(arch: str, pretrained: bool = False, dropout: float = 0.0, age_
             ) from e
     else:
         trunk = spec.build(weights=None)
-    trunk.fc = nn.Identity()
+    setattr(trunk, spec.classifier, nn.Identity())
     head = DistributionAgeHead(spec.features, age_bins, age_offset, age_scale) if age_bins else None
-    return AgeGenderNet(trunk, spec.features, dropout, head)
+    return AgeGenderNet(trunk, spec.features, dropout, head, arch=spec)
 
 
 def age_range(meta: dict) -> tuple[float, float]:
@@ -126,3 +157,25 @@ def decode_age(raw: torch.Tensor, offset: float, scale: float,
     """Model output (scaled) -> years, kept inside the label range ``limits`` (see age_range):
     every place that turns outputs into ages comes through here."""
     return (raw.float() * scale + offset).clamp(*limits)
+
+
+@dataclass(frozen=True)
+class AgeScaling:
+    """The age head's output contract, read from a checkpoint's meta (or training's meta in the
+    making): the head predicts (years - offset) / scale, and ages stay inside ``limits``."""
+
+    offset: float  # the training ages' mean
+    scale: float  # and their standard deviation
+    limits: tuple[float, float]  # see age_range
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> AgeScaling:
+        return cls(float(meta["age_offset"]), float(meta["age_scale"]), age_range(meta))
+
+    def encode(self, years: torch.Tensor) -> torch.Tensor:
+        """Years -> the age head's training target."""
+        return (years - self.offset) / self.scale
+
+    def decode(self, raw: torch.Tensor) -> torch.Tensor:
+        """The age head's output -> years inside the limits."""
+        return decode_age(raw, self.offset, self.scale, self.limits)

@@ -13,22 +13,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint
-from .explain import METHODS, CamMap, explain, overlay
-from .faces import MIN_FACE_SIZE, Face, FaceDetector, UnreadableImage, align_face, centre_square, load_photo
+from .explain import METHODS, CamMap, explain_checkpoint, overlay
+from .faces import (
+    MIN_CONFIDENCE,
+    MIN_FACE_SIZE,
+    Face,
+    FaceDetector,
+    UnreadableImage,
+    align_face,
+    centre_square,
+    load_photo,
+)
 from .inference import predict_checkpoint
-from .labels import gender_label
-from .preprocess import preprocess, resize_image, to_batch
+from .labels import DEFAULT_BAND, called_female, gender_label
+from .preprocess import centre_crop, resize_image
 
 ERR_NO_FACE = "no face found in {name}"
 ERR_TOO_SMALL = ("no face found in {name}: at {width} x {height} pixels it is too small for the detector, "
                  "which looks for faces of {min_size} pixels and more")
 ERR_FAILED = "cannot analyse {name} ({detail})"
-DEFAULT_MIN_CONFIDENCE = 0.9  # MTCNN probability under which a detection is listed, not predicted
-DEFAULT_BAND = (0.45, 0.55)  # P(female) inside this band reads "Uncertain"
+DEFAULT_MIN_CONFIDENCE = MIN_CONFIDENCE
 
 
 @dataclass
@@ -67,11 +74,6 @@ def face_pixels(photo: Image.Image, face: Face | None, size: int) -> np.ndarray:
     detection, the photo's centre square."""
     chip = align_face(photo, face.landmarks) if face is not None else centre_square(photo)
     return resize_image(chip, size)
-
-
-def model_input(ckpt: Checkpoint, pixels: np.ndarray) -> torch.Tensor:
-    device = next(ckpt.model.parameters()).device
-    return preprocess(to_batch(pixels).to(device), ckpt.preprocess)
 
 
 def _whole_image_face(photo: Image.Image, size: int) -> FaceResult:
@@ -124,7 +126,7 @@ def image_error(name: str, e: ValueError) -> str:
 
 def default_maps(p_female: float, other_gender: bool = False) -> tuple[str, ...]:
     """Both age directions and the predicted gender class (and the other class on request)."""
-    predicted, other = ("female", "male") if p_female >= 0.5 else ("male", "female")
+    predicted, other = ("female", "male") if called_female(p_female) else ("male", "female")
     return ("older", "younger", predicted) + ((other,) if other_gender else ())
 
 
@@ -132,17 +134,15 @@ def explain_face(ckpt: Checkpoint, face: FaceResult, maps: tuple[str, ...] | Non
     """Grad-CAMs for one predicted face, by default ``default_maps``."""
     if maps is None:
         maps = default_maps(face.p_female or 0.0)
-    face.maps = explain(ckpt.model, model_input(ckpt, face.pixels), maps=maps,
-                        age_scale=ckpt.meta["age_scale"], **kw)
+    face.maps = explain_checkpoint(ckpt, face.pixels, maps=maps, **kw)
     return face.maps
 
 
 def display_crop(ckpt: Checkpoint, pixels: np.ndarray, scale: int = 2) -> np.ndarray:
-    """What the model sees (the centre crop of the aligned face), enlarged for display."""
-    pp = ckpt.preprocess
-    off = (pp.cache_size - pp.input_size) // 2
-    crop = pixels[off:off + pp.input_size, off:off + pp.input_size]
-    side = pp.input_size * scale
+    """What the model sees of the aligned face (preprocess's own centre crop), enlarged for display:
+    a Grad-CAM map, which has the model input's size, lies over it pixel for pixel."""
+    crop = np.ascontiguousarray(centre_crop(pixels, ckpt.preprocess))
+    side = crop.shape[0] * scale
     return np.asarray(Image.fromarray(crop).resize((side, side), Image.Resampling.BICUBIC))
 
 

@@ -4,7 +4,8 @@ Every image becomes a square uint8 image of ``cache_size`` pixels (the form the
 training cache stores), then a batch of those becomes the model input: a crop of
 ``input_size`` pixels, normalised. Training adds a random affine and colour
 jitter (and, if asked, random erasing) on the whole batch in one pass; evaluation takes
-the centre crop.
+the centre crop (``centre_crop``, which the dashboard's display of a face uses too, so a
+Grad-CAM laid over it lines up with what the model saw).
 """
 
 from __future__ import annotations
@@ -61,6 +62,16 @@ def resize_image(image: Image.Image, size: int) -> np.ndarray:
     if image.size != (size, size):
         image = image.resize((size, size), Image.Resampling.BILINEAR)
     return np.array(image, dtype=np.uint8)
+
+
+def centre_crop(pixels: np.ndarray | torch.Tensor, pp: Preprocess) -> np.ndarray | torch.Tensor:
+    """The square of ``input_size`` pixels in the middle of images at ``cache_size``: what the model
+    sees of them at evaluation. ``pixels`` is channels-last, one image (S x S x 3) or a batch
+    (N x S x S x 3); the result is a view."""
+    if tuple(pixels.shape[-3:-1]) != (pp.cache_size, pp.cache_size):
+        raise ValueError(f"expected {pp.cache_size} px images (resize_image first), got {tuple(pixels.shape)}")
+    off = (pp.cache_size - pp.input_size) // 2
+    return pixels[..., off : off + pp.input_size, off : off + pp.input_size, :]
 
 
 def to_batch(images: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -152,11 +163,10 @@ def preprocess(
         raise ValueError(
             f"expected {pp.cache_size} px images (resize_image first), got {tuple(batch.shape[-2:])}"
         )
-    x = batch.float().div_(255)
-    if augment is None:
-        off = (pp.cache_size - pp.input_size) // 2
-        x = x[:, :, off : off + pp.input_size, off : off + pp.input_size]
+    if augment is None:  # the batch is N x 3 x S x S: crop it as the N x S x S x 3 images it came from
+        x = centre_crop(batch.permute(0, 2, 3, 1), pp).permute(0, 3, 1, 2).float().div_(255)
     else:
+        x = batch.float().div_(255)
         g = generator if generator is not None else torch.default_generator
         x = _colour_jitter(_random_affine(x, pp, augment, g), augment, g)
         if augment.erase > 0:  # no draw otherwise, so runs without erasing keep their random stream

@@ -16,31 +16,13 @@ from pathlib import Path
 import pandas as pd
 
 from . import charts
-from .checkpoint import CheckpointError, read_meta
-from .fairness import DEFAULT_GROUPINGS, METRICS, GroupReport, parse_grouping, prepare
+from .fairness import DEFAULT_GROUPINGS, METRICS, MIN_COUNT, N_BOOT, SEED, GroupReport, parse_grouping, prepare
 from .labels import AGE_BUCKET_EDGES
-
-ERR_NO_PREDICTIONS = "{path} has no predictions-{split}.csv: run python -m agegender.evaluate --checkpoint {path} " \
-                     "--data PATH --split {split}"
-
-
-def load_predictions(checkpoint: str | Path | None = None, split: str = "val",
-                     predictions: str | Path | None = None) -> pd.DataFrame:
-    """A checkpoint's predictions for a split, or any predictions CSV; raises ValueError/CheckpointError."""
-    if predictions is not None:
-        path = Path(predictions)
-    else:
-        read_meta(checkpoint)  # a clear error for a folder that is no checkpoint
-        path = Path(checkpoint) / f"predictions-{split}.csv"
-        if not path.is_file():
-            raise ValueError(ERR_NO_PREDICTIONS.format(path=checkpoint, split=split))
-    try:
-        return pd.read_csv(path)
-    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise ValueError(f"cannot read predictions {path}: {e}") from e
+from .meta import CheckpointError
+from .predictions import REQUIRED, load_predictions
 
 
-def build(df: pd.DataFrame, groupings: list[str], n_boot: int = 1000, seed: int = 0, min_count: int = 30,
+def build(df: pd.DataFrame, groupings: list[str], n_boot: int = N_BOOT, seed: int = SEED, min_count: int = MIN_COUNT,
           edges: tuple[int, ...] = AGE_BUCKET_EDGES) -> dict[str, GroupReport]:
     df = prepare(df, edges)
     reports, overall = {}, None
@@ -100,15 +82,15 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m agegender.report", description=__doc__.split("\n")[0])
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint")
-    src.add_argument("--predictions", help="a predictions CSV (file, age, gender, race, pred_age, p_female)")
+    src.add_argument("--predictions", help=f"a predictions CSV with columns {', '.join(REQUIRED)}")
     p.add_argument("--split", default="val", choices=["val", "test"])
     p.add_argument("--by", default=",".join(DEFAULT_GROUPINGS),
                    help="comma-separated groupings; a:b is the intersection (default: %(default)s)")
     p.add_argument("--json", help="write the report as JSON")
     p.add_argument("--html", help="write a self-contained HTML report")
-    p.add_argument("--n-boot", type=int, default=1000)
-    p.add_argument("--min-count", type=int, default=30, help="smaller groups are flagged too small to judge")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-boot", type=int, default=N_BOOT)
+    p.add_argument("--min-count", type=int, default=MIN_COUNT, help="smaller groups are flagged too small to judge")
+    p.add_argument("--seed", type=int, default=SEED)
     p.add_argument("--age-buckets", default=",".join(map(str, AGE_BUCKET_EDGES)), help="lower edges")
     args = p.parse_args(argv)
     try:

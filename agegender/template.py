@@ -18,14 +18,14 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from .data import iter_bytes, scan
-from .faces import CHIP_SIZE, TEMPLATE_FILE, FaceDetector
+from .data import evenly_spaced, iter_bytes, scan
+from .faces import CHIP_SIZE, MIN_CONFIDENCE, TEMPLATE_FILE, FaceDetector
 
 
 def derive(data: str, n: int) -> dict:
     sc = scan(data)
     train = [s for s in sc.samples if s.split == "train"]
-    picked = train[:: max(1, len(train) // n)][:n]
+    picked = evenly_spaced(train, n)
     detector = FaceDetector()
     points, misses = [], 0
     for _s, raw in tqdm(iter_bytes(sc, picked), total=len(picked), desc="landmarks", unit="chip"):
@@ -39,7 +39,7 @@ def derive(data: str, n: int) -> dict:
         faces = detector.detect(chip)
         # the chip's own face is the one nearest its centre
         faces = sorted(faces, key=lambda f: np.hypot((f.box[0] + f.box[2]) / 2 - 100, (f.box[1] + f.box[3]) / 2 - 100))
-        if not faces or faces[0].confidence < 0.9:
+        if not faces or faces[0].confidence < MIN_CONFIDENCE:
             misses += 1
             continue
         points.append(faces[0].landmarks)

@@ -1,5 +1,8 @@
-"""Parts shared by the pages: the sidebar checkpoint picker, cached models and detector,
-and the per-face result view (predict and compare pages use it).
+"""Parts shared by the pages: the sidebar checkpoint picker, cached models, detector, predictions
+and dataset listing, and the per-face result view (predict and compare pages use it).
+
+Every cache that reads a file is keyed by that file's stamp (stamp()), so a checkpoint retrained,
+or re-evaluated, in place is read again rather than served from memory.
 
 torch and the model code are imported inside the functions that need them, so the sidebar and
 each page's title render while they load."""
@@ -34,10 +37,14 @@ from agegender.catalog import (
     health,
     health_of,
 )
-from agegender.labels import gender_label
+from agegender.faces import MIN_CONFIDENCE
+from agegender.labels import DEFAULT_BAND, gender_label
+from agegender.meta import CheckpointError
+from agegender.predictions import predictions_path
 
 if TYPE_CHECKING:
     from agegender.checkpoint import Checkpoint
+    from agegender.data import Scan
     from agegender.explain import CamMap
     from agegender.faces import FaceDetector
     from agegender.predict import ImageResult
@@ -45,11 +52,32 @@ if TYPE_CHECKING:
 log = logging.getLogger("agegender.dashboard")
 SELECTED = "selected_checkpoints"
 DATASET = "dataset_path"
+NO_DATA = (f"The error explorer needs the UTKFace images: set the dataset path in the sidebar, "
+           f"or the environment variable {DATA_ENV}.")
 
 
-def _stamp(path: Path) -> tuple[float, float]:
-    """Changes when the checkpoint's files change, so the cache reloads them."""
-    return tuple((path / f).stat().st_mtime if (path / f).exists() else 0.0 for f in (META, WEIGHTS))
+def stamp(*paths: str | Path) -> tuple:
+    """Changes whenever one of the files is rewritten: its modification time in ns and its inode
+    (every write here replaces the file, so the inode changes even within one clock tick), or
+    None for a missing file. Caches take it as an argument, so they key on it."""
+    out = []
+    for p in paths:
+        try:
+            info = Path(p).stat()
+            out.append((info.st_mtime_ns, info.st_ino))
+        except OSError:
+            out.append(None)
+    return tuple(out)
+
+
+def checkpoint_stamp(path: str | Path) -> tuple:
+    """The stamp of what loading a checkpoint reads."""
+    return stamp(Path(path) / META, Path(path) / WEIGHTS)
+
+
+def predictions_stamp(path: str | Path, split: str) -> tuple:
+    """The stamp of what reading a checkpoint's predictions reads."""
+    return stamp(Path(path) / META, predictions_path(path, split))
 
 
 @st.cache_resource(show_spinner="Loading checkpoint…", max_entries=8)
@@ -61,7 +89,7 @@ def _load(path: str, stamp: tuple) -> Checkpoint:
 
 
 def get_checkpoint(path: str | Path) -> Checkpoint:
-    return _load(str(path), _stamp(Path(path)))
+    return _load(str(path), checkpoint_stamp(path))
 
 
 @st.cache_resource(show_spinner="Loading the face detector…")
@@ -150,8 +178,6 @@ def sidebar() -> None:
 
 def selected_checkpoints(limit: int | None = None) -> list[Checkpoint]:
     """The loaded checkpoints picked in the sidebar; a page with none stops with a hint."""
-    from agegender.checkpoint import CheckpointError
-
     loaded = []
     for p in st.session_state.get(SELECTED, [])[:limit]:
         try:
@@ -172,8 +198,8 @@ def selected_checkpoints(limit: int | None = None) -> list[Checkpoint]:
 class Options:
     cropped: bool = False
     whole_if_no_face: bool = False
-    min_confidence: float = 0.9
-    band: tuple[float, float] = (0.45, 0.55)
+    min_confidence: float = MIN_CONFIDENCE
+    band: tuple[float, float] = DEFAULT_BAND
     method: str = "GradCAM"
     layer: str = "layer4"
     aug_smooth: bool = False
@@ -198,8 +224,10 @@ def detect_cached(data: bytes, name: str):
 
 
 @st.cache_data(max_entries=64, show_spinner="Predicting…")
-def analyse_cached(data: bytes, name: str, ckpt_path: str, cropped: bool, whole: bool, min_conf: float) -> ImageResult:
-    """One upload through one checkpoint; a bad upload comes back as a result with its error."""
+def analyse_cached(data: bytes, name: str, ckpt_path: str, stamp: tuple, cropped: bool, whole: bool,
+                   min_conf: float) -> ImageResult:
+    """One upload through one checkpoint (as of its checkpoint_stamp); a bad upload comes back as a
+    result with its error."""
     from agegender.faces import load_photo
     from agegender.predict import ImageResult, analyse, image_error
 
@@ -210,19 +238,24 @@ def analyse_cached(data: bytes, name: str, ckpt_path: str, cropped: bool, whole:
             photo, faces = detect_cached(data, name)
             if photo is None:
                 return ImageResult(name, error=faces)
-        return analyse(photo, name, get_checkpoint(ckpt_path), faces, cropped=cropped, whole_if_no_face=whole,
+        return analyse(photo, name, _load(ckpt_path, stamp), faces, cropped=cropped, whole_if_no_face=whole,
                        min_confidence=min_conf)
     except ValueError as e:  # the same per-image errors as the predict command
         return ImageResult(name, error=image_error(name, e))
 
 
+def analyse(data: bytes, name: str, ckpt_path: str | Path, cropped: bool, whole: bool, min_conf: float) -> ImageResult:
+    """analyse_cached for the checkpoint's files as they are now."""
+    return analyse_cached(data, name, str(ckpt_path), checkpoint_stamp(ckpt_path), cropped, whole, min_conf)
+
+
 @st.cache_data(max_entries=256, show_spinner="Computing Grad-CAM…")
-def cams_cached(ckpt_path: str, result_key: str, face_index: int, _result: ImageResult, maps: tuple[str, ...],
-                method: str, layer: str, aug: bool, eigen: bool, faith: bool) -> list[CamMap]:
+def cams_cached(ckpt_path: str, stamp: tuple, result_key: str, face_index: int, _result: ImageResult,
+                maps: tuple[str, ...], method: str, layer: str, aug: bool, eigen: bool, faith: bool) -> list[CamMap]:
     from agegender.predict import explain_face
 
     face = [f for f in _result.faces if f.predicted][face_index]
-    return explain_face(get_checkpoint(ckpt_path), face, maps, method=method, layer=layer, aug_smooth=aug,
+    return explain_face(_load(ckpt_path, stamp), face, maps, method=method, layer=layer, aug_smooth=aug,
                         eigen_smooth=eigen, faithfulness=faith)
 
 
@@ -252,8 +285,8 @@ def face_view(ckpt: Checkpoint, result: ImageResult, face_index: int, result_key
     st.markdown(f"**{ckpt.name}** — age **{face.age:.1f}** y · P(female) **{face.p_female:.2f}** → **{label}**")
     maps = default_maps(face.p_female, opt.other_gender)
     try:
-        cams = cams_cached(str(ckpt.path), result_key, face_index, result, maps, opt.method, opt.layer,
-                           opt.aug_smooth, opt.eigen_smooth, opt.faithfulness)
+        cams = cams_cached(str(ckpt.path), checkpoint_stamp(ckpt.path), result_key, face_index, result, maps,
+                           opt.method, opt.layer, opt.aug_smooth, opt.eigen_smooth, opt.faithfulness)
     except ValueError as e:
         st.error(f"Grad-CAM failed: {e}")
         return
@@ -275,19 +308,30 @@ def checkpoint_choice(ckpts: list[Checkpoint], label: str = "Checkpoint", key: s
 
 
 @st.cache_data(max_entries=16, show_spinner="Reading predictions…")
-def predictions_cached(ckpt_path: str, split: str, stamp: float):
-    from agegender.report import load_predictions
+def predictions_cached(ckpt_path: str, split: str, stamp: tuple):
+    """load_predictions, as of the files' predictions_stamp."""
+    from agegender.predictions import load_predictions
 
     return load_predictions(ckpt_path, split)
 
 
 def predictions(ckpt: Checkpoint, split: str):
     """The checkpoint's predictions for a split, or None after showing why they are missing."""
-    from agegender.checkpoint import CheckpointError
-
-    path = ckpt.path / f"predictions-{split}.csv"
     try:
-        return predictions_cached(str(ckpt.path), split, path.stat().st_mtime if path.exists() else 0.0)
+        return predictions_cached(str(ckpt.path), split, predictions_stamp(ckpt.path, split))
     except (ValueError, CheckpointError) as e:
         st.error(str(e))
         return None
+
+
+# cache_resource: a listing of 20,000 samples is read, never mutated, and need not be copied per rerun
+@st.cache_resource(show_spinner="Listing the dataset…", max_entries=4)
+def scan_cached(path: str, stamp: tuple) -> Scan:
+    from agegender.data import scan
+
+    return scan(path)
+
+
+def dataset(path: str) -> Scan:
+    """The dataset's listing, read again when the folder (an image added or removed) or archive changes."""
+    return scan_cached(path, stamp(path))

@@ -1,7 +1,9 @@
 import numpy as np
+import pandas as pd
 import pytest
 
-from agegender.compare import agreement, gap_change, pair, paired_deltas
+from agegender import charts
+from agegender.compare import ERR_NOTHING_SHARED, agreement, gap_change, gaps, pair, paired_deltas
 from agegender.compare import main as compare_main
 
 from .test_fairness import fake_predictions
@@ -20,8 +22,9 @@ def test_pairs_only_shared_images(two):
     a, b = two
     m = pair(a, b)
     assert len(m) == 800 and set(m["file"]) == set(b["file"])
-    with pytest.raises(ValueError, match="share no scored image"):
+    with pytest.raises(ValueError, match="share no scored image") as e:
         pair(a.iloc[:5], a.iloc[5:10])
+    assert str(e.value) == ERR_NOTHING_SHARED
 
 
 def test_identical_checkpoints_have_zero_deltas(two):
@@ -102,6 +105,32 @@ def test_standardised_gap_removes_the_age_mix():
     assert std["gap_b"] == pytest.approx(direct["Asian"] - direct["White"])
     with pytest.raises(ValueError, match="already split"):
         gap_change(m, "age_bucket:race", standardise="age_bucket")
+
+
+def test_gaps_give_each_standardisation_or_why_not(two):
+    m = pair(*two)
+    g = gaps(m, "race", n_boot=50)
+    assert list(g) == [None, "age_bucket"]
+    for std, table in g.items():
+        pd.testing.assert_frame_equal(table, gap_change(m, "race", n_boot=50, standardise=std))
+    by_age = gaps(m, "age_bucket", n_boot=50)
+    assert isinstance(by_age[None], pd.DataFrame)
+    assert by_age["age_bucket"] == "cannot standardise age_bucket groups over age_bucket, which they already split"
+    assert gaps(m, "race", min_count=10_000)[None] == "fewer than two groups of race with at least 10000 images"
+
+
+def test_delta_bars_draw_the_paired_deltas(two):
+    m = pair(*two)
+    d = paired_deltas(m, "race:gender", n_boot=50, min_count=100)
+    fig = charts.delta_bars(d, "age_mae", "race:gender", "A", "B")
+    bar = fig.data[0]
+    assert list(bar.x) == [f"{r} · {g}" for r, g in zip(d["race"], d["gender"], strict=True)]
+    np.testing.assert_allclose(bar.y, d["age_mae_delta"])
+    np.testing.assert_allclose(np.asarray(bar.y) - bar.error_y.arrayminus, d["age_mae_delta_lo"])
+    np.testing.assert_allclose(np.asarray(bar.y) + bar.error_y.array, d["age_mae_delta_hi"])
+    assert list(bar.marker.color) == [charts.SMALL_COLOUR if s else charts.COLOUR for s in d["too_small"]]
+    assert d["too_small"].any() and not d["too_small"].all()
+    assert fig.layout.title.text == "age MAE: B − A by race:gender (grey: too small)"
 
 
 def test_compare_cli_prints_deltas_and_gaps(tiny_checkpoint, tmp_path, capsys):

@@ -1,7 +1,10 @@
 import shutil
 
+import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
+
+from dashboard import ui
 
 from .conftest import ROOT
 
@@ -130,6 +133,7 @@ def test_explorer_page_without_data_says_how_to_set_it(app, tiny_checkpoint, tmp
     at = app(tmp_path / "ck").switch_page("pages/explorer.py").run()
     assert not at.exception and "needs the UTKFace images" in at.info[0].value
     assert "AGEGENDER_UTKFACE" in at.info[0].value
+    assert at.info[0].value == ui.NO_DATA
 
 
 def test_explorer_page(app, tiny_checkpoint, tiny_data, tmp_path, monkeypatch):
@@ -240,3 +244,73 @@ def test_checkpoints_page_shows_health_and_only_allowed_folders(tiny_checkpoint,
     monkeypatch.setenv("AGEGENDER_ALLOWED_ROOTS", str(tmp_path / "elsewhere"))
     at.run()
     assert not at.exception and at.info[0].value.startswith(f"No checkpoints in `{(tmp_path / 'elsewhere').resolve()}`")
+
+
+def face_png(seed: int = 0) -> bytes:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def retrain_in_place(folder) -> None:
+    """New weights (and their checksum) and new predictions, written the way training writes them."""
+    import torch
+
+    from agegender.checkpoint import WEIGHTS, load_checkpoint, read_meta, save_weights, write_meta
+    from agegender.predictions import load_predictions, predictions_path, write_predictions
+
+    model = load_checkpoint(folder).model
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(0.5)
+    meta = read_meta(folder)
+    meta["weights_sha256"] = save_weights(model, folder / WEIGHTS)
+    write_meta(folder, meta)
+    for split in ("val", "test"):
+        df = load_predictions(folder, split)
+        write_predictions(df.assign(pred_age=df["pred_age"] + 1), predictions_path(folder, split))
+
+
+def test_caches_follow_a_checkpoint_rewritten_in_place(tiny_checkpoint, tmp_path, monkeypatch):
+    from agegender import predict
+
+    folder = tmp_path / "tiny"
+    shutil.copytree(tiny_checkpoint, folder)
+    data = face_png()
+    explained_with = []  # the checkpoint each computed (not cached) Grad-CAM was given
+    real = predict.explain_face
+
+    def explain_face(ckpt, *args, **kw):
+        explained_with.append(ckpt)
+        return real(ckpt, *args, **kw)
+
+    monkeypatch.setattr(predict, "explain_face", explain_face)
+
+    def now():
+        r = ui.analyse(data, "face.png", folder, True, False, 0.9)
+        ui.cams_cached(str(folder), ui.checkpoint_stamp(folder), "face.png-cropped", 0, r, ("older",),
+                       "GradCAM", "layer4", False, False, False)
+        preds = ui.predictions_cached(str(folder), "val", ui.predictions_stamp(folder, "val"))
+        return r.faces[0], preds, ui.get_checkpoint(folder)
+
+    face, preds, ckpt = now()
+    again = now()
+    assert again[0].age == face.age and again[2] is ckpt  # unchanged files: served from the caches
+    assert explained_with == [ckpt]
+    retrain_in_place(folder)
+    face2, preds2, ckpt2 = now()
+    assert ckpt2 is not ckpt
+    assert (face2.age, face2.p_female) != (face.age, face.p_female)
+    assert explained_with == [ckpt, ckpt2]
+    np.testing.assert_allclose(preds2["pred_age"], preds["pred_age"] + 1)
+
+
+def test_a_bad_upload_is_an_error_result_not_an_exception(tiny_checkpoint, tmp_path):
+    shutil.copytree(tiny_checkpoint, tmp_path / "tiny")
+    r = ui.analyse(b"not an image", "broken.jpg", tmp_path / "tiny", False, False, 0.9)
+    assert r.error.startswith("cannot read broken.jpg as an image") and not r.faces

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from agegender import data
-from agegender.data import DatasetError, cached_images, load_images, scan, split_of
+from agegender.data import DatasetError, cached_images, evenly_spaced, load_images, scan, split_of
 from agegender.faces import ERR_UNREADABLE, WHY_CORRUPT, WHY_EMPTY, WHY_NOT_IMAGE
 
 from .conftest import MALFORMED, make_dataset
@@ -24,6 +24,19 @@ def test_split_is_stable_between_subset_and_superset(tmp_path):
     split_full = {s.name: s.split for s in scan(full).samples}
     split_sub = {s.name: s.split for s in scan(sub).samples}
     assert split_sub and all(split_full[n] == sp for n, sp in split_sub.items())
+
+
+@pytest.mark.parametrize("length", [0, 1, 7, 99, 100, 101, 250])
+@pytest.mark.parametrize("n", [1, 3, 100])
+def test_evenly_spaced_takes_every_kth_from_the_first(length, n):
+    import pandas as pd
+
+    items = list(range(length))
+    got = evenly_spaced(items, n)
+    step = max(1, length // n)
+    assert got == items[::step][:n] and len(got) == min(n, length)
+    assert list(evenly_spaced(pd.DataFrame({"i": items}, index=items[::-1]), n)["i"]) == got  # rows by position
+    assert evenly_spaced(items, 0) == []
 
 
 def test_split_proportions_and_chip_forms_agree():

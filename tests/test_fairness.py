@@ -7,13 +7,13 @@ from sklearn.metrics import accuracy_score, mean_absolute_error, median_absolute
 
 from agegender.fairness import (
     ERR_BAD_GROUPING,
-    ERR_MISSING_COLUMNS,
     METRICS,
     GroupReport,
     parse_grouping,
     prepare,
 )
 from agegender.labels import RACES
+from agegender.predictions import ERR_MISSING_COLUMNS
 from agegender.report import main as report_main
 
 

@@ -53,3 +53,15 @@ def test_gender_label_band():
     assert gender_label(0.5) == "Uncertain"
     assert gender_label(0.9) == "Female"
     assert gender_label(0.6, band=(0.3, 0.7)) == "Uncertain"
+
+
+def test_the_gender_call_and_the_band_agree():
+    import numpy as np
+
+    from agegender.labels import DEFAULT_BAND, called_female, gender_label
+
+    assert called_female(0.5) and not called_female(np.nextafter(0.5, 0))
+    assert list(called_female(np.array([0.1, 0.5, 0.9]))) == [False, True, True]
+    for p in np.linspace(0, 1, 101):  # outside the band, the label is the call
+        if not DEFAULT_BAND[0] <= p <= DEFAULT_BAND[1]:
+            assert gender_label(p) == ("Female" if called_female(p) else "Male"), p

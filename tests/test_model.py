@@ -1,10 +1,22 @@
+import dataclasses
 import urllib.error
 
 import pytest
 import torch
+from torch import nn
+from torchvision import models as tvm
 
-from agegender import model as model_mod
-from agegender.model import ARCHS, PretrainedUnavailable, UnknownArchitecture, create_model, decode_age
+from agegender.explain import ERR_NO_LAYERS, MAPS, explain
+from agegender.model import (
+    ARCHS,
+    AgeScaling,
+    Arch,
+    PretrainedUnavailable,
+    UnknownArchitecture,
+    create_model,
+    decode_age,
+    submodule,
+)
 
 
 @pytest.mark.parametrize("arch", list(ARCHS))
@@ -14,7 +26,79 @@ def test_every_arch_gives_two_heads(arch):
         age, logit = m(torch.randn(2, 3, 64, 64))
     assert age.shape == (2,) and logit.shape == (2,)
     assert torch.isfinite(age).all() and torch.isfinite(logit).all()
-    assert set(m.cam_layers) == {"layer4", "layer3"}
+    assert list(m.cam_layers) == list(ARCHS[arch].cam_layers)
+    if arch.startswith("resnet"):
+        assert set(m.cam_layers) == {"layer4", "layer3"}
+
+
+# Not registered: a trunk unlike ResNet's, to show that an architecture's own declaration is all
+# explain() needs. MobileNetV3's forward is features -> avgpool -> flatten -> classifier.
+MOBILENET = Arch(tvm.mobilenet_v3_small, 576, None, "classifier", ("features",), {"last": "features.-1",
+                                                                                   "middle": "features.8"})
+
+
+def every_arch():
+    return [*ARCHS, "mobilenet (unregistered)"]
+
+
+@pytest.fixture
+def arch_model(request, monkeypatch):
+    name = request.param
+    if name not in ARCHS:
+        monkeypatch.setitem(ARCHS, name, MOBILENET)
+    torch.manual_seed(0)
+    return create_model(name).eval()
+
+
+@pytest.mark.parametrize("arch_model", every_arch(), indirect=True)
+def test_cam_layers_are_blocks_and_the_blocks_are_the_trunk(arch_model):
+    """explain() runs the blocks before the target on the shared model and the rest on a copy: that is only
+    the network itself if the blocks, then global pooling, are the trunk, and every target is a block."""
+    blocks = arch_model.blocks()
+    layers = arch_model.cam_layers
+    assert layers and all(any(b is layer for b in blocks) for layer in layers.values())
+    assert list(layers) == list(arch_model.arch.cam_layers)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        f = x
+        for b in blocks:
+            f = b(f)
+        torch.testing.assert_close(torch.flatten(nn.functional.adaptive_avg_pool2d(f, 1), 1), arch_model.trunk(x))
+
+
+@pytest.mark.parametrize("arch_model", every_arch(), indirect=True)
+def test_a_cam_runs_on_every_declared_layer(arch_model):
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    for layer in arch_model.cam_layers:
+        maps = explain(arch_model, x, maps=tuple(MAPS), layer=layer)
+        assert [m.name for m in maps] == list(MAPS)
+        assert all(m.heat.shape == (64, 64) and torch.isfinite(torch.from_numpy(m.heat)).all() for m in maps)
+    assert explain(arch_model, x, maps=("older",))[0].heat.shape == (64, 64)  # the first layer by default
+
+
+def test_an_architecture_without_cam_layers_says_how_to_declare_them(monkeypatch):
+    monkeypatch.setitem(ARCHS, "plain", dataclasses.replace(ARCHS["resnet18"], stages=(), cam_layers={}))
+    m = create_model("plain").eval()
+    assert m.cam_layers == {} and m.blocks() == []
+    with pytest.raises(ValueError) as e:
+        explain(m, torch.randn(1, 3, 64, 64))
+    assert str(e.value) == ERR_NO_LAYERS.format(arch="ResNet")
+
+
+def test_submodule_follows_attribute_paths_and_indices():
+    m = create_model("resnet18")
+    assert submodule(m.trunk, "layer4.-1") is m.trunk.layer4[-1] is submodule(m.trunk, "layer4.1")
+    assert submodule(m.trunk, "conv1") is m.trunk.conv1
+    assert "arch" not in dict(m.named_children()) and not any(k.startswith("arch") for k in m.state_dict())
+
+
+def test_age_scaling_is_the_checkpoints_contract():
+    s = AgeScaling.from_meta({"age_offset": 33, "age_scale": 20, "age_bins": 121})
+    assert s == AgeScaling(33.0, 20.0, (0.0, 120.0))
+    years = torch.tensor([0.0, 33.0, 53.0, 120.0])
+    torch.testing.assert_close(s.encode(years), torch.tensor([-1.65, 0.0, 1.0, 4.35]))
+    torch.testing.assert_close(s.decode(s.encode(years)), years)
+    assert s.decode(torch.tensor([1e6, -1e6])).tolist() == [120.0, 0.0]
 
 
 def test_unknown_arch_message():
@@ -26,8 +110,7 @@ def test_pretrained_download_failure_is_explained(monkeypatch):
     def offline(weights=None):
         raise urllib.error.URLError("no network")
 
-    spec = ARCHS["resnet18"]
-    monkeypatch.setitem(ARCHS, "resnet18", model_mod.Arch(offline, spec.features, spec.weights))
+    monkeypatch.setitem(ARCHS, "resnet18", dataclasses.replace(ARCHS["resnet18"], build=offline))
     with pytest.raises(PretrainedUnavailable, match="could not load torchvision's ImageNet weights for resnet18"):
         create_model("resnet18", pretrained=True)
 

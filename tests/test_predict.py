@@ -1,4 +1,6 @@
+import inspect
 import json
+from pathlib import Path
 
 import matplotlib.cbook
 import numpy as np
@@ -7,12 +9,15 @@ import torch
 from PIL import Image
 
 from agegender import predict
-from agegender.checkpoint import load_checkpoint
+from agegender.checkpoint import Checkpoint, load_checkpoint
+from agegender.explain import explain_checkpoint
 from agegender.faces import MIN_FACE_SIZE
-from agegender.labels import MAX_AGE
-from agegender.model import age_range, decode_age
-from agegender.predict import ERR_FAILED, ERR_TOO_SMALL, analyse
+from agegender.inference import model_input
+from agegender.labels import DEFAULT_BAND, MAX_AGE, gender_label
+from agegender.model import age_range, create_model, decode_age
+from agegender.predict import ERR_FAILED, ERR_TOO_SMALL, analyse, display_crop
 from agegender.predict import main as predict_main
+from agegender.preprocess import Preprocess
 
 HOPPER = matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
 
@@ -114,3 +119,26 @@ def test_an_undertrained_model_cannot_predict_impossible_ages(tiny_checkpoint, b
     photo = Image.open(HOPPER).convert("RGB")
     r = analyse(photo, "hopper", ckpt, None, cropped=True)
     assert r.faces[0].age == expected
+
+
+def test_the_display_crop_is_the_model_input_so_a_cam_lies_over_it_pixel_for_pixel():
+    pp = Preprocess(cache_size=40, input_size=30)
+    torch.manual_seed(0)
+    ckpt = Checkpoint(Path("fake"), create_model("resnet18").eval(),
+                      {"preprocess": pp.to_dict(), "age_offset": 30.0, "age_scale": 20.0})
+    pixels = np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    x = model_input(ckpt, pixels)[0]
+    mean, std = torch.tensor(pp.mean).view(3, 1, 1), torch.tensor(pp.std).view(3, 1, 1)
+    seen = torch.round((x * std + mean) * 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    np.testing.assert_array_equal(display_crop(ckpt, pixels, scale=1), seen)
+    heat = explain_checkpoint(ckpt, pixels, maps=("older",))[0].heat
+    assert heat.shape == seen.shape[:2]
+    assert display_crop(ckpt, pixels).shape == (60, 60, 3)  # enlarged twice by default
+
+
+def test_one_uncertain_band():
+    default = {f: inspect.signature(f).parameters["band"].default for f in (analyse, gender_label)}
+    assert default == {analyse: DEFAULT_BAND, gender_label: DEFAULT_BAND}
+    lo, hi = DEFAULT_BAND
+    assert [gender_label(p) for p in (lo - 0.01, lo, (lo + hi) / 2, hi, hi + 0.01)] == [
+        "Male", "Uncertain", "Uncertain", "Uncertain", "Female"]

@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from agegender.preprocess import Augment, Preprocess, preprocess, resize_image, to_batch
+from agegender.preprocess import Augment, Preprocess, centre_crop, preprocess, resize_image, to_batch
 
 PP = Preprocess(cache_size=32, input_size=24)
 NO_AUG = Augment(scale=0, rotate=0, shift=0, flip=False, brightness=0, contrast=0, saturation=0)
@@ -21,6 +21,22 @@ def test_eval_path_is_the_normalised_centre_crop():
     mean, std = torch.tensor(PP.mean).view(1, 3, 1, 1), torch.tensor(PP.std).view(1, 3, 1, 1)
     torch.testing.assert_close(x, (crop - mean) / std)
     assert x.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_centre_crop_is_what_the_eval_path_sees():
+    images = batch().permute(0, 2, 3, 1).contiguous()  # N x S x S x 3, as cached and uploaded
+    crop = centre_crop(images, PP)
+    assert crop.shape == (4, 24, 24, 3) and torch.equal(crop, images[:, 4:28, 4:28])
+    mean, std = torch.tensor(PP.mean).view(1, 3, 1, 1), torch.tensor(PP.std).view(1, 3, 1, 1)
+    expected = (crop.permute(0, 3, 1, 2).float() / 255 - mean) / std
+    torch.testing.assert_close(preprocess(to_batch(images), PP), expected, rtol=0, atol=0)
+    one = images[1].numpy()  # one image, as numpy: the dashboard's display crop
+    np.testing.assert_array_equal(centre_crop(one, PP), crop[1].numpy())
+    odd = Preprocess(cache_size=33, input_size=24)  # an odd margin: the extra pixel goes right and below
+    assert centre_crop(np.zeros((33, 33, 3), np.uint8), odd).shape == (24, 24, 3)
+    assert np.shares_memory(centre_crop(one, PP), one)  # a view, no copy
+    with pytest.raises(ValueError, match="expected 32 px images"):
+        centre_crop(np.zeros((40, 40, 3), np.uint8), PP)
 
 
 def test_augment_with_nothing_random_equals_the_eval_path():

@@ -1,6 +1,8 @@
 import csv
 import dataclasses
 import json
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,6 +14,7 @@ from safetensors.torch import load_file
 from agegender import training
 from agegender.checkpoint import load_checkpoint
 from agegender.config import TrainConfig
+from agegender.runstate import RunState, Stats
 from agegender.training import STATE, TrainingError, lr_at, train
 from train import main as train_main
 
@@ -70,10 +73,13 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tiny_data, tmp_path, 
     with pytest.raises(KeyboardInterrupt):
         train(tiny_config(tiny_data, out, epochs=2, save_every_minutes=0))
     assert (out / STATE).exists() and not (out / "meta.json").exists()
-    # what a SIGKILL inside a save leaves: our own temporary name, and the one safetensors writes through
-    leftovers = [out / f".{STATE}.tmp4242", out / ".tmpAb12Cd"]
+    # what a SIGKILL inside a save leaves: atomic_write's temporary names (mkstemp's, and the PID-named ones of
+    # earlier versions), and the one safetensors writes through
+    leftovers = [Path(tempfile.mkstemp(dir=out, prefix=f".{name}.tmp")[1]) for name in (STATE, "history.csv")]
+    leftovers += [out / f".{STATE}.tmp4242", out / ".tmpAb12Cd"]
     for p in leftovers:
         p.write_bytes(b"half a file")
+    assert sorted(training.partial_writes(out)) == sorted(leftovers)
     monkeypatch.setattr(training, "preprocess", real)
     train(tiny_config(tiny_data, out, resume=True))
     assert not [p for p in leftovers if p.exists()]
@@ -95,6 +101,49 @@ def test_time_budget_stops_and_resume_finishes(tiny_data, tmp_path, uninterrupte
     ref = pd.read_csv(uninterrupted / "history.csv")
     assert list(hist["step"]) == list(ref["step"])  # same number of optimiser steps
     load_checkpoint(out)
+
+
+# The resume state's bookkeeping as the code before RunState wrote it (keys and layout): still read, and
+# written back unchanged.
+OLD_INFO = {"epoch": 1, "step_in_epoch": 3, "global_step": 11, "best_score": 21.5, "best_epoch": 1,
+            "best_sha256": "ab" * 32, "bad_epochs": 0, "history": [{"epoch": 1, "step": 8}], "elapsed": 12.5,
+            "sums": [40.25, 300.5, 17.0, 24.0], "config": dataclasses.asdict(TrainConfig(data="d", out="o")),
+            "stopped_early": False, "cell_stats": [[10.5, 2.25, 5.0], [0.0, 0.0, 0.0]],
+            "cell_weights": [[1.5, 0.75], [1.0, 1.0]]}
+
+
+def test_run_state_reads_and_writes_the_resume_format():
+    from agegender.balance import CellLosses
+
+    state = RunState.from_json(json.loads(json.dumps(OLD_INFO)), CellLosses(2))
+    assert (state.epoch, state.step_in_epoch, state.global_step, state.best_epoch) == (1, 3, 11, 1)
+    assert state.train == Stats(loss=40.25, age_error=300.5, gender_correct=17.0, images=24.0)
+    assert state.train.means() == (40.25 / 24, 300.5 / 24, 17 / 24)
+    assert state.cells.sums.dtype == torch.float64 and state.cells.weights.tolist() == [[1.5, 0.75], [1.0, 1.0]]
+    config = TrainConfig(**OLD_INFO["config"])
+    assert state.to_json(config, elapsed=12.5) == OLD_INFO
+    assert json.loads(json.dumps(state.to_json(config, elapsed=12.5))) == OLD_INFO
+
+
+def test_cell_losses_sum_per_cell_and_weight_the_next_epoch():
+    from agegender.balance import CellLosses, loss_weights
+
+    cl = CellLosses(3)
+    cells = torch.tensor([0, 2, 0, 0])
+    age_error, gender_loss = torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.tensor([0.5, 0.25, 0.5, 1.0])
+    cl.add(cells, age_error, gender_loss)
+    cl.add(torch.tensor([1]), torch.tensor([10.0]), torch.tensor([2.0]))
+    assert cl.sums.tolist() == [[8.0, 2.0, 3.0], [10.0, 2.0, 1.0], [2.0, 0.25, 1.0]]
+    age_w, gender_w = cl.image_weights(cells, torch.device("cpu"))
+    assert age_w.dtype == torch.float32 and age_w.tolist() == gender_w.tolist() == [1.0] * 4  # before any epoch ends
+    doubled = []
+    cl.end_epoch(power=1.0, strata=None, total=lambda v: doubled.append(v) or [2 * x for x in v])  # two ranks alike
+    assert doubled == [[8.0, 2.0, 3.0, 10.0, 2.0, 1.0, 2.0, 0.25, 1.0]]
+    np.testing.assert_array_equal(cl.weights, loss_weights(2 * cl.sums.numpy(), 1.0))
+    age_w, _ = cl.image_weights(torch.tensor([2, 1]), torch.device("cpu"))
+    assert age_w.tolist() == torch.tensor(cl.weights[[2, 1], 0], dtype=torch.float32).tolist()
+    cl.start_epoch()
+    assert cl.sums.abs().sum() == 0 and cl.weights.shape == (3, 2)
 
 
 def test_existing_output_is_never_overwritten(tiny_checkpoint, tiny_data):

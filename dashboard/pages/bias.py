@@ -7,25 +7,25 @@ from dashboard import ui
 
 # cache_resource: the report holds metric functions (not picklable); it is never mutated
 @st.cache_resource(max_entries=32, show_spinner="Computing the report (bootstrap)…")
-def report_cached(ckpt_path: str, split: str, stamp: float, grouping: str, n_boot: int, min_count: int):
+def report_cached(ckpt_path: str, split: str, stamp: tuple, grouping: str, min_count: int):
     df = ui.predictions_cached(ckpt_path, split, stamp)
     table = prepare(df)
-    return table, GroupReport(table, grouping, n_boot=n_boot, min_count=min_count)
+    return table, GroupReport(table, grouping, min_count=min_count)
 
 
 @st.cache_data(max_entries=8, show_spinner="Writing the HTML report…")
-def html_cached(ckpt_path: str, split: str, stamp: float, n_boot: int, min_count: int) -> str:
+def html_cached(ckpt_path: str, split: str, stamp: tuple, min_count: int) -> str:
     from agegender.report import build
 
     df = ui.predictions_cached(ckpt_path, split, stamp)
-    return to_html(build(df, list(DEFAULT_GROUPINGS), n_boot, 0, min_count), df, f"{ckpt_path} ({split})")
+    return to_html(build(df, list(DEFAULT_GROUPINGS), min_count=min_count), df, f"{ckpt_path} ({split})")
 
 
 st.title("Bias report")
 
 # heavy imports after the title, so the page shows while they load
 from agegender import charts
-from agegender.fairness import DEFAULT_GROUPINGS, GROUP_COLUMNS, METRICS, GroupReport, prepare
+from agegender.fairness import DEFAULT_GROUPINGS, GROUP_COLUMNS, METRICS, MIN_COUNT, GroupReport, prepare
 from agegender.report import to_html
 
 GROUPINGS = list(DEFAULT_GROUPINGS) + [g for g in ("age_bucket:gender",) if g not in DEFAULT_GROUPINGS]
@@ -35,12 +35,11 @@ c1, c2, c3, c4 = st.columns(4)
 split = c1.selectbox("Split", ["val", "test"], key="bias_split")
 grouping = c2.selectbox("Grouping", GROUPINGS, key="bias_grouping", format_func=lambda g: g.replace(":", " × "))
 metric = c3.selectbox("Metric", list(METRICS), key="bias_metric", format_func=lambda m: METRICS[m].label)
-min_count = c4.number_input("Too small below n =", 1, 10_000, 30, key="bias_min")
+min_count = c4.number_input("Too small below n =", 1, 10_000, MIN_COUNT, key="bias_min")
 if ui.predictions(ckpt, split) is None:
     st.stop()
-path = ckpt.path / f"predictions-{split}.csv"
-stamp = path.stat().st_mtime
-table, rep = report_cached(str(ckpt.path), split, stamp, grouping, 1000, int(min_count))
+stamp = ui.predictions_stamp(ckpt.path, split)
+table, rep = report_cached(str(ckpt.path), split, stamp, grouping, int(min_count))
 
 o = rep.overall
 cols = st.columns(4)
@@ -83,7 +82,7 @@ st.dataframe(shown.style.apply(lambda r: ["color: #999" if r["too_small"] else "
 d1, d2 = st.columns(2)
 d1.download_button("Groups (CSV)", shown.to_csv(index=False), f"bias-{ckpt.name}-{split}-{grouping}.csv", "text/csv")
 if d2.button("Prepare the HTML report (all groupings)", key="bias_html"):
-    d2.download_button("Download the HTML report", html_cached(str(ckpt.path), split, stamp, 1000, int(min_count)),
+    d2.download_button("Download the HTML report", html_cached(str(ckpt.path), split, stamp, int(min_count)),
                        f"bias-{ckpt.name}-{split}.html", "text/html")
 st.caption(f"Groupings available: {', '.join(GROUP_COLUMNS)} and their pairs. The command line gives the same: "
            f"`python -m agegender.report --checkpoint {ckpt.path} --split {split} --html report.html`")

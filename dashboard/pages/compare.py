@@ -9,10 +9,10 @@ st.title("Compare checkpoints")
 
 # heavy imports after the title, so the page shows while they load
 import plotly.express as px
-import plotly.graph_objects as go
 
-from agegender.compare import agreement, gap_change, pair, paired_deltas
-from agegender.fairness import DEFAULT_GROUPINGS, METRICS
+from agegender import charts
+from agegender.compare import agreement, gaps, pair, paired_deltas
+from agegender.fairness import DEFAULT_GROUPINGS, METRICS, MIN_COUNT
 
 ckpts = ui.selected_checkpoints()
 if len(ckpts) < 2:
@@ -24,13 +24,7 @@ if len(ckpts) < 2:
 def deltas_cached(a: str, b: str, split: str, stamps: tuple, grouping: str):
     m = pair(ui.predictions_cached(a, split, stamps[0]), ui.predictions_cached(b, split, stamps[1]))
     metrics = ("age_mae", "age_bias", "gender_accuracy", "female_as_male", "male_as_female")
-    gaps = {}
-    for std in (None, "age_bucket"):
-        try:
-            gaps[std] = gap_change(m, grouping, standardise=std)
-        except ValueError as e:  # fewer than two groups big enough to judge, or grouped by age already
-            gaps[std] = str(e)
-    return m, paired_deltas(m, None, metrics), paired_deltas(m, grouping, metrics), gaps
+    return m, paired_deltas(m, None, metrics), paired_deltas(m, grouping, metrics), gaps(m, grouping)
 
 
 c1, c2, c3 = st.columns(3)
@@ -41,16 +35,11 @@ base = next(c for c in ckpts if c.name == base_name)
 if any(ui.predictions(c, split) is None for c in ckpts):
     st.stop()
 
-
-def stamp(c):
-    return (c.path / f"predictions-{split}.csv").stat().st_mtime
-
-
 for other in [c for c in ckpts if c is not base]:
     st.header(f"{other.name} against {base.name}")
+    stamps = (ui.predictions_stamp(base.path, split), ui.predictions_stamp(other.path, split))
     try:
-        m, overall, groups, gaps = deltas_cached(str(base.path), str(other.path), split, (stamp(base), stamp(other)),
-                                           grouping)
+        m, overall, groups, gap_tables = deltas_cached(str(base.path), str(other.path), split, stamps, grouping)
     except ValueError as e:
         st.error(str(e))
         continue
@@ -65,7 +54,7 @@ for other in [c for c in ckpts if c is not base]:
                    delta_color="inverse" if better_low else "normal",
                    help=f"{base.name}: {o[name + '_a']:.3f}; delta interval "
                         f"[{o[name + '_delta_lo']:.3f}, {o[name + '_delta_hi']:.3f}]")
-    for std, table in gaps.items():
+    for std, table in gap_tables.items():
         mix = " with each group given the overall age mix" if std else ""
         if isinstance(table, str):
             if not std:
@@ -75,23 +64,14 @@ for other in [c for c in ckpts if c is not base]:
         for col, (_, r) in zip(cols, table.iterrows(), strict=True):
             col.metric(f"Gap in {r['label']} between {grouping.replace(':', ' × ')} groups{mix}",
                        f"{r['gap_b']:.3f}", f"{r['change']:+.0%}", delta_color="inverse",
-                       help=f"best against worst group of at least 30 images; {base.name}: {r['gap_a']:.3f}; "
+                       help=f"best against worst group of at least {MIN_COUNT} images; {base.name}: {r['gap_a']:.3f}; "
                             f"change interval [{r['change_lo']:+.0%}, {r['change_hi']:+.0%}] (paired bootstrap)"
                             + ("; age-standardised: a group's figure is its per-age-bucket figures weighted by "
                                "the overall age-bucket mix, so older groups are not judged worse for age alone"
                                if std else ""))
     metric = st.selectbox("Per-group delta of", ["age_mae", "gender_accuracy", "age_bias"], key=f"cmp_m_{other.name}",
                           format_func=lambda k: METRICS[k].label)
-    names = groups[groups.columns[: len(grouping.split(':'))]].astype(str).agg(" · ".join, axis=1)
-    fig = go.Figure(go.Bar(
-        x=names, y=groups[f"{metric}_delta"],
-        error_y={"type": "data", "symmetric": False,
-                 "array": groups[f"{metric}_delta_hi"] - groups[f"{metric}_delta"],
-                 "arrayminus": groups[f"{metric}_delta"] - groups[f"{metric}_delta_lo"]},
-        marker_color=["#b0b0b0" if s else "#3b6fb6" for s in groups["too_small"]]))
-    fig.add_hline(y=0, line_color="black")
-    fig.update_layout(title=f"{METRICS[metric].label}: {other.name} − {base.name} by {grouping} (grey: too small)")
-    st.plotly_chart(fig, width="stretch")
+    st.plotly_chart(charts.delta_bars(groups, metric, grouping, base.name, other.name), width="stretch")
     st.dataframe(groups, hide_index=True)
     agree = agreement(m, grouping)
     left, right = st.columns(2)
@@ -104,7 +84,7 @@ st.header("One photo through each checkpoint")
 up = st.file_uploader("Photo", type=["jpg", "jpeg", "png", "webp", "bmp"], key="cmp_upload")
 if up is not None:
     data, opt = up.getvalue(), ui.Options()
-    results = {c.name: ui.analyse_cached(data, up.name, str(c.path), False, True, opt.min_confidence) for c in ckpts}
+    results = {c.name: ui.analyse(data, up.name, c.path, False, True, opt.min_confidence) for c in ckpts}
     first = results[ckpts[0].name]
     if first.error:
         st.error(first.error)

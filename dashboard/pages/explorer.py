@@ -9,34 +9,36 @@ st.title("Error explorer")
 # heavy imports after the title, so the page shows while they load
 from PIL import Image
 
-from agegender.data import DatasetError, scan
+from agegender.data import DatasetError
 from agegender.explain import overlay
-from agegender.explorer import ERR_NO_DATA, mean_cams, misgendered, read_chips, worst_age_errors
+from agegender.explorer import (
+    chip_result,
+    group_mean_cams,
+    group_values,
+    in_group,
+    misgendered,
+    read_chips,
+    worst_age_errors,
+)
 from agegender.fairness import GROUP_COLUMNS, prepare
-from agegender.predict import FaceResult, ImageResult, display_crop
-from agegender.preprocess import resize_image
+from agegender.predict import display_crop
+
+MODES = {"Worst age errors": worst_age_errors, "Misgendered": misgendered}
 
 ckpt = ui.checkpoint_choice(ui.selected_checkpoints())
 data_path = st.session_state.get(ui.DATASET, "")
 if not data_path:
-    st.info(ERR_NO_DATA[0].upper() + ERR_NO_DATA[1:] + ".")
+    st.info(ui.NO_DATA)
     st.stop()
-
-
-@st.cache_resource(show_spinner="Listing the dataset…", max_entries=4)
-def scan_cached(path: str):
-    return scan(path)
-
-
 try:
-    sc = scan_cached(data_path)
+    sc = ui.dataset(data_path)
 except DatasetError as e:
     st.error(str(e))
     st.stop()
 
 c1, c2, c3, c4 = st.columns(4)
 split = c1.selectbox("Split", ["val", "test"], key="ex_split")
-mode = c2.radio("Show", ["Worst age errors", "Misgendered"], key="ex_mode")
+mode = c2.radio("Show", list(MODES), key="ex_mode")
 group_col = c3.selectbox("Group", ["(all)", *GROUP_COLUMNS], key="ex_group_col")
 n = c4.slider("Faces", 6, 60, 18, 6, key="ex_n")
 df = ui.predictions(ckpt, split)
@@ -44,9 +46,8 @@ if df is None:
     st.stop()
 df = prepare(df)
 if group_col != "(all)":
-    value = st.selectbox(group_col, sorted(df[group_col].astype(str).unique()), key="ex_group_value")
-    df = df[df[group_col].astype(str) == value]
-rows = (worst_age_errors if mode == "Worst age errors" else misgendered)(df, n)
+    df = in_group(df, group_col, st.selectbox(group_col, group_values(df, group_col), key="ex_group_value"))
+rows = MODES[mode](df, n)
 
 
 def show_errors(rows) -> None:
@@ -63,11 +64,8 @@ def show_errors(rows) -> None:
     options = [f for f in rows["file"] if f in chips]
     pick = st.selectbox("Explain", options, key="ex_pick", format_func=lambda f: f"#{options.index(f) + 1} {f}")
     if pick:
-        chip = chips[pick]
-        r = rows[rows["file"] == pick].iloc[0]
-        face = FaceResult((0, 0, chip.width, chip.height), None, True,
-                          resize_image(chip, ckpt.preprocess.cache_size), float(r["pred_age"]), float(r["p_female"]))
-        ui.face_view(ckpt, ImageResult(pick, [face]), 0, f"explorer-{pick}", ui.Options(other_gender=True), {})
+        result = chip_result(ckpt, pick, chips[pick], rows[rows["file"] == pick].iloc[0])
+        ui.face_view(ckpt, result, 0, f"explorer-{pick}", ui.Options(other_gender=True), {})
 
 
 if rows.empty:
@@ -82,21 +80,15 @@ per_group = g2.slider("Faces per group", 4, 64, 16, 4, key="ex_avg_n")
 
 
 @st.cache_data(max_entries=8, show_spinner="Averaging Grad-CAMs…")
-def group_means(ckpt_path: str, split: str, by: str, per_group: int, data_path: str, stamp: float):
-    sc = scan_cached(data_path)
-    table = prepare(ui.predictions_cached(ckpt_path, split, stamp))
-    out = {}
-    for value, g in table.groupby(by, observed=True):
-        pick = g.iloc[:: max(1, len(g) // per_group)].head(per_group)
-        imgs = list(read_chips(sc, list(pick["file"])).values())
-        if imgs:
-            out[str(value)] = (len(imgs), *mean_cams(ui.get_checkpoint(ckpt_path), imgs))
-    return out
+def group_means(ckpt_path: str, split: str, by: str, per_group: int, data_path: str, stamps: tuple):
+    ckpt_stamp, predictions_stamp, data_stamp = stamps
+    table = prepare(ui.predictions_cached(ckpt_path, split, predictions_stamp))
+    return group_mean_cams(ui.get_checkpoint(ckpt_path), ui.scan_cached(data_path, data_stamp), table, by, per_group)
 
 
 if st.button("Compute the group averages", key="ex_avg_go"):
-    stamp = (ckpt.path / f"predictions-{split}.csv").stat().st_mtime
-    means = group_means(str(ckpt.path), split, by, per_group, data_path, stamp)
+    stamps = (ui.checkpoint_stamp(ckpt.path), ui.predictions_stamp(ckpt.path, split), ui.stamp(data_path))
+    means = group_means(str(ckpt.path), split, by, per_group, data_path, stamps)
     cols = st.columns(max(1, len(means)))
     for col, (name, (count, mean_face, maps)) in zip(cols, means.items(), strict=False):
         base = display_crop(ckpt, mean_face)

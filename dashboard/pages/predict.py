@@ -11,7 +11,7 @@ st.title("Predict & explain")
 # heavy imports after the title, so the page shows while they load
 import matplotlib.cbook
 
-from agegender.explain import LAYERS, METHODS
+from agegender.explain import METHODS, layer_names
 from agegender.visual import draw_faces, results_frame, zip_bytes
 
 EXAMPLE = matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
@@ -46,11 +46,13 @@ with st.expander("Options", expanded=False):
     opt = ui.Options(
         cropped=c1.toggle("This image is already a cropped face", key="cropped"),
         whole_if_no_face=c1.toggle("No face found: use the whole image", key="whole"),
-        min_confidence=c1.slider("Detection confidence threshold", 0.5, 1.0, 0.9, 0.01, key="min_conf"),
-        band=c1.slider("Uncertain band for P(female)", 0.0, 1.0, (0.45, 0.55), 0.01, key="band"),
+        min_confidence=c1.slider("Detection confidence threshold", 0.5, 1.0, ui.Options.min_confidence, 0.01,
+                                 key="min_conf"),
+        band=c1.slider("Uncertain band for P(female)", 0.0, 1.0, ui.Options.band, 0.01, key="band"),
         method=c2.selectbox("CAM method", list(METHODS), key="method",
                             help="ScoreCAM runs hundreds of forward passes: several seconds per face."),
-        layer=c2.selectbox("Target layer", LAYERS, key="layer", format_func=lambda s: f"{s} (last block)"),
+        layer=c2.selectbox("Target layer", layer_names([c.model for c in ckpts]), key="layer",
+                           format_func=lambda s: f"{s} (last block)"),
         aug_smooth=c2.checkbox("Augmentation smoothing", key="aug_smooth"),
         eigen_smooth=c2.checkbox("Eigen smoothing", key="eigen_smooth"),
         other_gender=c3.checkbox("Also show the other gender class", key="other_gender"),
@@ -68,8 +70,8 @@ results = {c.name: [] for c in ckpts}
 overlays: dict[str, bytes] = {}
 for name, data in files:
     st.subheader(name)
-    per_ckpt = {c.name: ui.analyse_cached(data, name, str(c.path), opt.cropped, opt.whole_if_no_face,
-                                          opt.min_confidence) for c in ckpts}
+    per_ckpt = {c.name: ui.analyse(data, name, c.path, opt.cropped, opt.whole_if_no_face, opt.min_confidence)
+                for c in ckpts}
     for c in ckpts:
         results[c.name].append(per_ckpt[c.name])
     first = per_ckpt[ckpts[0].name]

@@ -1,0 +1,85 @@
+"""The error explorer's library half: which faces it shows, the result it builds for a dataset chip,
+and the per-group mean Grad-CAMs (the page only draws them)."""
+
+import numpy as np
+import pytest
+
+from agegender.checkpoint import load_checkpoint
+from agegender.data import evenly_spaced, scan
+from agegender.explorer import (
+    chip_result,
+    group_mean_cams,
+    group_values,
+    in_group,
+    mean_cams,
+    misgendered,
+    read_chips,
+    worst_age_errors,
+)
+from agegender.fairness import prepare
+from agegender.predictions import load_predictions
+
+from .test_fairness import fake_predictions
+
+
+@pytest.fixture(scope="module")
+def ckpt(tiny_checkpoint):
+    return load_checkpoint(tiny_checkpoint)
+
+
+def test_worst_errors_and_misgendered():
+    df = fake_predictions(500, seed=2)
+    worst = worst_age_errors(df, 10)
+    err = (df["pred_age"] - df["age"]).abs()
+    assert len(worst) == 10 and set(worst["error"].abs()) <= set(err.nlargest(10))
+    wrong = misgendered(df, 1000)
+    female = df["gender"] == "female"
+    assert set(wrong.index) == set(df.index[(df["p_female"] >= 0.5) != female])
+    confidence = (wrong["p_female"] - 0.5).abs().to_numpy()
+    assert (np.diff(confidence) <= 0).all()  # the most confident mistakes first
+
+
+def test_groups_by_name():
+    table = prepare(fake_predictions(300, seed=1))
+    names = group_values(table, "age_bucket")
+    assert names == sorted(names) and "20-29" in names
+    part = in_group(table, "age_bucket", "20-29")
+    assert len(part) > 0 and ((part["age"] >= 20) & (part["age"] < 30)).all()
+
+
+def test_a_chip_becomes_a_result_the_face_view_shows(ckpt, tiny_checkpoint, tiny_data):
+    row = load_predictions(tiny_checkpoint, "val").iloc[0]
+    chip = read_chips(scan(tiny_data), [row["file"]])[row["file"]]
+    r = chip_result(ckpt, row["file"], chip, row)
+    assert r.image == row["file"] and r.error is None and len(r.faces) == 1
+    face = r.faces[0]
+    size = ckpt.preprocess.cache_size
+    assert face.predicted and face.box == (0, 0, chip.width, chip.height)
+    assert face.pixels.shape == (size, size, 3) and face.pixels.dtype == np.uint8
+    assert (face.age, face.p_female) == (row["pred_age"], row["p_female"])  # the table's, not new ones
+
+
+def test_group_mean_cams(ckpt, tiny_checkpoint, tiny_data):
+    sc = scan(tiny_data)
+    table = prepare(load_predictions(tiny_checkpoint, "val"))
+    means = group_mean_cams(ckpt, sc, table, "gender", 2)
+    assert set(means) == set(table["gender"].astype(str))
+    size = ckpt.preprocess.cache_size
+    for name, (count, face, maps) in means.items():
+        picked = evenly_spaced(in_group(table, "gender", name), 2)
+        assert count == len(picked) <= 2
+        assert face.shape == (size, size, 3) and face.dtype == np.uint8
+        assert set(maps) == {"older", "female"}
+        chips = list(read_chips(sc, list(picked["file"])).values())
+        want_face, want = mean_cams(ckpt, chips)
+        np.testing.assert_array_equal(face, want_face)
+        for k, heat in maps.items():
+            assert np.isfinite(heat).all() and heat.min() >= 0 and heat.max() <= 1
+            np.testing.assert_allclose(heat, want[k], atol=1e-6)
+
+
+def test_groups_without_chips_are_left_out(ckpt, tiny_checkpoint, tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "1_0_0_20170109150557335.jpg.chip.jpg").write_bytes(b"")  # a scan needs one name
+    table = prepare(load_predictions(tiny_checkpoint, "val"))
+    assert group_mean_cams(ckpt, scan(tmp_path / "empty"), table, "race", 2) == {}
