@@ -9,7 +9,7 @@ from .conftest import ROOT
 LAYERS = {
     "base": ["meta", "labels", "preprocess", "faces", "runtime", "model"],
     "parts": ["predictions", "fairness", "metrics", "charts", "visual", "catalog", "access", "checkpoint",
-              "inference", "explain", "data", "balance", "config", "distributed", "runstate"],
+              "inference", "explain", "data", "balance", "config", "distributed", "runstate", "datasets"],
     "commands": ["training", "evaluate", "predict", "report", "compare", "modelcard", "consistency", "template",
                  "explorer"],
 }
