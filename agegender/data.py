@@ -90,6 +90,10 @@ def evenly_spaced(items, n: int):
     return getattr(picked, "iloc", picked)[:n]
 
 
+ERR_NOT_IMAGES = "{path} is not a folder, .zip or .tar.gz of images: pass where the labelled images are"
+ERR_ARCHIVE = "cannot read {path} as a {kind} ({detail}): download it again or unpack it into a folder"
+
+
 def _is_image(member: str) -> bool:
     base = member.rsplit("/", 1)[-1]
     return (
@@ -107,7 +111,7 @@ def _kind(path: Path) -> str:
         return "zip"
     if name.endswith((".tar.gz", ".tgz", ".tar")):
         return "tar"
-    raise DatasetError(f"{path} is not a folder, .zip or .tar.gz: point --data at the UTKFace download")
+    raise DatasetError(ERR_NOT_IMAGES.format(path=path))
 
 
 def _list_members(path: Path, kind: str) -> list[tuple[str, int]]:
@@ -125,6 +129,17 @@ def _list_members(path: Path, kind: str) -> list[tuple[str, int]]:
         return [(m.name, m.size) for m in t.getmembers() if m.isfile()]
 
 
+def list_images(path: Path) -> tuple[str, list[tuple[str, int]]]:
+    """The kind of ``path`` (folder, zip or tar) and its image members with their sizes: every
+    dataset format reads its images through this."""
+    kind = _kind(path)
+    try:
+        members = _list_members(path, kind)
+    except (zipfile.BadZipFile, tarfile.TarError, OSError) as e:
+        raise DatasetError(ERR_ARCHIVE.format(path=path, kind=kind, detail=e)) from e
+    return kind, [(m, size) for m, size in members if _is_image(m)]
+
+
 def scan(path: str | os.PathLike) -> Scan:
     """List and label every image at ``path``; malformed names are reported once and skipped."""
     path = Path(path).expanduser()
@@ -132,15 +147,9 @@ def scan(path: str | os.PathLike) -> Scan:
         raise DatasetError(
             f"dataset not found at {path}: pass the UTKFace folder, .zip or .tar.gz with --data"
         )
-    kind = _kind(path)
-    try:
-        members = _list_members(path, kind)
-    except (zipfile.BadZipFile, tarfile.TarError, OSError) as e:
-        raise DatasetError(f"cannot read {path} as a {kind}: {e}") from e
+    kind, members = list_images(path)
     samples, malformed = [], []
     for member, size in members:
-        if not _is_image(member):
-            continue
         name = member.rsplit("/", 1)[-1]
         try:
             lab = parse_name(name)

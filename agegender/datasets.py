@@ -11,15 +11,13 @@ import json
 import logging
 import os
 import re
-import tarfile
-import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from .data import EXAMPLES, DatasetError, _is_image, _list_members, scan
+from .data import EXAMPLES, DatasetError, list_images, scan
 from .labels import GENDERS, RACES
 
 log = logging.getLogger(__name__)
@@ -48,8 +46,6 @@ SKIP_NAME = "file name carries no UTKFace labels"
 WARN_SKIPPED = "skipped {n} row(s): {details}"
 
 ERR_NOT_FOUND = "dataset not found at {path}: pass the images folder, .zip or .tar.gz, or the labels file"
-ERR_NOT_IMAGES = "{path} is not a folder, .zip or .tar.gz of images: pass where the labelled images are"
-ERR_ARCHIVE = "cannot read {path} as an archive ({detail}): download it again or unpack it into a folder"
 ERR_FORMAT = "unknown dataset format {format!r}: use one of utkface, fairface, csv"
 ERR_NEEDS_LABELS = "format {format!r} needs a labels file: pass labels=PATH (the CSV or Parquet file)"
 ERR_UTK_LABELS = "UTKFace takes its labels from file names: leave labels out, or pick format='csv' for a labels file"
@@ -373,18 +369,7 @@ def _record(row: dict, m: dict, format: str) -> tuple[Record | None, tuple[str, 
 def _members(root: Path) -> dict[str, tuple[str, int]]:
     """Image file names as the labels may write them -> (member at root, size). An archive whose images all
     sit under one top folder (as downloads often do) is also addressed without that folder."""
-    if root.is_dir():
-        kind = "folder"
-    elif root.name.lower().endswith(".zip"):
-        kind = "zip"
-    elif root.name.lower().endswith((".tar.gz", ".tgz", ".tar")):
-        kind = "tar"
-    else:
-        raise DatasetError(ERR_NOT_IMAGES.format(path=root))
-    try:
-        listed = [(name, size) for name, size in _list_members(root, kind) if _is_image(name)]
-    except (zipfile.BadZipFile, tarfile.TarError, OSError) as e:
-        raise DatasetError(ERR_ARCHIVE.format(path=root, detail=e)) from e
+    kind, listed = list_images(root)
     out = {name: (name, size) for name, size in listed}
     tops = {name.split("/", 1)[0] for name, _ in listed}
     if kind != "folder" and len(tops) == 1 and all("/" in name for name, _ in listed):

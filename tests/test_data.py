@@ -158,3 +158,21 @@ def test_too_little_disk_for_the_cache_is_reported_up_front(tmp_path, monkeypatc
     assert len(images.samples) == 6  # nothing lost: decoded into memory
     assert "not enough disk for the image cache" in caplog.text
     assert not list((tmp_path).glob("cache/*.npy"))
+
+
+def test_every_format_lists_images_through_one_place_with_one_message(tmp_path):
+    from agegender.data import ERR_ARCHIVE, ERR_NOT_IMAGES
+    from agegender.datasets import read_dataset
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a dataset")
+    broken = tmp_path / "broken.zip"
+    broken.write_bytes(b"PK not really a zip")
+    for read in (scan, lambda p: read_dataset(p, format="utkface")):
+        with pytest.raises(DatasetError) as e:
+            read(notes)
+        assert str(e.value) == ERR_NOT_IMAGES.format(path=notes)
+        with pytest.raises(DatasetError) as e:
+            read(broken)
+        head, tail = ERR_ARCHIVE.format(path=broken, kind="zip", detail="|").split("|")  # the detail is zipfile's
+        assert str(e.value).startswith(head) and str(e.value).endswith(tail), str(e.value)
