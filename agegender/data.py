@@ -173,29 +173,37 @@ def scan(path: str | os.PathLike) -> Scan:
 def iter_bytes(scan_: Scan, samples: list[Sample]) -> Iterator[tuple[Sample, bytes | None]]:
     """Yield each sample with its file bytes (None when it cannot be read), in ``samples`` order
     for folders and zips, in archive order for tars."""
-    if scan_.kind == "folder":
-        for s in samples:
+    by_member = {s.member: s for s in samples}
+    for member, data in member_bytes(scan_.path, scan_.kind, [s.member for s in samples]):
+        yield by_member[member], data
+
+
+def member_bytes(path: Path, kind: str, members: list[str]) -> Iterator[tuple[str, bytes | None]]:
+    """Yield each member of a folder, zip or tar (``kind`` as list_images gives it) with its bytes, None
+    when it cannot be read; in ``members`` order for folders and zips, in archive order for tars."""
+    if kind == "folder":
+        for m in members:
             try:
-                yield s, (scan_.path / s.member).read_bytes()
+                yield m, (path / m).read_bytes()
             except OSError:
-                yield s, None
-    elif scan_.kind == "zip":
-        with zipfile.ZipFile(scan_.path) as z:
-            for s in samples:
+                yield m, None
+    elif kind == "zip":
+        with zipfile.ZipFile(path) as z:
+            for m in members:
                 try:
-                    yield s, z.read(s.member)
+                    yield m, z.read(m)
                 except (OSError, zipfile.BadZipFile, KeyError):
-                    yield s, None
+                    yield m, None
     else:
-        wanted = {s.member: s for s in samples}
-        with tarfile.open(scan_.path, "r:*") as t:
-            for m in t:
-                s = wanted.pop(m.name, None)
-                if s is None:
+        wanted = set(members)
+        with tarfile.open(path, "r:*") as t:
+            for info in t:
+                if info.name not in wanted:
                     continue
-                f = t.extractfile(m)
-                yield s, f.read() if f is not None else None
-        yield from ((s, None) for s in wanted.values())
+                wanted.discard(info.name)
+                f = t.extractfile(info)
+                yield info.name, f.read() if f is not None else None
+        yield from ((m, None) for m in members if m in wanted)
 
 
 def decode(data: bytes | None, size: int, name: str = "the image") -> np.ndarray:

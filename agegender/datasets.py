@@ -10,15 +10,23 @@ import hashlib
 import json
 import logging
 import os
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from .data import EXAMPLES, DatasetError, list_images, scan
-from .labels import GENDERS, RACES
+from .labels import (  # noqa: F401 - the age-bin names are part of this module's interface
+    ERR_BIN,
+    ERR_BIN_OF,
+    FAIRFACE_BINS,
+    GENDERS,
+    RACES,
+    bin_label,
+    bin_of,
+    parse_age_bin,
+)
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +36,6 @@ DEFAULT_GEOMETRY = "photos"  # a user's images are photos unless they say so: de
 LABEL_SUFFIXES = (".csv", ".parquet", ".pq")
 FAIRFACE_COLUMNS = ("file", "age", "gender", "race")
 FAIRFACE_EXTRA = "service_test"  # FairFace's flag for its API test subset: not a group
-FAIRFACE_BINS = ((0, 2), (3, 9), (10, 19), (20, 29), (30, 39), (40, 49), (50, 59), (60, 69), (70, None))
 FAIRFACE_GENDERS = {"Male": 0, "Female": 1}
 FAIRFACE_RACES = ("White", "Black", "Indian", "East Asian", "Southeast Asian", "Middle Eastern", "Latino_Hispanic")
 MAPPING_KEYS = ("file", "age", "age_bin", "gender", "gender_map", "groups", "geometry")
@@ -47,7 +54,8 @@ WARN_SKIPPED = "skipped {n} row(s): {details}"
 
 ERR_NOT_FOUND = "dataset not found at {path}: pass the images folder, .zip or .tar.gz, or the labels file"
 ERR_FORMAT = "unknown dataset format {format!r}: use one of utkface, fairface, csv"
-ERR_NEEDS_LABELS = "format {format!r} needs a labels file: pass labels=PATH (the CSV or Parquet file)"
+ERR_NEEDS_LABELS = ("format {format!r} needs a labels file: pass the CSV or Parquet file (--labels FILE on the "
+                    "command line)")
 ERR_UTK_LABELS = "UTKFace takes its labels from file names: leave labels out, or pick format='csv' for a labels file"
 ERR_NO_MAPPING = ("{path} is not FairFace's CSV (file,age,gender,race): say which column holds what with "
                   "columns='file=COL,age=COL,gender=COL' (or age_bin=COL)")
@@ -64,8 +72,6 @@ ERR_MAPPING_REQUIRED = "the column mapping has no {key}=COLUMN: add it (the colu
 ERR_GENDER_MAP = "cannot read gender_map {text!r}: write VALUE=0 for male and VALUE=1 for female, e.g. F=1,M=0"
 ERR_GEOMETRY = "geometry {value!r}: use chips (aligned face crops) or photos (detect and align first)"
 ERR_TOML = "cannot read the column mapping {path} ({detail}): write key = \"value\" lines, e.g. file = \"path\""
-ERR_BIN = "age bin {text!r}: write LOW-HIGH (20-29), LOW+ (70+) or 'more than LOW'"
-ERR_BIN_OF = "age {age} falls in none of the bins {bins}"
 
 
 @dataclass(frozen=True)
@@ -115,33 +121,6 @@ class _Problems:
         if self.found:
             details = "; ".join(f"{r}: {len(ex)} (e.g. {', '.join(ex[:EXAMPLES])})" for r, ex in self.found.items())
             log.warning(WARN_SKIPPED.format(n=sum(map(len, self.found.values())), details=details))
-
-
-# ---- age bins -------------------------------------------------------------------------------------------
-
-def parse_age_bin(text: str) -> tuple[int, int | None]:
-    """'20-29' -> (20, 29); '70+' and 'more than 70' -> (70, None). Raises ValueError(ERR_BIN)."""
-    t = str(text).strip().lower()
-    if m := re.fullmatch(r"(\d{1,3})\s*-\s*(\d{1,3})", t):
-        lo, hi = int(m[1]), int(m[2])
-        if lo <= hi:
-            return lo, hi
-    elif m := re.fullmatch(r"(?:(\d{1,3})\s*\+|more than\s+(\d{1,3}))", t):
-        return int(m[1] or m[2]), None
-    raise ValueError(ERR_BIN.format(text=text))
-
-
-def bin_label(age_bin: tuple[int, int | None]) -> str:
-    lo, hi = age_bin
-    return f"{lo}+" if hi is None else f"{lo}-{hi}"
-
-
-def bin_of(age: float, bins: Sequence[tuple[int, int | None]] = FAIRFACE_BINS) -> int:
-    """The index of the bin holding an exact age; a bin LOW-HIGH holds LOW <= age < HIGH + 1, so 29.7 is 20-29."""
-    for i, (lo, hi) in enumerate(bins):
-        if lo <= age and (hi is None or age < hi + 1):
-            return i
-    raise ValueError(ERR_BIN_OF.format(age=age, bins=", ".join(map(bin_label, bins))))
 
 
 # ---- the column mapping ---------------------------------------------------------------------------------
@@ -228,6 +207,17 @@ def read_dataset(path: str | os.PathLike, labels: str | os.PathLike | None = Non
     names are relative to it; ``path`` may be the labels file itself (images relative to its folder), or a
     folder holding FairFace's CSV. Without ``format``: no labels -> utkface; FairFace's header -> fairface;
     otherwise csv with ``columns``. Bad rows are counted, warned about once, and skipped."""
+    path, labels, format = resolve(path, labels, format, columns)
+    if format == "utkface":
+        return _read_utkface(path)
+    if format == "csv" and columns is None:
+        raise DatasetError(ERR_NO_MAPPING.format(path=labels))
+    return _read_labelled(path, labels, format, columns)
+
+
+def resolve(path: str | os.PathLike, labels: str | os.PathLike | None = None, format: str | None = None,
+            columns: Mapping | str | os.PathLike | None = None) -> tuple[Path, Path | None, str]:
+    """(images root, labels file, format) as read_dataset will read them, without reading the labels."""
     path = Path(path).expanduser()
     if not path.exists():
         raise DatasetError(ERR_NOT_FOUND.format(path=path))
@@ -240,15 +230,11 @@ def read_dataset(path: str | os.PathLike, labels: str | os.PathLike | None = Non
     labels = Path(labels).expanduser() if labels is not None else None
     if format is None:
         format = "utkface" if labels is None else "fairface" if _is_fairface(labels) and columns is None else "csv"
-    if format == "utkface":
-        if labels is not None:
-            raise DatasetError(ERR_UTK_LABELS)
-        return _read_utkface(path)
-    if labels is None:
+    if format == "utkface" and labels is not None:
+        raise DatasetError(ERR_UTK_LABELS)
+    if format != "utkface" and labels is None:
         raise DatasetError(ERR_NEEDS_LABELS.format(format=format))
-    if format == "csv" and columns is None:
-        raise DatasetError(ERR_NO_MAPPING.format(path=labels))
-    return _read_labelled(path, labels, format, columns)
+    return path, labels, format
 
 
 def _read_utkface(path: Path) -> Dataset:

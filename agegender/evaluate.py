@@ -2,6 +2,11 @@
 
     python -m agegender.evaluate --checkpoint DIR --data PATH [--split val|test|all]
         [--out PREDICTIONS.csv] [--json METRICS.json] [--no-tta] [--limit N]
+    python -m agegender.evaluate --checkpoint DIR --data PATH --labels FILE [--format fairface|csv]
+        [--columns file=COL,age=COL,gender=COL,groups=A,B | MAPPING.toml] --out PREDICTIONS.csv [--json M.json]
+
+UTKFace (labels in the file names) keeps its hash splits; any other dataset (agegender.datasets) is
+scored whole, photos through face detection and alignment (agegender.evalset).
 """
 
 from __future__ import annotations
@@ -18,14 +23,19 @@ import pandas as pd
 
 from .checkpoint import CheckpointError, load_checkpoint, read_meta, write_meta
 from .data import DatasetError, Images, cached_images, evenly_spaced, load_images, scan, split_of
+from .datasets import FORMATS, Dataset, read_dataset, resolve
 from .distributed import setup as setup_distributed
+from .evalset import Crops, dataset_crops
 from .inference import predict_checkpoint
-from .labels import GENDERS, RACES
+from .labels import GENDERS, RACES, bin_label, nearest_bin
 from .metrics import summary_of
-from .predictions import COLUMNS, file_name, predictions_path, write_predictions
+from .predictions import SPLIT_ALL, bin_scale, file_name, pred_bins, predictions_path, write_predictions
 from .runtime import set_threads
 
 log = logging.getLogger(__name__)
+
+ERR_NEEDS_OUT = ("a labelled dataset's predictions go where --out says (never into the checkpoint folder): "
+                 "add --out PREDICTIONS.csv")
 
 
 def predictions_frame(ckpt, images: Images, idx: np.ndarray, tta: bool = True) -> pd.DataFrame:
@@ -39,7 +49,44 @@ def predictions_frame(ckpt, images: Images, idx: np.ndarray, tta: bool = True) -
         "race": [RACES[s.race] for s in ss],
         "pred_age": np.round(ages, 2),
         "p_female": np.round(pf, 4),
-    }, columns=COLUMNS)
+    })
+
+
+def dataset_frame(ckpt, ds: Dataset, crops: Crops, tta: bool = True) -> pd.DataFrame:
+    """The predictions table of a labelled dataset: one row per readable record, with its group columns and
+    ``found``; the predictions are empty where no face was found. Predicted ages are put in the dataset's
+    own age bins (FairFace's unless its labels use others)."""
+    by_file = {r.file: r for r in ds.records}
+    records = [by_file[f] for f in crops.files]
+    ages, pf = predict_checkpoint(ckpt, crops.pixels[crops.found], tta)
+    pred_age, p_female = np.full(len(records), np.nan), np.full(len(records), np.nan)
+    pred_age[crops.found], p_female[crops.found] = ages, pf
+    pred_age, p_female = np.round(pred_age, 2), np.round(p_female, 4)  # rounded in float64: no 83.47000122
+    scale = bin_scale([bin_label(r.age_bin) for r in ds.records if r.age_bin is not None])
+    true_bins = [bin_label(r.age_bin) if r.age_bin is not None else bin_label(scale[nearest_bin(r.age, scale)])
+                 for r in records]
+    return pd.DataFrame({
+        "file": [r.file for r in records],
+        "split": SPLIT_ALL,
+        "age": [np.nan if r.age is None else r.age for r in records],
+        "age_bin": true_bins,
+        "gender": [GENDERS[r.gender] for r in records],
+        **{g: [r.groups[g] for r in records] for g in ds.group_columns},
+        "found": crops.found,
+        "pred_age": pred_age,
+        "pred_age_bin": pred_bins(pred_age, scale),
+        "p_female": p_female,
+    })
+
+
+def evaluate_dataset(ckpt, ds: Dataset, tta: bool = True, cache_dir=None, progress=None) -> tuple[pd.DataFrame, dict]:
+    """A labelled dataset through a checkpoint: (predictions table, metrics). The metrics are those of
+    metrics.summary_of (over faces found) plus how many rows the dataset reader and the image decoder
+    skipped."""
+    crops = dataset_crops(ds, ckpt.preprocess.cache_size, cache_dir, progress)
+    df = dataset_frame(ckpt, ds, crops, tta)
+    return df, {**summary_of(df), "skipped_labels": ds.skipped, "unreadable": len(crops.unreadable),
+                "format": ds.format, "geometry": ds.geometry, "dataset_fingerprint": ds.fingerprint}
 
 
 def evaluate_into_checkpoint(folder: Path, images: Images, tta: bool = True) -> dict:
@@ -60,20 +107,28 @@ def evaluate_into_checkpoint(folder: Path, images: Images, tta: bool = True) -> 
 
 
 def format_metrics(m: dict) -> str:
-    def f(v, spec):
+    def f(key, spec):
+        v = m.get(key)
         return "n/a" if v is None else format(v, spec)
 
-    return (f"n={m['n']}  MAE {f(m['age_mae'], '.2f')} y  CS@5 {f(m['age_cs5'], '.1%')}  "
-            f"bias {f(m['age_bias'], '+.2f')} y  gender acc {f(m['gender_accuracy'], '.2%')}  "
-            f"AUC {f(m['gender_auc'], '.4f')}")
+    found = f"  face found {m['n_found']}/{m['n']}" if m.get("n_found", m["n"]) != m["n"] else ""
+    age = (f"MAE {f('age_mae', '.2f')} y  CS@5 {f('age_cs5', '.1%')}  bias {f('age_bias', '+.2f')} y"
+           if m.get("age_mae") is not None else
+           f"age bin acc {f('age_bin_accuracy', '.1%')}  within one bin {f('age_bin_within1', '.1%')}")
+    return (f"n={m['n']}{found}  {age}  gender acc {f('gender_accuracy', '.2%')}  AUC {f('gender_auc', '.4f')}")
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m agegender.evaluate", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True, help="checkpoint folder")
-    p.add_argument("--data", required=True, help="UTKFace-named images: folder, .zip or .tar.gz")
+    p.add_argument("--data", required=True, help="the images: folder, .zip or .tar.gz (or the labels file)")
+    p.add_argument("--labels", help="labels file (CSV or Parquet); file paths in it are relative to --data")
+    p.add_argument("--format", choices=FORMATS, help="default: utkface without --labels, fairface for "
+                   "FairFace's CSV, csv otherwise")
+    p.add_argument("--columns", help="column mapping for --format csv: file=COL,age=COL (or age_bin=COL),"
+                   "gender=COL[,gender_map=F=1,M=0][,groups=A,B][,geometry=chips|photos], or a .toml file")
     p.add_argument("--split", default="test", choices=["val", "test", "all"],
-                   help="all = every parseable image, whatever its split (external test sets)")
+                   help="UTKFace only: all = every parseable image, whatever its split (external test sets)")
     p.add_argument("--out", help=f"predictions CSV (default: CHECKPOINT/{file_name('SPLIT')})")
     p.add_argument("--json", help="write the metrics to this file")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
@@ -93,7 +148,39 @@ def main(argv: list[str] | None = None) -> int:
         dd.close()
 
 
+def _evaluate_labelled(args, dd, device, t0: float) -> int:
+    """--labels, --format fairface|csv: score a whole labelled dataset (one process: photos are detected
+    once and cached, and the rest is seconds)."""
+    if not args.out:
+        print(f"error: {ERR_NEEDS_OUT}", file=sys.stderr)
+        return 2
+    if not dd.main:
+        return 0
+    try:
+        ckpt = load_checkpoint(args.checkpoint, device)
+        ds = read_dataset(args.data, args.labels, args.format, args.columns)
+        df, m = evaluate_dataset(ckpt, ds, args.tta, args.cache_dir)
+    except (CheckpointError, DatasetError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    write_predictions(df, args.out)
+    m = {**m, "tta": args.tta, "checkpoint": str(args.checkpoint), "data": str(args.data),
+         "labels": None if ds.labels is None else str(ds.labels), "seconds": round(time.perf_counter() - t0, 2)}
+    print(format_metrics(m))
+    print(f"predictions: {args.out}   time: {m['seconds']:.1f} s")
+    if args.json:
+        Path(args.json).write_text(json.dumps(m, indent=2) + "\n")
+    return 0
+
+
 def _evaluate(args, dd, device, t0: float) -> int:
+    try:
+        utkface = resolve(args.data, args.labels, args.format, args.columns)[2] == "utkface"
+    except DatasetError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not utkface:
+        return _evaluate_labelled(args, dd, device, t0)
     try:
         ckpt = load_checkpoint(args.checkpoint, device)
         sc = scan(args.data)

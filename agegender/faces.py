@@ -166,6 +166,15 @@ def align_face(photo: Image.Image, landmarks: np.ndarray, template: np.ndarray |
     return Image.fromarray(out)
 
 
+def face_pixels(photo: Image.Image, face: Face | None, size: int) -> np.ndarray:
+    """The face as the model's uint8 input square: aligned like a UTKFace chip, or, with no
+    detection, the photo's centre square. Every photo the models see goes through here."""
+    from .preprocess import resize_image  # torch: imported only where pixels are made
+
+    chip = align_face(photo, face.landmarks) if face is not None else centre_square(photo)
+    return resize_image(chip, size)
+
+
 def centre_square(photo: Image.Image) -> Image.Image:
     """A photo that is already a cropped face: its centred square, the shape of a chip."""
     s = min(photo.size)
@@ -205,8 +214,38 @@ class FaceDetector:
             if EMPTY_PYRAMID not in str(e):
                 raise
             return []
-        if boxes is None:
-            return []
-        faces = [Face(tuple(float(v) for v in b), float(p), np.asarray(lm, np.float64))
-                 for b, p, lm in zip(boxes, probs, points, strict=True)]
-        return sorted(faces, key=lambda f: -f.confidence)
+        return _faces(boxes, probs, points)
+
+    def detect_many(self, photos: list[Image.Image], batch_size: int = 32) -> list[list[Face]]:
+        """detect() for each photo; photos of one size go through MTCNN together, in batches (about
+        3x faster per photo on 2 cores than one at a time)."""
+        out: list[list[Face]] = [[] for _ in photos]
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i, im in enumerate(photos):
+            if self.can_scan(im):
+                by_size.setdefault(im.size, []).append(i)
+        for idx in by_size.values():
+            for start in range(0, len(idx), batch_size):
+                part = idx[start:start + batch_size]
+                batch = [photos[i] if photos[i].mode == "RGB" else photos[i].convert("RGB") for i in part]
+                try:
+                    with self._lock:
+                        boxes, probs, points = self._mtcnn.detect(batch, landmarks=True)
+                except ValueError as e:
+                    if EMPTY_PYRAMID not in str(e):
+                        raise
+                    for i in part:  # one photo left a stage empty: find which, one at a time
+                        out[i] = self.detect(photos[i])
+                    continue
+                for i, b, p, lm in zip(part, boxes, probs, points, strict=True):
+                    out[i] = _faces(b, p, lm)
+        return out
+
+
+def _faces(boxes, probs, points) -> list[Face]:
+    """MTCNN's arrays for one photo -> Faces, most confident first."""
+    if boxes is None:
+        return []
+    faces = [Face(tuple(float(v) for v in b), float(p), np.asarray(lm, np.float64))
+             for b, p, lm in zip(boxes, probs, points, strict=True)]
+    return sorted(faces, key=lambda f: -f.confidence)

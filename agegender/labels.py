@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 GENDERS = ("male", "female")  # UTKFace: 0 = male, 1 = female; the gender head predicts P(female)
@@ -11,6 +12,12 @@ MAX_AGE = 116
 AGE_BUCKET_EDGES = (0, 3, 10, 20, 30, 40, 50, 60, 70)  # lower bounds; the last bucket is open
 DECISION = 0.5  # P(female) at or above this is called female (outside the Uncertain band's reading)
 DEFAULT_BAND = (0.45, 0.55)  # P(female) inside this band reads "Uncertain"
+# FairFace's age bins, inclusive; None: open ("more than 70"). Their lower bounds are AGE_BUCKET_EDGES, so a
+# FairFace bin and an age bucket carry the same label.
+FAIRFACE_BINS = ((0, 2), (3, 9), (10, 19), (20, 29), (30, 39), (40, 49), (50, 59), (60, 69), (70, None))
+
+ERR_BIN = "age bin {text!r}: write LOW-HIGH (20-29), LOW+ (70+) or 'more than LOW'"
+ERR_BIN_OF = "age {age} falls in none of the bins {bins}"
 
 # age_gender_race_datetime with .jpg, or the aligned-and-cropped .jpg.chip.jpg form.
 _NAME_RE = re.compile(
@@ -84,3 +91,38 @@ def gender_label(p_female: float, band: tuple[float, float] = DEFAULT_BAND) -> s
     if p_female > hi:
         return "Female"
     return "Uncertain"
+
+
+def parse_age_bin(text: str) -> tuple[int, int | None]:
+    """'20-29' -> (20, 29); '70+' and 'more than 70' -> (70, None). Raises ValueError(ERR_BIN)."""
+    t = str(text).strip().lower()
+    if m := re.fullmatch(r"(\d{1,3})\s*-\s*(\d{1,3})", t):
+        lo, hi = int(m[1]), int(m[2])
+        if lo <= hi:
+            return lo, hi
+    elif m := re.fullmatch(r"(?:(\d{1,3})\s*\+|more than\s+(\d{1,3}))", t):
+        return int(m[1] or m[2]), None
+    raise ValueError(ERR_BIN.format(text=text))
+
+
+def bin_label(age_bin: tuple[int, int | None]) -> str:
+    lo, hi = age_bin
+    return f"{lo}+" if hi is None else f"{lo}-{hi}"
+
+
+def bin_of(age: float, bins: Sequence[tuple[int, int | None]] = FAIRFACE_BINS) -> int:
+    """The index of the bin holding an exact age; a bin LOW-HIGH holds LOW <= age < HIGH + 1, so 29.7 is 20-29."""
+    for i, (lo, hi) in enumerate(bins):
+        if lo <= age and (hi is None or age < hi + 1):
+            return i
+    raise ValueError(ERR_BIN_OF.format(age=age, bins=", ".join(map(bin_label, bins))))
+
+
+def nearest_bin(age: float, bins: Sequence[tuple[int, int | None]] = FAIRFACE_BINS) -> int:
+    """bin_of for a predicted age, which may fall below, above or between a dataset's bins: the bin
+    holding it, else the one whose range is nearest (a model is judged on the bins the labels use)."""
+    def distance(b: tuple[int, int | None]) -> float:
+        lo, hi = b
+        return max(lo - age, 0.0, age - (float("inf") if hi is None else hi + 1) + 1e-9)
+
+    return min(range(len(bins)), key=lambda i: (distance(bins[i]), i))

@@ -23,13 +23,12 @@ from .faces import (
     Face,
     FaceDetector,
     UnreadableImage,
-    align_face,
-    centre_square,
+    face_pixels,
     load_photo,
 )
 from .inference import predict_checkpoint
 from .labels import DEFAULT_BAND, called_female, gender_label
-from .preprocess import centre_crop, resize_image
+from .preprocess import centre_crop
 
 ERR_NO_FACE = "no face found in {name}"
 ERR_TOO_SMALL = ("no face found in {name}: at {width} x {height} pixels it is too small for the detector, "
@@ -67,13 +66,6 @@ class ImageResult:
 
     def to_json(self) -> dict:
         return {"image": self.image, "faces": [f.to_json() for f in self.faces], "error": self.error}
-
-
-def face_pixels(photo: Image.Image, face: Face | None, size: int) -> np.ndarray:
-    """The face as the model's uint8 input square: aligned like a UTKFace chip, or, with no
-    detection, the photo's centre square."""
-    chip = align_face(photo, face.landmarks) if face is not None else centre_square(photo)
-    return resize_image(chip, size)
 
 
 def _whole_image_face(photo: Image.Image, size: int) -> FaceResult:

@@ -14,23 +14,29 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .labels import GENDERS, called_female
+from .labels import FAIRFACE_BINS, GENDERS, bin_label, called_female, nearest_bin, parse_age_bin
 from .meta import atomic_write, read_meta
 
-# The columns, in the order they are written. Widen the table here and nowhere else.
-COLUMNS = ("file", "split", "age", "gender", "race", "pred_age", "p_female")
-# What identifies an image when two checkpoints' predictions are paired: the file and the labels
-# read from its name (two datasets can hold a same-named file with other labels).
-IMAGE_KEYS = ("file", "age", "gender", "race")
-PREDICTED = ("pred_age", "p_female")  # what a checkpoint contributes; the rest is the dataset's
-REQUIRED = ("age", "gender", "race", *PREDICTED)  # what the metrics and the group columns read
+# The columns, in the order they are written. Widen the table here and nowhere else. Between the labels
+# and the predictions come the dataset's group columns, whatever they are (UTKFace: race; FairFace: race;
+# a user's labels file: any): every column not named here is a group column.
+LABELS = ("file", "split", "age", "age_bin", "gender")  # age: exact years, empty where only the bin is known
+PREDICTED = ("found", "pred_age", "pred_age_bin", "p_female")  # found: a face was found (photos); else empty
+KNOWN = (*LABELS, *PREDICTED)
+# What identifies an image when two checkpoints' predictions are paired: the file and its labels
+# (two datasets can hold a same-named file with other labels).
+IMAGE_KEYS = ("file", "age", "age_bin", "gender")
+REQUIRED = ("gender", "pred_age", "p_female")  # plus age or age_bin: what the metrics read
 FEMALE = GENDERS[1]  # the gender column holds label names; the gender head predicts P(female)
+SPLIT_ALL = "all"  # the split column of a dataset that has no splits
+DERIVED_GROUP = "age_bucket"  # added from the age by agegender.fairness.prepare: not one of the dataset's groups
 
 # Error messages are constants so tests can assert them word for word.
 ERR_NO_PREDICTIONS = "{path} has no predictions-{split}.csv: run python -m agegender.evaluate --checkpoint {path} " \
                      "--data PATH --split {split}"
 ERR_UNREADABLE = "cannot read predictions {path}: {detail}"
 ERR_MISSING_COLUMNS = "the predictions lack column(s) {missing}; expected {expected}"
+ERR_NO_AGE = "the predictions have neither an age nor an age_bin column: one of them holds the true age"
 
 
 def file_name(split: str) -> str:
@@ -43,45 +49,108 @@ def predictions_path(folder: str | os.PathLike, split: str) -> Path:
 
 
 def validate(df: pd.DataFrame, needed: tuple[str, ...] = REQUIRED) -> pd.DataFrame:
-    """``df`` itself when it holds the ``needed`` columns; else a ValueError naming the missing ones."""
+    """``df`` itself when it holds the ``needed`` columns and a true age (age or age_bin); else a ValueError."""
     missing = [c for c in needed if c not in df.columns]
     if missing:
         raise ValueError(ERR_MISSING_COLUMNS.format(missing=", ".join(missing), expected=", ".join(needed)))
+    if "age" not in df.columns and "age_bin" not in df.columns:
+        raise ValueError(ERR_NO_AGE)
     return df
+
+
+def group_columns(df: pd.DataFrame) -> list[str]:
+    """The dataset's own group columns, in table order (UTKFace and FairFace: race)."""
+    return [c for c in df.columns if c not in KNOWN and c != DERIVED_GROUP and not c.startswith("pred_")]
+
+
+def age_bins(labels) -> list[tuple[int, int | None]]:
+    """The bins named in label columns, in age order: the scale bin errors are counted on."""
+    found = {parse_age_bin(t) for t in pd.Series(labels).dropna().astype(str).unique() if t.strip()}
+    return sorted(found, key=lambda b: b[0])
+
+
+def bin_scale(labels) -> list[tuple[int, int | None]]:
+    """The bins a predicted age is put in: FairFace's when the labels use only FairFace bins (or none: exact
+    ages), else the labels' own. A sample of FairFace without children still has a 10-19 bin to miss into."""
+    named = age_bins(labels)
+    return list(FAIRFACE_BINS) if set(named) <= set(FAIRFACE_BINS) else named
+
+
+def pred_bins(pred_age, scale) -> list[str]:
+    """Each predicted age's bin label on ``scale`` (bin_scale); empty where there is no prediction."""
+    return [bin_label(scale[nearest_bin(a, scale)]) if np.isfinite(a) else "" for a in np.asarray(pred_age, float)]
+
+
+def complete(df: pd.DataFrame, bins=FAIRFACE_BINS) -> pd.DataFrame:
+    """A table with every column of KNOWN: tables written before age bins and face detection existed (the
+    shipped checkpoints' own) and tables built in memory get age_bin and pred_age_bin from the exact ages on
+    ``bins`` (FairFace's), found True and split 'all'. Columns already there are kept as they are."""
+    validate(df)
+    out = df.copy()
+    if "age" not in out:
+        out["age"] = np.nan
+    if "age_bin" not in out:
+        out["age_bin"] = [bin_label(bins[nearest_bin(a, bins)]) if np.isfinite(a) else ""
+                          for a in np.asarray(out["age"], float)]
+    if "pred_age_bin" not in out:
+        out["pred_age_bin"] = pred_bins(out["pred_age"], bin_scale(out["age_bin"]))
+    if "found" not in out:
+        out["found"] = True
+    if "split" not in out:
+        out["split"] = SPLIT_ALL
+    if "file" not in out:
+        out["file"] = [f"row{i}" for i in range(len(out))]
+    out["found"] = out["found"].astype(bool)
+    return out[[*LABELS, *group_columns(out), *PREDICTED, *[c for c in out.columns if c.startswith("pred_")
+                                                            and c not in PREDICTED]]]
 
 
 def load_predictions(checkpoint: str | os.PathLike | None = None, split: str = "val",
                      path: str | os.PathLike | None = None) -> pd.DataFrame:
-    """A checkpoint's predictions for a split, or any predictions CSV at ``path``.
-    Raises CheckpointError for a folder that is no checkpoint, ValueError for a missing or
-    unreadable file or one without the columns the metrics need."""
+    """A checkpoint's predictions for a split, or any predictions CSV at ``path``, completed to every
+    column of KNOWN (see complete()). Raises CheckpointError for a folder that is no checkpoint,
+    ValueError for a missing or unreadable file or one without the columns the metrics need."""
     if path is None:
         read_meta(checkpoint)  # a clear error for a folder that is no checkpoint
         path = predictions_path(checkpoint, split)
         if not path.is_file():
             raise ValueError(ERR_NO_PREDICTIONS.format(path=checkpoint, split=split))
     try:
-        df = pd.read_csv(path)
+        # labels stay strings ("20-29", a site code "007"); the numbers are parsed below
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (OSError, pd.errors.ParserError, UnicodeDecodeError) as e:
         raise ValueError(ERR_UNREADABLE.format(path=path, detail=e)) from e
-    return validate(df)
+    numeric = [c for c in df.columns if c in ("age", "p_female") or c.startswith("pred_age") and c != "pred_age_bin"]
+    for c in numeric:
+        df[c] = pd.to_numeric(df[c].replace("", np.nan), errors="coerce")
+    if "found" in df:
+        df["found"] = df["found"].str.lower().isin(("true", "1"))
+    return complete(validate(df))
 
 
 def write_predictions(df: pd.DataFrame, path: str | os.PathLike) -> None:
-    """Write a full table (every column of COLUMNS, in that order) atomically: a reader, or the
-    dashboard's cache, never sees half a file."""
-    validate(df, COLUMNS)
+    """Write a table completed to every column of KNOWN, in order (labels, groups, predictions),
+    atomically: a reader, or the dashboard's cache, never sees half a file."""
+    out = complete(df)
     with atomic_write(path) as tmp:
-        df[list(COLUMNS)].to_csv(tmp, index=False)
+        out.to_csv(tmp, index=False)
 
 
-def metric_arrays(age, pred_age, female, p_female) -> dict[str, np.ndarray]:
-    """The arrays every metric in agegender.fairness.METRICS reads: signed age error, the true
+def found_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows with a face found: every metric but the miss rate is computed on them."""
+    return df[df["found"].astype(bool)] if "found" in df else df
+
+
+def metric_arrays(age, pred_age, female, p_female, bin_err=None) -> dict[str, np.ndarray]:
+    """The arrays every metric in agegender.fairness.METRICS reads: signed age error (NaN where only a bin
+    is known), signed error in age bins (predicted bin index minus true, on the table's bins), the true
     gender as a boolean (True = female), P(female) and whether the gender call was right."""
     female = np.asarray(female, bool)
     p = np.asarray(p_female, np.float64)
+    err = np.asarray(pred_age, np.float64) - np.asarray(age, np.float64)
     return {
-        "err": np.asarray(pred_age, np.float64) - np.asarray(age, np.float64),
+        "err": err,
+        "bin_err": np.full(len(p), np.nan) if bin_err is None else np.asarray(bin_err, np.float64),
         "female": female,
         "p_female": p,
         "correct": called_female(p) == female,
@@ -93,6 +162,19 @@ def is_female(gender: pd.Series) -> np.ndarray:
     return (gender.astype(str) == FEMALE).to_numpy()
 
 
+def bin_errors(true_bins: pd.Series, pred_bins: pd.Series) -> np.ndarray:
+    """Predicted bin index minus the true one, counted on bin_scale of the bins the two columns name (so a
+    FairFace table counts 20-29 to 40-49 as two bins even when no row is in 30-39); NaN where a label is empty."""
+    scale = {b: i for i, b in enumerate(bin_scale(pd.concat([true_bins, pred_bins])))}
+
+    def index(s: pd.Series) -> np.ndarray:
+        return np.array([scale[parse_age_bin(t)] if str(t).strip() else np.nan for t in s.fillna("")], np.float64)
+
+    return index(pred_bins) - index(true_bins)
+
+
 def metric_columns(df: pd.DataFrame, suffix: str = "") -> dict[str, np.ndarray]:
-    """metric_arrays of a table; ``suffix`` picks one side of a paired table (pred_age_a, p_female_a)."""
-    return metric_arrays(df["age"], df[f"pred_age{suffix}"], is_female(df["gender"]), df[f"p_female{suffix}"])
+    """metric_arrays of a table (completed: see complete()); ``suffix`` picks one side of a paired table
+    (pred_age_a, p_female_a). Rows without a face found are the caller's to drop (found_rows)."""
+    bins = bin_errors(df["age_bin"], df[f"pred_age_bin{suffix}"]) if "age_bin" in df else None
+    return metric_arrays(df["age"], df[f"pred_age{suffix}"], is_female(df["gender"]), df[f"p_female{suffix}"], bins)

@@ -31,6 +31,16 @@ def real_dataset_path() -> Path | None:
     return None
 
 
+def fairface_sample_or_skip() -> Path:
+    """The FairFace sample: $AGEGENDER_FAIRFACE, then ../shared/datasets/FairFace-sample; else skip."""
+    env = os.environ.get("AGEGENDER_FAIRFACE")
+    for p in ([Path(env)] if env else []) + [ROOT.parent / "shared" / "datasets" / "FairFace-sample"]:
+        if p.is_dir():
+            return p
+    skip_unless_ci("FairFace sample not found: set AGEGENDER_FAIRFACE or place it at "
+                   "../shared/datasets/FairFace-sample")
+
+
 def make_dataset(folder: Path, n: int = 60, size: int = 40, seed: int = 0, chip: bool = True) -> list[str]:
     """n random face-sized images named like UTKFace chips; age and gender shape the pixels a little
     so a model has something to learn. Returns the names."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import tarfile
 import zipfile
 from pathlib import Path
@@ -17,7 +16,7 @@ from agegender.data import DatasetError
 from agegender.datasets import FAIRFACE_BINS, Problem, Record, bin_label, bin_of, parse_age_bin, read_dataset
 from agegender.labels import RACES
 
-from .conftest import MALFORMED, ROOT, make_dataset, skip_unless_ci
+from .conftest import MALFORMED, fairface_sample_or_skip, make_dataset
 
 FF_HEADER = "file,age,gender,race,service_test\n"
 FF_ROWS = [("val/1.jpg", "more than 70", "Female", "Indian"), ("val/2.jpg", "0-2", "Male", "White"),
@@ -148,19 +147,8 @@ def test_problems_keep_three_examples_of_many(tmp_path, caplog):
                                "row 7 (val/12.jpg))")
 
 
-def fairface_sample() -> Path | None:
-    env = os.environ.get("AGEGENDER_FAIRFACE")
-    for p in ([Path(env)] if env else []) + [ROOT.parent / "shared" / "datasets" / "FairFace-sample"]:
-        if p.is_dir():
-            return p
-    return None
-
-
 def test_the_real_fairface_sample():
-    path = fairface_sample()
-    if path is None:
-        skip_unless_ci("FairFace sample not found: set AGEGENDER_FAIRFACE or place it at "
-                       "../shared/datasets/FairFace-sample")
+    path = fairface_sample_or_skip()
     d = read_dataset(path)
     assert (len(d.records), d.geometry, d.format, d.problems) == (563, "photos", "fairface", {})
     assert sorted({r.groups["race"] for r in d.records}) == sorted(ds.FAIRFACE_RACES)

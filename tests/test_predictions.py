@@ -11,16 +11,22 @@ import pytest
 
 from agegender import metrics
 from agegender.compare import _side, pair
-from agegender.labels import GENDERS
+from agegender.labels import FAIRFACE_BINS, GENDERS
 from agegender.meta import ERR_NO_META, META, REQUIRED_META, CheckpointError
 from agegender.predictions import (
-    COLUMNS,
     ERR_MISSING_COLUMNS,
+    ERR_NO_AGE,
     ERR_NO_PREDICTIONS,
     ERR_UNREADABLE,
     IMAGE_KEYS,
+    KNOWN,
+    LABELS,
     PREDICTED,
     REQUIRED,
+    bin_errors,
+    bin_scale,
+    complete,
+    group_columns,
     load_predictions,
     metric_arrays,
     metric_columns,
@@ -32,9 +38,11 @@ from agegender.predictions import (
 from .conftest import ROOT
 from .test_fairness import fake_predictions
 
+OLD_COLUMNS = ("file", "split", "age", "gender", "race", "pred_age", "p_female")  # the table before age bins
+
 
 def table(n: int = 300, seed: int = 0) -> pd.DataFrame:
-    return fake_predictions(n, seed).assign(split="val")[list(COLUMNS)]
+    return complete(fake_predictions(n, seed).assign(split="val")[list(OLD_COLUMNS)])
 
 
 def checkpoint_folder(path):
@@ -45,8 +53,36 @@ def checkpoint_folder(path):
 
 
 def test_the_columns_are_declared_once_and_agree():
-    assert set(IMAGE_KEYS) <= set(COLUMNS) and set(REQUIRED) <= set(COLUMNS) and set(PREDICTED) <= set(REQUIRED)
+    assert set(IMAGE_KEYS) <= set(LABELS) and set(REQUIRED) <= set(KNOWN) and KNOWN == (*LABELS, *PREDICTED)
     assert not set(IMAGE_KEYS) & set(PREDICTED)  # pairing two checkpoints keeps both sides' predictions
+
+
+def test_a_table_written_before_age_bins_is_completed_and_scores_the_same(tmp_path):
+    old = fake_predictions(200, 3).assign(split="test")[list(OLD_COLUMNS)].astype({"age": float})
+    old.loc[0, "age"], old.loc[0, "pred_age"] = 29.5, 30.2  # 29.5 is in 20-29; 30.2 in 30-39
+    path = tmp_path / "old.csv"
+    old.to_csv(path, index=False)
+    df = load_predictions(path=path)
+    assert list(df.columns) == [*LABELS, "race", *PREDICTED] and df["found"].all()
+    assert (df.loc[0, "age_bin"], df.loc[0, "pred_age_bin"]) == ("20-29", "30-39")
+    assert metric_columns(df)["bin_err"][0] == 1
+    for k in ("err", "female", "p_female", "correct"):
+        np.testing.assert_array_equal(metric_columns(df)[k], metric_columns(old)[k], err_msg=k)
+
+
+def test_group_columns_are_the_datasets_own_in_table_order():
+    df = table().assign(site="a", age_bucket="20-29", pred_age_lo=1.0)
+    assert group_columns(df) == ["race", "site"]  # not the derived age_bucket, not a prediction
+    assert list(complete(df).columns) == [*LABELS, "race", "site", *PREDICTED, "pred_age_lo"]
+
+
+def test_bins_are_counted_on_fairfaces_scale_unless_the_labels_use_others():
+    assert bin_scale(["20-29", "70+", ""]) == list(FAIRFACE_BINS)
+    assert bin_scale(["18-24", "25-34", "55+"]) == [(18, 24), (25, 34), (55, None)]
+    true = pd.Series(["20-29", "20-29", "70+", ""])
+    pred = pd.Series(["40-49", "10-19", "60-69", "20-29"])  # 30-39 named nowhere: still a bin between
+    np.testing.assert_array_equal(bin_errors(true, pred), [2, -1, -1, np.nan])
+    np.testing.assert_array_equal(bin_errors(pd.Series(["18-24", "55+"]), pd.Series(["55+", "25-34"])), [2, -1])
 
 
 def test_naming(tmp_path):
@@ -57,9 +93,9 @@ def test_naming(tmp_path):
 def test_write_then_read_round_trip(tmp_path):
     folder = checkpoint_folder(tmp_path / "ck")
     df = table()
-    write_predictions(df.iloc[:, ::-1], predictions_path(folder, "val"))  # any column order in, COLUMNS out
+    write_predictions(df.iloc[:, ::-1], predictions_path(folder, "val"))  # any column order in, KNOWN's out
     back = load_predictions(folder, "val")
-    assert list(back.columns) == list(COLUMNS)
+    assert list(back.columns) == [*LABELS, "race", *PREDICTED]
     pd.testing.assert_frame_equal(back, df)
     pd.testing.assert_frame_equal(load_predictions(path=predictions_path(folder, "val")), df)
     assert sorted(p.name for p in folder.iterdir()) == [META, "predictions-val.csv"]  # no temporary left
@@ -70,8 +106,11 @@ def test_a_table_short_of_a_column_is_not_written_and_the_old_file_stays(tmp_pat
     write_predictions(table(), path)
     before = path.read_bytes()
     with pytest.raises(ValueError) as e:
-        write_predictions(table().drop(columns=["split", "race"]), path)
-    assert str(e.value) == ERR_MISSING_COLUMNS.format(missing="split, race", expected=", ".join(COLUMNS))
+        write_predictions(table().drop(columns=["p_female"]), path)
+    assert str(e.value) == ERR_MISSING_COLUMNS.format(missing="p_female", expected=", ".join(REQUIRED))
+    with pytest.raises(ValueError) as e:
+        write_predictions(table().drop(columns=["age", "age_bin"]), path)
+    assert str(e.value) == ERR_NO_AGE
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["p.csv"]
 
 
@@ -94,8 +133,7 @@ def test_reading_errors_word_for_word(tmp_path):
     with pytest.raises(ValueError) as e:
         load_predictions(path=short)
     assert str(e.value) == ERR_MISSING_COLUMNS.format(missing="gender, p_female", expected=", ".join(REQUIRED))
-    assert str(e.value) == ("the predictions lack column(s) gender, p_female; "
-                            "expected age, gender, race, pred_age, p_female")
+    assert str(e.value) == "the predictions lack column(s) gender, p_female; expected gender, pred_age, p_female"
 
 
 def test_validate_names_what_is_needed():
@@ -103,7 +141,7 @@ def test_validate_names_what_is_needed():
     assert validate(df) is df
     with pytest.raises(ValueError) as e:
         validate(df.drop(columns=["file"]), IMAGE_KEYS)
-    assert str(e.value) == ERR_MISSING_COLUMNS.format(missing="file", expected="file, age, gender, race")
+    assert str(e.value) == ERR_MISSING_COLUMNS.format(missing="file", expected="file, age, age_bin, gender")
     with pytest.raises(ValueError, match="lack column"):
         pair(df.drop(columns=["file"]), df)  # pairing needs the file as well as the labels
 
@@ -114,6 +152,10 @@ def old_fairness_columns(df):
     p = df["p_female"].to_numpy(np.float64)
     return {"err": (df["pred_age"].to_numpy(np.float64) - df["age"].to_numpy(np.float64)), "female": female,
             "p_female": p, "correct": (p >= 0.5) == female}
+
+
+def without_bins(cols: dict) -> dict:
+    return {k: v for k, v in cols.items() if k != "bin_err"}
 
 
 def old_summary_columns(age, pred_age, gender, p_female):
@@ -134,11 +176,11 @@ def assert_same_columns(got, want):
 def test_metric_columns_are_what_fairness_and_metrics_built(seed):
     df = table(500, seed)
     df.loc[::7, "p_female"] = 0.5  # the boundary: 0.5 calls female
-    assert_same_columns(metric_columns(df), old_fairness_columns(df))
+    assert_same_columns(without_bins(metric_columns(df)), old_fairness_columns(df))
     gender = (df["gender"] == "female").to_numpy(int)  # as training holds labels: 1 = female
     old = old_summary_columns(df["age"].to_numpy(), df["pred_age"].to_numpy(), gender, df["p_female"].to_numpy())
-    assert_same_columns(metric_arrays(df["age"], df["pred_age"], gender == 1, df["p_female"]), old)
-    assert_same_columns(metric_columns(df.astype({"gender": "category"})), old)  # as prepare may hand it over
+    assert_same_columns(without_bins(metric_arrays(df["age"], df["pred_age"], gender == 1, df["p_female"])), old)
+    assert_same_columns(without_bins(metric_columns(df.astype({"gender": "category"}))), old)  # as prepare hands it
     assert metrics.summary(df["age"].to_numpy(), df["pred_age"].to_numpy(), gender, df["p_female"].to_numpy()) \
         == metrics.summary_of(df)
 
@@ -149,7 +191,7 @@ def test_each_side_of_a_paired_table_reads_its_own_predictions():
     m = pair(a, b)
     for side, frame in (("a", a), ("b", b)):
         want = old_fairness_columns(m.assign(pred_age=m[f"pred_age_{side}"], p_female=m[f"p_female_{side}"]))
-        assert_same_columns(_side(m, side), want)
+        assert_same_columns(without_bins(_side(m, side)), want)
         assert_same_columns(_side(m, side), metric_columns(frame.set_index("file").loc[m["file"]].reset_index()))
 
 
