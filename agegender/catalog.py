@@ -49,6 +49,44 @@ def default_pick(paths: list[Path]) -> list[Path]:
     return paths[:1]
 
 
+def trained_at(path: str | os.PathLike) -> float:
+    """When a checkpoint was trained, as a file time: its weights file's modification time (training
+    writes it at each new best epoch and evaluation never rewrites it, whereas meta.json is rewritten
+    by every evaluation, and holds no training date); meta.json's where there are no weights; 0.0
+    where neither can be read."""
+    for name in (WEIGHTS, META):
+        try:
+            return (Path(path) / name).stat().st_mtime
+        except OSError:
+            continue
+    return 0.0
+
+
+def most_recent(paths: list[Path], n: int = 2) -> list[Path]:
+    """The ``n`` most recently trained of ``paths`` (trained_at; a tie goes by name), oldest first, so
+    that the first is the baseline a comparison reads the newer one against."""
+    return _by_age(paths)[-n:] if n > 0 else []
+
+
+def compare_pick(picked: list[Path], paths: list[Path], untouched: bool, n: int = 2) -> list[Path]:
+    """What the compare page opens on when fewer than ``n`` checkpoints are picked: the ``n`` most
+    recent of ``paths`` while the picker holds what a fresh session starts on (``untouched``),
+    else the ones picked with the most recent others added. ``picked`` itself when it holds ``n`` or
+    more, or when ``paths`` has too few to add."""
+    if len(picked) >= n:
+        return picked
+    if untouched:
+        pick = most_recent(paths, n)
+        return pick if len(pick) >= n else picked
+    added = [p for p in _by_age(paths) if p not in picked][len(picked) - n:]
+    return picked + added if len(picked) + len(added) >= n else picked
+
+
+def _by_age(paths: list[Path]) -> list[Path]:
+    """Oldest first (trained_at); a tie goes by name."""
+    return sorted(paths, key=lambda p: (trained_at(p), p.name))
+
+
 def default_data_path() -> str:
     """$AGEGENDER_UTKFACE, or empty."""
     return os.environ.get(DATA_ENV, "")
@@ -105,6 +143,11 @@ def health_of(path: str | os.PathLike) -> str | None:
         return health(read_meta(path))
     except CheckpointError as e:
         return str(e)
+
+
+# The summary table's figure columns and the metric each holds (agegender.tables formats them so).
+SUMMARY_METRICS = {"test n": "n", "test age MAE": "age_mae", "test CS@5": "age_cs5", "test age bias": "age_bias",
+                   "test gender acc": "gender_accuracy", "test gender AUC": "gender_auc"}
 
 
 def summary_table(root: str | os.PathLike | None = None, paths: list[Path] | None = None):

@@ -99,3 +99,54 @@ def composition_vs_error(report: GroupReport, metric: str) -> go.Figure:
                       yaxis2={"title": m.label, "overlaying": "y", "side": "right"}, margin={"t": 50},
                       legend={"orientation": "h"})
     return fig
+
+
+# The training page's panels: (title, y-axis format, the history.csv columns it plots and their split).
+TRAINING_PANELS = (
+    ("loss", "", {"train_loss": "train"}),
+    ("age MAE (years)", "", {"train_age_mae": "train", "val_age_mae": "validation"}),
+    ("gender accuracy", ".0%", {"train_gender_acc": "train", "val_gender_acc": "validation"}),
+)
+SPLIT_STYLE = {"train": {"color": COLOUR, "dash": "dot"}, "validation": {"color": "crimson", "dash": "solid"}}
+
+
+def training_history(history: pd.DataFrame) -> pd.DataFrame:
+    """history.csv (agegender.runstate.HISTORY_FIELDS) in long form: one row per epoch, panel and split
+    (train or validation) with its value, for the columns TRAINING_PANELS plots. A column missing (an
+    older history) or a value that is not a number is left out, not an error."""
+    rows = []
+    epochs = pd.to_numeric(history["epoch"], errors="coerce") if "epoch" in history else pd.Series(dtype=float)
+    for panel, _, columns in TRAINING_PANELS:
+        for column, split in columns.items():
+            if column not in history:
+                continue
+            part = pd.DataFrame({"epoch": epochs, "panel": panel, "split": split,
+                                 "value": pd.to_numeric(history[column], errors="coerce")})
+            rows.append(part.dropna(subset=["epoch", "value"]))
+    if not rows:
+        return pd.DataFrame(columns=["epoch", "panel", "split", "value"])
+    return pd.concat(rows, ignore_index=True)
+
+
+def training_curves(history: pd.DataFrame, best_epoch: int | None = None) -> go.Figure:
+    """Train loss beside train and validation age MAE and gender accuracy per epoch, side by side in one
+    figure (so that they stay side by side on a narrow screen), the best epoch dotted on each."""
+    from plotly.subplots import make_subplots
+
+    long = training_history(history)
+    fig = make_subplots(rows=1, cols=len(TRAINING_PANELS), subplot_titles=[p[0] for p in TRAINING_PANELS])
+    shown = set()
+    for col, (panel, tickformat, _) in enumerate(TRAINING_PANELS, start=1):
+        for split, part in long[long["panel"] == panel].groupby("split", sort=False):
+            fig.add_trace(go.Scatter(x=part["epoch"], y=part["value"], mode="lines+markers", name=split,
+                                     legendgroup=split, showlegend=split not in shown, line=SPLIT_STYLE[split],
+                                     hovertemplate=f"{split} {panel}<br>epoch %{{x}}: %{{y:.3~f}}<extra></extra>"),
+                          row=1, col=col)
+            shown.add(split)
+        if tickformat:
+            fig.update_yaxes(tickformat=tickformat, row=1, col=col)
+        fig.update_xaxes(title_text="epoch", row=1, col=col)
+        if best_epoch:
+            fig.add_vline(x=best_epoch, line_dash="dot", line_color="grey", row=1, col=col)
+    fig.update_layout(height=340, margin={"t": 40, "b": 10}, legend={"orientation": "h", "y": -0.25})
+    return fig

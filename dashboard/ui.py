@@ -31,6 +31,7 @@ from agegender.catalog import (
     FLAGGED,
     META,
     WEIGHTS,
+    compare_pick,
     default_data_path,
     default_pick,
     default_root,
@@ -52,6 +53,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("agegender.dashboard")
 SELECTED = "selected_checkpoints"
 DATASET = "dataset_path"
+PICKER = "picker_names"  # the picker's widget key
+OFFERED = "picker_offered"  # label -> path of what the picker offers
+PICK_DEFAULT = "picker_default"  # the labels a fresh session starts on
+PICK_NEXT = "picker_next"  # labels the picker takes on the next run (a widget's value cannot change after it is drawn)
+PAIR_FILLED = "compare_pair_filled"  # the compare page has filled the picker up to two once this session
+PAIR_FILLED_NOTE = ("Fewer than two checkpoints were picked, so the picker now holds {names} (the most recently "
+                    "trained); change it in the sidebar.")
+GRID_COLUMNS = 6  # face thumbnails per row on the predict page
 NO_DATA = (f"The error explorer needs the UTKFace images: set the dataset path in the sidebar, "
            f"or the environment variable {DATA_ENV}.")
 
@@ -156,13 +165,15 @@ def sidebar() -> None:
     paths = pickable(ckpt_allowed, root)
     labels = pick_labels(paths)
     flags = {label: health_of(p) for label, p in labels.items()}
+    default = [label for label, p in labels.items() if p in default_pick(paths)]
+    if PICK_NEXT in st.session_state:  # before the widget is drawn: afterwards its value cannot change
+        st.session_state[PICKER] = [label for label in st.session_state.pop(PICK_NEXT) if label in labels]
     where = root if ckpt_allowed.roots is None else ", ".join(map(str, ckpt_allowed.roots)) or "nowhere"
     with st.sidebar:
         st.header("Checkpoints")
         for problem in {a.problem for a in (ckpt_allowed, data_allowed) if a.problem}:
             st.error(problem)
-        chosen = st.multiselect("From checkpoints/", list(labels), key="picker_names",
-                                default=[label for label, p in labels.items() if p in default_pick(paths)],
+        chosen = st.multiselect("From checkpoints/", list(labels), key=PICKER, default=default,
                                 format_func=lambda label: f"{label} ⚠" if flags.get(label) else label,
                                 help=f"Folders in {where}. ⚠: its validation figures say it is untrained or "
                                      "diverged (the Checkpoints page says why).")
@@ -174,6 +185,40 @@ def sidebar() -> None:
     # plain keys, not widget keys: pages read these
     st.session_state[SELECTED] = [str(labels[c]) for c in chosen if c in labels] + ([extra] if extra else [])
     st.session_state[DATASET] = data
+    st.session_state[OFFERED] = labels
+    st.session_state[PICK_DEFAULT] = default
+
+
+def pick_pair() -> None:
+    """The compare page's first visit in a session with fewer than two checkpoints picked: the picker
+    takes two (agegender.catalog.compare_pick: the two most recently trained while it holds what a
+    fresh session starts on, else the pick plus the most recent other), and the page reruns with
+    them. Once only, so that a user who then unpicks one is not overruled."""
+    if st.session_state.get(PAIR_FILLED):
+        return
+    st.session_state[PAIR_FILLED] = True
+    offered: dict[str, Path] = st.session_state.get(OFFERED, {})
+    chosen = list(st.session_state.get(PICKER, []))
+    picked = [Path(p) for p in st.session_state.get(SELECTED, [])]
+    untouched = chosen == st.session_state.get(PICK_DEFAULT) and len(picked) == len(chosen)
+    pick = compare_pick(picked, list(offered.values()), untouched)
+    if pick == picked:
+        return
+    names = {p: label for label, p in offered.items()}
+    st.session_state[PICK_NEXT] = [names[p] for p in pick if p in names]
+    st.session_state[PAIR_FILLED] = PAIR_FILLED_NOTE.format(names=", ".join(names.get(p, str(p)) for p in pick))
+    # what the sidebar will read from the picker on the rerun; set here too, for a rerun of the page alone
+    st.session_state[SELECTED] = [str(p) for p in pick]
+    st.rerun()
+
+
+def pair_note() -> str | None:
+    """What pick_pair() did, for the page to say once; None when it changed nothing."""
+    note = st.session_state.get(PAIR_FILLED)
+    if isinstance(note, str):
+        st.session_state[PAIR_FILLED] = True
+        return note
+    return None
 
 
 def selected_checkpoints(limit: int | None = None) -> list[Checkpoint]:
@@ -297,6 +342,30 @@ def face_view(ckpt: Checkpoint, result: ImageResult, face_index: int, result_key
         img = overlay(crop, m.heat, opt.opacity)
         col.image(img, caption=cam_caption(m), width="stretch")
         overlays[f"{Path(result.image).stem}-face{face_index + 1}-{ckpt.name}-{m.head}-{m.name}.png"] = png_bytes(img)
+
+
+def face_call(face, band: tuple[float, float]) -> str:
+    """A face's prediction in a few words: "34 y · Female"."""
+    return f"{face.age:.0f} y · {gender_label(face.p_female, band)}"
+
+
+def face_grid(ckpts: list[Checkpoint], results: dict[str, ImageResult], numbers: list[int],
+              band: tuple[float, float], shown: int | None = None) -> None:
+    """A thumbnail per predicted face of one photo (the aligned model input), numbered as on the boxed
+    photo, with each checkpoint's age and gender call: a photo of many faces reads at a glance, and
+    face_view explains the one picked. ``numbers`` are the predicted faces' numbers; ``shown`` the one
+    explained below, marked ▶."""
+    from agegender.predict import display_crop
+
+    predicted = {c.name: [f for f in results[c.name].faces if f.predicted] for c in ckpts}
+    cols = st.columns(GRID_COLUMNS)
+    for i, number in enumerate(numbers):
+        calls = [face_call(predicted[c.name][i], band) for c in ckpts]
+        if len(ckpts) > 1:
+            calls = [f"{c.name}: {call}" for c, call in zip(ckpts, calls, strict=True)]
+        mark = "▶ " if number == shown else ""
+        cols[i % GRID_COLUMNS].image(display_crop(ckpts[0], predicted[ckpts[0].name][i].pixels, scale=1),
+                                     caption=f"{mark}Face {number}: " + "; ".join(calls), width="stretch")
 
 
 def checkpoint_choice(ckpts: list[Checkpoint], label: str = "Checkpoint", key: str = "one_ckpt") -> Checkpoint:

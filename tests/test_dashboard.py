@@ -118,7 +118,9 @@ def test_compare_page(two_checkpoints):
     assert not at.exception
     assert any(h.value == "b against a" for h in at.header)
     mae = next(m for m in at.metric if m.label == "age MAE")
-    assert mae.delta.startswith(("+", "-"))
+    assert mae.value.endswith(" y") and mae.delta.endswith(" y")  # 0.00 y here: b's +3 years cancel out
+    bias = next(m for m in at.metric if m.label == "age mean signed error")
+    assert bias.delta == "+3.00 y"  # b guesses every age 3 years older
     assert len(at.get("plotly_chart")) == 2
 
 
@@ -151,7 +153,7 @@ def test_explorer_page(app, tiny_checkpoint, tiny_data, tmp_path, monkeypatch):
 def test_training_page(predict_app):
     at = predict_app.switch_page("pages/training.py").run()
     assert not at.exception
-    assert len(at.get("plotly_chart")) == 3
+    assert len(at.get("plotly_chart")) == 1  # train loss, age MAE and gender accuracy side by side in one figure
 
 
 def boundary_app():

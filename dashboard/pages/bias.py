@@ -24,7 +24,7 @@ def html_cached(ckpt_path: str, split: str, stamp: tuple, min_count: int) -> str
 st.title("Bias report")
 
 # heavy imports after the title, so the page shows while they load
-from agegender import charts
+from agegender import charts, tables
 from agegender.fairness import DEFAULT_GROUPINGS, GROUP_COLUMNS, METRICS, MIN_COUNT, GroupReport, prepare
 from agegender.report import to_html
 
@@ -44,8 +44,8 @@ table, rep = report_cached(str(ckpt.path), split, stamp, grouping, int(min_count
 o = rep.overall
 cols = st.columns(4)
 for col, name in zip(cols, ("age_mae", "age_bias", "gender_accuracy", "gender_auc"), strict=True):
-    col.metric(f"{METRICS[name].label} (n={o['n']})", f"{o[name]:.3f}",
-               help=f"95% interval [{o[name + '_lo']:.3f}, {o[name + '_hi']:.3f}]", delta=None)
+    col.metric(f"{METRICS[name].label} (n={tables.metric_text('n', o['n'])})", tables.metric_text(name, o[name]),
+               help=f"95% interval {tables.interval_text(name, o[name + '_lo'], o[name + '_hi'])}", delta=None)
 
 st.subheader("Disparity")
 disp = rep.disparity()
@@ -54,7 +54,7 @@ st.caption(f"Worst and best group per metric among groups with n ≥ {int(min_co
 if disp.empty:
     st.info(f"Fewer than two groups have n ≥ {int(min_count)}: nothing to compare. Lower the threshold to see more.")
 else:
-    st.dataframe(disp.style.highlight_max(subset=["gap"], color="#f6c7c7"), hide_index=True)
+    st.dataframe(tables.styled(disp), hide_index=True)
 
 shown = rep.by_group
 with st.expander("Filter groups"):
@@ -77,7 +77,7 @@ left.plotly_chart(charts.predicted_vs_true(table), width="stretch")
 right.plotly_chart(charts.residual_by_age(table), width="stretch")
 
 st.subheader("All groups")
-st.dataframe(shown.style.apply(lambda r: ["color: #999" if r["too_small"] else "" for _ in r], axis=1),
+st.dataframe(tables.styled(shown).apply(lambda r: ["color: #999" if r["too_small"] else "" for _ in r], axis=1),
              hide_index=True)
 d1, d2 = st.columns(2)
 d1.download_button("Groups (CSV)", shown.to_csv(index=False), f"bias-{ckpt.name}-{split}-{grouping}.csv", "text/csv")

@@ -2,8 +2,9 @@
 
 import streamlit as st
 
+from agegender import tables
 from agegender.access import pickable
-from agegender.catalog import default_root, summary_table
+from agegender.catalog import SUMMARY_METRICS, default_root, summary_table
 from dashboard import ui
 
 st.title("Checkpoints")
@@ -22,14 +23,7 @@ if not flagged.empty:
     st.warning(f"{', '.join(flagged['checkpoint'])}: untrained or diverged by the validation figures; "
                "the health column says why.")
 st.dataframe(
-    table.dropna(axis="columns", how="all"),
+    tables.styled(table.dropna(axis="columns", how="all"), metrics=SUMMARY_METRICS),
     hide_index=True,
-    column_config={
-        "health": st.column_config.TextColumn(width="medium"),
-        "test age MAE": st.column_config.NumberColumn(format="%.2f y"),
-        "test age bias": st.column_config.NumberColumn(format="%+.2f y"),
-        "test CS@5": st.column_config.NumberColumn(format="percent"),
-        "test gender acc": st.column_config.NumberColumn(format="percent"),
-        "test gender AUC": st.column_config.NumberColumn(format="%.4f"),
-    },
+    column_config={"health": st.column_config.TextColumn(width="medium")},
 )

@@ -10,11 +10,15 @@ st.title("Compare checkpoints")
 # heavy imports after the title, so the page shows while they load
 import plotly.express as px
 
-from agegender import charts
+from agegender import charts, tables
 from agegender.compare import agreement, gaps, pair, paired_deltas
 from agegender.fairness import DEFAULT_GROUPINGS, METRICS, MIN_COUNT
 
+ui.pick_pair()
 ckpts = ui.selected_checkpoints()
+note = ui.pair_note()
+if note:
+    st.info(note)
 if len(ckpts) < 2:
     st.info("Pick two or more checkpoints in the sidebar to compare them.")
     st.stop()
@@ -50,10 +54,11 @@ for other in [c for c in ckpts if c is not base]:
     for col, name in zip(cols, ("age_mae", "age_bias", "gender_accuracy", "female_as_male", "male_as_female"),
                          strict=True):
         better_low = METRICS[name].higher_is_better is False
-        col.metric(METRICS[name].label, f"{o[name + '_b']:.3f}", f"{o[name + '_delta']:+.3f}",
+        col.metric(METRICS[name].label, tables.metric_text(name, o[name + '_b']),
+                   tables.metric_text(name, o[name + '_delta'], delta=True),
                    delta_color="inverse" if better_low else "normal",
-                   help=f"{base.name}: {o[name + '_a']:.3f}; delta interval "
-                        f"[{o[name + '_delta_lo']:.3f}, {o[name + '_delta_hi']:.3f}]")
+                   help=f"{base.name}: {tables.metric_text(name, o[name + '_a'])}; delta interval "
+                        + tables.interval_text(name, o[name + '_delta_lo'], o[name + '_delta_hi'], delta=True))
     for std, table in gap_tables.items():
         mix = " with each group given the overall age mix" if std else ""
         if isinstance(table, str):
@@ -62,9 +67,10 @@ for other in [c for c in ckpts if c is not base]:
             continue
         cols = st.columns(len(table))
         for col, (_, r) in zip(cols, table.iterrows(), strict=True):
+            gap_a, gap_b = (tables.metric_text(r["metric"], r[k], delta=True, signed=False) for k in ("gap_a", "gap_b"))
             col.metric(f"Gap in {r['label']} between {grouping.replace(':', ' × ')} groups{mix}",
-                       f"{r['gap_b']:.3f}", f"{r['change']:+.0%}", delta_color="inverse",
-                       help=f"best against worst group of at least {MIN_COUNT} images; {base.name}: {r['gap_a']:.3f}; "
+                       gap_b, f"{r['change']:+.0%}", delta_color="inverse",
+                       help=f"best against worst group of at least {MIN_COUNT} images; {base.name}: {gap_a}; "
                             f"change interval [{r['change_lo']:+.0%}, {r['change_hi']:+.0%}] (paired bootstrap)"
                             + ("; age-standardised: a group's figure is its per-age-bucket figures weighted by "
                                "the overall age-bucket mix, so older groups are not judged worse for age alone"
@@ -72,11 +78,12 @@ for other in [c for c in ckpts if c is not base]:
     metric = st.selectbox("Per-group delta of", ["age_mae", "gender_accuracy", "age_bias"], key=f"cmp_m_{other.name}",
                           format_func=lambda k: METRICS[k].label)
     st.plotly_chart(charts.delta_bars(groups, metric, grouping, base.name, other.name), width="stretch")
-    st.dataframe(groups, hide_index=True)
+    st.dataframe(tables.styled(groups), hide_index=True)
     agree = agreement(m, grouping)
     left, right = st.columns(2)
-    left.metric("Gender labels disagree on", f"{agree['gender_disagreement']:.1%} of images")
-    left.dataframe(agree["by_group"], hide_index=True)
+    left.metric("Gender labels disagree on",
+                f"{tables.metric_text('gender_disagreement', agree['gender_disagreement'])} of images")
+    left.dataframe(tables.styled(agree["by_group"]), hide_index=True)
     right.plotly_chart(px.histogram(x=agree["age_diff"], nbins=60, title="Predicted age difference (years)",
                                     labels={"x": f"{other.name} − {base.name}"}), width="stretch")
 

@@ -11,6 +11,7 @@ st.title("Predict & explain")
 # heavy imports after the title, so the page shows while they load
 import matplotlib.cbook
 
+from agegender import tables
 from agegender.explain import METHODS, layer_names
 from agegender.visual import draw_faces, results_frame, zip_bytes
 
@@ -19,6 +20,7 @@ TYPES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 # with MIME types in the list Streamlit leaves the check to the browser's file dialog and to this page,
 # so a file of another type that gets past the browser is refused alone, not with the whole upload
 MIME_TYPES = ("image/jpeg", "image/png", "image/webp", "image/bmp")
+EXPLAIN = "Grad-CAMs of"
 
 ckpts = ui.selected_checkpoints(limit=3)
 
@@ -68,7 +70,7 @@ if not files:
 
 results = {c.name: [] for c in ckpts}
 overlays: dict[str, bytes] = {}
-for name, data in files:
+for file_index, (name, data) in enumerate(files):
     st.subheader(name)
     per_ckpt = {c.name: ui.analyse(data, name, c.path, opt.cropped, opt.whole_if_no_face, opt.min_confidence)
                 for c in ckpts}
@@ -92,18 +94,28 @@ for name, data in files:
                    + ", ".join(map(str, skipped)))
     key = f"{ui.data_key(data)}-{opt.cropped}-{opt.whole_if_no_face}-{opt.min_confidence}"
     numbers = [j + 1 for j, f in enumerate(first.faces) if f.predicted]
-    for i, number in enumerate(numbers):
-        st.markdown(f"#### Face {number}")
-        for c in ckpts:
-            ui.face_view(c, per_ckpt[c.name], i, key, opt, overlays)
+    if not numbers:
+        continue
+    number = numbers[0]
+    if len(numbers) > 1:  # many faces: a grid of them, and the Grad-CAMs of the one picked
+        grid = st.container()
+        # keyed by the options that found these faces: another threshold may find other faces
+        number = st.radio(EXPLAIN, numbers, horizontal=True, key=f"face_pick-{file_index}-{key}",
+                          format_func=lambda n: f"Face {n}")
+        with grid:
+            ui.face_grid(ckpts, per_ckpt, numbers, opt.band, shown=number)
+    st.markdown(f"#### Face {number}")
+    for c in ckpts:
+        ui.face_view(c, per_ckpt[c.name], numbers.index(number), key, opt, overlays)
 
 table = results_frame(results, opt.band)
 if not table.empty:
     st.divider()
-    st.dataframe(table, hide_index=True)
+    st.dataframe(tables.styled(table), hide_index=True)
     d1, d2, d3 = st.columns(3)
     d1.download_button("Predictions (CSV)", table.to_csv(index=False), "predictions.csv", "text/csv")
     d2.download_button("Predictions (JSON)", json.dumps({k: [r.to_json() for r in v] for k, v in results.items()},
                                                         indent=2), "predictions.json", "application/json")
     if overlays:
-        d3.download_button("Overlays (PNG, zip)", zip_bytes(overlays), "overlays.zip", "application/zip")
+        d3.download_button("Overlays of the faces shown (PNG, zip)", zip_bytes(overlays), "overlays.zip",
+                           "application/zip")
