@@ -6,41 +6,90 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .fairness import METRICS, MIN_COUNT, N_BOOT, SEED, parse_grouping, prepare
+from .fairness import (
+    LABEL_GROUPS,
+    METRICS,
+    MIN_COUNT,
+    N_BOOT,
+    SEED,
+    group_positions,
+    grouping_columns,
+    headline_age_metric,
+    parse_grouping,
+    prepare,
+    take,
+)
 from .labels import AGE_BUCKET_EDGES, called_female
-from .predictions import IMAGE_KEYS, PREDICTED, metric_columns, validate
+from .predictions import IMAGE_KEYS, LABELS, PREDICTED, complete, found_rows, group_columns, metric_columns, validate
 
 ERR_NOTHING_SHARED = "the two checkpoints share no scored image: compare predictions of the same split and data"
+ERR_ALREADY_SPLIT = "cannot standardise {grouping} groups over {standardise}, which they already split"
+ERR_FEW_GROUPS = "fewer than two groups of {grouping} with at least {min_count} images"
 STANDARDISE = "age_bucket"  # gaps are also given with each group at the overall mix of this: age drives error most
+SIDES = ("a", "b")
+PAIR_NEEDED = ("file", "gender", "pred_age", "p_female")  # plus age or age_bin: what pairs and what is measured
+# one side's predictions in a paired table: not groups, though the table's group_columns counts them
+SIDE_COLUMNS = frozenset(f"{c}_{s}" for c in PREDICTED for s in SIDES)
 
 
 def pair(a: pd.DataFrame, b: pd.DataFrame, edges: tuple[int, ...] = AGE_BUCKET_EDGES) -> pd.DataFrame:
-    """Rows scored by both, with pred_age_a/_b and p_female_a/_b; raises when they share none."""
-    cols, keys = [*IMAGE_KEYS, *PREDICTED], list(IMAGE_KEYS)
-    m = validate(a, cols)[cols].merge(validate(b, cols)[cols], on=keys, suffixes=("_a", "_b"))
+    """The images both scored and both found a face in, with pred_age_a/_b, pred_age_bin_a/_b and
+    p_female_a/_b; raises when they share none. Images pair on the image keys both tables have (an old
+    table has no age_bin of its own) and the group columns both have (a same-named file of another group
+    is another image); a group column only one of them has is kept from that one."""
+    keys = [k for k in IMAGE_KEYS if k in a and k in b]
+    a, b = (complete(validate(t, PAIR_NEEDED)) for t in (a, b))
+    shared = [c for c in group_columns(a) if c in set(group_columns(b))]
+    only_b = [c for c in group_columns(b) if c not in shared]
+    keys += shared
+    left = found_rows(a)[[*LABELS, *group_columns(a), *PREDICTED]]
+    right = found_rows(b)[[*keys, *only_b, *PREDICTED]]
+    m = left.merge(right, on=keys, suffixes=tuple(f"_{s}" for s in SIDES))
     if m.empty:
         raise ValueError(ERR_NOTHING_SHARED)
-    return prepare(m.assign(pred_age=m["pred_age_a"], p_female=m["p_female_a"]), edges)
+    m = m.drop(columns=[f"found_{s}" for s in SIDES]).assign(
+        found=True, pred_age=m["pred_age_a"], pred_age_bin=m["pred_age_bin_a"], p_female=m["p_female_a"])
+    return prepare(m, edges)
+
+
+def paired_columns(m: pd.DataFrame) -> list[str]:
+    """The columns a paired table can be grouped by: its labels' and groups', not either side's predictions."""
+    return [c for c in grouping_columns(m) if c not in SIDE_COLUMNS]
+
+
+def default_metrics(m: pd.DataFrame) -> tuple[str, str]:
+    """What a comparison measures unless told: the age metric the labels allow (MAE in years, or the bin
+    accuracy where ages are bins) and gender accuracy."""
+    return headline_age_metric(m), "gender_accuracy"
+
+
+def default_grouping(m: pd.DataFrame) -> str:
+    """What the command groups by unless told: the tables' first group column (UTKFace, FairFace: race)."""
+    return next((c for c in paired_columns(m) if c not in LABEL_GROUPS), STANDARDISE)
 
 
 def _side(m: pd.DataFrame, s: str) -> dict[str, np.ndarray]:
     return metric_columns(m, f"_{s}")
 
 
-def paired_deltas(m: pd.DataFrame, grouping: str | None = None,
-                  metrics: tuple[str, ...] = ("age_mae", "gender_accuracy"),
+def _groups(m: pd.DataFrame, grouping: str | None) -> tuple[list[str], list[tuple[tuple, np.ndarray]]]:
+    cols = parse_grouping(grouping, paired_columns(m)) if grouping else []
+    return cols, group_positions(m, cols)
+
+
+def paired_deltas(m: pd.DataFrame, grouping: str | None = None, metrics: tuple[str, ...] | None = None,
                   n_boot: int = N_BOOT, seed: int = SEED, min_count: int = MIN_COUNT) -> pd.DataFrame:
-    """Per group (or overall): each metric for a and b, b - a, and its paired 95% interval
-    (both resampled with the same indices, so the shared difficulty of the images cancels)."""
+    """Per group (or overall): each metric (default: default_metrics) for a and b, b - a, and its paired
+    95% interval (both resampled with the same indices, so the shared difficulty of the images cancels)."""
     rng = np.random.default_rng(seed)
-    cols = parse_grouping(grouping) if grouping else []
-    parts = m.groupby(cols, observed=True) if cols else [((), m)]
+    metrics = metrics or default_metrics(m)
+    cols, groups = _groups(m, grouping)
+    side = {s: _side(m, s) for s in SIDES}  # built once for the whole table, sliced per group (see take)
     rows = []
-    for key, g in parts:
-        key = key if isinstance(key, tuple) else (key,)
-        ca, cb = _side(g, "a"), _side(g, "b")
-        idx = rng.integers(0, len(g), size=(n_boot, len(g)))
-        row = {**dict(zip(cols, map(str, key), strict=True)), "n": len(g), "too_small": len(g) < min_count}
+    for key, where in groups:
+        ca, cb = take(side["a"], where), take(side["b"], where)
+        idx = rng.integers(0, len(where), size=(n_boot, len(where)))
+        row = {**dict(zip(cols, map(str, key), strict=True)), "n": len(where), "too_small": len(where) < min_count}
         for name in metrics:
             fn = METRICS[name].fn
             va, vb = float(fn(ca)), float(fn(cb))
@@ -60,19 +109,37 @@ def agreement(m: pd.DataFrame, grouping: str | None = "race") -> dict:
     out = {"n": len(m), "gender_disagreement": float((fa != fb).mean()), "age_diff": diff,
            "age_diff_mean_abs": float(np.abs(diff).mean()), "age_diff_median": float(np.median(diff))}
     if grouping:
-        cols = parse_grouping(grouping)
+        cols = parse_grouping(grouping, paired_columns(m))
         out["by_group"] = (m.assign(disagree=(fa != fb)).groupby(cols, observed=True)["disagree"]
                            .agg(["size", "mean"]).rename(columns={"size": "n", "mean": "gender_disagreement"})
                            .reset_index())
     return out
 
 
-def gap_change(m: pd.DataFrame, grouping: str = "race", metrics: tuple[str, ...] = ("age_mae", "gender_accuracy"),
+def _spread(v: np.ndarray) -> np.ndarray:
+    """Best-to-worst gap along the first axis over the groups where a figure is defined; NaN with fewer than
+    two (a metric the labels do not allow, such as age MAE on bins, gives none; np.nanmax would warn)."""
+    ok = np.isfinite(v)
+    with np.errstate(invalid="ignore"):  # inf - inf where a column has no figure: replaced by NaN below
+        gap = np.where(ok, v, -np.inf).max(axis=0) - np.where(ok, v, np.inf).min(axis=0)
+    return np.where(ok.sum(axis=0) >= 2, gap, np.nan)
+
+
+def _strata(m: pd.DataFrame, groups: list[np.ndarray], standardise: str | None) -> list[list[tuple[float, np.ndarray]]]:
+    """Per group, (weight, row positions) of each stratum: the group whole without standardising, else its
+    part in each value of ``standardise`` weighted by that value's share of all images."""
+    if not standardise:
+        return [[(1.0, where)] for where in groups]
+    mix = m[standardise].value_counts(normalize=True)
+    return [[(mix[k[0]], where[sub]) for k, sub in group_positions(m.iloc[where], [standardise])] for where in groups]
+
+
+def gap_change(m: pd.DataFrame, grouping: str = "race", metrics: tuple[str, ...] | None = None,
                n_boot: int = N_BOOT, seed: int = SEED, min_count: int = MIN_COUNT,
                standardise: str | None = None) -> pd.DataFrame:
-    """Per metric: the gap between the best and the worst group for a and for b, and the relative
-    change of the gap with a paired bootstrap 95% interval (images resampled within each group, the
-    same draws for both). Groups under ``min_count`` are left out, as in the disparity table.
+    """Per metric (default: default_metrics): the gap between the best and the worst group for a and for
+    b, and the relative change of the gap with a paired bootstrap 95% interval (images resampled within
+    each group, the same draws for both). Groups under ``min_count`` are left out, as in the disparity table.
 
     ``standardise`` (a column such as ``age_bucket``) compares groups as if each had the overall mix
     of that column: a group's figure is the mean of its per-stratum figures weighted by the strata's
@@ -80,31 +147,28 @@ def gap_change(m: pd.DataFrame, grouping: str = "race", metrics: tuple[str, ...]
     strata (older faces, for age) looks worse for that reason alone. Strata a group lacks are left
     out of its mean and the other weights rescaled. Resampling is then within group x stratum."""
     rng = np.random.default_rng(seed)
-    cols = parse_grouping(grouping)
+    metrics = metrics or default_metrics(m)
+    cols, positions = _groups(m, grouping)
     if standardise and standardise in cols:
-        raise ValueError(f"cannot standardise {grouping} groups over {standardise}, which they already split")
-    groups = [g for _, g in m.groupby(cols, observed=True) if len(g) >= min_count]
+        raise ValueError(ERR_ALREADY_SPLIT.format(grouping=grouping, standardise=standardise))
+    groups = [where for _, where in positions if len(where) >= min_count]
     if len(groups) < 2:
-        raise ValueError(f"fewer than two groups of {grouping} with at least {min_count} images")
-    if standardise:
-        mix = m[standardise].value_counts(normalize=True)
-        strata = [[(mix[k], c) for k, c in g.groupby(standardise, observed=True)] for g in groups]
-    else:
-        strata = [[(1.0, g)] for g in groups]
+        raise ValueError(ERR_FEW_GROUPS.format(grouping=grouping, min_count=min_count))
+    strata = _strata(m, groups, standardise)
     draws = [[rng.integers(0, len(c), size=(n_boot, len(c))) for _, c in parts] for parts in strata]
+    side = {s: _side(m, s) for s in SIDES}
     rows = []
     for name in metrics:
         fn = METRICS[name].fn
         point, boot = {}, {}
-        for s in ("a", "b"):
+        for s in SIDES:
             v, bv = [], []
             for parts, idx in zip(strata, draws, strict=True):
                 w = np.array([share for share, _ in parts]) / sum(share for share, _ in parts)
-                sides = [_side(c, s) for _, c in parts]
+                sides = [take(side[s], c) for _, c in parts]
                 v.append(sum(wi * float(fn(c)) for wi, c in zip(w, sides, strict=True)))
                 bv.append(sum(wi * fn({k: x[i] for k, x in c.items()}) for wi, c, i in zip(w, sides, idx, strict=True)))
-            v, bv = np.array(v), np.stack(bv)
-            point[s], boot[s] = v.max() - v.min(), np.nanmax(bv, 0) - np.nanmin(bv, 0)
+            point[s], boot[s] = float(_spread(np.array(v))), _spread(np.stack(bv))
         with np.errstate(divide="ignore", invalid="ignore"):  # a gap of zero has no relative change
             rel = boot["b"] / boot["a"] - 1
             change = point["b"] / point["a"] - 1 if point["a"] > 0 else np.nan
@@ -116,7 +180,7 @@ def gap_change(m: pd.DataFrame, grouping: str = "race", metrics: tuple[str, ...]
     return pd.DataFrame(rows)
 
 
-def gaps(m: pd.DataFrame, grouping: str, metrics: tuple[str, ...] = ("age_mae", "gender_accuracy"),
+def gaps(m: pd.DataFrame, grouping: str, metrics: tuple[str, ...] | None = None,
          standardise: tuple[str | None, ...] = (None, STANDARDISE), **kw) -> dict[str | None, pd.DataFrame | str]:
     """gap_change without and with each standardisation; where there is no gap to judge (fewer than
     two groups big enough, or groups that already split the standardising column), why not instead."""
@@ -141,7 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("a", help="checkpoint folder A (the reference)")
     p.add_argument("b", help="checkpoint folder B")
     p.add_argument("--split", default="test", choices=["val", "test"])
-    p.add_argument("--by", default="race", help="grouping for the gaps and per-group deltas (e.g. race, race:gender)")
+    p.add_argument("--by", help="grouping for the gaps and per-group deltas: a column of the tables (age_bucket, "
+                                "gender, age_bin or a group column such as race) or two joined by ':' (default: "
+                                "the first group column, else age_bucket)")
     p.add_argument("--n-boot", type=int, default=N_BOOT)
     p.add_argument("--min-count", type=int, default=MIN_COUNT, help="smaller groups are not judged for the gap")
     p.add_argument("--standardise", default=STANDARDISE,
@@ -149,37 +215,38 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         m = pair(load_predictions(args.a, args.split), load_predictions(args.b, args.split))
+        by = args.by or default_grouping(m)
         overall = paired_deltas(m, n_boot=args.n_boot).iloc[0]
-        groups = paired_deltas(m, args.by, n_boot=args.n_boot, min_count=args.min_count)
+        groups = paired_deltas(m, by, n_boot=args.n_boot, min_count=args.min_count)
     except (OSError, ValueError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
-        gaps = gap_change(m, args.by, n_boot=args.n_boot, min_count=args.min_count)
+        gaps = gap_change(m, by, n_boot=args.n_boot, min_count=args.min_count)
     except ValueError as e:
         gaps = pd.DataFrame()
         print(f"note: no gap to judge: {e}")
     print(f"{args.split} split, {len(m)} images scored by both; B - A with paired 95% intervals")
-    for name in ("age_mae", "gender_accuracy"):
+    for name in default_metrics(m):
         r = overall
         print(f"  {METRICS[name].label}: A {r[f'{name}_a']:.4f}  B {r[f'{name}_b']:.4f}  delta "
               f"{r[f'{name}_delta']:+.4f} [{r[f'{name}_delta_lo']:+.4f}, {r[f'{name}_delta_hi']:+.4f}]")
-    print(f"best-to-worst gap over {args.by}:")
+    print(f"best-to-worst gap over {by}:")
     for _, r in gaps.iterrows():
         print(f"  {r['label']}: A {r['gap_a']:.4f}  B {r['gap_b']:.4f}  change {r['change']:+.1%} "
               f"[{r['change_lo']:+.1%}, {r['change_hi']:+.1%}]")
     if args.standardise:
         try:
-            std = gap_change(m, args.by, n_boot=args.n_boot, min_count=args.min_count, standardise=args.standardise)
+            std = gap_change(m, by, n_boot=args.n_boot, min_count=args.min_count, standardise=args.standardise)
         except ValueError as e:
             std = pd.DataFrame()
             print(f"note: no standardised gap: {e}")
         if len(std):
-            print(f"best-to-worst gap over {args.by}, each group given the overall {args.standardise} mix:")
+            print(f"best-to-worst gap over {by}, each group given the overall {args.standardise} mix:")
         for _, r in std.iterrows():
             print(f"  {r['label']}: A {r['gap_a']:.4f}  B {r['gap_b']:.4f}  change {r['change']:+.1%} "
                   f"[{r['change_lo']:+.1%}, {r['change_hi']:+.1%}]")
-    print(f"per group ({args.by}):")
+    print(f"per group ({by}):")
     print(groups.drop(columns=[c for c in groups if c.endswith(("_lo", "_hi"))]).to_string(index=False))
     return 0
 

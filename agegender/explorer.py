@@ -12,26 +12,54 @@ from PIL import Image
 from .checkpoint import Checkpoint
 from .data import Scan, evenly_spaced, iter_bytes
 from .explain import explain_checkpoint
-from .labels import DECISION
+from .fairness import value_order
+from .labels import DECISION, parse_age_bin
 from .predict import FaceResult, ImageResult
-from .predictions import metric_columns
+from .predictions import complete, metric_columns
 from .preprocess import resize_image
 
 
+def years_outside(pred_age, age_bin) -> np.ndarray:
+    """How far each predicted age lies outside its true age bin, in years: 0 inside, negative below, positive
+    above (a bin LOW-HIGH holds LOW <= age < HIGH + 1); NaN where the bin is unknown."""
+    out = []
+    for a, label in zip(np.asarray(pred_age, np.float64), pd.Series(age_bin).fillna("").astype(str), strict=True):
+        if not label.strip() or not np.isfinite(a):
+            out.append(np.nan)
+            continue
+        lo, hi = parse_age_bin(label)
+        out.append(a - lo if a < lo else (a - (hi + 1) if hi is not None and a >= hi + 1 else 0.0))
+    return np.array(out, np.float64)
+
+
 def worst_age_errors(df: pd.DataFrame, n: int = 24) -> pd.DataFrame:
-    d = df.assign(error=df["pred_age"] - df["age"])
-    return d.reindex(d["error"].abs().sort_values(ascending=False).index).head(n)
+    """The faces whose age is furthest off, with ``error`` (predicted minus true age, in years). Where ages
+    are only bins (FairFace), ranked by bins off (``bin_error``), then by ``error``, the years outside the
+    true bin. Photos without a face found have no prediction to show."""
+    t = complete(df)
+    found = np.flatnonzero(t["found"].to_numpy(bool))
+    d = df.iloc[found]
+    err = (t["pred_age"] - t["age"]).to_numpy(np.float64)[found]
+    if np.isfinite(err).any():  # exact ages: years off (rows with a bin only, if any, come last)
+        return d.assign(error=err).iloc[np.argsort(-np.abs(err), kind="stable")].head(n)
+    # bins counted on the whole table's bins, as the bias report counts them (see fairness.take)
+    bins = metric_columns(t)["bin_err"][found]
+    outside = years_outside(t["pred_age"].to_numpy()[found], t["age_bin"].to_numpy()[found])
+    order = np.lexsort((-np.abs(outside), -np.abs(bins)))  # the last key sorts first; NaN sorts last
+    return d.assign(bin_error=bins, error=outside).iloc[order].head(n)
 
 
 def misgendered(df: pd.DataFrame, n: int = 24) -> pd.DataFrame:
-    """Wrong gender calls, the most confident first."""
-    wrong = df[~metric_columns(df)["correct"]]
+    """Wrong gender calls, the most confident first (photos without a face found made no call)."""
+    t = complete(df)
+    wrong = df[t["found"].to_numpy(bool) & ~metric_columns(t)["correct"]]
     return wrong.reindex((wrong["p_female"] - DECISION).abs().sort_values(ascending=False).index).head(n)
 
 
 def group_values(table: pd.DataFrame, column: str) -> list[str]:
-    """The values a group column takes, as the names in_group takes."""
-    return sorted(table[column].astype(str).unique())
+    """The values a group column takes, as the names in_group takes, in the report's order (an age bucket
+    or age bin by age, anything else sorted)."""
+    return [str(v) for v in value_order(table[column])]
 
 
 def in_group(table: pd.DataFrame, column: str, value: str) -> pd.DataFrame:

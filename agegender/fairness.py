@@ -6,6 +6,11 @@ resamples of a few thousand predictions take well under a second. Groups larger 
 ``exact_n`` are resampled at that size and the spread rescaled by sqrt(m / n) (the m-out-of-n
 bootstrap), which keeps 200,000-row files fast; intervals of such groups are a fraction of a
 year wide either way.
+
+Any table groups: by its age bucket, gender, age bin and whatever group columns the dataset has
+(UTKFace and FairFace: race; a user's CSV: any). A photo without a face found is a result, not a
+dropped row: the metrics are computed on the faces found, and every row also gives the share of
+images missed, with a Wilson interval.
 """
 
 from __future__ import annotations
@@ -18,19 +23,23 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
-from .labels import AGE_BUCKET_EDGES, age_bucket
-from .predictions import metric_columns, validate
+from .labels import AGE_BUCKET_EDGES, age_bucket, parse_age_bin
+from .predictions import DERIVED_GROUP, KNOWN, complete, group_columns, metric_columns
 
+# UTKFace's groups and default groupings, kept for the pages that offer them; any other table:
+# grouping_columns(df) and groupings_for(df), which give these on a UTKFace table.
 GROUP_COLUMNS = ("age_bucket", "gender", "race")
 DEFAULT_GROUPINGS = ("age_bucket", "gender", "race", "race:gender", "age_bucket:race")
+LABEL_GROUPS = (DERIVED_GROUP, "gender", "age_bin")  # groupable in every table, besides the dataset's own
 ECE_BINS = 10
 # Every report, comparison and the model card resample this often from this seed, so that the same
 # table gives the same intervals wherever it is shown (the model card is checked byte for byte).
 N_BOOT = 1000
 SEED = 0
 MIN_COUNT = 30  # smaller groups are flagged too small to judge, and left out of disparities and gaps
+Z95 = 1.959963984540054  # the normal quantile of a two-sided 95% interval
 
-ERR_BAD_GROUPING = "unknown grouping {grouping!r}: use {known}, or two joined by ':' (e.g. race:gender)"
+ERR_BAD_GROUPING = "unknown grouping {grouping!r}: use {known}, or two joined by ':' (e.g. age_bucket:gender)"
 
 
 @dataclass(frozen=True)
@@ -44,6 +53,42 @@ class Metric:
 
 def _mean(x: np.ndarray) -> np.ndarray:
     return x.mean(axis=-1)
+
+
+def _mean_over(x: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """The mean of x over the valid entries of each row; NaN where a row has none. A table of exact ages
+    takes the plain mean, so its figures stay what they were to the last bit."""
+    if valid.all():
+        return _mean(x)
+    n = valid.sum(axis=-1)
+    total = np.where(valid, x, 0).sum(axis=-1)
+    return np.where(n > 0, total / np.maximum(n, 1), np.nan)
+
+
+def _median_over(x: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """The median of x over the valid entries of each row, NaN where a row has none: a sort with the
+    invalid ones pushed to the end, because np.nanmedian warns on a row of NaN (a resample of a group
+    of bins only), and warnings are not thread-safe to silence under Streamlit."""
+    if valid.all():
+        return np.median(x, axis=-1)
+    ordered = np.sort(np.where(valid, x, np.inf), axis=-1)
+    k = valid.sum(axis=-1)
+    last = ordered.shape[-1] - 1
+
+    def at(i):
+        return np.take_along_axis(ordered, np.clip(i, 0, last)[..., None], axis=-1)[..., 0]
+
+    return np.where(k > 0, (at((k - 1) // 2) + at(k // 2)) / 2, np.nan)
+
+
+def _exact(c: dict[str, np.ndarray]) -> np.ndarray:
+    """Rows with an exact true age: the age metrics are computed on them (FairFace gives only bins)."""
+    return np.isfinite(c["err"])
+
+
+def _binned(c: dict[str, np.ndarray]) -> np.ndarray:
+    """Rows whose true and predicted bins are both known: the bin metrics are computed on them."""
+    return np.isfinite(c["bin_err"])
 
 
 def _rate(hit: np.ndarray, among: np.ndarray) -> np.ndarray:
@@ -79,10 +124,13 @@ def _ece(c: dict[str, np.ndarray]) -> np.ndarray:
 
 
 METRICS: dict[str, Metric] = {m.name: m for m in [
-    Metric("age_mae", "age MAE", False, lambda c: _mean(np.abs(c["err"])), "y"),
-    Metric("age_medae", "age median abs. error", False, lambda c: np.median(np.abs(c["err"]), axis=-1), "y"),
-    Metric("age_cs5", "age CS@5", True, lambda c: _mean(np.abs(c["err"]) <= 5)),
-    Metric("age_bias", "age mean signed error", None, lambda c: _mean(c["err"]), "y"),
+    Metric("age_mae", "age MAE", False, lambda c: _mean_over(np.abs(c["err"]), _exact(c)), "y"),
+    Metric("age_medae", "age median abs. error", False, lambda c: _median_over(np.abs(c["err"]), _exact(c)), "y"),
+    Metric("age_cs5", "age CS@5", True, lambda c: _mean_over(np.abs(c["err"]) <= 5, _exact(c))),
+    Metric("age_bias", "age mean signed error", None, lambda c: _mean_over(c["err"], _exact(c)), "y"),
+    Metric("age_bin_accuracy", "age bin accuracy", True, lambda c: _mean_over(c["bin_err"] == 0, _binned(c))),
+    Metric("age_bin_within1", "age within one bin", True, lambda c: _mean_over(np.abs(c["bin_err"]) <= 1, _binned(c))),
+    Metric("age_bin_error", "age mean signed bin error", None, lambda c: _mean_over(c["bin_err"], _binned(c)), "bins"),
     Metric("gender_accuracy", "gender accuracy", True, lambda c: _mean(c["correct"])),
     Metric("gender_auc", "gender AUC", True, _auc),
     Metric("female_as_male", "female read as male", False, lambda c: _rate(~c["correct"], c["female"])),
@@ -91,28 +139,144 @@ METRICS: dict[str, Metric] = {m.name: m for m in [
 ]}
 
 
-def prepare(df: pd.DataFrame, edges: tuple[int, ...] = AGE_BUCKET_EDGES) -> pd.DataFrame:
-    """A predictions table (agegender.predictions) with group columns added."""
-    out = validate(df).copy()
+# Not one of METRICS: computed on every labelled image (METRICS see only the faces found), with a Wilson
+# interval rather than a bootstrap. In the disparity table when any face was missed.
+MISSED_RATE = Metric("missed_rate", "no face found", False, lambda c: _mean(c["missed"]))
+
+
+def _bucket_of_bin(label: str, edges: tuple[int, ...]) -> str:
+    """The age bucket an age bin lies in (a FairFace bin is its own bucket: they share the edges); a bin
+    that straddles buckets (a user's 25-34) or starts below the first edge keeps its own label."""
+    lo, hi = parse_age_bin(label)
+    if lo < edges[0]:
+        return label
+    first = age_bucket(lo, edges)
+    inside = lo >= edges[-1] if hi is None else age_bucket(hi, edges) == first
+    return first if inside else label
+
+
+def age_buckets(age, age_bin, edges: tuple[int, ...] = AGE_BUCKET_EDGES) -> pd.Categorical:
+    """Each row's age bucket: from the exact age where there is one, else from the age bin (see
+    _bucket_of_bin); missing where neither is known. Ordered by age (by lower bound, then upper)."""
     labels = [age_bucket(lo, edges) for lo in edges]
-    out["age_bucket"] = pd.Categorical([age_bucket(a, edges) for a in out["age"]], categories=labels, ordered=True)
+    age = np.asarray(age, np.float64)
+    exact = np.isfinite(age)
+    if (age[exact] < edges[0]).any():
+        age_bucket(age[exact].min(), edges)  # its error names the age and the first edge
+    out = np.full(len(age), None, dtype=object)
+    out[exact] = np.asarray(labels, dtype=object)[np.searchsorted(edges, age[exact], side="right") - 1]
+    bins = pd.Series(age_bin, dtype=object).fillna("").astype(str).to_numpy()
+    for label in set(bins[~exact]) - {""}:
+        out[~exact & (bins == label)] = _bucket_of_bin(label, edges)
+    extra = {b for b in out if b is not None} - set(labels)
+    return pd.Categorical(out, categories=sorted(labels + sorted(extra), key=_bin_order), ordered=True)
+
+
+def prepare(df: pd.DataFrame, edges: tuple[int, ...] = AGE_BUCKET_EDGES) -> pd.DataFrame:
+    """A predictions table (agegender.predictions), completed to every column, with its age bucket added."""
+    out = complete(df)
+    out[DERIVED_GROUP] = age_buckets(out["age"], out["age_bin"], edges)
     return out
+
+
+def _prepared(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` when prepare() made it, else prepare(df): a report takes either."""
+    return df if DERIVED_GROUP in df and all(c in df for c in KNOWN) else prepare(df)
+
+
+def grouping_columns(df: pd.DataFrame) -> list[str]:
+    """The columns a table can be grouped by: age bucket, gender, age bin, then the dataset's groups."""
+    return [*LABEL_GROUPS, *group_columns(df)]
+
+
+def groupings_for(df: pd.DataFrame) -> list[str]:
+    """The groupings a report gives by default: age bucket, gender, each group column alone and by gender,
+    and age bucket by the first group column (on UTKFace: DEFAULT_GROUPINGS)."""
+    groups = group_columns(df)
+    return [DERIVED_GROUP, "gender", *[x for g in groups for x in (g, f"{g}:gender")],
+            *([f"{DERIVED_GROUP}:{groups[0]}"] if groups else [])]
+
+
+def headline_age_metric(df: pd.DataFrame) -> str:
+    """age_mae where the table has exact ages, age_bin_accuracy where it has bins only (FairFace)."""
+    return "age_mae" if np.isfinite(np.asarray(df["age"], np.float64)).any() else "age_bin_accuracy"
+
+
+def found_mask(df: pd.DataFrame) -> np.ndarray:
+    """Rows with a face found; every row of a table that has no found column."""
+    return df["found"].to_numpy(bool) if "found" in df else np.ones(len(df), bool)
+
+
+def take(cols: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
+    """Some rows of metric columns. Columns are built once for a whole table and sliced, not built per
+    group: a group's own age_bin labels may lack a bin between two others, which would shrink its errors."""
+    return {k: v[rows] for k, v in cols.items()}
+
+
+def _bin_order(label) -> tuple[int, float]:
+    lo, hi = parse_age_bin(label)
+    return lo, np.inf if hi is None else hi
+
+
+def value_order(col: pd.Series) -> list:
+    """The values of a group column in the order its groups are listed: a categorical's in its categories'
+    order (the age bucket), age bins by age (age_bin, a user's "18-24"), anything else sorted."""
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        present = set(col.dropna())
+        return [c for c in col.cat.categories if c in present]
+    values = list(col.dropna().unique())
+    try:
+        return sorted(values, key=_bin_order)
+    except (ValueError, TypeError):  # not age bins
+        try:
+            return sorted(values)
+        except TypeError:  # mixed types
+            return sorted(values, key=str)
+
+
+def group_positions(df: pd.DataFrame, columns: list[str]) -> list[tuple[tuple, np.ndarray]]:
+    """(the group's values, its row positions) per group of ``columns``, listed in value_order of each
+    column (df.groupby's order, but age bins by age); without columns, the whole table as one group."""
+    if not columns:
+        return [((), np.arange(len(df)))]
+    pos = pd.Series(np.arange(len(df)))
+    keys = [df[c].reset_index(drop=True) for c in columns]
+    groups = [(k if isinstance(k, tuple) else (k,), p.to_numpy())
+              for k, p in pos.groupby(keys, observed=True, sort=True)]
+    rank = [{v: i for i, v in enumerate(value_order(k))} for k in keys]
+    return sorted(groups, key=lambda g: tuple(r[v] for r, v in zip(rank, g[0], strict=True)))
+
+
+def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval of a proportion k / n (sound near 0 and 1, where a detector's miss rate
+    lives, unlike the normal approximation); NaN without images."""
+    if n == 0:
+        return np.nan, np.nan
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
 
 
 def _estimate(cols: dict[str, np.ndarray], n_boot: int, rng: np.random.Generator, exact_n: int,
               metrics: list[Metric]) -> dict[str, tuple[float, float, float]]:
     n = len(cols["err"])
+    if n == 0:  # a group whose every face was missed: nothing to measure, nothing drawn
+        return {m.name: (np.nan, np.nan, np.nan) for m in metrics}
     point = {m.name: float(m.fn(cols)) for m in metrics}
-    if n == 0 or n_boot == 0:
+    if n_boot == 0:
         return {k: (v, np.nan, np.nan) for k, v in point.items()}
     m_size = min(n, exact_n)
     idx = rng.integers(0, n, size=(n_boot, m_size))
     sample = {k: v[idx] for k, v in cols.items()}
     out = {}
     for m in metrics:
+        if not np.isfinite(point[m.name]):  # undefined here (ages given as bins): no interval either
+            out[m.name] = (point[m.name], np.nan, np.nan)
+            continue
         boots = m.fn(sample)
         boots = boots[np.isfinite(boots)]
-        if len(boots) < n_boot // 2 or not np.isfinite(point[m.name]):
+        if len(boots) < n_boot // 2:
             out[m.name] = (point[m.name], np.nan, np.nan)
             continue
         if m_size == n:
@@ -125,10 +289,14 @@ def _estimate(cols: dict[str, np.ndarray], n_boot: int, rng: np.random.Generator
     return out
 
 
-def parse_grouping(grouping: str) -> list[str]:
+def parse_grouping(grouping: str, known: list[str] | tuple[str, ...] | None = None) -> list[str]:
+    """The columns of a grouping: one or two distinct names joined by ':', each among ``known`` (a table's
+    grouping_columns) when given; without ``known`` the form alone is checked."""
     cols = grouping.split(":")
-    if not 1 <= len(cols) <= 2 or any(c not in GROUP_COLUMNS for c in cols) or len(set(cols)) != len(cols):
-        raise ValueError(ERR_BAD_GROUPING.format(grouping=grouping, known=", ".join(GROUP_COLUMNS)))
+    allowed = (lambda c: c in known) if known is not None else (lambda c: bool(c.strip()))
+    if not 1 <= len(cols) <= 2 or not all(map(allowed, cols)) or len(set(cols)) != len(cols):
+        listed = known if known is not None else GROUP_COLUMNS
+        raise ValueError(ERR_BAD_GROUPING.format(grouping=grouping, known=", ".join(listed)))
     return cols
 
 
@@ -140,31 +308,41 @@ def group_names(by_group: pd.DataFrame, columns: list[str]) -> pd.Series:
 
 
 class GroupReport:
-    """Overall and per-group metrics with bootstrap 95% intervals for one grouping of a table."""
+    """Overall and per-group metrics with bootstrap 95% intervals for one grouping of a table, on the faces
+    found (``n``), with the share of images without a face found (``n_images``, ``n_missed``,
+    ``missed_rate`` and its Wilson interval)."""
 
     def __init__(self, df: pd.DataFrame, grouping: str | None = None, n_boot: int = N_BOOT, seed: int = SEED,
                  min_count: int = MIN_COUNT, exact_n: int = 4000, metrics: list[str] | None = None,
                  overall: dict | None = None):
+        df = _prepared(df)
         self.grouping = grouping
-        self.columns = parse_grouping(grouping) if grouping else []
+        self.columns = parse_grouping(grouping, grouping_columns(df)) if grouping else []
         self.min_count = min_count
         self.metrics = [METRICS[m] for m in (metrics or METRICS)]
         rng = np.random.default_rng(seed)
+        cols, found = metric_columns(df), found_mask(df)
         # ``overall`` from another grouping of the same table saves recomputing it
-        self.overall = overall or self._row(_estimate(metric_columns(df), n_boot, rng, exact_n, self.metrics), len(df))
+        self.overall = overall or self._measure(cols, found, np.arange(len(df)), n_boot, rng, exact_n)
         rows = []
         if self.columns:
-            for key, part in df.groupby(self.columns, observed=True, sort=True):
-                key = key if isinstance(key, tuple) else (key,)
-                est = _estimate(metric_columns(part), n_boot, rng, exact_n, self.metrics)
+            for key, where in group_positions(df, self.columns):
                 rows.append({**dict(zip(self.columns, map(str, key), strict=True)),
-                             **self._row(est, len(part))})
+                             **self._measure(cols, found, where, n_boot, rng, exact_n)})
         self.by_group = pd.DataFrame(rows)
 
-    def _row(self, est: dict, n: int) -> dict:
-        row = {"n": n, "too_small": n < self.min_count}
+    def _measure(self, cols: dict, found: np.ndarray, where: np.ndarray, n_boot: int, rng: np.random.Generator,
+                 exact_n: int) -> dict:
+        """The row of a group (positions ``where``): metrics on its faces found, the miss rate on all of it."""
+        hit = where[found[where]]
+        est = _estimate(take(cols, hit), n_boot, rng, exact_n, self.metrics)
+        n_images, n = len(where), len(hit)
+        row = {"n": n, "n_images": n_images, "n_missed": n_images - n, "too_small": n < self.min_count}
         for name, (v, lo, hi) in est.items():
             row[name], row[f"{name}_lo"], row[f"{name}_hi"] = v, lo, hi
+        lo, hi = wilson(n_images - n, n_images)
+        row["missed_rate"] = (n_images - n) / n_images if n_images else np.nan
+        row["missed_rate_lo"], row["missed_rate_hi"] = lo, hi
         return row
 
     def with_groups(self, by_group: pd.DataFrame) -> GroupReport:
@@ -177,12 +355,20 @@ class GroupReport:
     def group_names(self) -> pd.Series:
         return group_names(self.by_group, self.columns)
 
+    @property
+    def any_missed(self) -> bool:
+        return self.overall.get("n_missed", 0) > 0
+
     def disparity(self) -> pd.DataFrame:
-        """Per metric: the best and worst group (among groups big enough to judge), gap and ratio."""
-        judged = self.by_group[~self.by_group["too_small"]] if not self.by_group.empty else self.by_group
+        """Per metric: the best and worst group (among groups big enough to judge), gap and ratio; the miss
+        rate too when any face was missed, judged on groups with enough images (a group whose every face was
+        missed has no face to judge the other metrics on, but is the detector's worst)."""
         names = self.group_names
         rows = []
-        for m in self.metrics:
+        for m in self.metrics + ([MISSED_RATE] if self.any_missed else []):
+            size = "n_images" if m is MISSED_RATE else "n"
+            judged = self.by_group[self.by_group[size] >= self.min_count] if not self.by_group.empty \
+                else self.by_group
             vals = judged[m.name].dropna() if not judged.empty else pd.Series(dtype=float)
             if len(vals) < 2:
                 continue

@@ -29,6 +29,7 @@ IMAGE_KEYS = ("file", "age", "age_bin", "gender")
 REQUIRED = ("gender", "pred_age", "p_female")  # plus age or age_bin: what the metrics read
 FEMALE = GENDERS[1]  # the gender column holds label names; the gender head predicts P(female)
 SPLIT_ALL = "all"  # the split column of a dataset that has no splits
+PER_SIDE = ("pred_", "p_female_", "found_")  # a prediction's own extras, or one side's of a paired table
 DERIVED_GROUP = "age_bucket"  # added from the age by agegender.fairness.prepare: not one of the dataset's groups
 
 # Error messages are constants so tests can assert them word for word.
@@ -60,7 +61,7 @@ def validate(df: pd.DataFrame, needed: tuple[str, ...] = REQUIRED) -> pd.DataFra
 
 def group_columns(df: pd.DataFrame) -> list[str]:
     """The dataset's own group columns, in table order (UTKFace and FairFace: race)."""
-    return [c for c in df.columns if c not in KNOWN and c != DERIVED_GROUP and not c.startswith("pred_")]
+    return [c for c in df.columns if c not in KNOWN and c != DERIVED_GROUP and not c.startswith(PER_SIDE)]
 
 
 def age_bins(labels) -> list[tuple[int, int | None]]:

@@ -2,6 +2,9 @@
 
     python -m agegender.report (--checkpoint DIR [--split val|test] | --predictions CSV)
         [--by age_bucket,race,race:gender] [--json FILE] [--html FILE]
+
+Any predictions table: UTKFace's, FairFace's (ages as bins, seven ethnicity groups), or a user's
+with its own group columns. Without --by, the table's own default groupings (fairness.groupings_for).
 """
 
 from __future__ import annotations
@@ -13,18 +16,38 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from . import charts
-from .fairness import DEFAULT_GROUPINGS, METRICS, MIN_COUNT, N_BOOT, SEED, GroupReport, parse_grouping, prepare
+from .fairness import (
+    METRICS,
+    MIN_COUNT,
+    MISSED_RATE,
+    N_BOOT,
+    SEED,
+    GroupReport,
+    grouping_columns,
+    groupings_for,
+    headline_age_metric,
+    parse_grouping,
+    prepare,
+)
 from .labels import AGE_BUCKET_EDGES
 from .meta import CheckpointError
 from .predictions import REQUIRED, load_predictions
 
+MISSED_COLUMNS = ("n_images", "n_missed", "missed_rate", "missed_rate_lo", "missed_rate_hi")
 
-def build(df: pd.DataFrame, groupings: list[str], n_boot: int = N_BOOT, seed: int = SEED, min_count: int = MIN_COUNT,
-          edges: tuple[int, ...] = AGE_BUCKET_EDGES) -> dict[str, GroupReport]:
+
+def build(df: pd.DataFrame, groupings: list[str] | None = None, n_boot: int = N_BOOT, seed: int = SEED,
+          min_count: int = MIN_COUNT, edges: tuple[int, ...] = AGE_BUCKET_EDGES) -> dict[str, GroupReport]:
+    """One report per grouping (default: the table's own, groupings_for), all sharing the overall row.
+    Raises ValueError, naming what the table can be grouped by, for a grouping it cannot."""
     df = prepare(df, edges)
+    groupings = groupings or groupings_for(df)
+    for g in groupings:  # every grouping checked before any bootstrap runs
+        parse_grouping(g, grouping_columns(df))
     reports, overall = {}, None
     for g in groupings:
         reports[g] = GroupReport(df, g, n_boot=n_boot, seed=seed, min_count=min_count, overall=overall)
@@ -36,6 +59,21 @@ def to_json(reports: dict[str, GroupReport], source: str) -> dict:
     first = next(iter(reports.values()))
     return {"source": source, "overall": first.to_json()["overall"],
             "groupings": {g: {k: v for k, v in r.to_json().items() if k != "overall"} for g, r in reports.items()}}
+
+
+def _interval(row: dict, name: str) -> str:
+    lo, hi = row[f"{name}_lo"], row[f"{name}_hi"]
+    return f"[{lo:.3f}, {hi:.3f}]" if np.isfinite(lo) and np.isfinite(hi) else "–"
+
+
+def _headline(source: str, o: dict, age: str) -> str:
+    """The first line the command prints: n, the age metric the table has, gender accuracy, misses."""
+    def v(name: str, spec: str) -> str:
+        return f"{o[name]:{spec}} [{o[name + '_lo']:{spec}}, {o[name + '_hi']:{spec}}]"
+
+    missed = f"  no face found {o['n_missed']}/{o['n_images']}" if o["n_missed"] else ""
+    return (f"{source}: n={o['n']}  {METRICS[age].label} {v(age, '.2f' if METRICS[age].unit else '.3f')}  "
+            f"gender acc {v('gender_accuracy', '.3f')}{missed}")
 
 
 def _table_html(df: pd.DataFrame) -> str:
@@ -54,22 +92,27 @@ def to_html(reports: dict[str, GroupReport], df: pd.DataFrame, source: str) -> s
         return out
 
     o = first.overall
-    overall = pd.DataFrame([{"metric": m.label, "value": o[m.name],
-                             "95% interval": f"[{o[m.name + '_lo']:.3f}, {o[m.name + '_hi']:.3f}]"}
-                            for m in METRICS.values()])
-    parts.append(f"<h2>Overall (n = {first.overall['n']})</h2>" + _table_html(overall))
+    shown = [*METRICS.values(), MISSED_RATE]
+    overall = pd.DataFrame([{"metric": m.label, "value": o[m.name], "95% interval": _interval(o, m.name)}
+                            for m in shown])
+    found = f", a face found in {o['n']} of {o['n_images']} images" if first.any_missed else ""
+    parts.append(f"<h2>Overall (n = {o['n']}{found})</h2>" + _table_html(overall))
     pdf = prepare(df)
-    parts.append(fig(charts.predicted_vs_true(pdf)) + fig(charts.residual_by_age(pdf)))
+    age = headline_age_metric(pdf)
+    if age == "age_mae" and "race" in pdf:  # the charts of exact ages colour by UTKFace's and FairFace's groups
+        pdf = pdf[pdf["found"]]
+        parts.append(fig(charts.predicted_vs_true(pdf)) + fig(charts.residual_by_age(pdf)))
     for g, r in reports.items():
         parts.append(f"<h2>By {html.escape(g.replace(':', ' × '))}</h2>")
         parts.append(f"<h3>Disparity (groups with n ≥ {r.min_count})</h3>" + _table_html(r.disparity()))
         if len(r.columns) == 2:
-            parts.append(fig(charts.intersection_heatmap(r, "age_mae")))
+            parts.append(fig(charts.intersection_heatmap(r, age)))
             parts.append(fig(charts.intersection_heatmap(r, "gender_accuracy")))
         else:
-            parts.append(fig(charts.group_bars(r, "age_mae")) + fig(charts.group_bars(r, "gender_accuracy")))
-            parts.append(fig(charts.composition_vs_error(r, "age_mae")))
+            parts.append(fig(charts.group_bars(r, age)) + fig(charts.group_bars(r, "gender_accuracy")))
+            parts.append(fig(charts.composition_vs_error(r, age)))
         cols = [*r.columns, "n", "too_small"] + [c for m in METRICS for c in (m, f"{m}_lo", f"{m}_hi")]
+        cols += list(MISSED_COLUMNS) if r.any_missed else []
         parts.append("<details><summary>All groups</summary>" + _table_html(r.by_group[cols]) + "</details>")
     style = ("body{font-family:sans-serif;margin:2em;max-width:1200px} table.t{border-collapse:collapse;"
              "font-size:13px} .t td,.t th{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right}")
@@ -82,10 +125,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m agegender.report", description=__doc__.split("\n")[0])
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint")
-    src.add_argument("--predictions", help=f"a predictions CSV with columns {', '.join(REQUIRED)}")
+    src.add_argument("--predictions", help=f"a predictions CSV with columns {', '.join(REQUIRED)} and age or age_bin")
     p.add_argument("--split", default="val", choices=["val", "test"])
-    p.add_argument("--by", default=",".join(DEFAULT_GROUPINGS),
-                   help="comma-separated groupings; a:b is the intersection (default: %(default)s)")
+    p.add_argument("--by", help="comma-separated groupings, each a column of the table (age_bucket, gender, age_bin "
+                                "or one of its group columns such as race); a:b is the intersection (default: "
+                                "age_bucket, gender, each group column alone and by gender, age_bucket by the first)")
     p.add_argument("--json", help="write the report as JSON")
     p.add_argument("--html", help="write a self-contained HTML report")
     p.add_argument("--n-boot", type=int, default=N_BOOT)
@@ -94,9 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--age-buckets", default=",".join(map(str, AGE_BUCKET_EDGES)), help="lower edges")
     args = p.parse_args(argv)
     try:
-        groupings = [g.strip() for g in args.by.split(",") if g.strip()]
-        for g in groupings:
-            parse_grouping(g)
+        groupings = [g.strip() for g in (args.by or "").split(",") if g.strip()] or None
         edges = tuple(int(v) for v in args.age_buckets.split(","))
         df = load_predictions(args.checkpoint, args.split, args.predictions)
         source = args.predictions or f"{args.checkpoint} ({args.split})"
@@ -106,17 +148,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    first = next(iter(reports.values()))
-    o = first.overall
-    print(f"{source}: n={o['n']}  age MAE {o['age_mae']:.2f} [{o['age_mae_lo']:.2f}, {o['age_mae_hi']:.2f}]  "
-          f"gender acc {o['gender_accuracy']:.3f} [{o['gender_accuracy_lo']:.3f}, {o['gender_accuracy_hi']:.3f}]")
+    print(_headline(source, next(iter(reports.values())).overall, headline_age_metric(df)))
     for g, r in reports.items():
         d = r.disparity()
         print(f"\nby {g}: {len(r.by_group)} groups, {int(r.by_group['too_small'].sum())} too small to judge")
         if not d.empty:
             print(d[["label", "worst_group", "worst", "best_group", "best", "gap"]]
                   .to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    print(f"\n{args.n_boot} bootstrap resamples, {len(groupings)} grouping(s): {secs:.2f} s")
+    print(f"\n{args.n_boot} bootstrap resamples, {len(reports)} grouping(s): {secs:.2f} s")
     if args.json:
         Path(args.json).write_text(json.dumps(to_json(reports, source), indent=1) + "\n")
     if args.html:

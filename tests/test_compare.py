@@ -3,9 +3,23 @@ import pandas as pd
 import pytest
 
 from agegender import charts
-from agegender.compare import ERR_NOTHING_SHARED, agreement, gap_change, gaps, pair, paired_deltas
+from agegender.compare import (
+    ERR_ALREADY_SPLIT,
+    ERR_FEW_GROUPS,
+    ERR_NOTHING_SHARED,
+    agreement,
+    default_metrics,
+    gap_change,
+    gaps,
+    pair,
+    paired_columns,
+    paired_deltas,
+)
 from agegender.compare import main as compare_main
+from agegender.fairness import ERR_BAD_GROUPING
+from agegender.predictions import load_predictions, write_predictions
 
+from .test_agebins import BINS, fairface_predictions
 from .test_fairness import fake_predictions
 
 
@@ -115,8 +129,8 @@ def test_gaps_give_each_standardisation_or_why_not(two):
         pd.testing.assert_frame_equal(table, gap_change(m, "race", n_boot=50, standardise=std))
     by_age = gaps(m, "age_bucket", n_boot=50)
     assert isinstance(by_age[None], pd.DataFrame)
-    assert by_age["age_bucket"] == "cannot standardise age_bucket groups over age_bucket, which they already split"
-    assert gaps(m, "race", min_count=10_000)[None] == "fewer than two groups of race with at least 10000 images"
+    assert by_age["age_bucket"] == ERR_ALREADY_SPLIT.format(grouping="age_bucket", standardise="age_bucket")
+    assert gaps(m, "race", min_count=10_000)[None] == ERR_FEW_GROUPS.format(grouping="race", min_count=10_000)
 
 
 def test_delta_bars_draw_the_paired_deltas(two):
@@ -143,3 +157,95 @@ def test_compare_cli_prints_deltas_and_gaps(tiny_checkpoint, tmp_path, capsys):
     assert "note: no gap to judge: fewer than two groups of race" in capsys.readouterr().out
     assert compare_main([str(tiny_checkpoint), str(tmp_path / "nowhere")]) == 2
     assert capsys.readouterr().err.startswith("error: ")
+
+
+@pytest.fixture(scope="module")
+def bins_pair():
+    """Two checkpoints on a FairFace-like table (ages as bins, race and site): b misses other faces as well,
+    and reads one site's ages a bin older."""
+    a = fairface_predictions(seed=4)
+    b = a.copy()
+    b.loc[::9, ["found", "pred_age", "p_female"]] = (False, np.nan, np.nan)
+    north = b["found"] & (b["site"] == "north")
+    b.loc[north, "pred_age"] = b.loc[north, "pred_age"] + 10
+    return a, b
+
+
+def test_bin_only_tables_pair_on_the_faces_found_in_both(bins_pair):
+    a, b = bins_pair
+    m = pair(a, b)
+    both = a["found"] & b["found"]
+    assert len(m) == both.sum() and set(m["file"]) == set(a.loc[both, "file"])
+    assert paired_columns(m) == ["age_bucket", "gender", "age_bin", "race", "site"]
+    assert default_metrics(m) == ("age_bin_accuracy", "gender_accuracy")
+    with pytest.raises(ValueError) as e:
+        paired_deltas(m, "site:shoe")
+    assert str(e.value) == ERR_BAD_GROUPING.format(grouping="site:shoe",
+                                                   known="age_bucket, gender, age_bin, race, site")
+
+
+def test_an_old_table_pairs_with_its_completed_self(tmp_path):
+    """The shipped checkpoints' CSVs have no age_bin or found column: they pair, row for row, with a table
+    that has them."""
+    old = fake_predictions(300, seed=5)
+    write_predictions(old, tmp_path / "p.csv")
+    new = load_predictions(path=tmp_path / "p.csv")
+    assert {"age_bin", "found"} <= set(new) and not {"age_bin", "found"} & set(old)
+    m = pair(old, new)
+    assert len(m) == 300
+    np.testing.assert_allclose(m["pred_age_a"], m["pred_age_b"])
+
+
+def test_bin_deltas_by_any_grouping_match_direct_computation(bins_pair):
+    a, b = bins_pair
+    m = pair(a, b)
+    index = {label: i for i, label in enumerate(BINS)}
+    d = paired_deltas(m, "site:gender", n_boot=200)
+    assert d["n"].sum() == len(m) and list(d.columns[:2]) == ["site", "gender"]
+    for _, r in d.iterrows():
+        g = m[(m["site"] == r["site"]) & (m["gender"] == r["gender"])]
+        right = {s: (g[f"pred_age_bin_{s}"].map(index) == g["age_bin"].map(index)).mean() for s in "ab"}
+        assert r["n"] == len(g)
+        for side in "ab":
+            assert r[f"age_bin_accuracy_{side}"] == pytest.approx(right[side])
+        assert r["age_bin_accuracy_delta_lo"] <= r["age_bin_accuracy_delta"] <= r["age_bin_accuracy_delta_hi"]
+        # the site whose ages b reads older is the only one it gets clearly worse at
+        assert (r["age_bin_accuracy_delta_hi"] < 0) == (r["site"] == "north")
+    same = paired_deltas(pair(a, a), "race", n_boot=50)
+    assert np.allclose(same[["age_bin_accuracy_delta", "age_bin_accuracy_delta_lo", "age_bin_accuracy_delta_hi"]], 0)
+
+
+@pytest.mark.filterwarnings("error")
+def test_age_in_years_on_bins_is_undefined_not_an_error(bins_pair):
+    m = pair(*bins_pair)
+    d = paired_deltas(m, "race", metrics=("age_mae", "age_bias"), n_boot=50)
+    assert d[["age_mae_a", "age_mae_b", "age_mae_delta", "age_mae_delta_lo"]].isna().all().all()
+    g = gap_change(m, "race", metrics=("age_mae", "age_bin_accuracy"), n_boot=50).set_index("metric")
+    assert g.loc["age_mae", ["gap_a", "gap_b", "change", "change_lo"]].isna().all()
+    assert np.isfinite(g.loc["age_bin_accuracy", ["gap_a", "gap_b", "change"]].astype(float)).all()
+
+
+def test_standardising_on_age_bucket_works_on_bins(bins_pair):
+    """A bin-only table's age bucket is its FairFace bin: the standardised gap weights each group's per-bin
+    figures by the overall bin mix, as on exact ages."""
+    m = pair(*bins_pair)
+    std = gap_change(m, "site", n_boot=100, standardise="age_bucket").set_index("metric")
+    assert list(std.index) == ["age_bin_accuracy", "gender_accuracy"]
+    mix = m["age_bucket"].value_counts(normalize=True)
+    for side in "ab":
+        right = (m[f"pred_age_bin_{side}"] == m["age_bin"]).groupby([m["site"], m["age_bucket"]], observed=True).mean()
+        per_site = {s: sum(mix[k] * v for k, v in right[s].items()) / sum(mix[k] for k in right[s].index)
+                    for s in m["site"].unique()}
+        want = max(per_site.values()) - min(per_site.values())
+        assert std.loc["age_bin_accuracy", f"gap_{side}"] == pytest.approx(want)
+    assert std.loc["age_bin_accuracy", "change_lo"] <= std.loc["age_bin_accuracy", "change"] \
+        <= std.loc["age_bin_accuracy", "change_hi"]
+
+
+def test_compare_cli_groups_by_any_column(tiny_checkpoint, capsys):
+    assert compare_main([str(tiny_checkpoint), str(tiny_checkpoint), "--split", "val", "--by", "age_bin:gender",
+                         "--n-boot", "20", "--min-count", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "per group (age_bin:gender):" in out and "best-to-worst gap over age_bin:gender" in out
+    assert compare_main([str(tiny_checkpoint), str(tiny_checkpoint), "--split", "val", "--by", "shoe"]) == 2
+    assert capsys.readouterr().err.startswith("error: unknown grouping 'shoe'")

@@ -15,10 +15,12 @@ from agegender.explorer import (
     misgendered,
     read_chips,
     worst_age_errors,
+    years_outside,
 )
 from agegender.fairness import prepare
 from agegender.predictions import load_predictions
 
+from .test_agebins import BINS, SITES, fairface_predictions
 from .test_fairness import fake_predictions
 
 
@@ -42,9 +44,46 @@ def test_worst_errors_and_misgendered():
 def test_groups_by_name():
     table = prepare(fake_predictions(300, seed=1))
     names = group_values(table, "age_bucket")
-    assert names == sorted(names) and "20-29" in names
+    assert names == [n for n in BINS if n in names] and "20-29" in names  # by age, not as text
     part = in_group(table, "age_bucket", "20-29")
     assert len(part) > 0 and ((part["age"] >= 20) & (part["age"] < 30)).all()
+
+
+def test_groups_of_any_column():
+    table = prepare(fairface_predictions())
+    assert group_values(table, "site") == sorted(SITES)
+    assert group_values(table, "age_bin") == BINS
+    for column, value in (("site", "east"), ("age_bin", "70+"), ("race", "Latino_Hispanic")):
+        part = in_group(table, column, value)
+        assert len(part) == (table[column].astype(str) == value).sum() > 0 and (part[column] == value).all()
+
+
+def test_years_outside_the_true_bin():
+    got = years_outside([25, 35, 1, 80, 5, 29.5, 30.0, np.nan], ["20-29", "20-29", "3-9", "70+", "3-9", "20-29",
+                                                                  "20-29", "20-29"])
+    np.testing.assert_array_equal(got[:-1], [0, 5, -2, 0, 0, 0, 0])  # a bin 20-29 holds 20 <= age < 30
+    assert np.isnan(got[-1])
+
+
+def test_worst_errors_on_bins_rank_by_bins_then_years():
+    df = fairface_predictions(seed=3)
+    worst = worst_age_errors(df, 40)
+    assert worst["found"].all() and len(worst) == 40
+    index = {label: i for i, label in enumerate(BINS)}
+    found = prepare(df)[df["found"]]
+    bins_off = (found["pred_age_bin"].map(index) - found["age_bin"].map(index)).abs()
+    np.testing.assert_array_equal(worst["bin_error"].abs(), np.sort(bins_off.to_numpy())[::-1][:40])
+    np.testing.assert_allclose(worst["error"], years_outside(worst["pred_age"], worst["age_bin"]))
+    for _, same in worst.groupby(worst["bin_error"].abs()):  # within as many bins off: the furthest out first
+        assert (np.diff(same["error"].abs().to_numpy()) <= 0).all()
+
+
+def test_faces_not_found_are_no_mistakes():
+    df = fairface_predictions(seed=3)
+    wrong = misgendered(df, 10_000)
+    assert wrong["found"].all()
+    hit = df[df["found"]]
+    assert len(wrong) == ((hit["p_female"] >= 0.5) != (hit["gender"] == "female")).sum()
 
 
 def test_a_chip_becomes_a_result_the_face_view_shows(ckpt, tiny_checkpoint, tiny_data):

@@ -6,9 +6,12 @@ import pytest
 from sklearn.metrics import accuracy_score, mean_absolute_error, median_absolute_error, roc_auc_score
 
 from agegender.fairness import (
+    DEFAULT_GROUPINGS,
     ERR_BAD_GROUPING,
     METRICS,
     GroupReport,
+    grouping_columns,
+    groupings_for,
     parse_grouping,
     prepare,
 )
@@ -119,14 +122,45 @@ def test_seeded(table):
     pd.testing.assert_frame_equal(a, b)
 
 
-def test_errors():
-    with pytest.raises(ValueError) as e:
-        parse_grouping("race:shoe")
-    assert str(e.value) == ERR_BAD_GROUPING.format(grouping="race:shoe", known="age_bucket, gender, race")
+def test_errors(table):
+    known = "age_bucket, gender, age_bin, race"
+    for bad in ("race:shoe", "race:race", "race:gender:age_bucket"):
+        with pytest.raises(ValueError) as e:
+            parse_grouping(bad, grouping_columns(table))
+        assert str(e.value) == ERR_BAD_GROUPING.format(grouping=bad, known=known)
+        with pytest.raises(ValueError) as e:
+            GroupReport(table, bad, n_boot=10)
+        assert str(e.value) == ERR_BAD_GROUPING.format(grouping=bad, known=known)
     with pytest.raises(ValueError) as e:
         prepare(pd.DataFrame({"age": [1]}))
-    assert str(e.value) == ERR_MISSING_COLUMNS.format(missing="gender, race, pred_age, p_female",
-                                                      expected="age, gender, race, pred_age, p_female")
+    assert str(e.value) == ERR_MISSING_COLUMNS.format(missing="gender, pred_age, p_female",
+                                                      expected="gender, pred_age, p_female")
+
+
+def test_utkface_tables_group_as_before(table):
+    assert grouping_columns(table) == ["age_bucket", "gender", "age_bin", "race"]
+    assert groupings_for(table) == list(DEFAULT_GROUPINGS)  # the names the dashboard pages import
+    assert parse_grouping("age_bin:race", grouping_columns(table)) == ["age_bin", "race"]
+
+
+def test_missed_faces_leave_the_metrics_of_the_faces_found_alone(table):
+    """A face not found is a result: the metrics are those of the found faces alone, and each group's miss
+    count and rate are its own."""
+    missed = table.assign(found=np.arange(len(table)) % 7 != 3)
+    missed.loc[~missed["found"], ["pred_age", "p_female"]] = np.nan
+    with_missed = GroupReport(missed, "race", n_boot=50)
+    alone = GroupReport(missed[missed["found"]], "race", n_boot=50)
+    metric_cols = [c for m in METRICS for c in (m, f"{m}_lo", f"{m}_hi")]
+    pd.testing.assert_frame_equal(with_missed.by_group[["race", "n", "too_small", *metric_cols]],
+                                  alone.by_group[["race", "n", "too_small", *metric_cols]])
+    counts = missed.groupby("race")["found"].agg(["size", "sum"])
+    for _, r in with_missed.by_group.iterrows():
+        size, hit = counts.loc[r["race"]]
+        assert (r["n_images"], r["n"], r["n_missed"]) == (size, hit, size - hit)
+        assert r["missed_rate"] == pytest.approx((size - hit) / size)
+        assert r["missed_rate_lo"] <= r["missed_rate"] <= r["missed_rate_hi"]
+    assert "missed_rate" in set(with_missed.disparity()["metric"])
+    assert "missed_rate" not in set(alone.disparity()["metric"])  # nothing missed: no miss-rate disparity
 
 
 def test_report_cli_writes_json_and_html(tmp_path, capsys):
@@ -140,8 +174,9 @@ def test_report_cli_writes_json_and_html(tmp_path, capsys):
     groups = data["groupings"]["race:gender"]["groups"]
     assert sum(g["n"] for g in groups) == 800
     for g in groups:
-        for m in METRICS:
+        for m in [*METRICS, "missed_rate"]:
             assert m in g and f"{m}_lo" in g and f"{m}_hi" in g
+        assert g["n_images"] == g["n"] and g["n_missed"] == 0 and g["missed_rate"] == 0
     text = page.read_text()
     assert text.startswith("<!doctype html>") and text.rstrip().endswith("</html>")
     assert text.count("Plotly.newPlot") >= 4 and 'src="http' not in text  # plotly inlined, works offline
@@ -151,5 +186,8 @@ def test_report_cli_writes_json_and_html(tmp_path, capsys):
 def test_report_cli_errors(tmp_path, capsys):
     assert report_main(["--checkpoint", str(tmp_path)]) == 2
     assert "meta.json is missing" in capsys.readouterr().err
-    assert report_main(["--predictions", str(tmp_path / "p.csv"), "--by", "shoe"]) == 2
-    assert "unknown grouping 'shoe'" in capsys.readouterr().err
+    csv = tmp_path / "p.csv"
+    fake_predictions(50).to_csv(csv, index=False)
+    assert report_main(["--predictions", str(csv), "--by", "race,shoe"]) == 2
+    err = ERR_BAD_GROUPING.format(grouping="shoe", known="age_bucket, gender, age_bin, race")
+    assert capsys.readouterr().err == f"error: {err}\n"
