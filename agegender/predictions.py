@@ -102,8 +102,8 @@ def complete(df: pd.DataFrame, bins=FAIRFACE_BINS) -> pd.DataFrame:
     if "file" not in out:
         out["file"] = [f"row{i}" for i in range(len(out))]
     out["found"] = out["found"].astype(bool)
-    return out[[*LABELS, *group_columns(out), *PREDICTED, *[c for c in out.columns if c.startswith("pred_")
-                                                            and c not in PREDICTED]]]
+    first = [*LABELS, *group_columns(out), *PREDICTED]
+    return out[first + [c for c in out.columns if c not in first]]  # a prediction's extras, a pair's sides
 
 
 def load_predictions(checkpoint: str | os.PathLike | None = None, split: str = "val",

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from agegender import predict
+from agegender import faces
 from agegender.checkpoint import Checkpoint, load_checkpoint
 from agegender.explain import explain_checkpoint
 from agegender.faces import MIN_FACE_SIZE
@@ -83,7 +83,7 @@ def test_too_small_and_failing_images_fail_alone(tiny_checkpoint, tmp_path, caps
     Image.new("RGB", (3, 40)).save(tiny)
     odd = tmp_path / "odd.jpg"
     Image.open(HOPPER).save(odd)
-    real_align, calls = predict.align_face, []
+    real_align, calls = faces.align_face, []
 
     def align(photo, landmarks, *a, **kw):  # the first face aligned fails, as on degenerate landmarks
         calls.append(1)
@@ -91,7 +91,7 @@ def test_too_small_and_failing_images_fail_alone(tiny_checkpoint, tmp_path, caps
             raise np.linalg.LinAlgError("SVD did not converge")
         return real_align(photo, landmarks, *a, **kw)
 
-    monkeypatch.setattr(predict, "align_face", align)
+    monkeypatch.setattr(faces, "align_face", align)  # face_pixels, the one aligner, calls it
     code, out, err = run(capsys, tiny, odd, HOPPER, "--checkpoint", tiny_checkpoint, "--json")
     assert code == 2
     results = json.loads(out)

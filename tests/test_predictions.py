@@ -73,7 +73,7 @@ def test_a_table_written_before_age_bins_is_completed_and_scores_the_same(tmp_pa
 def test_group_columns_are_the_datasets_own_in_table_order():
     df = table().assign(site="a", age_bucket="20-29", pred_age_lo=1.0)
     assert group_columns(df) == ["race", "site"]  # not the derived age_bucket, not a prediction
-    assert list(complete(df).columns) == [*LABELS, "race", "site", *PREDICTED, "pred_age_lo"]
+    assert list(complete(df).columns) == [*LABELS, "race", "site", *PREDICTED, "age_bucket", "pred_age_lo"]
 
 
 def test_bins_are_counted_on_fairfaces_scale_unless_the_labels_use_others():
