@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import quality
 from .checkpoint import CheckpointError, load_checkpoint, read_meta, write_meta
 from .data import DatasetError, Images, cached_images, evenly_spaced, load_images, scan, split_of
 from .datasets import FORMATS, Dataset, read_dataset, resolve
@@ -76,7 +77,16 @@ def dataset_frame(ckpt, ds: Dataset, crops: Crops, tta: bool = True) -> pd.DataF
         "pred_age": pred_age,
         "pred_age_bin": pred_bins(pred_age, scale),
         "p_female": p_female,
+        **_quality(crops),
     })
+
+
+def _quality(crops: Crops) -> dict[str, np.ndarray]:
+    """Pose, face size and sharpness of each found face (NaN for misses, and pose and size for chips,
+    which carry no detection)."""
+    m = quality.measure(crops.landmarks, crops.box, crops.pixels)
+    m["sharpness"] = np.where(crops.found, m["sharpness"], np.nan)
+    return m
 
 
 def evaluate_dataset(ckpt, ds: Dataset, tta: bool = True, cache_dir=None, progress=None) -> tuple[pd.DataFrame, dict]:

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
+from . import quality
 from .labels import AGE_BUCKET_EDGES, age_bucket, parse_age_bin
 from .predictions import DERIVED_GROUP, KNOWN, complete, group_columns, metric_columns
 
@@ -176,6 +177,10 @@ def prepare(df: pd.DataFrame, edges: tuple[int, ...] = AGE_BUCKET_EDGES) -> pd.D
     """A predictions table (agegender.predictions), completed to every column, with its age bucket added."""
     out = complete(df)
     out[DERIVED_GROUP] = age_buckets(out["age"], out["age_bin"], edges)
+    if "yaw" in out:  # photos: how the face was taken, as groups ("turned over 30°", "under 60 px")
+        out[quality.POSE] = pd.Categorical(quality.pose_group(out["yaw"]), [*quality.POSE_LABELS, quality.UNKNOWN])
+    if "face_px" in out:
+        out[quality.SIZE] = pd.Categorical(quality.size_group(out["face_px"]), [*quality.SIZE_LABELS, quality.UNKNOWN])
     return out
 
 
@@ -185,8 +190,14 @@ def _prepared(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def grouping_columns(df: pd.DataFrame) -> list[str]:
-    """The columns a table can be grouped by: age bucket, gender, age bin, then the dataset's groups."""
-    return [*LABEL_GROUPS, *group_columns(df)]
+    """The columns a table can be grouped by: age bucket, gender, age bin, the dataset's groups, and pose and
+    face size where the faces were measured (photos)."""
+    return [*LABEL_GROUPS, *group_columns(df), *_quality_groups(df)]
+
+
+def _quality_groups(df: pd.DataFrame) -> list[str]:
+    measured = {quality.POSE: "yaw", quality.SIZE: "face_px"}
+    return [g for g, c in measured.items() if c in df and np.isfinite(np.asarray(df[c], np.float64)).any()]
 
 
 def groupings_for(df: pd.DataFrame) -> list[str]:
@@ -194,7 +205,7 @@ def groupings_for(df: pd.DataFrame) -> list[str]:
     and age bucket by the first group column (on UTKFace: DEFAULT_GROUPINGS)."""
     groups = group_columns(df)
     return [DERIVED_GROUP, "gender", *[x for g in groups for x in (g, f"{g}:gender")],
-            *([f"{DERIVED_GROUP}:{groups[0]}"] if groups else [])]
+            *([f"{DERIVED_GROUP}:{groups[0]}"] if groups else []), *_quality_groups(df)]
 
 
 def headline_age_metric(df: pd.DataFrame) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import quality
 from .labels import FAIRFACE_BINS, GENDERS, bin_label, called_female, nearest_bin, parse_age_bin
 from .meta import atomic_write, read_meta
 
@@ -29,6 +30,8 @@ IMAGE_KEYS = ("file", "age", "age_bin", "gender")
 REQUIRED = ("gender", "pred_age", "p_female")  # plus age or age_bin: what the metrics read
 FEMALE = GENDERS[1]  # the gender column holds label names; the gender head predicts P(female)
 SPLIT_ALL = "all"  # the split column of a dataset that has no splits
+QUALITY = quality.COLUMNS  # how each face was photographed (pose, size, sharpness): figures, not groups
+QUALITY_GROUPS = (quality.POSE, quality.SIZE)  # their groups, derived by agegender.fairness.prepare
 PER_SIDE = ("pred_", "p_female_", "found_")  # a prediction's own extras, or one side's of a paired table
 DERIVED_GROUP = "age_bucket"  # added from the age by agegender.fairness.prepare: not one of the dataset's groups
 
@@ -61,7 +64,8 @@ def validate(df: pd.DataFrame, needed: tuple[str, ...] = REQUIRED) -> pd.DataFra
 
 def group_columns(df: pd.DataFrame) -> list[str]:
     """The dataset's own group columns, in table order (UTKFace and FairFace: race)."""
-    return [c for c in df.columns if c not in KNOWN and c != DERIVED_GROUP and not c.startswith(PER_SIDE)]
+    derived = (DERIVED_GROUP, *QUALITY, *QUALITY_GROUPS)
+    return [c for c in df.columns if c not in KNOWN and c not in derived and not c.startswith(PER_SIDE)]
 
 
 def age_bins(labels) -> list[tuple[int, int | None]]:
@@ -121,7 +125,8 @@ def load_predictions(checkpoint: str | os.PathLike | None = None, split: str = "
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (OSError, pd.errors.ParserError, UnicodeDecodeError) as e:
         raise ValueError(ERR_UNREADABLE.format(path=path, detail=e)) from e
-    numeric = [c for c in df.columns if c in ("age", "p_female") or c.startswith("pred_age") and c != "pred_age_bin"]
+    numeric = [c for c in df.columns if c in ("age", "p_female", *QUALITY)
+               or c.startswith("pred_age") and c != "pred_age_bin"]
     for c in numeric:
         df[c] = pd.to_numeric(df[c].replace("", np.nan), errors="coerce")
     if "found" in df:
