@@ -228,6 +228,8 @@ def resolve(path: str | os.PathLike, labels: str | os.PathLike | None = None, fo
     if labels is None and path.is_dir() and format in (None, "fairface"):
         labels = _fairface_csv_in(path)
     labels = Path(labels).expanduser() if labels is not None else None
+    if labels is not None and not labels.is_file():  # before guessing a format from its header
+        raise DatasetError(ERR_LABELS_MISSING.format(path=labels))
     if format is None:
         format = "utkface" if labels is None else "fairface" if _is_fairface(labels) and columns is None else "csv"
     if format == "utkface" and labels is not None:

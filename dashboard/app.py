@@ -11,6 +11,7 @@ page = st.navigation([
     st.Page("pages/bias.py", title="Bias report", icon=":material/balance:"),
     st.Page("pages/compare.py", title="Compare checkpoints", icon=":material/compare:"),
     st.Page("pages/explorer.py", title="Error explorer", icon=":material/travel_explore:"),
+    st.Page("pages/evalsets.py", title="Evaluation sets", icon=":material/dataset:"),
     st.Page("pages/training.py", title="Training", icon=":material/show_chart:"),
     st.Page("pages/checkpoints.py", title="Checkpoints", icon=":material/inventory_2:"),
 ])

@@ -7,11 +7,12 @@ from graphlib import CycleError, TopologicalSorter
 from .conftest import ROOT
 
 LAYERS = {
-    "base": ["meta", "labels", "preprocess", "faces", "runtime", "model"],
+    "base": ["meta", "labels", "preprocess", "faces", "runtime", "model", "quality"],
     "parts": ["predictions", "fairness", "metrics", "charts", "visual", "catalog", "access", "checkpoint",
-              "inference", "explain", "data", "balance", "config", "distributed", "runstate", "datasets"],
+              "inference", "explain", "data", "balance", "config", "distributed", "runstate", "datasets",
+              "evalset", "tables"],
     "commands": ["training", "evaluate", "predict", "report", "compare", "modelcard", "consistency", "template",
-                 "explorer"],
+                 "explorer", "results"],
 }
 RANK = {m: i for i, mods in enumerate(LAYERS.values()) for m in mods}
 

@@ -1,0 +1,172 @@
+"""Evaluation sets: register labelled datasets, evaluate the picked checkpoints on them (results kept in
+the results cache, not in the checkpoint), and see how far the in-distribution figures carry."""
+
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import ui
+
+st.title("Evaluation sets")
+
+# after the title, so the page shows while they load
+from agegender import results, tables
+from agegender.access import NotAllowed
+from agegender.meta import CheckpointError
+
+FORMATS = ("auto", "utkface", "fairface", "csv")
+GROUPINGS = ("race", "gender", "age_bucket")
+NO_PATH = "Type the path of the images (folder, .zip or .tar.gz) or of the labels file first."
+NO_SETS = "No evaluation set yet: register one above."
+NO_OFFERED = "No evaluation set this dashboard may read: register one in an allowed folder above."
+NO_PICK = "Pick one or more checkpoints in the sidebar to evaluate them."
+NOT_ALLOWED_SETS = "Not offered here, being outside the folders this dashboard may read: {names}."
+
+
+def failures() -> tuple[type[Exception], ...]:
+    """What evaluating or registering may raise, each with a one-line message for the reader."""
+    from agegender.data import DatasetError  # imports torch: not before the title
+
+    return DatasetError, CheckpointError, results.ResultsError, NotAllowed
+
+
+def readable(s: results.EvalSet, allowed) -> bool:
+    return allowed.allows(s.path) and (s.labels is None or allowed.allows(s.labels))
+
+
+@st.cache_data(max_entries=16, ttl=600, show_spinner="Reading the results (bootstrap)…")
+def cross_cached(paths: tuple[str, ...], names: tuple[str, ...], grouping: str, stamp: tuple):
+    """cross_dataset as of the stamp of the registry, the sets' result folders and the checkpoints' files
+    (a dataset edited in place is read again after the ttl)."""
+    return results.cross_dataset(list(paths), list(names), grouping)
+
+
+def cross_stamp(paths: list[str], names: list[str]) -> tuple:
+    files = [results.registry_path(), *(results.set_folder(n) for n in names if n not in results.OWN_SPLITS)]
+    for p in paths:
+        files += [f"{p}/meta.json", *(f"{p}/predictions-{s}.csv" for s in results.OWN_SPLITS)]
+    return ui.stamp(*files)
+
+
+_, data_allowed = ui.allow_lists()
+fail = failures()
+
+with st.expander("Register a dataset", expanded=False):
+    c1, c2 = st.columns(2)
+    name = c1.text_input("Name", key="es_name", placeholder="fairface-val",
+                         help="Letters, digits, '.', '_' or '-'; it names the set's results folder.")
+    fmt = c2.selectbox("Format", FORMATS, key="es_format",
+                       help="auto: UTKFace file names without a labels file, FairFace's CSV when it has "
+                            "FairFace's header, else csv with a column mapping.")
+    path = st.text_input("Images", key="es_path", placeholder="/path/to/images",
+                         help="Folder, .zip or .tar.gz (or the labels file, with the images beside it).")
+    labels = st.text_input("Labels file (optional)", key="es_labels", placeholder="/path/to/labels.csv")
+    columns = st.text_input("Column mapping (format csv)", key="es_columns",
+                            placeholder="file=path,age=age,gender=sex,gender_map=F=1,M=0,groups=race")
+    if st.button("Register", key="es_register"):
+        try:
+            if not path.strip():
+                raise results.ResultsError(NO_PATH)
+            for p in (path, labels):
+                if p.strip():
+                    data_allowed.check(p.strip())
+            es = results.register(name.strip(), path.strip(), labels, None if fmt == "auto" else fmt, columns)
+            skipped = f"; {es.skipped} row(s) skipped (see the server log)" if es.skipped else ""
+            st.success(f"Registered {es.name}: {es.images:,} images ({es.format}, {es.geometry}){skipped}.")
+        except fail as e:
+            st.error(str(e))
+
+try:
+    sets = results.list_sets()
+except results.ResultsError as e:
+    st.error(str(e))
+    st.stop()
+offered = [s for s in sets if readable(s, data_allowed)]
+hidden = [s.name for s in sets if s not in offered]
+
+st.subheader("Registered sets")
+if not sets:
+    st.info(NO_SETS)
+else:
+    st.dataframe([{"name": s.name, "format": s.format, "geometry": s.geometry, "images": s.images,
+                   "skipped rows": s.skipped, "images at": s.path, "labels": s.labels or ""} for s in sets],
+                 hide_index=True)
+    if hidden:
+        st.caption(NOT_ALLOWED_SETS.format(names=", ".join(hidden)))
+    c1, c2, c3 = st.columns([2, 2, 1], vertical_alignment="bottom")
+    gone = c1.selectbox("Remove a set", [s.name for s in sets], key="es_remove_name")
+    delete = c2.checkbox("and its cached results", key="es_remove_results")
+    if c3.button("Remove", key="es_remove"):
+        try:
+            results.remove(gone, delete_results=delete)
+            st.rerun()
+        except results.ResultsError as e:
+            st.error(str(e))
+
+st.subheader("Evaluate")
+picked = list(st.session_state.get(ui.SELECTED, []))
+set_name = None
+if not offered:
+    st.info(NO_OFFERED if sets else NO_SETS)
+elif not picked:
+    st.info(NO_PICK)
+else:
+    c1, c2, c3 = st.columns([2, 2, 1], vertical_alignment="bottom")
+    set_name = c1.selectbox("Evaluation set", [s.name for s in offered], key="es_set")
+    save = c2.checkbox("Also save into the checkpoint folder", key="es_save",
+                       help="Writes predictions-<set>.csv into each checkpoint folder too; the results cache "
+                            f"({results.results_dir()}) always keeps them.")
+    if c3.button("Evaluate", key="es_go"):
+        for p in picked:
+            label = Path(p).name
+            bar = st.progress(0.0, text=f"{label} on {set_name}: reading the faces…")
+
+            def progress(done: int, total: int, bar=bar, label=label) -> None:
+                bar.progress(done / max(total, 1), text=f"{label} on {set_name}: {done:,} of {total:,} images")
+
+            try:
+                res = results.evaluate(p, set_name, progress=progress, save_into_checkpoint=save,
+                                       load=ui.get_checkpoint)
+            except fail as e:
+                bar.empty()
+                st.error(str(e))
+                continue
+            bar.empty()
+            if res.saved_to:
+                st.caption(f"Saved a copy into {res.saved_to}.")
+    rows = []
+    for p in picked:
+        try:
+            res = results.lookup(p, set_name)
+        except fail as e:
+            st.error(str(e))
+            continue
+        if res is not None and res.problem:
+            st.error(res.problem)
+        m = res.metrics if res is not None else {}
+        rows.append({"checkpoint": Path(p).name, "n": m.get("n"), "n_found": m.get("n_found"),
+                     "gender_accuracy": m.get("gender_accuracy"), "age_mae": m.get("age_mae"),
+                     "age_bin_accuracy": m.get("age_bin_accuracy"),
+                     "evaluated": m.get("evaluated_at", results.NOT_EVALUATED)})
+    if rows:
+        figures = ("n", "n_found", "gender_accuracy", "age_mae", "age_bin_accuracy")
+        st.dataframe(tables.styled(pd.DataFrame(rows).astype(dict.fromkeys(figures, float))), hide_index=True)
+
+st.subheader("Across datasets")
+if picked:
+    names = [*results.OWN_SPLITS, *(s.name for s in offered)]
+    grouping = st.selectbox("Gaps between groups of", GROUPINGS, key="es_grouping")
+    try:
+        cross = cross_cached(tuple(picked), tuple(names), grouping, cross_stamp(picked, names))
+    except fail as e:
+        st.error(str(e))
+        st.stop()
+    st.caption("Each figure with its bootstrap 95% interval, on the faces found. A gap is the best group's "
+               f"figure against the worst's, among {grouping} groups with at least {results.MIN_COUNT} faces. "
+               "The age gap is in years where a set has exact ages (MAE), in percentage points of bin "
+               "accuracy where it has age bins only. Cells not evaluated yet are left empty: evaluate above.")
+    st.dataframe(results.cross_display(cross), hide_index=True)
+    st.download_button("Table (CSV)", cross.to_csv(index=False), "cross-dataset.csv", "text/csv", key="es_csv")
+else:
+    st.info(NO_PICK)
