@@ -4,6 +4,7 @@ the dataset, and Grad-CAMs averaged over the faces of each group."""
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -11,6 +12,7 @@ from PIL import Image
 
 from .checkpoint import Checkpoint
 from .data import Scan, evenly_spaced, iter_bytes
+from .evalset import Crops
 from .explain import explain_checkpoint
 from .fairness import value_order
 from .labels import DECISION, parse_age_bin
@@ -105,14 +107,23 @@ def mean_cams(ckpt: Checkpoint, chips: list[Image.Image], maps: tuple[str, ...] 
     return mean_face, {k: v / max(1, len(chips)) for k, v in sums.items()}
 
 
-def group_mean_cams(ckpt: Checkpoint, scan: Scan, table: pd.DataFrame, by: str,
-                    per_group: int) -> dict[str, tuple[int, np.ndarray, dict[str, np.ndarray]]]:
+def group_mean_cams(ckpt: Checkpoint, read: Callable[[list[str]], dict[str, Image.Image]], table: pd.DataFrame,
+                    by: str, per_group: int) -> dict[str, tuple[int, np.ndarray, dict[str, np.ndarray]]]:
     """Per value of column ``by`` of a prepared predictions table (agegender.fairness.prepare): how
-    many chips were read of an evenly spaced ``per_group`` of its rows, their mean face and mean
-    maps (mean_cams). Groups none of whose chips are in the dataset are left out."""
+    many faces ``read`` gave of an evenly spaced ``per_group`` of its rows (faces found), their mean face
+    and mean maps (mean_cams). Groups none of whose faces could be read are left out. ``read`` is
+    read_chips over a UTKFace scan, or set_chips over an evaluation set."""
     out = {}
-    for value, g in table.groupby(by, observed=True):
-        chips = list(read_chips(scan, list(evenly_spaced(g, per_group)["file"])).values())
+    found = table[table["found"].astype(bool)] if "found" in table else table
+    for value, g in found.groupby(by, observed=True):
+        chips = list(read(list(evenly_spaced(g, per_group)["file"])).values())
         if chips:
             out[str(value)] = (len(chips), *mean_cams(ckpt, chips))
     return out
+
+
+def set_chips(crops: Crops, files: list[str]) -> dict[str, Image.Image]:
+    """The aligned faces of a labelled dataset's photos (agegender.evalset's cached crops), by file; files
+    without a face found are left out, as are files the crops do not hold."""
+    index = {f: i for i, f in enumerate(crops.files)}
+    return {f: Image.fromarray(crops.pixels[index[f]]) for f in files if f in index and crops.found[index[f]]}

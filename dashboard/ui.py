@@ -43,6 +43,8 @@ from agegender.labels import DEFAULT_BAND, gender_label
 from agegender.meta import CheckpointError
 from agegender.predictions import predictions_path
 
+OWN_SPLITS = ("val", "test")  # a checkpoint's own predictions files; anything else is an evaluation set
+
 if TYPE_CHECKING:
     from agegender.checkpoint import Checkpoint
     from agegender.data import Scan
@@ -84,9 +86,28 @@ def checkpoint_stamp(path: str | Path) -> tuple:
     return stamp(Path(path) / META, Path(path) / WEIGHTS)
 
 
-def predictions_stamp(path: str | Path, split: str) -> tuple:
-    """The stamp of what reading a checkpoint's predictions reads."""
-    return stamp(Path(path) / META, predictions_path(path, split))
+def predictions_stamp(path: str | Path, source: str) -> tuple:
+    """The stamp of what reading a checkpoint's predictions for a source reads: its own
+    predictions-<split>.csv for val and test, the results cache's file for an evaluation set (named
+    in the stamp, so a new result, or a dataset changed under a set, is a new key)."""
+    if source in OWN_SPLITS:
+        return stamp(Path(path) / META, predictions_path(path, source))
+    f = set_result_file(str(path), source, checkpoint_stamp(path))
+    return (*stamp(Path(path) / META, f or Path(path) / "-"), str(f))
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def set_result_file(ckpt_path: str, source: str, ckpt_stamp: tuple) -> Path | None:
+    """Where an evaluation set's result for a checkpoint is cached (None: not evaluated, or an error the
+    reader shows). Finding it re-reads the set's labels for their fingerprint, so a rerun within 30 s
+    reuses the answer: a bias-page filter change stays fast on a large set."""
+    from agegender.data import DatasetError
+    from agegender.results import ResultsError, predictions_file
+
+    try:
+        return predictions_file(ckpt_path, source)
+    except (ResultsError, DatasetError, CheckpointError):
+        return None
 
 
 @st.cache_resource(show_spinner="Loading checkpoint…", max_entries=8)
@@ -377,20 +398,37 @@ def checkpoint_choice(ckpts: list[Checkpoint], label: str = "Checkpoint", key: s
 
 
 @st.cache_data(max_entries=16, show_spinner="Reading predictions…")
-def predictions_cached(ckpt_path: str, split: str, stamp: tuple):
-    """load_predictions, as of the files' predictions_stamp."""
+def predictions_cached(ckpt_path: str, source: str, stamp: tuple):
+    """The checkpoint's predictions for a source (val, test or an evaluation set's name), as of the files'
+    predictions_stamp. Raises ValueError (ResultsError among them) or CheckpointError saying why not."""
     from agegender.predictions import load_predictions
+    from agegender.results import load_result
 
-    return load_predictions(ckpt_path, split)
+    return load_predictions(ckpt_path, source) if source in OWN_SPLITS else load_result(ckpt_path, source)
 
 
-def predictions(ckpt: Checkpoint, split: str):
-    """The checkpoint's predictions for a split, or None after showing why they are missing."""
+def predictions(ckpt: Checkpoint, source: str):
+    """The checkpoint's predictions for a source, or None after showing why they are missing (a set not
+    evaluated yet points to the Evaluation sets page)."""
+    from agegender.data import DatasetError
+
     try:
-        return predictions_cached(str(ckpt.path), split, predictions_stamp(ckpt.path, split))
-    except (ValueError, CheckpointError) as e:
-        st.error(str(e))
+        return predictions_cached(str(ckpt.path), source, predictions_stamp(ckpt.path, source))
+    except (ValueError, CheckpointError, DatasetError) as e:
+        st.info(str(e)) if source not in OWN_SPLITS else st.error(str(e))
         return None
+
+
+def source_picker(container, key: str) -> str:
+    """The evaluation-set picker of the review pages: the checkpoints' own UTKFace val and test, then every
+    registered evaluation set whose images the data allow-list allows."""
+    from agegender.results import list_sets, source_label
+
+    _, data_allowed = allow_lists()
+    names = [s.name for s in list_sets() if data_allowed.allows(s.path)]
+    return container.selectbox("Evaluation set", [*OWN_SPLITS, *names], key=key, format_func=source_label,
+                               help="UTKFace val / test: the checkpoint's own held-out splits. Register and "
+                                    "evaluate other labelled datasets on the Evaluation sets page.")
 
 
 # cache_resource: a listing of 20,000 samples is read, never mutated, and need not be copied per rerun

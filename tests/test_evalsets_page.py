@@ -130,3 +130,50 @@ def test_a_set_outside_the_allowed_folders_is_not_offered(page, tmp_path, monkey
     assert at.info[0].value == "No evaluation set this dashboard may read: register one in an allowed folder above."
     register(at, "ff2", tmp_path / "ff")
     assert at.error[0].value.startswith(f"dataset {tmp_path / 'ff'} is outside the folders this dashboard may read")
+
+
+def test_review_pages_read_an_evaluation_set(page, tmp_path):
+    """Once a set is evaluated, the bias report, the comparison and the error explorer offer it beside
+    UTKFace val and test, and work on its bins, groups and aligned photos."""
+    at, ck = page
+    other = ck.parent / "tiny2"
+    shutil.copytree(ck, other)
+    at.session_state[ui.SELECTED] = [str(ck), str(other)]
+    fairface_like(tmp_path / "ff")
+    register(at, "ff", tmp_path / "ff")
+    at.button(key="es_go").click().run()
+    assert not at.exception and not at.error
+
+    at.switch_page("pages/bias.py").run()
+    assert at.selectbox(key="bias_split").options == ["UTKFace val", "UTKFace test", "ff"]
+    at.selectbox(key="bias_split").set_value("ff").run()
+    assert not at.exception and not at.error
+    assert "race" in at.selectbox(key="bias_grouping").options
+    labels = [m.label for m in at.metric]
+    assert any(label.startswith("age bin accuracy (n=6)") for label in labels), labels  # bins, faces found
+    assert any("A face was found in 6 of 8 images" in c.value for c in at.caption)
+
+    at.switch_page("pages/compare.py").run()
+    at.selectbox(key="cmp_split").set_value("ff").run()
+    assert not at.exception and not at.error
+    assert any(m.label == "age bin accuracy" for m in at.metric)
+
+    at.switch_page("pages/explorer.py").run()
+    at.selectbox(key="ex_split").set_value("ff").run()
+    assert not at.exception and not at.error
+    assert "race" in at.selectbox(key="ex_group_col").options
+    assert at.selectbox(key="ex_pick").options  # the worst errors' aligned faces, read from the crop cache
+
+
+def test_a_set_not_evaluated_yet_points_to_the_evaluation_sets_page(page, tmp_path):
+    at, _ = page
+    fairface_like(tmp_path / "ff")
+    register(at, "ff", tmp_path / "ff")
+    at.switch_page("pages/bias.py").run()
+    at.selectbox(key="bias_split").set_value("ff").run()
+    assert not at.exception and not at.error
+    assert [i.value for i in at.info] == [results.ERR_NOT_EVALUATED.format(checkpoint="tiny", source="ff")]
+
+
+def test_the_pages_and_the_results_cache_name_the_same_own_splits():
+    assert ui.OWN_SPLITS == tuple(results.OWN_SPLITS)

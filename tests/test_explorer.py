@@ -14,6 +14,7 @@ from agegender.explorer import (
     mean_cams,
     misgendered,
     read_chips,
+    set_chips,
     worst_age_errors,
     years_outside,
 )
@@ -101,7 +102,7 @@ def test_a_chip_becomes_a_result_the_face_view_shows(ckpt, tiny_checkpoint, tiny
 def test_group_mean_cams(ckpt, tiny_checkpoint, tiny_data):
     sc = scan(tiny_data)
     table = prepare(load_predictions(tiny_checkpoint, "val"))
-    means = group_mean_cams(ckpt, sc, table, "gender", 2)
+    means = group_mean_cams(ckpt, lambda files: read_chips(sc, files), table, "gender", 2)
     assert set(means) == set(table["gender"].astype(str))
     size = ckpt.preprocess.cache_size
     for name, (count, face, maps) in means.items():
@@ -121,4 +122,16 @@ def test_groups_without_chips_are_left_out(ckpt, tiny_checkpoint, tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "1_0_0_20170109150557335.jpg.chip.jpg").write_bytes(b"")  # a scan needs one name
     table = prepare(load_predictions(tiny_checkpoint, "val"))
-    assert group_mean_cams(ckpt, scan(tmp_path / "empty"), table, "race", 2) == {}
+    empty = scan(tmp_path / "empty")
+    assert group_mean_cams(ckpt, lambda files: read_chips(empty, files), table, "race", 2) == {}
+
+
+def test_set_chips_are_the_found_faces_of_the_cached_crops():
+    from agegender.evalset import Crops
+
+    px = np.arange(3 * 8 * 8 * 3, dtype=np.uint8).reshape(3, 8, 8, 3)
+    nan = np.full(3, np.nan)
+    crops = Crops(["a.jpg", "b.jpg", "c.jpg"], px, np.array([True, False, True]), nan, np.full((3, 4), np.nan),
+                  np.full((3, 5, 2), np.nan))
+    got = set_chips(crops, ["c.jpg", "b.jpg", "zz.jpg"])
+    assert list(got) == ["c.jpg"] and np.array_equal(np.asarray(got["c.jpg"]), px[2])

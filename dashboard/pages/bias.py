@@ -7,43 +7,50 @@ from dashboard import ui
 
 # cache_resource: the report holds metric functions (not picklable); it is never mutated
 @st.cache_resource(max_entries=32, show_spinner="Computing the report (bootstrap)…")
-def report_cached(ckpt_path: str, split: str, stamp: tuple, grouping: str, min_count: int):
-    df = ui.predictions_cached(ckpt_path, split, stamp)
+def report_cached(ckpt_path: str, source: str, stamp: tuple, grouping: str, min_count: int):
+    df = ui.predictions_cached(ckpt_path, source, stamp)
     table = prepare(df)
     return table, GroupReport(table, grouping, min_count=min_count)
 
 
 @st.cache_data(max_entries=8, show_spinner="Writing the HTML report…")
-def html_cached(ckpt_path: str, split: str, stamp: tuple, min_count: int) -> str:
+def html_cached(ckpt_path: str, source: str, stamp: tuple, min_count: int) -> str:
     from agegender.report import build
 
-    df = ui.predictions_cached(ckpt_path, split, stamp)
-    return to_html(build(df, list(DEFAULT_GROUPINGS), min_count=min_count), df, f"{ckpt_path} ({split})")
+    df = ui.predictions_cached(ckpt_path, source, stamp)
+    return to_html(build(df, groupings_for(df), min_count=min_count), df, f"{ckpt_path} ({source_label(source)})")
 
 
 st.title("Bias report")
 
 # heavy imports after the title, so the page shows while they load
 from agegender import charts, tables
-from agegender.fairness import DEFAULT_GROUPINGS, GROUP_COLUMNS, METRICS, MIN_COUNT, GroupReport, prepare
+from agegender.fairness import METRICS, MIN_COUNT, GroupReport, grouping_columns, groupings_for, prepare
 from agegender.report import to_html
-
-GROUPINGS = list(DEFAULT_GROUPINGS) + [g for g in ("age_bucket:gender",) if g not in DEFAULT_GROUPINGS]
+from agegender.results import source_label
 
 ckpt = ui.checkpoint_choice(ui.selected_checkpoints())
 c1, c2, c3, c4 = st.columns(4)
-split = c1.selectbox("Split", ["val", "test"], key="bias_split")
-grouping = c2.selectbox("Grouping", GROUPINGS, key="bias_grouping", format_func=lambda g: g.replace(":", " × "))
+source = ui.source_picker(c1, "bias_split")
+df = ui.predictions(ckpt, source)
+if df is None:
+    st.stop()
+# the table's own groupings: FairFace's seven groups, a user's extra columns, pose and face size of photos
+groupings = groupings_for(df) + [g for g in ("age_bucket:gender",) if g not in groupings_for(df)]
+grouping = c2.selectbox("Grouping", groupings, key="bias_grouping", format_func=lambda g: g.replace(":", " × "))
 metric = c3.selectbox("Metric", list(METRICS), key="bias_metric", format_func=lambda m: METRICS[m].label)
 min_count = c4.number_input("Too small below n =", 1, 10_000, MIN_COUNT, key="bias_min")
-if ui.predictions(ckpt, split) is None:
-    st.stop()
-stamp = ui.predictions_stamp(ckpt.path, split)
-table, rep = report_cached(str(ckpt.path), split, stamp, grouping, int(min_count))
+stamp = ui.predictions_stamp(ckpt.path, source)
+table, rep = report_cached(str(ckpt.path), source, stamp, grouping, int(min_count))
 
 o = rep.overall
+exact = table["age"].notna().any()
+headline = ("age_mae", "age_bias") if exact else ("age_bin_accuracy", "age_bin_within1")
+if o.get("n_missed"):
+    st.caption(f"A face was found in {tables.metric_text('n', o['n'])} of {tables.metric_text('n', o['n_images'])} "
+               f"images; every figure is over those, and the miss rate per group is in the table below.")
 cols = st.columns(4)
-for col, name in zip(cols, ("age_mae", "age_bias", "gender_accuracy", "gender_auc"), strict=True):
+for col, name in zip(cols, (*headline, "gender_accuracy", "gender_auc"), strict=True):
     col.metric(f"{METRICS[name].label} (n={tables.metric_text('n', o['n'])})", tables.metric_text(name, o[name]),
                help=f"95% interval {tables.interval_text(name, o[name + '_lo'], o[name + '_hi'])}", delta=None)
 
@@ -72,17 +79,20 @@ if len(rep.columns) == 2:
     right.plotly_chart(charts.intersection_heatmap(view, metric), width="stretch")
 else:
     right.plotly_chart(charts.composition_vs_error(view, metric), width="stretch")
-left, right = st.columns(2)
-left.plotly_chart(charts.predicted_vs_true(table), width="stretch")
-right.plotly_chart(charts.residual_by_age(table), width="stretch")
+if exact and "race" in table:  # the two scatter charts need exact ages (and colour by race)
+    left, right = st.columns(2)
+    found = table[table["found"]]
+    left.plotly_chart(charts.predicted_vs_true(found), width="stretch")
+    right.plotly_chart(charts.residual_by_age(found), width="stretch")
 
 st.subheader("All groups")
 st.dataframe(tables.styled(shown).apply(lambda r: ["color: #999" if r["too_small"] else "" for _ in r], axis=1),
              hide_index=True)
 d1, d2 = st.columns(2)
-d1.download_button("Groups (CSV)", shown.to_csv(index=False), f"bias-{ckpt.name}-{split}-{grouping}.csv", "text/csv")
+d1.download_button("Groups (CSV)", shown.to_csv(index=False), f"bias-{ckpt.name}-{source}-{grouping}.csv", "text/csv")
 if d2.button("Prepare the HTML report (all groupings)", key="bias_html"):
-    d2.download_button("Download the HTML report", html_cached(str(ckpt.path), split, stamp, int(min_count)),
-                       f"bias-{ckpt.name}-{split}.html", "text/html")
-st.caption(f"Groupings available: {', '.join(GROUP_COLUMNS)} and their pairs. The command line gives the same: "
-           f"`python -m agegender.report --checkpoint {ckpt.path} --split {split} --html report.html`")
+    d2.download_button("Download the HTML report", html_cached(str(ckpt.path), source, stamp, int(min_count)),
+                       f"bias-{ckpt.name}-{source}.html", "text/html")
+cli = (f"--checkpoint {ckpt.path} --split {source}" if source in ui.OWN_SPLITS else "--predictions PREDICTIONS.csv")
+st.caption(f"Groupings available: {', '.join(grouping_columns(table))} and their pairs. The command line gives the "
+           f"same: `python -m agegender.report {cli} --html report.html`")

@@ -12,7 +12,7 @@ import plotly.express as px
 
 from agegender import charts, tables
 from agegender.compare import agreement, gaps, pair, paired_deltas
-from agegender.fairness import DEFAULT_GROUPINGS, METRICS, MIN_COUNT
+from agegender.fairness import METRICS, MIN_COUNT, groupings_for
 
 ui.pick_pair()
 ckpts = ui.selected_checkpoints()
@@ -24,26 +24,35 @@ if len(ckpts) < 2:
     st.stop()
 
 
+def card_metrics(exact: bool) -> tuple[str, ...]:
+    """The five headline deltas: age in years where ages are exact, in bins where only bins are known."""
+    age = ("age_mae", "age_bias") if exact else ("age_bin_accuracy", "age_bin_error")
+    return (*age, "gender_accuracy", "female_as_male", "male_as_female")
+
+
 @st.cache_data(max_entries=16, show_spinner="Paired bootstrap…")
-def deltas_cached(a: str, b: str, split: str, stamps: tuple, grouping: str):
-    m = pair(ui.predictions_cached(a, split, stamps[0]), ui.predictions_cached(b, split, stamps[1]))
-    metrics = ("age_mae", "age_bias", "gender_accuracy", "female_as_male", "male_as_female")
+def deltas_cached(a: str, b: str, source: str, stamps: tuple, grouping: str):
+    m = pair(ui.predictions_cached(a, source, stamps[0]), ui.predictions_cached(b, source, stamps[1]))
+    metrics = card_metrics(m["age"].notna().any())
     return m, paired_deltas(m, None, metrics), paired_deltas(m, grouping, metrics), gaps(m, grouping)
 
 
 c1, c2, c3 = st.columns(3)
-split = c1.selectbox("Split", ["val", "test"], key="cmp_split")
+source = ui.source_picker(c1, "cmp_split")
 base_name = c2.selectbox("Baseline", [c.name for c in ckpts], key="cmp_base")
-grouping = c3.selectbox("Grouping", DEFAULT_GROUPINGS, key="cmp_grouping", format_func=lambda g: g.replace(":", " × "))
 base = next(c for c in ckpts if c.name == base_name)
-if any(ui.predictions(c, split) is None for c in ckpts):
+frames = [ui.predictions(c, source) for c in ckpts]
+if any(f is None for f in frames):
     st.stop()
+grouping = c3.selectbox("Grouping", groupings_for(frames[0]), key="cmp_grouping",
+                        format_func=lambda g: g.replace(":", " × "))
+exact = frames[0]["age"].notna().any()
 
 for other in [c for c in ckpts if c is not base]:
     st.header(f"{other.name} against {base.name}")
-    stamps = (ui.predictions_stamp(base.path, split), ui.predictions_stamp(other.path, split))
+    stamps = (ui.predictions_stamp(base.path, source), ui.predictions_stamp(other.path, source))
     try:
-        m, overall, groups, gap_tables = deltas_cached(str(base.path), str(other.path), split, stamps, grouping)
+        m, overall, groups, gap_tables = deltas_cached(str(base.path), str(other.path), source, stamps, grouping)
     except ValueError as e:
         st.error(str(e))
         continue
@@ -51,8 +60,7 @@ for other in [c for c in ckpts if c is not base]:
     st.caption(f"{int(o['n'])} images scored by both; deltas are {other.name} − {base.name} "
                f"with paired bootstrap 95% intervals.")
     cols = st.columns(5)
-    for col, name in zip(cols, ("age_mae", "age_bias", "gender_accuracy", "female_as_male", "male_as_female"),
-                         strict=True):
+    for col, name in zip(cols, card_metrics(exact), strict=True):
         better_low = METRICS[name].higher_is_better is False
         col.metric(METRICS[name].label, tables.metric_text(name, o[name + '_b']),
                    tables.metric_text(name, o[name + '_delta'], delta=True),
@@ -75,8 +83,8 @@ for other in [c for c in ckpts if c is not base]:
                             + ("; age-standardised: a group's figure is its per-age-bucket figures weighted by "
                                "the overall age-bucket mix, so older groups are not judged worse for age alone"
                                if std else ""))
-    metric = st.selectbox("Per-group delta of", ["age_mae", "gender_accuracy", "age_bias"], key=f"cmp_m_{other.name}",
-                          format_func=lambda k: METRICS[k].label)
+    metric = st.selectbox("Per-group delta of", [card_metrics(exact)[0], "gender_accuracy", card_metrics(exact)[1]],
+                          key=f"cmp_m_{other.name}", format_func=lambda k: METRICS[k].label)
     st.plotly_chart(charts.delta_bars(groups, metric, grouping, base.name, other.name), width="stretch")
     st.dataframe(tables.styled(groups), hide_index=True)
     agree = agreement(m, grouping)

@@ -20,6 +20,7 @@ GROUPINGS = ("race", "gender", "age_bucket")
 NO_PATH = "Type the path of the images (folder, .zip or .tar.gz) or of the labels file first."
 NO_SETS = "No evaluation set yet: register one above."
 NO_OFFERED = "No evaluation set this dashboard may read: register one in an allowed folder above."
+EVALUATED = "{label} on {name}: a face found in {found:,} of {n:,} images ({how})."
 NO_PICK = "Pick one or more checkpoints in the sidebar to evaluate them."
 NOT_ALLOWED_SETS = "Not offered here, being outside the folders this dashboard may read: {names}."
 
@@ -133,6 +134,9 @@ else:
                 st.error(str(e))
                 continue
             bar.empty()
+            st.success(EVALUATED.format(label=label, name=set_name, found=res.metrics.get("n_found", 0),
+                                        n=res.metrics.get("n", 0), how="from the results cache" if res.reused
+                                        else "evaluated now"))
             if res.saved_to:
                 st.caption(f"Saved a copy into {res.saved_to}.")
     rows = []

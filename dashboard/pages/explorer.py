@@ -18,40 +18,69 @@ from agegender.explorer import (
     in_group,
     misgendered,
     read_chips,
+    set_chips,
     worst_age_errors,
 )
-from agegender.fairness import GROUP_COLUMNS, prepare
+from agegender.fairness import grouping_columns, prepare
 from agegender.predict import display_crop
 
 MODES = {"Worst age errors": worst_age_errors, "Misgendered": misgendered}
 
-ckpt = ui.checkpoint_choice(ui.selected_checkpoints())
-data_path = st.session_state.get(ui.DATASET, "")
-if not data_path:
-    st.info(ui.NO_DATA)
-    st.stop()
-try:
-    sc = ui.dataset(data_path)
-except DatasetError as e:
-    st.error(str(e))
-    st.stop()
 
+@st.cache_resource(max_entries=4, show_spinner="Reading the evaluation set's aligned faces…")
+def set_crops(set_name: str, size: int, stamp: tuple):
+    """The set's aligned faces from the crop cache its evaluation wrote (read once, shared, never mutated)."""
+    from agegender.evalset import dataset_crops
+    from agegender.results import get_set
+
+    return dataset_crops(get_set(set_name).read(), size)
+
+
+ckpt = ui.checkpoint_choice(ui.selected_checkpoints())
 c1, c2, c3, c4 = st.columns(4)
-split = c1.selectbox("Split", ["val", "test"], key="ex_split")
+source = ui.source_picker(c1, "ex_split")
 mode = c2.radio("Show", list(MODES), key="ex_mode")
-group_col = c3.selectbox("Group", ["(all)", *GROUP_COLUMNS], key="ex_group_col")
-n = c4.slider("Faces", 6, 60, 18, 6, key="ex_n")
-df = ui.predictions(ckpt, split)
+if source in ui.OWN_SPLITS:  # UTKFace val / test: the chips are in the UTKFace dataset
+    data_path = st.session_state.get(ui.DATASET, "")
+    if not data_path:
+        st.info(ui.NO_DATA)
+        st.stop()
+    try:
+        sc = ui.dataset(data_path)
+    except DatasetError as e:
+        st.error(str(e))
+        st.stop()
+    data_stamp = ui.stamp(data_path)
+else:  # an evaluation set: the aligned faces its evaluation cached
+    data_path, data_stamp = source, ui.predictions_stamp(ckpt.path, source)
+df = ui.predictions(ckpt, source)
 if df is None:
     st.stop()
 df = prepare(df)
+group_col = c3.selectbox("Group", ["(all)", *grouping_columns(df)], key="ex_group_col")
+n = c4.slider("Faces", 6, 60, 18, 6, key="ex_n")
 if group_col != "(all)":
     df = in_group(df, group_col, st.selectbox(group_col, group_values(df, group_col), key="ex_group_value"))
 rows = MODES[mode](df, n)
 
 
+def read(files: list[str]) -> dict:
+    """The faces of these files, from wherever this source keeps them."""
+    if source in ui.OWN_SPLITS:
+        return read_chips(sc, files)
+    try:
+        return set_chips(set_crops(source, ckpt.preprocess.cache_size, data_stamp), files)
+    except (DatasetError, ValueError) as e:  # the set cannot be read any more: say so, show no faces
+        st.error(str(e))
+        return {}
+
+
+def truth(r) -> str:
+    return f"{r['age']:.0f}" if r["age"] == r["age"] else str(r["age_bin"])  # age, or its bin (FairFace)
+
+
 def show_errors(rows) -> None:
-    chips = read_chips(sc, list(rows["file"]))
+    chips = read(list(rows["file"]))
     missing = [f for f in rows["file"] if f not in chips]
     if missing:
         st.warning(f"{len(missing)} of these images are not in {data_path} (e.g. {missing[0]}): "
@@ -59,7 +88,7 @@ def show_errors(rows) -> None:
     cols = st.columns(6)
     for i, (_, r) in enumerate(rows[rows["file"].isin(chips)].iterrows()):
         cols[i % 6].image(chips[r["file"]], width="stretch",
-                          caption=f"#{i + 1} true {r['age']} {r['gender']} · pred {r['pred_age']:.0f} "
+                          caption=f"#{i + 1} true {truth(r)} {r['gender']} · pred {r['pred_age']:.0f} "
                                   f"P(f)={r['p_female']:.2f}")
     options = [f for f in rows["file"] if f in chips]
     pick = st.selectbox("Explain", options, key="ex_pick", format_func=lambda f: f"#{options.index(f) + 1} {f}")
@@ -75,20 +104,21 @@ else:
 
 st.subheader("Average Grad-CAM per group")
 g1, g2 = st.columns(2)
-by = g1.selectbox("Groups", GROUP_COLUMNS, index=2, key="ex_avg_by")
+by_options = grouping_columns(df)
+by = g1.selectbox("Groups", by_options, index=by_options.index("race") if "race" in by_options else 0, key="ex_avg_by")
 per_group = g2.slider("Faces per group", 4, 64, 16, 4, key="ex_avg_n")
 
 
 @st.cache_data(max_entries=8, show_spinner="Averaging Grad-CAMs…")
-def group_means(ckpt_path: str, split: str, by: str, per_group: int, data_path: str, stamps: tuple):
+def group_means(ckpt_path: str, source: str, by: str, per_group: int, data_path: str, stamps: tuple):
     ckpt_stamp, predictions_stamp, data_stamp = stamps
-    table = prepare(ui.predictions_cached(ckpt_path, split, predictions_stamp))
-    return group_mean_cams(ui.get_checkpoint(ckpt_path), ui.scan_cached(data_path, data_stamp), table, by, per_group)
+    table = prepare(ui.predictions_cached(ckpt_path, source, predictions_stamp))
+    return group_mean_cams(ui.get_checkpoint(ckpt_path), read, table, by, per_group)
 
 
 if st.button("Compute the group averages", key="ex_avg_go"):
-    stamps = (ui.checkpoint_stamp(ckpt.path), ui.predictions_stamp(ckpt.path, split), ui.stamp(data_path))
-    means = group_means(str(ckpt.path), split, by, per_group, data_path, stamps)
+    stamps = (ui.checkpoint_stamp(ckpt.path), ui.predictions_stamp(ckpt.path, source), data_stamp)
+    means = group_means(str(ckpt.path), source, by, per_group, data_path, stamps)
     cols = st.columns(max(1, len(means)))
     for col, (name, (count, mean_face, maps)) in zip(cols, means.items(), strict=False):
         base = display_crop(ckpt, mean_face)
