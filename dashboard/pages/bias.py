@@ -38,13 +38,14 @@ if df is None:
 # the table's own groupings: FairFace's seven groups, a user's extra columns, pose and face size of photos
 groupings = groupings_for(df) + [g for g in ("age_bucket:gender",) if g not in groupings_for(df)]
 grouping = c2.selectbox("Grouping", groupings, key="bias_grouping", format_func=lambda g: g.replace(":", " × "))
-metric = c3.selectbox("Metric", list(METRICS), key="bias_metric", format_func=lambda m: METRICS[m].label)
+exact = df["age"].notna().any()  # exact ages (UTKFace), or only bins (FairFace): the age metrics it has
+offered = [m for m in METRICS if exact or not m.startswith("age_") or m.startswith("age_bin")]
+metric = c3.selectbox("Metric", offered, key="bias_metric", format_func=lambda m: METRICS[m].label)
 min_count = c4.number_input("Too small below n =", 1, 10_000, MIN_COUNT, key="bias_min")
 stamp = ui.predictions_stamp(ckpt.path, source)
 table, rep = report_cached(str(ckpt.path), source, stamp, grouping, int(min_count))
 
 o = rep.overall
-exact = table["age"].notna().any()
 headline = ("age_mae", "age_bias") if exact else ("age_bin_accuracy", "age_bin_within1")
 if o.get("n_missed"):
     st.caption(f"A face was found in {tables.metric_text('n', o['n'])} of {tables.metric_text('n', o['n_images'])} "

@@ -53,7 +53,14 @@ def cross_stamp(paths: list[str], names: list[str]) -> tuple:
 _, data_allowed = ui.allow_lists()
 fail = failures()
 
-with st.expander("Register a dataset", expanded=False):
+def nothing_registered() -> bool:
+    try:
+        return not results.list_sets()
+    except results.ResultsError:
+        return False  # said below, once
+
+
+with st.expander("Register a dataset", expanded=nothing_registered()):  # open on a first visit
     c1, c2 = st.columns(2)
     name = c1.text_input("Name", key="es_name", placeholder="fairface-val",
                          help="Letters, digits, '.', '_' or '-'; it names the set's results folder.")
