@@ -196,14 +196,16 @@ def gaps(m: pd.DataFrame, grouping: str, metrics: tuple[str, ...] | None = None,
 def main(argv: list[str] | None = None) -> int:
     import argparse
     import sys
+    from pathlib import Path
 
     from .meta import CheckpointError
     from .predictions import load_predictions
 
     p = argparse.ArgumentParser(prog="python -m agegender.compare",
                                 description="Compare checkpoint B with A on the images both scored.")
-    p.add_argument("a", help="checkpoint folder A (the reference)")
-    p.add_argument("b", help="checkpoint folder B")
+    p.add_argument("a", help="checkpoint folder A (the reference), or A's predictions CSV (an evaluation set's, "
+                             "from python -m agegender.evaluate --labels ... --out)")
+    p.add_argument("b", help="checkpoint folder B, or B's predictions CSV of the same images")
     p.add_argument("--split", default="test", choices=["val", "test"])
     p.add_argument("--by", help="grouping for the gaps and per-group deltas: a column of the tables (age_bucket, "
                                 "gender, age_bin or a group column such as race) or two joined by ':' (default: "
@@ -214,7 +216,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="also give the gap with every group given the overall mix of this column ('' for none)")
     args = p.parse_args(argv)
     try:
-        m = pair(load_predictions(args.a, args.split), load_predictions(args.b, args.split))
+        def read(where: str):
+            return load_predictions(path=where) if Path(where).is_file() else load_predictions(where, args.split)
+
+        m = pair(read(args.a), read(args.b))
         by = args.by or default_grouping(m)
         overall = paired_deltas(m, n_boot=args.n_boot).iloc[0]
         groups = paired_deltas(m, by, n_boot=args.n_boot, min_count=args.min_count)
@@ -226,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         gaps = pd.DataFrame()
         print(f"note: no gap to judge: {e}")
-    print(f"{args.split} split, {len(m)} images scored by both; B - A with paired 95% intervals")
+    source = "predictions files" if Path(args.a).is_file() else f"{args.split} split"
+    print(f"{source}, {len(m)} images scored by both; B - A with paired 95% intervals")
     for name in default_metrics(m):
         r = overall
         print(f"  {METRICS[name].label}: A {r[f'{name}_a']:.4f}  B {r[f'{name}_b']:.4f}  delta "

@@ -15,6 +15,19 @@ ROOT = Path(__file__).resolve().parents[1]
 MALFORMED = ["61_1_20170109150557335.jpg.chip.jpg", "notes.jpg", "7_2_0_20170109150557335.jpg"]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _results_outside_home(tmp_path_factory):
+    """The dashboard's evaluation-set registry and results cache (agegender.results) live under the user's
+    cache folder; a test run keeps its own, so it neither reads a developer's sets nor leaves any behind.
+    Tests that need a particular one set AGEGENDER_RESULTS themselves."""
+    if "AGEGENDER_RESULTS" in os.environ:
+        yield
+        return
+    os.environ["AGEGENDER_RESULTS"] = str(tmp_path_factory.mktemp("results"))
+    yield
+    del os.environ["AGEGENDER_RESULTS"]
+
+
 def skip_unless_ci(reason: str) -> None:
     """Skip on a developer's machine; fail under CI (.ci/run sets AGEGENDER_CI), where the real
     dataset and the browser are always there, so that a skip cannot hide a test that never ran."""

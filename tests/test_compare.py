@@ -249,3 +249,18 @@ def test_compare_cli_groups_by_any_column(tiny_checkpoint, capsys):
     assert "per group (age_bin:gender):" in out and "best-to-worst gap over age_bin:gender" in out
     assert compare_main([str(tiny_checkpoint), str(tiny_checkpoint), "--split", "val", "--by", "shoe"]) == 2
     assert capsys.readouterr().err.startswith("error: unknown grouping 'shoe'")
+
+
+def test_compare_cli_takes_two_evaluation_sets_predictions_files(tmp_path, capsys):
+    a = fairface_predictions()
+    b = a.assign(p_female=1 - a["p_female"])  # every gender call flipped: accuracy a -> 1 - a
+    write_predictions(a, tmp_path / "a.csv")
+    write_predictions(b, tmp_path / "b.csv")
+    assert compare_main([str(tmp_path / "a.csv"), str(tmp_path / "b.csv"), "--by", "race", "--n-boot", "50"]) == 0
+    out = capsys.readouterr().out
+    both = a["found"].astype(bool).sum()
+    assert out.startswith(f"predictions files, {both} images scored by both")
+    def acc(t):
+        return ((t["p_female"] >= 0.5) == (t["gender"] == "female"))[t["found"].astype(bool)].mean()
+
+    assert f"gender accuracy: A {acc(a):.4f}  B {acc(b):.4f}" in out
