@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from . import quality
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from .explain import METHODS, CamMap, explain_checkpoint, overlay
 from .faces import (
@@ -47,6 +48,8 @@ class FaceResult:
     p_female: float | None = None
     label: str | None = None
     maps: list[CamMap] = field(default_factory=list)
+    quality: dict[str, float] = field(default_factory=dict)  # agegender.quality.COLUMNS of a detected face
+    notes: list[str] = field(default_factory=list)  # why it is less reliable (quality.reliability_notes)
 
     def to_json(self) -> dict:
         return {"box": [round(v, 1) for v in self.box],
@@ -54,7 +57,9 @@ class FaceResult:
                 "predicted": self.predicted,
                 "age": None if self.age is None else round(self.age, 1),
                 "p_female": None if self.p_female is None else round(self.p_female, 4),
-                "label": self.label}
+                "label": self.label,
+                "quality": {k: (None if not np.isfinite(v) else v) for k, v in self.quality.items()},
+                "less_reliable": self.notes}
 
 
 @dataclass
@@ -96,6 +101,8 @@ def analyse(
         for f in faces or []:
             ok = f.confidence >= min_confidence
             result.faces.append(FaceResult(f.box, f.confidence, ok, face_pixels(photo, f, size) if ok else None))
+            if ok:
+                _measure(result.faces[-1], f)
         if not any(f.predicted for f in result.faces):
             if not whole_if_no_face:
                 small = min(photo.size) < MIN_FACE_SIZE
@@ -108,6 +115,14 @@ def analyse(
     for f, a, p in zip(todo, ages, pf, strict=True):
         f.age, f.p_female, f.label = float(a), float(p), gender_label(float(p), band)
     return result
+
+
+def _measure(result: FaceResult, face: Face) -> None:
+    """How the face was photographed, and why that makes its prediction less reliable, if it does."""
+    m = quality.measure(face.landmarks[None], np.asarray(face.box)[None], result.pixels[None])
+    result.quality = {k: float(v[0]) for k, v in m.items()}
+    result.notes = quality.reliability_notes(result.quality["face_px"], result.quality["yaw"],
+                                             result.quality["sharpness"])
 
 
 def image_error(name: str, e: ValueError) -> str:

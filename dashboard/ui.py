@@ -63,6 +63,7 @@ PAIR_FILLED = "compare_pair_filled"  # the compare page has filled the picker up
 PAIR_FILLED_NOTE = ("Fewer than two checkpoints were picked, so the picker now holds {names} (the most recently "
                     "trained); change it in the sidebar.")
 GRID_COLUMNS = 6  # face thumbnails per row on the predict page
+LESS_RELIABLE = "Less reliable: this face is {notes}, unlike most faces the model was trained on."
 NO_DATA = (f"The error explorer needs the UTKFace images: set the dataset path in the sidebar, "
            f"or the environment variable {DATA_ENV}.")
 
@@ -349,6 +350,12 @@ def face_view(ckpt: Checkpoint, result: ImageResult, face_index: int, result_key
     face = [f for f in result.faces if f.predicted][face_index]
     label = gender_label(face.p_female, opt.band)
     st.markdown(f"**{ckpt.name}** — age **{face.age:.1f}** y · P(female) **{face.p_female:.2f}** → **{label}**")
+    if face.quality:
+        q = face.quality
+        st.caption(f"Face {q['face_px']:.0f} px · turned {abs(q['yaw']):.0f}° · tilted {abs(q['roll']):.0f}° · "
+                   f"sharpness {q['sharpness']:.0f}")
+    if face.notes:
+        st.warning(LESS_RELIABLE.format(notes="; ".join(face.notes)))
     maps = default_maps(face.p_female, opt.other_gender)
     try:
         cams = cams_cached(str(ckpt.path), checkpoint_stamp(ckpt.path), result_key, face_index, result, maps,

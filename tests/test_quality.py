@@ -90,3 +90,38 @@ def test_a_table_without_measurements_has_no_pose_groups():
 
     df = pd.DataFrame({"age": [30.0], "gender": ["male"], "race": ["A"], "pred_age": [31.0], "p_female": [0.2]})
     assert "pose" not in groupings_for(df)
+
+
+def test_reliability_notes_name_each_reason_beyond_training():
+    assert quality.reliability_notes(150, 10, 40) == []
+    assert quality.reliability_notes(np.nan, np.nan, np.nan) == []  # nothing measured, nothing claimed
+    notes = quality.reliability_notes(45, -41, 5)
+    assert notes == [quality.NOTE_TURNED.format(yaw=41), quality.NOTE_BLURRED.format(sharpness=5),
+                     quality.NOTE_SMALL.format(face_px=45)]
+    assert quality.reliability_notes(200, quality.TRAINED_YAW, quality.TRAINED_SHARPNESS) == []  # edges are inside
+
+
+def test_sharpness_is_taken_at_one_size_whatever_the_crop():
+    im = Image.open(HOPPER).convert("RGB").crop((150, 100, 380, 330))
+    small = np.asarray(im.resize((64, 64)))[None]
+    assert quality.at_sharpness_size(small).shape == (1, quality.SHARPNESS_SIZE, quality.SHARPNESS_SIZE, 3)
+    same = np.asarray(im.resize((quality.SHARPNESS_SIZE,) * 2))[None]
+    assert quality.at_sharpness_size(same) is same
+
+
+def test_a_predicted_face_carries_its_quality_and_notes(tiny_checkpoint):
+    from agegender.checkpoint import load_checkpoint
+    from agegender.faces import FaceDetector, load_photo
+    from agegender.predict import analyse
+
+    photo = load_photo(HOPPER)
+    result = analyse(photo, "hopper", load_checkpoint(tiny_checkpoint), FaceDetector().detect(photo))
+    face = result.faces[0]
+    assert set(face.quality) == set(quality.COLUMNS)
+    assert abs(face.quality["yaw"]) < 15 and face.quality["face_px"] > 150  # a frontal portrait
+    assert face.notes == quality.reliability_notes(face.quality["face_px"], face.quality["yaw"],
+                                                   face.quality["sharpness"])
+    assert face.to_json()["quality"] == face.quality and face.to_json()["less_reliable"] == face.notes
+    small = photo.resize((photo.width // 6, photo.height // 6))  # the face under 60 px
+    tiny = analyse(small, "small", load_checkpoint(tiny_checkpoint), FaceDetector().detect(small)).faces[0]
+    assert any(n.startswith("small (") for n in tiny.notes)
