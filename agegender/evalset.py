@@ -123,8 +123,8 @@ def _make_crops(ds: Dataset, size: int, progress) -> Crops:
         if not pending:
             return
         photos = [p for _, p in pending]
-        if detector is None or detector.min_face_size != _min_face(photos[0]):
-            detector = FaceDetector(min_face_size=_min_face(photos[0]))
+        if detector is None or detector.min_face_size != min_face_size(photos[0]):
+            detector = FaceDetector(min_face_size=min_face_size(photos[0]))
         for (i, photo), faces in zip(pending, detector.detect_many(photos, batch_size=BATCH), strict=True):
             face = labelled_face(faces, photo.size)
             if face is None:
@@ -164,7 +164,8 @@ def _make_crops(ds: Dataset, size: int, progress) -> Crops:
                  box[keep], marks[keep], dict(sorted(unreadable.items())))
 
 
-def _min_face(photo) -> int:
+def min_face_size(photo) -> int:
+    """The smallest face detection looks for in a labelled photo (FACE_FRACTION of its short side)."""
     return max(MIN_FACE_SIZE, int(min(photo.size) * FACE_FRACTION))
 
 
