@@ -101,19 +101,28 @@ def composition_vs_error(report: GroupReport, metric: str) -> go.Figure:
     return fig
 
 
-# The training page's panels: (title, y-axis format, the history.csv columns it plots and their split).
+# The training page's panels: (title, y-axis format, the history.csv columns it plots and their split). The
+# external check's (--external: a development check, report only) sits beside UTKFace validation where the
+# metric is the same; its age-bin accuracy (FairFace gives age bins, not years) has a panel of its own, drawn
+# only for a history that has it.
+EXTERNAL_AGE_BIN = "external age-bin accuracy"
 TRAINING_PANELS = (
     ("loss", "", {"train_loss": "train"}),
-    ("age MAE (years)", "", {"train_age_mae": "train", "val_age_mae": "validation"}),
-    ("gender accuracy", ".0%", {"train_gender_acc": "train", "val_gender_acc": "validation"}),
+    ("age MAE (years)", "", {"train_age_mae": "train", "val_age_mae": "validation", "ext_age_mae": "external"}),
+    ("gender accuracy", ".0%", {"train_gender_acc": "train", "val_gender_acc": "validation",
+                                "ext_gender_acc": "external"}),
+    (EXTERNAL_AGE_BIN, ".0%", {"ext_age_bin_acc": "external"}),
 )
-SPLIT_STYLE = {"train": {"color": COLOUR, "dash": "dot"}, "validation": {"color": "crimson", "dash": "solid"}}
+OPTIONAL_PANELS = (EXTERNAL_AGE_BIN,)
+SPLIT_STYLE = {"train": {"color": COLOUR, "dash": "dot"}, "validation": {"color": "crimson", "dash": "solid"},
+               "external": {"color": "#2a9d55", "dash": "dash"}}
 
 
 def training_history(history: pd.DataFrame) -> pd.DataFrame:
-    """history.csv (agegender.runstate.HISTORY_FIELDS) in long form: one row per epoch, panel and split
-    (train or validation) with its value, for the columns TRAINING_PANELS plots. A column missing (an
-    older history) or a value that is not a number is left out, not an error."""
+    """history.csv (agegender.runstate.HISTORY_FIELDS, and EXTERNAL_FIELDS where the run had --external) in
+    long form: one row per epoch, panel and split (train, validation or external) with its value, for the
+    columns TRAINING_PANELS plots. A column missing (an older history, a run without --external) or a value
+    that is not a number (an epoch the external check skipped) is left out, not an error."""
     rows = []
     epochs = pd.to_numeric(history["epoch"], errors="coerce") if "epoch" in history else pd.Series(dtype=float)
     for panel, _, columns in TRAINING_PANELS:
@@ -130,17 +139,20 @@ def training_history(history: pd.DataFrame) -> pd.DataFrame:
 
 def training_curves(history: pd.DataFrame, best_epoch: int | None = None) -> go.Figure:
     """Train loss beside train and validation age MAE and gender accuracy per epoch, side by side in one
-    figure (so that they stay side by side on a narrow screen), the best epoch dotted on each."""
+    figure (so that they stay side by side on a narrow screen), the best epoch dotted on each; with the
+    external check's curves where the history has them (and its age-bin accuracy in a fourth panel)."""
     from plotly.subplots import make_subplots
 
     long = training_history(history)
-    fig = make_subplots(rows=1, cols=len(TRAINING_PANELS), subplot_titles=[p[0] for p in TRAINING_PANELS])
+    panels = [p for p in TRAINING_PANELS if p[0] not in OPTIONAL_PANELS or (long["panel"] == p[0]).any()]
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[p[0] for p in panels])
     shown = set()
-    for col, (panel, tickformat, _) in enumerate(TRAINING_PANELS, start=1):
+    for col, (panel, tickformat, _) in enumerate(panels, start=1):
         for split, part in long[long["panel"] == panel].groupby("split", sort=False):
+            label = panel if panel.startswith(split) else f"{split} {panel}"
             fig.add_trace(go.Scatter(x=part["epoch"], y=part["value"], mode="lines+markers", name=split,
                                      legendgroup=split, showlegend=split not in shown, line=SPLIT_STYLE[split],
-                                     hovertemplate=f"{split} {panel}<br>epoch %{{x}}: %{{y:.3~f}}<extra></extra>"),
+                                     hovertemplate=f"{label}<br>epoch %{{x}}: %{{y:.3~f}}<extra></extra>"),
                           row=1, col=col)
             shown.add(split)
         if tickformat:

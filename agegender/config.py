@@ -38,6 +38,10 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16 where the CPU has it, AMP on CUDA) | bf16 | fp32
     device: str = "auto"  # auto | cpu | cuda
     tta: bool = True  # horizontal-flip test-time augmentation in the final evaluation
+    # a labelled dataset (read_dataset: e.g. the FairFace sample) scored every external_every epochs and at
+    # the last, into history.csv: a development check, reported only, never used for training or selection
+    external: str = ""
+    external_every: int = 5
     threads: int = 0  # torch CPU threads; 0 = all cores
     cache_dir: str = ""  # decoded image cache; default $AGEGENDER_CACHE or ~/.cache/agegender
     aug_scale: float = Augment.scale
@@ -48,6 +52,15 @@ class TrainConfig:
     aug_contrast: float = Augment.contrast
     aug_saturation: float = Augment.saturation
     aug_erase: float = Augment.erase
+    # photo degradations (agegender.degrade), all off: the share of images each applies to, but for
+    # aug_yaw, the largest head turn t (~ tan(angle) / sqrt(3): 0.3 is ~27 degrees)
+    aug_downscale: float = Augment.downscale
+    aug_blur: float = Augment.blur
+    aug_jpeg: float = Augment.jpeg
+    aug_noise: float = Augment.noise
+    aug_cast: float = Augment.cast
+    aug_grayscale: float = Augment.grayscale
+    aug_yaw: float = Augment.yaw
     # none | sampling (draw rare cells more often) | loss (weight each cell by its last-epoch error, per head)
     balance: str = "none"
     balance_by: str = "race,gender,age_bucket"  # the cells: any of race, gender, age_bucket
@@ -60,8 +73,8 @@ class TrainConfig:
     resume: bool = False  # continue the run whose state is in --out
 
     def augment(self) -> Augment:
-        return Augment(self.aug_scale, self.aug_rotate, self.aug_shift, self.aug_flip,
-                       self.aug_brightness, self.aug_contrast, self.aug_saturation, self.aug_erase)
+        """Every Augment field from its aug_ flag: a lever added there cannot be left out here."""
+        return Augment(**{f.name: getattr(self, "aug_" + f.name) for f in dataclasses.fields(Augment)})
 
     def validate(self) -> None:
         from .balance import check_within, parse_by
@@ -69,6 +82,7 @@ class TrainConfig:
 
         if not self.data or not self.out:
             raise ValueError("both --data and --out are required")
+        self.augment()  # Augment refuses an out-of-range lever (a probability of 1.5) before any data loads
         if self.arch not in ARCHS:
             raise ValueError(f"unknown --arch {self.arch!r}; known: {', '.join(ARCHS)}")
         if self.age_loss not in ("smooth_l1", "l1", "dldl"):

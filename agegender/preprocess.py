@@ -3,9 +3,9 @@
 Every image becomes a square uint8 image of ``cache_size`` pixels (the form the
 training cache stores), then a batch of those becomes the model input: a crop of
 ``input_size`` pixels, normalised. Training adds a random affine and colour
-jitter (and, if asked, random erasing) on the whole batch in one pass; evaluation takes
-the centre crop (``centre_crop``, which the dashboard's display of a face uses too, so a
-Grad-CAM laid over it lines up with what the model saw).
+jitter (and, if asked, random erasing and the photo degradations of ``agegender.degrade``)
+on the whole batch in one pass; evaluation takes the centre crop (``centre_crop``, which the
+dashboard's display of a face uses too, so a Grad-CAM laid over it lines up with what the model saw).
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+
+from . import degrade
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -54,6 +56,26 @@ class Augment:
     # probability of random erasing (Zhong et al. 2017): one rectangle of 2-33% of the crop, aspect
     # 0.3-3.3, set to the mean colour, so the network cannot lean on any one part of the face
     erase: float = 0.0
+    # Photo degradations (agegender.degrade, where each range is explained), all off by default: the share
+    # of images each applies to, drawn independently per image and lever.
+    downscale: float = 0.0  # shrunk to 1/4-2/3 (antialiased) and enlarged back: a small face
+    blur: float = 0.0  # Gaussian blur, sigma 0.7-2 px
+    jpeg: float = 0.0  # JPEG re-compression at quality 15-60
+    noise: float = 0.0  # Gaussian noise (std 1-10 grey levels) plus a little shot-like noise
+    cast: float = 0.0  # white-balance error: per-channel gains 0.8-1.2, grey kept
+    grayscale: float = 0.0  # a black-and-white photo
+    # not a share: the largest head turn, as the t of degrade.yaw_warp drawn in [-yaw, yaw] for every image
+    # (t = tan(yaw angle) / sqrt(3): 0.2 is ~19 degrees, 0.3 ~27); composed into the affine, no extra resampling
+    yaw: float = 0.0
+
+    PHOTO = ("downscale", "blur", "jpeg", "noise", "cast", "grayscale", "yaw")  # the degradation levers
+
+    def __post_init__(self) -> None:
+        for name in self.PHOTO[:-1]:
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"--aug-{name} is a probability, not {getattr(self, name)}")
+        if not 0 <= self.yaw <= degrade.YAW_MAX:
+            raise ValueError(f"--aug-yaw must be in [0, {degrade.YAW_MAX}], not {self.yaw}")
 
 
 def resize_image(image: Image.Image, size: int) -> np.ndarray:
@@ -113,7 +135,11 @@ def _random_affine(x: torch.Tensor, pp: Preprocess, aug: Augment, g: torch.Gener
         mirror = torch.rand(n, generator=g) < 0.5
         theta[mirror, :, 0] *= -1
     theta = theta.to(x.device)
-    grid = F.affine_grid(theta, [n, 3, pp.input_size, pp.input_size], align_corners=False)
+    size = [n, 3, pp.input_size, pp.input_size]
+    if aug.yaw > 0:  # drawn only then, so runs without it keep their random stream
+        grid = degrade.yaw_affine_grid(theta, uniform(-aug.yaw, aug.yaw), size)
+    else:
+        grid = F.affine_grid(theta, size, align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
@@ -155,7 +181,9 @@ def preprocess(
     """N x 3 x S x S uint8 (S = pp.cache_size) -> normalised float model input.
 
     Without ``augment`` this is the centre crop used for evaluation and the
-    dashboard; with it, a random affine and colour jitter for training.
+    dashboard; with it, for training: the random affine (with the head turn), then what a camera and
+    the web do to resolution (downscale, blur, JPEG), then colour (jitter, cast, grey), then noise,
+    normalisation and random erasing. A lever at 0 draws nothing from ``generator``.
     """
     if batch.dtype != torch.uint8 or batch.ndim != 4 or batch.shape[1] != 3:
         raise ValueError(f"expected N x 3 x H x W uint8, got {tuple(batch.shape)} {batch.dtype}")
@@ -168,7 +196,14 @@ def preprocess(
     else:
         x = batch.float().div_(255)
         g = generator if generator is not None else torch.default_generator
-        x = _colour_jitter(_random_affine(x, pp, augment, g), augment, g)
+        x = _random_affine(x, pp, augment, g)
+        x = degrade.random_downscale(x, augment.downscale, g)
+        x = degrade.random_blur(x, augment.blur, g)
+        x = degrade.random_jpeg(x, augment.jpeg, g)
+        x = _colour_jitter(x, augment, g)
+        x = degrade.random_cast(x, augment.cast, g)
+        x = degrade.random_grayscale(x, augment.grayscale, g)
+        x = degrade.random_noise(x, augment.noise, g)
         if augment.erase > 0:  # no draw otherwise, so runs without erasing keep their random stream
             return _random_erase(_normalise(x, pp), augment.erase, g)
     return _normalise(x, pp)

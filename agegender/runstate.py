@@ -23,6 +23,8 @@ HISTORY_FIELDS = [
     "epoch", "step", "lr", "train_loss", "train_age_mae", "train_gender_acc",
     "val_age_mae", "val_gender_acc", "val_score", "epoch_seconds", "train_img_per_s",
 ]
+# the external check's (agegender.external, --external): written when a run has one, empty on epochs not scored
+EXTERNAL_FIELDS = ["ext_n_found", "ext_gender_acc", "ext_age_bin_acc", "ext_age_mae", "ext_gender_gap", "ext_seconds"]
 
 
 @dataclass
@@ -119,8 +121,10 @@ def load_state(path: Path, model, opt, aug_gen: torch.Generator, cells: CellLoss
 
 
 def write_history(path: Path, rows: list[dict]) -> None:
+    """history.csv: HISTORY_FIELDS, then EXTERNAL_FIELDS when any row has them (a row without: empty cells)."""
+    external = [k for k in EXTERNAL_FIELDS if any(k in r for r in rows)]
     with atomic_write(path) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=HISTORY_FIELDS)
+        w = csv.DictWriter(f, fieldnames=HISTORY_FIELDS + external)
         w.writeheader()
         w.writerows(rows)
 

@@ -19,8 +19,9 @@ from tqdm import tqdm
 from .balance import CellLosses, describe_loss_weights, groups, parse_by, sampling_weights, strata_of_cells
 from .checkpoint import META, WEIGHTS, Checkpoint, save_weights, write_meta
 from .config import TrainConfig
-from .data import SPLIT_RULE, Images, cached_images, scan, write_manifest
+from .data import SPLIT_RULE, DatasetError, Images, cached_images, scan, write_manifest
 from .distributed import setup as setup_distributed
+from .external import ExternalCheck, describe, history_cells
 from .inference import predict_checkpoint
 from .labels import AGE_BUCKET_EDGES, GENDERS, RACES
 from .metrics import summary
@@ -32,7 +33,9 @@ from .runtime import autocast, set_threads
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.csv"
-RUNTIME_KEYS = ("data", "out", "max_minutes", "threads", "cache_dir", "device", "resume")
+# where and how long to run: a resume takes these from its command line, the rest from the saved config. The
+# external check's path is one (it never touches training): a resumed run passes --external again to go on.
+RUNTIME_KEYS = ("data", "out", "max_minutes", "threads", "cache_dir", "device", "resume", "external")
 
 ERR_EXISTS = "{out} already holds a checkpoint or a run; pass --resume to continue it or pick another --out"
 ERR_NO_STATE = "nothing to resume in {out}: {STATE} is missing (the run finished, or never started)"
@@ -159,7 +162,11 @@ def _run_config(cfg: TrainConfig, dd) -> TrainConfig:
     dd.barrier()
     if cfg.resume:
         runtime = {k: getattr(cfg, k) for k in RUNTIME_KEYS}
-        cfg = TrainConfig(**{**read_info(out / STATE)["config"], **runtime})
+        saved = read_info(out / STATE)["config"]
+        if saved.get("external") and not cfg.external and dd.main:
+            log.warning("this run scored --external %s before; pass --external again to go on scoring it",
+                        saved["external"])
+        cfg = TrainConfig(**{**saved, **runtime})
     cfg.validate()
     if cfg.batch_size % dd.world:
         raise TrainingError(f"--batch-size {cfg.batch_size} must divide evenly over {dd.world} processes")
@@ -180,6 +187,25 @@ def _load_data(cfg: TrainConfig, dd) -> tuple[Images, str]:
     return images, sc.fingerprint
 
 
+def _open_external(cfg: TrainConfig, dd) -> ExternalCheck | None:
+    """--external read at the start, before any epoch: every rank reads the labels (seconds) and fails alike on
+    a missing or unusable set; rank 0 alone aligns the faces and scores them, as it alone writes the history.
+    Scoring on every rank would repeat the same seconds for figures no rank trains on; the others wait for
+    rank 0 at the next collective (the time counts in every rank's budget alike)."""
+    if not cfg.external:
+        return None
+    external = ExternalCheck.open(cfg.external, cfg.external_every, cfg.data)
+    error = None
+    if dd.main:
+        try:
+            external.load_crops(cfg.cache_size, cfg.cache_dir)
+        except DatasetError as e:
+            error = e
+    if dd.any(error is not None):
+        raise error or DatasetError(f"--external {cfg.external}: rank 0 could not read it (see its message)")
+    return external
+
+
 def _epoch_order(cfg: TrainConfig, epoch: int, n: int, draw: torch.Tensor | None) -> torch.Tensor:
     """The epoch's sequence of training images (positions in the train split): a permutation, or
     with balanced sampling as many draws as images, with replacement, by the balancing weights."""
@@ -194,6 +220,7 @@ def _aug_seed(cfg: TrainConfig, epoch: int, rank: int) -> int:
 
 def _history_row(epoch: int, state: RunState, lr: float, train: Stats, mae: float, acc: float, score: float,
                  secs: float) -> dict:
+    """history.csv's row for an epoch; the external check's cells (external.history_cells) are added to it."""
     loss, train_mae, train_acc = train.means()
     return {"epoch": epoch + 1, "step": state.global_step, "lr": f"{lr:.6g}", "train_loss": f"{loss:.5f}",
             "train_age_mae": f"{train_mae:.4f}", "train_gender_acc": f"{train_acc:.5f}",
@@ -208,6 +235,7 @@ def _train(cfg: TrainConfig, dd, device: torch.device) -> Path:
     torch.manual_seed(cfg.seed)
 
     # data, and the checkpoint's description of itself: preprocessing and the age head's scaling
+    external = _open_external(cfg, dd)  # the development check's faces (report only), before the heavy part
     images, fingerprint = _load_data(cfg, dd)
     train_idx, val_idx = images.indices("train"), images.indices("val")
     train_labels = images.labels(train_idx)
@@ -312,18 +340,25 @@ def _train(cfg: TrainConfig, dd, device: torch.device) -> Path:
         epoch_stats = Stats(*dd.sum(state.train.to_list()))  # every rank's images
         if cfg.balance == "loss":  # next epoch's weights, from every rank's images
             state.cells.end_epoch(cfg.balance_power, strata, dd.sum)
-        secs = time.monotonic() - epoch_start
-        state.history.append(_history_row(epoch, state, opt.param_groups[0]["lr"], epoch_stats, mae, acc, score, secs))
-        log.info("epoch %d: train loss %.4f mae %.2f | val mae %.3f acc %.4f score %.3f | %.0f s",
-                 epoch + 1, *epoch_stats.means()[:2], mae, acc, score, secs)
         if state.best_score is None or score < state.best_score:
             state.best_sha256 = save_weights(model, out / WEIGHTS) if dd.main else None
             state.best_score, state.best_epoch, state.bad_epochs = score, epoch + 1, 0
         else:
             state.bad_epochs += 1
             if state.bad_epochs >= cfg.patience:
-                log.info("early stop: no better val score for %d epochs", cfg.patience)
                 state.stopped_early = True
+        # the external check, after every decision above: it reads the weights and decides nothing
+        ext = None
+        if external is not None and dd.main and external.due(epoch + 1, epoch + 1 == cfg.epochs or state.stopped_early):
+            ext = external.score(model, meta, out, cfg.tta)
+            log.info("epoch %d external check (report only): %s", epoch + 1, describe(ext))
+        secs = time.monotonic() - epoch_start  # the external check's seconds included
+        row = _history_row(epoch, state, opt.param_groups[0]["lr"], epoch_stats, mae, acc, score, secs)
+        state.history.append({**row, **(history_cells(ext) if external is not None else {})})
+        log.info("epoch %d: train loss %.4f mae %.2f | val mae %.3f acc %.4f score %.3f | %.0f s",
+                 epoch + 1, *epoch_stats.means()[:2], mae, acc, score, secs)
+        if state.stopped_early:
+            log.info("early stop: no better val score for %d epochs", cfg.patience)
         state.epoch, state.step_in_epoch = epoch + 1, 0
         if dd.main:
             write_history(out / HISTORY, state.history)
@@ -337,6 +372,8 @@ def _train(cfg: TrainConfig, dd, device: torch.device) -> Path:
     if not dd.main:
         dd.barrier()  # wait for rank 0's final evaluation, then leave together
         return out
+    if external is not None:
+        meta["external"] = external.meta(state.history, cfg.tta)
     if cfg.balance == "loss":
         meta["balance"] = describe_loss_weights(state.cells.weights, np.bincount(cell, minlength=len(cell_names)),
                                                 cell_names, by, cfg.balance_power, cfg.balance_within)

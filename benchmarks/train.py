@@ -5,11 +5,17 @@ tensors and (b) a plain torchvision DataLoader + PIL transforms + fp32 pipeline;
     python -m benchmarks.train (--data PATH | --generated) [--arch resnet18] [--steps 15] ...
 
 The dataset is --data, else $AGEGENDER_UTKFACE; --generated times 4 batches of random JPEGs instead
-(the same work per image, for a machine without the data).
+(the same work per image, for a machine without the data). --augment times the batch augmentation
+alone instead, today's and with the photo degradations of agegender.degrade, one lever at a time and
+all together, beside the compute step:
+
+    python -m benchmarks.train --generated --augment --cache-size 144 --input-size 128
 """
 
 from __future__ import annotations
 
+import dataclasses
+import statistics
 import sys
 import tempfile
 import time
@@ -29,6 +35,8 @@ from agegender.training import build_optimizer, compute_step
 from .common import median_rate, parser, peak_rss_mb
 
 ERR_NO_DATA = f"give --data PATH (a UTKFace folder, .zip or .tar.gz), set ${DATA_ENV}, or pass --generated"
+# --augment: the photo levers as a run in the wild might set them (each on half the images, turns up to ~27°)
+PHOTO = {"downscale": 0.5, "blur": 0.5, "jpeg": 0.5, "noise": 0.5, "cast": 0.5, "grayscale": 0.5, "yaw": 0.3}
 
 
 def synthetic_dataset(folder: Path, n: int) -> Path:
@@ -104,6 +112,9 @@ def run(args, data: Path) -> None:
         compute_step(model, opt, ready_x, ready_age, ready_f, cfg, device)
 
     rate_a, step_a = median_rate(compute_only, bs, args.steps, args.warmup)
+    if args.augment:
+        augment_costs(to_batch(pixels[:bs]).to(device), pp, aug, g, step_a, args)
+        return
     rate_e2e, step_e2e = median_rate(ours, bs, args.steps, args.warmup)
     peak_ours = peak_rss_mb()
     rate_b = float("nan")
@@ -121,6 +132,35 @@ def run(args, data: Path) -> None:
     print(f"  end-to-end / (a) = {rate_e2e / rate_a:.0%}   (goal >= 85%)")
     print(f"  end-to-end / (b) = {rate_e2e / rate_b:.2f}x  (goal >= 2.5x)")
     print(f"  peak RSS with our pipeline: {peak_ours / 1024:.2f} GiB (cache {pixels.numel() / 2**30:.2f} GiB)")
+
+
+def augment_costs(batch: torch.Tensor, pp: Preprocess, aug, g: torch.Generator, step_s: float, args) -> None:
+    """Median ms of preprocess() on one batch: today's augmentation, with each photo lever alone on every
+    image (its cost at most) and with all of them on, beside the compute step. The settings take turns,
+    call by call, so a busy spell of a shared machine falls on all of them alike."""
+    every = {k: 1.0 if k != "yaw" else v for k, v in PHOTO.items()}
+    settings = {"photo levers off (today's)": aug}
+    settings |= {f"  + {k} on all" if k != "yaw" else f"  + yaw {v}": dataclasses.replace(aug, **{k: every[k]})
+                 for k, v in PHOTO.items()}
+    settings |= {"all on, p=0.5, yaw 0.3": dataclasses.replace(aug, **PHOTO),
+                 "all on, p=1, yaw 0.3": dataclasses.replace(aug, **every)}
+    times: dict[str, list[float]] = {k: [] for k in settings}
+    for i in range(2 + args.aug_runs):  # 2 warm-up rounds
+        for k, a in settings.items():
+            t = time.perf_counter()
+            preprocess(batch, pp, a, g)
+            if batch.is_cuda:
+                torch.cuda.synchronize()
+            if i >= 2:
+                times[k].append(time.perf_counter() - t)
+    ms = {k: statistics.median(v) * 1000 for k, v in times.items()}
+    base, step_ms = ms["photo levers off (today's)"], step_s * 1000
+    n, _, s, _ = batch.shape
+    print(f"\naugmentation alone, batch {n}, {s} -> {pp.input_size} px, median of {args.aug_runs} "
+          f"(compute step {step_ms:.0f} ms):")
+    for k, v in ms.items():
+        extra = f"   {v - base:+7.1f} ms" if k != "photo levers off (today's)" else " " * 13
+        print(f"  {k:<28} {v:7.1f} ms{extra}   {v / step_ms:6.1%} of a step")
 
 
 def plain_rate(args, sc, pp: Preprocess, offset: float, scale: float, device) -> float:
@@ -160,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--input-size", type=int, default=TrainConfig.input_size)
     p.add_argument("--no-plain", action="store_true", help="skip (b), e.g. to compare architectures")
     p.add_argument("--cache-dir", default=None)
+    p.add_argument("--augment", action="store_true",
+                   help="time the augmentation alone, photo levers off, one by one and all on, and stop")
+    p.add_argument("--aug-runs", type=int, default=20, help="timed calls per --augment setting")
     args = p.parse_args(argv)
     if args.generated:
         with tempfile.TemporaryDirectory() as tmp:

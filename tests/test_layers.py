@@ -7,12 +7,12 @@ from graphlib import CycleError, TopologicalSorter
 from .conftest import ROOT
 
 LAYERS = {
-    "base": ["meta", "labels", "preprocess", "faces", "runtime", "model", "quality"],
+    "base": ["meta", "labels", "preprocess", "degrade", "faces", "runtime", "model", "quality"],
     "parts": ["predictions", "fairness", "metrics", "charts", "visual", "catalog", "access", "checkpoint",
               "inference", "explain", "data", "balance", "config", "distributed", "runstate", "datasets",
               "evalset", "tables"],
     "commands": ["training", "evaluate", "predict", "report", "compare", "modelcard", "consistency", "template",
-                 "explorer", "results"],
+                 "explorer", "results", "external"],
 }
 RANK = {m: i for i, mods in enumerate(LAYERS.values()) for m in mods}
 

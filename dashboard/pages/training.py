@@ -1,5 +1,5 @@
 """Training curves from each checkpoint's history.csv: train loss beside the train and validation
-age MAE and gender accuracy."""
+age MAE and gender accuracy, and the external development check (--external) where the run had one."""
 
 import streamlit as st
 
@@ -11,7 +11,20 @@ st.title("Training")
 import pandas as pd
 
 from agegender import charts
-from agegender.runstate import HISTORY
+from agegender.runstate import EXTERNAL_FIELDS, HISTORY
+
+
+def external_caption(h: pd.DataFrame, meta: dict) -> str | None:
+    """What the external curves are, or None for a history without them."""
+    if "ext_gender_acc" not in h or not pd.to_numeric(h["ext_gender_acc"], errors="coerce").notna().any():
+        return None
+    ext = meta.get("external") or {}
+    where = f"`{ext['path']}`" if ext.get("path") else "an external set"
+    every = f", scored every {ext['every']} epochs and at the last" if ext.get("every") else ""
+    return (f"External check (green, dashed): {where}{every}. A development check, reported only: it never "
+            "picks the best epoch or stops training, and nothing should be tuned on it (a different sample "
+            "judges the model).")
+
 
 for ckpt in ui.selected_checkpoints():
     st.subheader(ckpt.name)
@@ -25,3 +38,10 @@ for ckpt in ui.selected_checkpoints():
                f"{meta.get('train_minutes', '?')} min; train figures are on augmented batches, validation "
                "figures on the held-out validation split.")
     st.plotly_chart(charts.training_curves(h, meta.get("best_epoch")), width="stretch", key=f"curves-{ckpt.path}")
+    caption = external_caption(h, meta)
+    if caption:
+        st.caption(caption)
+        scored = h.loc[pd.to_numeric(h["ext_n_found"], errors="coerce").notna(),
+                       ["epoch", *[c for c in EXTERNAL_FIELDS if c in h]]]
+        with st.expander("external check, per scored epoch (gender gap: best to worst group, groups of 30+ faces)"):
+            st.dataframe(scored, hide_index=True)
