@@ -93,12 +93,15 @@ def predictions_stamp(path: str | Path, source: str) -> tuple:
     in the stamp, so a new result, or a dataset changed under a set, is a new key)."""
     if source in OWN_SPLITS:
         return stamp(Path(path) / META, predictions_path(path, source))
-    f = set_result_file(str(path), source, checkpoint_stamp(path))
+    from agegender.results import set_folder
+
+    # the set's results folder changes when a result is written: a set evaluated a moment ago is seen at once
+    f = set_result_file(str(path), source, checkpoint_stamp(path), stamp(set_folder(source)))
     return (*stamp(Path(path) / META, f or Path(path) / "-"), str(f))
 
 
 @st.cache_data(ttl=30, show_spinner=False)
-def set_result_file(ckpt_path: str, source: str, ckpt_stamp: tuple) -> Path | None:
+def set_result_file(ckpt_path: str, source: str, ckpt_stamp: tuple, results_stamp: tuple) -> Path | None:
     """Where an evaluation set's result for a checkpoint is cached (None: not evaluated, or an error the
     reader shows). Finding it re-reads the set's labels for their fingerprint, so a rerun within 30 s
     reuses the answer: a bias-page filter change stays fast on a large set."""
