@@ -200,21 +200,23 @@ class FaceDetector:
         The same float arithmetic as facenet's, so the two agree at the boundary."""
         return min(photo.size) * (PNET_WINDOW / self.min_face_size) >= PNET_WINDOW
 
-    def detect(self, photo: Image.Image) -> list[Face]:
-        """Every face, most confident first; [] for a photo too small to hold one."""
-        if not self.can_scan(photo):
-            return []
-        photo = photo if photo.mode == "RGB" else photo.convert("RGB")  # the nets take 3 channels
+    def _run(self, photos: Image.Image | list[Image.Image]):
+        """MTCNN's (boxes, probs, points) for one photo or a batch of same-sized ones; None where a stage
+        had no window to crop (torch.cat on an empty list): that is "no face", anything else is a real error."""
+        rgb = [p if p.mode == "RGB" else p.convert("RGB") for p in photos] if isinstance(photos, list) else \
+            (photos if photos.mode == "RGB" else photos.convert("RGB"))  # the nets take 3 channels
         try:
             with self._lock:
-                boxes, probs, points = self._mtcnn.detect(photo, landmarks=True)
+                return self._mtcnn.detect(rgb, landmarks=True)
         except ValueError as e:
-            # the safety net: a later stage with no window to crop fails the same way (torch.cat on
-            # an empty list); that is "no face", anything else is a real error
             if EMPTY_PYRAMID not in str(e):
                 raise
-            return []
-        return _faces(boxes, probs, points)
+            return None
+
+    def detect(self, photo: Image.Image) -> list[Face]:
+        """Every face, most confident first; [] for a photo too small to hold one."""
+        found = self._run(photo) if self.can_scan(photo) else None
+        return [] if found is None else _faces(*found)
 
     def detect_many(self, photos: list[Image.Image], batch_size: int = 32) -> list[list[Face]]:
         """detect() for each photo; photos of one size go through MTCNN together, in batches (about
@@ -227,17 +229,12 @@ class FaceDetector:
         for idx in by_size.values():
             for start in range(0, len(idx), batch_size):
                 part = idx[start:start + batch_size]
-                batch = [photos[i] if photos[i].mode == "RGB" else photos[i].convert("RGB") for i in part]
-                try:
-                    with self._lock:
-                        boxes, probs, points = self._mtcnn.detect(batch, landmarks=True)
-                except ValueError as e:
-                    if EMPTY_PYRAMID not in str(e):
-                        raise
-                    for i in part:  # one photo left a stage empty: find which, one at a time
+                found = self._run([photos[i] for i in part])
+                if found is None:  # one photo left a stage empty: find which, one at a time
+                    for i in part:
                         out[i] = self.detect(photos[i])
                     continue
-                for i, b, p, lm in zip(part, boxes, probs, points, strict=True):
+                for i, b, p, lm in zip(part, *found, strict=True):
                     out[i] = _faces(b, p, lm)
         return out
 
