@@ -339,6 +339,16 @@ def _save_into(folder: Path, name: str, csv: Path) -> Path:
     return out
 
 
+HEADLINE_FIGURES = ("n", "n_found", "gender_accuracy", "age_mae", "age_bin_accuracy")
+
+
+def headline_row(checkpoint_path: str | os.PathLike, res: Result | None) -> dict:
+    """One checkpoint's headline figures on a set (empty, and marked not evaluated, without a result)."""
+    m = res.metrics if res is not None else {}
+    return {"checkpoint": Path(checkpoint_path).name, **{k: m.get(k) for k in HEADLINE_FIGURES},
+            "evaluated": m.get("evaluated_at", NOT_EVALUATED)}
+
+
 def sources() -> list[str]:
     """What a predictions picker offers: a checkpoint's own val and test, then each registered set."""
     return [*OWN_SPLITS, *(s.name for s in list_sets())]

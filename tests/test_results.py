@@ -353,3 +353,9 @@ def test_the_cross_table_as_a_reader_sees_it(ckpt, ff_folder):
     assert " y [" in val["age gap"] and ", best " in val["age gap"]
     assert list(ff[["images", "gender accuracy", "age gap"]]) == ["–", "–", "–"]
     assert ff["note"] == results.NOT_EVALUATED
+
+
+def test_headline_row_without_a_result_is_marked_not_evaluated(tmp_path):
+    row = results.headline_row(tmp_path / "ck", None)
+    assert row["checkpoint"] == "ck" and row["evaluated"] == results.NOT_EVALUATED
+    assert all(row[k] is None for k in results.HEADLINE_FIGURES)

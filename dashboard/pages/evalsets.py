@@ -155,14 +155,10 @@ else:
             continue
         if res is not None and res.problem:
             st.error(res.problem)
-        m = res.metrics if res is not None else {}
-        rows.append({"checkpoint": Path(p).name, "n": m.get("n"), "n_found": m.get("n_found"),
-                     "gender_accuracy": m.get("gender_accuracy"), "age_mae": m.get("age_mae"),
-                     "age_bin_accuracy": m.get("age_bin_accuracy"),
-                     "evaluated": m.get("evaluated_at", results.NOT_EVALUATED)})
+        rows.append(results.headline_row(p, res))
     if rows:
-        figures = ("n", "n_found", "gender_accuracy", "age_mae", "age_bin_accuracy")
-        st.dataframe(tables.styled(pd.DataFrame(rows).astype(dict.fromkeys(figures, float))), hide_index=True)
+        table = pd.DataFrame(rows).astype(dict.fromkeys(results.HEADLINE_FIGURES, float))
+        st.dataframe(tables.styled(table), hide_index=True)
 
 st.subheader("Across datasets")
 if picked:
