@@ -1,10 +1,11 @@
 """Bias report: per-group metrics with intervals and disparities, as JSON and a self-contained HTML.
 
     python -m agegender.report (--checkpoint DIR [--split val|test] | --predictions CSV)
-        [--by age_bucket,race,race:gender] [--json FILE] [--html FILE]
+        [--by age_bucket,race,race:gender] [--json FILE] [--html FILE] [--slices-order 3] [--min-slice 30]
 
 Any predictions table: UTKFace's, FairFace's (ages as bins, seven ethnicity groups), or a user's
 with its own group columns. Without --by, the table's own default groupings (fairness.groupings_for).
+Besides the groupings asked for, the worst slices found by search (agegender.slices).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import charts
+from . import charts, slices
 from .fairness import (
     METRICS,
     MIN_COUNT,
@@ -36,6 +37,7 @@ from .fairness import (
 from .labels import AGE_BUCKET_EDGES
 from .meta import CheckpointError
 from .predictions import REQUIRED, load_predictions
+from .slices import MAX_ORDER, MIN_SLICE, SliceSearch, find_slices
 
 MISSED_COLUMNS = ("n_images", "n_missed", "missed_rate", "missed_rate_lo", "missed_rate_hi")
 
@@ -55,10 +57,15 @@ def build(df: pd.DataFrame, groupings: list[str] | None = None, n_boot: int = N_
     return reports
 
 
-def to_json(reports: dict[str, GroupReport], source: str) -> dict:
+def to_json(reports: dict[str, GroupReport], source: str, searched: SliceSearch | None = None) -> dict:
+    """The report as JSON; with ``searched`` (find_slices), the slices tried, worst first per metric (the first
+    slices.SHOW_AT_MOST of each), under "slices", and how many were tried, over what, under "slice_search"."""
     first = next(iter(reports.values()))
-    return {"source": source, "overall": first.to_json()["overall"],
-            "groupings": {g: {k: v for k, v in r.to_json().items() if k != "overall"} for g, r in reports.items()}}
+    out = {"source": source, "overall": first.to_json()["overall"],
+           "groupings": {g: {k: v for k, v in r.to_json().items() if k != "overall"} for g, r in reports.items()}}
+    if searched is not None:
+        out["slices"], out["slice_search"] = searched.entries(), searched.to_json()
+    return out
 
 
 def _interval(row: dict, name: str) -> str:
@@ -80,8 +87,20 @@ def _table_html(df: pd.DataFrame) -> str:
     return df.to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="–", border=0, classes="t")
 
 
-def to_html(reports: dict[str, GroupReport], df: pd.DataFrame, source: str) -> str:
-    """One self-contained file: plotly.js is inlined once, no network needed to open it."""
+SLICES_SHOWN = 10  # per metric, in the HTML report: the worst by gap, whatever their q
+
+
+def _slices_html(searched: SliceSearch) -> str:
+    top = slices.shown(searched, show_all=True, top=SLICES_SHOWN)
+    table = _table_html(slices.display(top)) if len(top) else ""
+    return (f"<h2>Worst slices</h2><p>The {SLICES_SHOWN} slices per metric that are worst compared with the rest "
+            f"of the table, with the 95% interval of the gap. {html.escape(searched.summary())}</p>{table}")
+
+
+def to_html(reports: dict[str, GroupReport], df: pd.DataFrame, source: str, searched: SliceSearch | None = None
+            ) -> str:
+    """One self-contained file: plotly.js is inlined once, no network needed to open it. ``searched``: the slice
+    search to show (default: find_slices of ``df`` with its defaults)."""
     first = next(iter(reports.values()))
     parts, js = [], "inline"
 
@@ -102,6 +121,7 @@ def to_html(reports: dict[str, GroupReport], df: pd.DataFrame, source: str) -> s
     if age == "age_mae" and "race" in pdf:  # the charts of exact ages colour by UTKFace's and FairFace's groups
         pdf = pdf[pdf["found"]]
         parts.append(fig(charts.predicted_vs_true(pdf)) + fig(charts.residual_by_age(pdf)))
+    parts.append(_slices_html(searched if searched is not None else find_slices(df)))
     for g, r in reports.items():
         parts.append(f"<h2>By {html.escape(g.replace(':', ' × '))}</h2>")
         parts.append(f"<h3>Disparity (groups with n ≥ {r.min_count})</h3>" + _table_html(r.disparity()))
@@ -136,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-count", type=int, default=MIN_COUNT, help="smaller groups are flagged too small to judge")
     p.add_argument("--seed", type=int, default=SEED)
     p.add_argument("--age-buckets", default=",".join(map(str, AGE_BUCKET_EDGES)), help="lower edges")
+    p.add_argument("--slices-order", type=int, default=MAX_ORDER,
+                   help="slices intersect up to this many group columns (worst-slice search)")
+    p.add_argument("--min-slice", type=int, default=MIN_SLICE, help="faces a slice needs, in it and outside it")
     args = p.parse_args(argv)
     try:
         groupings = [g.strip() for g in (args.by or "").split(",") if g.strip()] or None
@@ -145,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         reports = build(df, groupings, args.n_boot, args.seed, args.min_count, edges)
         secs = time.perf_counter() - t
+        searched = find_slices(prepare(df, edges), max_order=args.slices_order, min_count=args.min_slice)
     except (ValueError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -156,10 +180,13 @@ def main(argv: list[str] | None = None) -> int:
             print(d[["label", "worst_group", "worst", "best_group", "best", "gap"]]
                   .to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"\n{args.n_boot} bootstrap resamples, {len(reports)} grouping(s): {secs:.2f} s")
+    worst = slices.shown(searched, top=3)
+    print(f"\nworst slices, q < {searched.alpha:g} ({sum(searched.tried.values())} tried, {searched.seconds:.2f} s)"
+          + (":\n" + slices.display(worst).to_string(index=False) if len(worst) else ": none"))
     if args.json:
-        Path(args.json).write_text(json.dumps(to_json(reports, source), indent=1) + "\n")
+        Path(args.json).write_text(json.dumps(to_json(reports, source, searched), indent=1) + "\n")
     if args.html:
-        Path(args.html).write_text(to_html(reports, df, source))
+        Path(args.html).write_text(to_html(reports, df, source, searched))
     return 0
 
 

@@ -1,7 +1,8 @@
-"""Bias report timings: the report on a checkpoint's ~2,100 test rows (N_BOOT resamples), a rerun of
-the bias page after a filter change, and the bias page on a generated 200,000-row predictions file.
+"""Bias report timings: the report on a checkpoint's ~2,100 test rows (N_BOOT resamples), the worst-slice
+search over three factors on those rows and on --slice-rows generated ones, a rerun of the bias page after a
+filter change, and the bias page on a generated 200,000-row predictions file.
 
-    python -m benchmarks.report [--checkpoint DIR] [--runs 5] [--big-rows 200000]
+    python -m benchmarks.report [--checkpoint DIR] [--runs 5] [--slice-rows 20000] [--big-rows 200000]
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from agegender.fairness import DEFAULT_GROUPINGS, N_BOOT
 from agegender.predictions import load_predictions, predictions_path, write_predictions
 from agegender.report import build
 from agegender.runtime import set_threads
+from agegender.slices import find_slices
 
 from .common import APP, checkpoint_path, median_s, parser
 
@@ -62,6 +64,7 @@ def generated_rows(val, n: int):
 def main(argv: list[str] | None = None) -> int:
     p = parser("report", __doc__)
     p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--slice-rows", type=int, default=20_000, help="rows of the generated table the slice search gets")
     p.add_argument("--big-rows", type=int, default=200_000, help="rows of the generated file (0: skip it)")
     args = p.parse_args(argv)
     logging.getLogger("streamlit").setLevel(logging.ERROR)
@@ -73,6 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{ckpt.name} test split, {len(df)} rows, {N_BOOT:,} bootstrap resamples, median of {args.runs}:")
     print(f"  report, overall + age_bucket                 {one:6.2f} s   (goal <= 2)")
     print(f"  report, overall + {len(DEFAULT_GROUPINGS)} groupings ({', '.join(DEFAULT_GROUPINGS)}) {full:6.2f} s")
+    small = median_s(lambda: find_slices(df), args.runs, 1)
+    many = generated_rows(df, args.slice_rows)
+    big = median_s(lambda: find_slices(many), args.runs, 1)
+    tried = sum(find_slices(many).tried.values())
+    print(f"  worst slices, 3 factors, {len(df)} rows          {small:6.2f} s")
+    print(f"  worst slices, 3 factors, {len(many):,} generated rows ({tried} slices tested) {big:6.2f} s   (goal <= 5)")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "ck"
         shutil.copytree(ckpt, root / ckpt.name, ignore=COPY_IGNORE)

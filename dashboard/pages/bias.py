@@ -21,10 +21,17 @@ def html_cached(ckpt_path: str, source: str, stamp: tuple, min_count: int) -> st
     return to_html(build(df, groupings_for(df), min_count=min_count), df, f"{ckpt_path} ({source_label(source)})")
 
 
+@st.cache_data(max_entries=16, show_spinner="Searching the worst slices…")
+def slices_cached(ckpt_path: str, source: str, stamp: tuple):
+    from agegender.slices import find_slices
+
+    return find_slices(ui.predictions_cached(ckpt_path, source, stamp))
+
+
 st.title("Bias report")
 
 # heavy imports after the title, so the page shows while they load
-from agegender import charts, tables
+from agegender import charts, slices, tables
 from agegender.fairness import METRICS, MIN_COUNT, GroupReport, grouping_columns, groupings_for, prepare
 from agegender.report import to_html
 from agegender.results import source_label
@@ -97,3 +104,14 @@ if d2.button("Prepare the HTML report (all groupings)", key="bias_html"):
 cli = (f"--checkpoint {ckpt.path} --split {source}" if source in ui.OWN_SPLITS else "--predictions PREDICTIONS.csv")
 st.caption(f"Groupings available: {', '.join(grouping_columns(table))} and their pairs. The command line gives the "
            f"same: `python -m agegender.report {cli} --html report.html`")
+
+st.subheader("Worst slices")
+searched = slices_cached(str(ckpt.path), source, stamp)
+show_all = st.toggle(f"Show every slice tried (the worst {slices.SHOW_AT_MOST} per metric), not only those with "
+                     f"q < {searched.alpha:g}", key="bias_slices_all")
+worst = slices.shown(searched, show_all)
+st.caption(searched.summary())
+if worst.empty:
+    st.info(slices.empty_text(searched))
+else:
+    st.dataframe(slices.styled(searched, worst), hide_index=True)
