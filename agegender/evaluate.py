@@ -27,7 +27,7 @@ from .data import DatasetError, Images, cached_images, evenly_spaced, load_image
 from .datasets import FORMATS, Dataset, read_dataset, resolve
 from .distributed import setup as setup_distributed
 from .evalset import Crops, dataset_crops
-from .inference import predict_checkpoint
+from .intervals import predict_with_interval
 from .labels import GENDERS, RACES, bin_label, nearest_bin
 from .metrics import summary_of
 from .predictions import SPLIT_ALL, bin_scale, file_name, pred_bins, predictions_path, write_predictions
@@ -40,7 +40,8 @@ ERR_NEEDS_OUT = ("a labelled dataset's predictions go where --out says (never in
 
 
 def predictions_frame(ckpt, images: Images, idx: np.ndarray, tta: bool = True) -> pd.DataFrame:
-    ages, pf = predict_checkpoint(ckpt, images.pixels[idx], tta)
+    """The predictions table of UTKFace images; the age intervals empty unless the checkpoint is calibrated."""
+    ages, pf, lo, hi = predict_with_interval(ckpt, images.pixels[idx], tta)
     ss = [images.samples[i] for i in idx]
     return pd.DataFrame({
         "file": [s.member for s in ss],
@@ -49,19 +50,24 @@ def predictions_frame(ckpt, images: Images, idx: np.ndarray, tta: bool = True) -
         "gender": [GENDERS[s.gender] for s in ss],
         "race": [RACES[s.race] for s in ss],
         "pred_age": np.round(ages, 2),
+        "pred_age_lo": lo,  # already rounded, outward
+        "pred_age_hi": hi,
         "p_female": np.round(pf, 4),
     })
 
 
 def dataset_frame(ckpt, ds: Dataset, crops: Crops, tta: bool = True) -> pd.DataFrame:
     """The predictions table of a labelled dataset: one row per readable record, with its group columns and
-    ``found``; the predictions are empty where no face was found. Predicted ages are put in the dataset's
-    own age bins (FairFace's unless its labels use others)."""
+    ``found``; the predictions are empty where no face was found, the age intervals also where the checkpoint
+    is not calibrated. Predicted ages are put in the dataset's own age bins (FairFace's unless its labels use
+    others)."""
     by_file = {r.file: r for r in ds.records}
     records = [by_file[f] for f in crops.files]
-    ages, pf = predict_checkpoint(ckpt, crops.pixels[crops.found], tta)
+    ages, pf, lo, hi = predict_with_interval(ckpt, crops.pixels[crops.found], tta)
     pred_age, p_female = np.full(len(records), np.nan), np.full(len(records), np.nan)
+    pred_lo, pred_hi = np.full(len(records), np.nan), np.full(len(records), np.nan)
     pred_age[crops.found], p_female[crops.found] = ages, pf
+    pred_lo[crops.found], pred_hi[crops.found] = lo, hi  # calibrated on UTKFace val: whether it holds here is measured
     pred_age, p_female = np.round(pred_age, 2), np.round(p_female, 4)  # rounded in float64: no 83.47000122
     scale = bin_scale([bin_label(r.age_bin) for r in ds.records if r.age_bin is not None])
     true_bins = [bin_label(r.age_bin) if r.age_bin is not None else bin_label(scale[nearest_bin(r.age, scale)])
@@ -75,6 +81,8 @@ def dataset_frame(ckpt, ds: Dataset, crops: Crops, tta: bool = True) -> pd.DataF
         **{g: [r.groups[g] for r in records] for g in ds.group_columns},
         "found": crops.found,
         "pred_age": pred_age,
+        "pred_age_lo": pred_lo,
+        "pred_age_hi": pred_hi,
         "pred_age_bin": pred_bins(pred_age, scale),
         "p_female": p_female,
         **_quality(crops),

@@ -27,7 +27,7 @@ from .faces import (
     face_pixels,
     load_photo,
 )
-from .inference import predict_checkpoint
+from .intervals import NO_INTERVAL, age_text, calibration_of, predict_with_interval
 from .labels import DEFAULT_BAND, called_female, gender_label
 from .preprocess import centre_crop
 
@@ -45,6 +45,9 @@ class FaceResult:
     predicted: bool
     pixels: np.ndarray | None = None  # aligned face at the checkpoint's cache size, uint8
     age: float | None = None
+    age_lo: float | None = None  # the age's calibrated interval (agegender.intervals); None: not calibrated
+    age_hi: float | None = None
+    age_coverage: float | None = None  # the interval's stated coverage, 0.8 for an 80% interval
     p_female: float | None = None
     label: str | None = None
     maps: list[CamMap] = field(default_factory=list)
@@ -56,10 +59,15 @@ class FaceResult:
                 "confidence": None if self.confidence is None else round(self.confidence, 4),
                 "predicted": self.predicted,
                 "age": None if self.age is None else round(self.age, 1),
+                "age_lo": self.age_lo, "age_hi": self.age_hi, "age_coverage": self.age_coverage,
                 "p_female": None if self.p_female is None else round(self.p_female, 4),
                 "label": self.label,
                 "quality": {k: (None if not np.isfinite(v) else v) for k, v in self.quality.items()},
                 "less_reliable": self.notes}
+
+    def age_text(self) -> str:
+        """The predicted age with its interval: "62 y (55-70)"; "62 y" when the checkpoint has none."""
+        return age_text(self.age, self.age_lo, self.age_hi)
 
 
 @dataclass
@@ -111,10 +119,20 @@ def analyse(
                 return result
             result.faces.append(_whole_image_face(photo, size))
     todo = [f for f in result.faces if f.predicted]
-    ages, pf = predict_checkpoint(ckpt, np.stack([f.pixels for f in todo]), tta)
-    for f, a, p in zip(todo, ages, pf, strict=True):
+    ages, pf, lo, hi = predict_with_interval(ckpt, np.stack([f.pixels for f in todo]), tta)
+    cal = calibration_of(ckpt.meta, ckpt.path)
+    for f, a, p, a_lo, a_hi in zip(todo, ages, pf, lo, hi, strict=True):
         f.age, f.p_female, f.label = float(a), float(p), gender_label(float(p), band)
+        if np.isfinite(a_lo):
+            f.age_lo, f.age_hi, f.age_coverage = float(a_lo), float(a_hi), cal.coverage
     return result
+
+
+def interval_note(ckpt: Checkpoint) -> str:
+    """Where a checkpoint's age intervals come from ("80% interval, calibrated on UTKFace val"), or how to get
+    them; IntervalError (a CheckpointError) for a record that cannot be used."""
+    cal = calibration_of(ckpt.meta, ckpt.path)
+    return NO_INTERVAL.format(path=ckpt.path) if cal is None else cal.caption()
 
 
 def _measure(result: FaceResult, face: Face) -> None:
@@ -190,11 +208,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:
         ckpt = load_checkpoint(args.checkpoint)
+        note = interval_note(ckpt)  # an unusable age_interval record is refused here, before any image
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     detector = None if args.cropped else FaceDetector()
     results = []
+    if not args.json:
+        print(f"age: {note}")
     for path in args.images:
         r = run_file(path, ckpt, detector, args.min_confidence, args.cam_dir, args.method)
         results.append(r)
@@ -204,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
             for i, f in enumerate(r.faces):
                 conf = "" if f.confidence is None else f" (detection {f.confidence:.2f})"
                 if f.predicted:
-                    print(f"{path} face {i + 1}{conf}: age {f.age:.1f}, P(female) {f.p_female:.2f} -> {f.label}")
+                    print(f"{path} face {i + 1}{conf}: age {f.age_text()}, P(female) {f.p_female:.2f} -> {f.label}")
                 else:
                     print(f"{path} face {i + 1}{conf}: below --min-confidence, not predicted")
     if args.json:

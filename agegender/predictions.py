@@ -22,7 +22,10 @@ from .meta import atomic_write, read_meta
 # and the predictions come the dataset's group columns, whatever they are (UTKFace: race; FairFace: race;
 # a user's labels file: any): every column not named here is a group column.
 LABELS = ("file", "split", "age", "age_bin", "gender")  # age: exact years, empty where only the bin is known
-PREDICTED = ("found", "pred_age", "pred_age_bin", "p_female")  # found: a face was found (photos); else empty
+# found: a face was found (photos); else empty. pred_age_lo, pred_age_hi: the age's calibrated interval
+# (agegender.intervals), empty where the checkpoint has none or in a table written before intervals existed.
+INTERVAL = ("pred_age_lo", "pred_age_hi")
+PREDICTED = ("found", "pred_age", *INTERVAL, "pred_age_bin", "p_female")
 KNOWN = (*LABELS, *PREDICTED)
 # What identifies an image when two checkpoints' predictions are paired: the file and its labels
 # (two datasets can hold a same-named file with other labels).
@@ -87,9 +90,10 @@ def pred_bins(pred_age, scale) -> list[str]:
 
 
 def complete(df: pd.DataFrame, bins=FAIRFACE_BINS) -> pd.DataFrame:
-    """A table with every column of KNOWN: tables written before age bins and face detection existed (the
-    shipped checkpoints' own) and tables built in memory get age_bin and pred_age_bin from the exact ages on
-    ``bins`` (FairFace's), found True and split 'all'. Columns already there are kept as they are."""
+    """A table with every column of KNOWN: tables written before age bins, face detection and age intervals
+    existed (the shipped checkpoints' own) and tables built in memory get age_bin and pred_age_bin from the
+    exact ages on ``bins`` (FairFace's), found True, split 'all' and no interval (NaN). Columns already there
+    are kept as they are."""
     validate(df)
     out = df.copy()
     if "age" not in out:
@@ -101,6 +105,9 @@ def complete(df: pd.DataFrame, bins=FAIRFACE_BINS) -> pd.DataFrame:
         out["pred_age_bin"] = pred_bins(out["pred_age"], bin_scale(out["age_bin"]))
     if "found" not in out:
         out["found"] = True
+    for c in INTERVAL:
+        if c not in out:
+            out[c] = np.nan
     if "split" not in out:
         out["split"] = SPLIT_ALL
     if "file" not in out:

@@ -5,7 +5,9 @@
 
 Any predictions table: UTKFace's, FairFace's (ages as bins, seven ethnicity groups), or a user's
 with its own group columns. Without --by, the table's own default groupings (fairness.groupings_for).
-Besides the groupings asked for, the worst slices found by search (agegender.slices).
+Besides the groupings asked for, the worst slices found by search (agegender.slices), and where the table has
+exact ages and calibrated age intervals, their coverage overall and per group (agegender.intervals): intervals
+honest for one group and not for another are a bias too.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from . import charts, slices
+from .intervals import coverage_by_group
 from .fairness import (
     METRICS,
     MIN_COUNT,
@@ -57,14 +60,27 @@ def build(df: pd.DataFrame, groupings: list[str] | None = None, n_boot: int = N_
     return reports
 
 
-def to_json(reports: dict[str, GroupReport], source: str, searched: SliceSearch | None = None) -> dict:
+def interval_coverage(df: pd.DataFrame, groupings) -> dict[str, pd.DataFrame]:
+    """The age intervals' coverage overall ("overall") and per grouping, each a coverage_by_group table; empty
+    when the table has no interval on an exact age (an uncalibrated checkpoint, or age bins only)."""
+    overall = coverage_by_group(df)
+    if overall.empty:
+        return {}
+    return {"overall": overall, **{g: coverage_by_group(df, g) for g in groupings}}
+
+
+def to_json(reports: dict[str, GroupReport], source: str, searched: SliceSearch | None = None,
+            coverage: dict[str, pd.DataFrame] | None = None) -> dict:
     """The report as JSON; with ``searched`` (find_slices), the slices tried, worst first per metric (the first
-    slices.SHOW_AT_MOST of each), under "slices", and how many were tried, over what, under "slice_search"."""
+    slices.SHOW_AT_MOST of each), under "slices", and how many were tried, over what, under "slice_search";
+    with ``coverage`` (interval_coverage), the age intervals' coverage under "age_interval_coverage"."""
     first = next(iter(reports.values()))
     out = {"source": source, "overall": first.to_json()["overall"],
            "groupings": {g: {k: v for k, v in r.to_json().items() if k != "overall"} for g, r in reports.items()}}
     if searched is not None:
         out["slices"], out["slice_search"] = searched.entries(), searched.to_json()
+    if coverage:
+        out["age_interval_coverage"] = {g: t.to_dict("records") for g, t in coverage.items()}
     return out
 
 
@@ -122,6 +138,12 @@ def to_html(reports: dict[str, GroupReport], df: pd.DataFrame, source: str, sear
         pdf = pdf[pdf["found"]]
         parts.append(fig(charts.predicted_vs_true(pdf)) + fig(charts.residual_by_age(pdf)))
     parts.append(_slices_html(searched if searched is not None else find_slices(df)))
+    coverage = interval_coverage(df, [g for g in reports if ":" not in g])
+    if coverage:
+        parts.append("<h2>Age interval coverage</h2><p>How often the calibrated age interval holds the true age, "
+                     "with a Wilson 95% interval: the nominal coverage holds on average over faces like the "
+                     "calibration set's, not for every group.</p>"
+                     + "".join(f"<h3>{html.escape(g)}</h3>" + _table_html(t) for g, t in coverage.items()))
     for g, r in reports.items():
         parts.append(f"<h2>By {html.escape(g.replace(':', ' × '))}</h2>")
         parts.append(f"<h3>Disparity (groups with n ≥ {r.min_count})</h3>" + _table_html(r.disparity()))
@@ -169,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         reports = build(df, groupings, args.n_boot, args.seed, args.min_count, edges)
         secs = time.perf_counter() - t
         searched = find_slices(prepare(df, edges), max_order=args.slices_order, min_count=args.min_slice)
+        coverage = interval_coverage(prepare(df, edges), [g for g in reports if ":" not in g])
     except (ValueError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -183,8 +206,10 @@ def main(argv: list[str] | None = None) -> int:
     worst = slices.shown(searched, top=3)
     print(f"\nworst slices, q < {searched.alpha:g} ({sum(searched.tried.values())} tried, {searched.seconds:.2f} s)"
           + (":\n" + slices.display(worst).to_string(index=False) if len(worst) else ": none"))
+    for g, cov in coverage.items():
+        print(f"\nage interval coverage, {g}:\n" + cov.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     if args.json:
-        Path(args.json).write_text(json.dumps(to_json(reports, source, searched), indent=1) + "\n")
+        Path(args.json).write_text(json.dumps(to_json(reports, source, searched, coverage), indent=1) + "\n")
     if args.html:
         Path(args.html).write_text(to_html(reports, df, source, searched))
     return 0

@@ -31,6 +31,7 @@ def test_json_metrics_match_the_predictions(tiny_checkpoint, tiny_data, tmp_path
     if female.nunique() == 2:
         assert np.isclose(m["gender_auc"], roc_auc_score(female, df["p_female"]))
     assert (df["pred_age"] >= 0).all() and df["p_female"].between(0, 1).all()
+    assert df[["pred_age_lo", "pred_age_hi"]].isna().all().all()  # the tiny checkpoint is not calibrated
 
 
 def test_split_all_scores_every_image_and_tta_changes_little(tiny_checkpoint, tiny_data, tmp_path):

@@ -40,8 +40,9 @@ def test_good_photo_json(tiny_checkpoint, capsys):
     [r] = json.loads(out)
     assert r["image"] == str(HOPPER) and r["error"] is None and len(r["faces"]) == 1
     f = r["faces"][0]
-    assert set(f) >= {"box", "confidence", "age", "p_female", "label"}
+    assert set(f) >= {"box", "confidence", "age", "age_lo", "age_hi", "age_coverage", "p_female", "label"}
     assert f["confidence"] > 0.95 and 0 <= f["age"] <= 150 and 0 <= f["p_female"] <= 1
+    assert (f["age_lo"], f["age_hi"], f["age_coverage"]) == (None, None, None)  # not calibrated
     assert f["label"] in ("Male", "Female", "Uncertain")
 
 
@@ -71,6 +72,15 @@ def test_cropped_skips_detection(tiny_checkpoint, tmp_path, capsys):
     blank = no_face_image(tmp_path / "crop.png")
     code, out, _ = run(capsys, blank, "--checkpoint", tiny_checkpoint, "--cropped", "--json")
     assert code == 0 and json.loads(out)[0]["faces"][0]["confidence"] is None
+
+
+def test_a_face_reads_its_age_with_the_interval():
+    from agegender.predict import FaceResult
+
+    face = FaceResult((0, 0, 1, 1), None, True, age=62.4, age_lo=55.3, age_hi=70.6, age_coverage=0.8)
+    assert face.age_text() == "62 y (56-70)"
+    assert face.to_json()["age_lo"] == 55.3 and face.to_json()["age_coverage"] == 0.8
+    assert FaceResult((0, 0, 1, 1), None, True, age=62.4).age_text() == "62 y"
 
 
 def test_bad_checkpoint(tmp_path, capsys):

@@ -19,6 +19,7 @@ from agegender.predictions import (
     ERR_NO_PREDICTIONS,
     ERR_UNREADABLE,
     IMAGE_KEYS,
+    INTERVAL,
     KNOWN,
     LABELS,
     PREDICTED,
@@ -64,6 +65,7 @@ def test_a_table_written_before_age_bins_is_completed_and_scores_the_same(tmp_pa
     old.to_csv(path, index=False)
     df = load_predictions(path=path)
     assert list(df.columns) == [*LABELS, "race", *PREDICTED] and df["found"].all()
+    assert df[list(INTERVAL)].isna().all().all()  # no interval: the shipped checkpoints' tables
     assert (df.loc[0, "age_bin"], df.loc[0, "pred_age_bin"]) == ("20-29", "30-39")
     assert metric_columns(df)["bin_err"][0] == 1
     for k in ("err", "female", "p_female", "correct"):
@@ -71,9 +73,9 @@ def test_a_table_written_before_age_bins_is_completed_and_scores_the_same(tmp_pa
 
 
 def test_group_columns_are_the_datasets_own_in_table_order():
-    df = table().assign(site="a", age_bucket="20-29", pred_age_lo=1.0)
+    df = table().assign(site="a", age_bucket="20-29", pred_age_a=1.0)
     assert group_columns(df) == ["race", "site"]  # not the derived age_bucket, not a prediction
-    assert list(complete(df).columns) == [*LABELS, "race", "site", *PREDICTED, "age_bucket", "pred_age_lo"]
+    assert list(complete(df).columns) == [*LABELS, "race", "site", *PREDICTED, "age_bucket", "pred_age_a"]
 
 
 def test_bins_are_counted_on_fairfaces_scale_unless_the_labels_use_others():
@@ -99,6 +101,19 @@ def test_write_then_read_round_trip(tmp_path):
     pd.testing.assert_frame_equal(back, df)
     pd.testing.assert_frame_equal(load_predictions(path=predictions_path(folder, "val")), df)
     assert sorted(p.name for p in folder.iterdir()) == [META, "predictions-val.csv"]  # no temporary left
+
+
+def test_the_age_interval_round_trips_and_stays_empty_where_there_is_none(tmp_path):
+    df = table(50)
+    assert PREDICTED.index("pred_age") + 1 == PREDICTED.index("pred_age_lo") == PREDICTED.index("pred_age_hi") - 1
+    df["pred_age_lo"], df["pred_age_hi"] = np.floor(df["pred_age"] - 6.5), np.ceil(df["pred_age"] + 7.25)
+    df.loc[:4, list(INTERVAL)] = np.nan  # a face without one
+    path = tmp_path / "p.csv"
+    write_predictions(df, path)
+    assert path.read_text().splitlines()[0].split(",") == [*LABELS, "race", *PREDICTED]
+    back = load_predictions(path=path)
+    pd.testing.assert_frame_equal(back, df)
+    assert back[list(INTERVAL)].dtypes.eq(np.float64).all() and back.loc[:4, "pred_age_lo"].isna().all()
 
 
 def test_a_table_short_of_a_column_is_not_written_and_the_old_file_stays(tmp_path):

@@ -12,7 +12,9 @@ st.title("Predict & explain")
 import matplotlib.cbook
 
 from agegender import tables
+from agegender.checkpoint import CheckpointError
 from agegender.explain import METHODS, layer_names
+from agegender.intervals import NO_INTERVAL, calibration_of
 from agegender.visual import draw_faces, results_frame, zip_bytes
 
 EXAMPLE = matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
@@ -68,6 +70,16 @@ if not files:
     st.info("Upload one or more photos, take one with the camera, or pick the example.")
     st.stop()
 
+calibrations = {}  # each checkpoint's age interval calibration (agegender.intervals), None: not calibrated
+for c in ckpts:
+    try:
+        calibrations[c.name] = calibration_of(c.meta, c.path)
+    except CheckpointError as e:  # a record made for other weights, or edited: the message says how to redo it
+        st.error(str(e))
+        st.stop()
+if any(cal is None for cal in calibrations.values()):
+    st.info("; ".join(f"{c.name}: {NO_INTERVAL.format(path=c.path)}" for c in ckpts if calibrations[c.name] is None))
+
 results = {c.name: [] for c in ckpts}
 overlays: dict[str, bytes] = {}
 for file_index, (name, data) in enumerate(files):
@@ -106,6 +118,9 @@ for file_index, (name, data) in enumerate(files):
             ui.face_grid(ckpts, per_ckpt, numbers, opt.band, shown=number)
     st.markdown(f"#### Face {number}")
     for c in ckpts:
+        face = [f for f in per_ckpt[c.name].faces if f.predicted][numbers.index(number)]
+        if face.age_lo is not None:
+            st.markdown(f"**{c.name}** — age **{face.age_text()}** · {calibrations[c.name].caption()}")
         ui.face_view(c, per_ckpt[c.name], numbers.index(number), key, opt, overlays)
 
 table = results_frame(results, opt.band)
