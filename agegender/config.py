@@ -35,6 +35,10 @@ class TrainConfig:
     max_minutes: float = 0.0  # training time budget; 0 = none. A stopped run can --resume
     save_every_minutes: float = 5.0  # resume state written at least this often, and each epoch
     seed: int = 0  # data order, augmentation and init follow from it
+    # out-of-fold label audit (agegender.audit --folds): leave out the train images of fold holdout_fold of
+    # ``folds`` (agegender.data.fold_of); -1 trains on the whole train split
+    holdout_fold: int = -1
+    folds: int = 5
     precision: str = "auto"  # auto (bf16 where the CPU has it, AMP on CUDA) | bf16 | fp32
     device: str = "auto"  # auto | cpu | cuda
     tta: bool = True  # horizontal-flip test-time augmentation in the final evaluation
@@ -100,6 +104,8 @@ class TrainConfig:
             raise ValueError(f"--aug-erase is a probability, not {self.aug_erase}")
         if self.input_size > self.cache_size:
             raise ValueError("--input-size cannot exceed --cache-size")
+        if self.holdout_fold != -1 and not (self.folds >= 2 and 0 <= self.holdout_fold < self.folds):
+            raise ValueError(f"--holdout-fold must be -1 (none) or one of 0..{self.folds - 1}, with --folds at least 2")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("--epochs and --batch-size must be at least 1")
 

@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 SPLITS = ("train", "val", "test")
 SPLIT_RULE = "sha1(image_key) -> first 8 hex digits / 2**32: < 0.8 train, < 0.9 val, else test"
+# the next 8 hex digits: bits split_of never reads, so every fold holds train, val and test images alike
+FOLD_RULE = "sha1(image_key) -> hex digits 9 to 16 as an integer, modulo the number of folds"
 EXAMPLES = 3  # how many offending names a report quotes
 WHY_NO_BYTES = "its bytes could not be read from the dataset"
 
@@ -77,6 +79,14 @@ def split_of(name: str) -> str:
     """train/val/test from a hash of the name alone: stable across subsets and copies."""
     u = int(hashlib.sha1(image_key(name).encode()).hexdigest()[:8], 16) / 2**32
     return "train" if u < 0.8 else "val" if u < 0.9 else "test"
+
+
+def fold_of(name: str, k: int) -> int:
+    """Which of ``k`` folds an image falls in (FOLD_RULE): like split_of, a hash of the name alone, stable
+    across subsets and copies, and independent of the split (a train-only hold-out needs every fold there)."""
+    if k < 1:
+        raise ValueError(f"the number of folds must be at least 1, not {k}")
+    return int(hashlib.sha1(image_key(name).encode()).hexdigest()[8:16], 16) % k
 
 
 def evenly_spaced(items, n: int):

@@ -1,5 +1,5 @@
-"""Error explorer: the worst age errors and the misgendered faces of a split, their chips from
-the dataset, and Grad-CAMs averaged over the faces of each group."""
+"""Error explorer: the worst age errors, the misgendered faces and the suspected label errors (agegender.audit)
+of a split, their chips from the dataset, and Grad-CAMs averaged over the faces of each group."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from .audit import label_keys, suspects
 from .checkpoint import Checkpoint
 from .data import Scan, evenly_spaced, iter_bytes
 from .evalset import Crops
@@ -127,3 +128,26 @@ def set_chips(crops: Crops, files: list[str]) -> dict[str, Image.Image]:
     without a face found are left out, as are files the crops do not hold."""
     index = {f: i for i, f in enumerate(crops.files)}
     return {f: Image.fromarray(crops.pixels[index[f]]) for f in files if f in index and crops.found[index[f]]}
+
+
+def set_faces(crops: Crops, files: list[str]) -> tuple[list[str], np.ndarray]:
+    """The found faces of ``files`` among an evaluation set's cached crops, as agegender.audit.audit_faces reads
+    faces: (the files found, their pixels)."""
+    index = {f: i for i, f in enumerate(crops.files)}
+    kept = [f for f in files if f in index and crops.found[index[f]]]
+    return kept, crops.pixels[[index[f] for f in kept]]
+
+
+def suspected(audit: pd.DataFrame, df: pd.DataFrame, n: int = 24) -> pd.DataFrame:
+    """The suspected label errors (agegender.audit.suspects) among the rows of ``df`` (a group, or all), most
+    suspect first, with their verdicts when the audit carries them."""
+    inside = label_keys(audit).isin(set(label_keys(df))).to_numpy()
+    return audit[suspects(audit) & inside].head(n)
+
+
+def suspect_caption(r: pd.Series, i: int) -> str:
+    """A suspect's thumbnail caption: kind and score, label against prediction, and the verdict if any."""
+    label = f"{r['age']:.0f}" if r["age"] == r["age"] else str(r["age_bin"])
+    verdict = f" · {r['verdict']}" if r.get("verdict") else ""
+    return (f"#{i + 1} {r['suspect']} {r['score']:.3f}: label {label} {r['gender']} · pred {r['pred_age']:.0f} "
+            f"P(f)={r['p_female']:.2f}{verdict}")

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from .balance import CellLosses, describe_loss_weights, groups, parse_by, sampling_weights, strata_of_cells
 from .checkpoint import META, WEIGHTS, Checkpoint, save_weights, write_meta
 from .config import TrainConfig
-from .data import SPLIT_RULE, DatasetError, Images, cached_images, scan, write_manifest
+from .data import FOLD_RULE, SPLIT_RULE, DatasetError, Images, cached_images, fold_of, scan, write_manifest
 from .distributed import setup as setup_distributed
 from .external import ExternalCheck, describe, history_cells
 from .inference import predict_checkpoint
@@ -187,6 +187,15 @@ def _load_data(cfg: TrainConfig, dd) -> tuple[Images, str]:
     return images, sc.fingerprint
 
 
+def train_indices(images: Images, cfg: TrainConfig) -> np.ndarray:
+    """The train split's images this run trains on: all, or all but fold holdout_fold of cfg.folds (fold_of),
+    which agegender.audit then scores as images this checkpoint never saw."""
+    idx = images.indices("train")
+    if cfg.holdout_fold < 0:
+        return idx
+    return np.array([i for i in idx if fold_of(images.samples[i].name, cfg.folds) != cfg.holdout_fold], np.int64)
+
+
 def _open_external(cfg: TrainConfig, dd) -> ExternalCheck | None:
     """--external read at the start, before any epoch: every rank reads the labels (seconds) and fails alike on
     a missing or unusable set; rank 0 alone aligns the faces and scores them, as it alone writes the history.
@@ -237,12 +246,15 @@ def _train(cfg: TrainConfig, dd, device: torch.device) -> Path:
     # data, and the checkpoint's description of itself: preprocessing and the age head's scaling
     external = _open_external(cfg, dd)  # the development check's faces (report only), before the heavy part
     images, fingerprint = _load_data(cfg, dd)
-    train_idx, val_idx = images.indices("train"), images.indices("val")
+    train_idx, val_idx = train_indices(images, cfg), images.indices("val")
     train_labels = images.labels(train_idx)
     pp = Preprocess(cache_size=cfg.cache_size, input_size=cfg.input_size)
     meta = base_meta(cfg, pp, float(train_labels["age"].mean()), float(train_labels["age"].std()), fingerprint)
     if cfg.age_loss == "dldl":
         meta["age_bins"] = cfg.age_bins
+    if cfg.holdout_fold >= 0:
+        meta["holdout"] = {"fold": cfg.holdout_fold, "folds": cfg.folds, "rule": FOLD_RULE,
+                           "train_images": len(train_idx)}
     scaling = AgeScaling.from_meta(meta)
     if dd.main:
         write_manifest(images, out / MANIFEST)

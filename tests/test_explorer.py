@@ -4,6 +4,7 @@ and the per-group mean Grad-CAMs (the page only draws them)."""
 import numpy as np
 import pytest
 
+from agegender.audit import WRONG, audit_table
 from agegender.checkpoint import load_checkpoint
 from agegender.data import evenly_spaced, scan
 from agegender.explorer import (
@@ -15,6 +16,9 @@ from agegender.explorer import (
     misgendered,
     read_chips,
     set_chips,
+    set_faces,
+    suspect_caption,
+    suspected,
     worst_age_errors,
     years_outside,
 )
@@ -135,3 +139,32 @@ def test_set_chips_are_the_found_faces_of_the_cached_crops():
                   np.full((3, 5, 2), np.nan))
     got = set_chips(crops, ["c.jpg", "b.jpg", "zz.jpg"])
     assert list(got) == ["c.jpg"] and np.array_equal(np.asarray(got["c.jpg"]), px[2])
+
+
+def test_set_faces_are_the_found_crops_in_the_order_asked():
+    from agegender.evalset import Crops
+
+    px = np.arange(3 * 8 * 8 * 3, dtype=np.uint8).reshape(3, 8, 8, 3)
+    nan = np.full(3, np.nan)
+    crops = Crops(["a.jpg", "b.jpg", "c.jpg"], px, np.array([True, False, True]), nan, np.full((3, 4), np.nan),
+                  np.full((3, 5, 2), np.nan))
+    files, pixels = set_faces(crops, ["c.jpg", "b.jpg", "zz.jpg", "a.jpg"])
+    assert files == ["c.jpg", "a.jpg"] and np.array_equal(pixels, px[[2, 0]])
+
+
+def test_suspects_of_a_group_ranked_with_their_verdicts():
+    df = prepare(fake_predictions(400, seed=4))
+    flip = df.index[:6]
+    df.loc[flip, "p_female"] = np.where(df.loc[flip, "gender"] == "female", 0.001, 0.999)
+    audit = audit_table(df)
+    audit = audit.assign(verdict=np.where(audit["file"] == df["file"][flip[0]], WRONG, ""))
+    every = suspected(audit, df, 1000)
+    assert every["flagged"].all() and len(every) == audit["flagged"].sum()
+    assert set(df["file"][flip]) <= set(every["file"]) and (np.diff(every["p_label"]) >= 0).all()
+    group = in_group(df, "race", df.loc[flip[0], "race"])
+    part = suspected(audit, group, 1000)
+    assert set(part["file"]) == set(every["file"]) & set(group["file"])
+    assert len(suspected(audit, df, 3)) == 3
+    r = every.set_index("file").loc[df["file"][flip[0]]].rename(df["file"][flip[0]])
+    text = suspect_caption(r, 0)
+    assert text.startswith(f"#1 gender {r['score']:.3f}: label {r['age']:.0f} {r['gender']}") and text.endswith(WRONG)

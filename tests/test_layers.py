@@ -12,7 +12,7 @@ LAYERS = {
               "inference", "explain", "data", "balance", "config", "distributed", "runstate", "datasets",
               "evalset", "tables", "slices", "intervals"],
     "commands": ["training", "evaluate", "predict", "report", "compare", "modelcard", "consistency", "template",
-                 "explorer", "results", "external"],
+                 "explorer", "results", "external", "audit"],
 }
 RANK = {m: i for i, mods in enumerate(LAYERS.values()) for m in mods}
 

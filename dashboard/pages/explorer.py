@@ -1,4 +1,4 @@
-"""Error explorer: the faces a checkpoint gets most wrong, and where it looks, per group."""
+"""Error explorer: the faces a checkpoint gets most wrong, the labels it doubts, and where it looks, per group."""
 
 import streamlit as st
 
@@ -9,6 +9,18 @@ st.title("Error explorer")
 # heavy imports after the title, so the page shows while they load
 from PIL import Image
 
+from agegender.audit import (
+    CONFIRMED,
+    WRONG,
+    AuditError,
+    audit_faces,
+    chip_faces,
+    counts,
+    mark,
+    read_review,
+    review_path,
+    with_reviews,
+)
 from agegender.data import DatasetError
 from agegender.explain import overlay
 from agegender.explorer import (
@@ -19,12 +31,17 @@ from agegender.explorer import (
     misgendered,
     read_chips,
     set_chips,
+    set_faces,
+    suspect_caption,
+    suspected,
     worst_age_errors,
 )
 from agegender.fairness import grouping_columns, prepare
 from agegender.predict import display_crop
 
-MODES = {"Worst age errors": worst_age_errors, "Misgendered": misgendered}
+SUSPECTS = "Suspected label errors"
+MODES = {"Worst age errors": worst_age_errors, "Misgendered": misgendered, SUSPECTS: None}
+VERDICTS = {"Label confirmed": CONFIRMED, "Label wrong": WRONG, "Clear the verdict": None}
 
 
 @st.cache_resource(max_entries=4, show_spinner="Reading the evaluation set's aligned faces…")
@@ -61,7 +78,36 @@ group_col = c3.selectbox("Group", ["(all)", *grouping_columns(df)], key="ex_grou
 n = c4.slider("Faces", 6, 60, 18, 6, key="ex_n")
 if group_col != "(all)":
     df = in_group(df, group_col, st.selectbox(group_col, group_values(df, group_col), key="ex_group_value"))
-rows = MODES[mode](df, n)
+
+
+@st.cache_data(max_entries=4, show_spinner="Auditing the labels: each face through the model once…")
+def label_audit(ckpt_path: str, source: str, data_path: str, stamps: tuple):
+    """The audit of the whole source (agegender.audit), as of the checkpoint, predictions and data stamps."""
+    ckpt = ui.get_checkpoint(ckpt_path)
+    size = ckpt.preprocess.cache_size
+    table = ui.predictions_cached(ckpt_path, source, stamps[1])
+    if source in ui.OWN_SPLITS:
+        return audit_faces(ckpt, table, lambda files: chip_faces(ui.dataset(data_path), files, size))
+    return audit_faces(ckpt, table, lambda files: set_faces(set_crops(source, size, stamps[2]), files))
+
+
+review_file = review_path(ckpt.path, source)
+if mode == SUSPECTS:
+    try:
+        audit = with_reviews(label_audit(str(ckpt.path), source, data_path, (
+            ui.checkpoint_stamp(ckpt.path), ui.predictions_stamp(ckpt.path, source), data_stamp)),
+            read_review(review_file))
+    except AuditError as e:
+        st.error(str(e))
+        st.stop()
+    c = counts(audit)
+    st.caption(f"{c['total']} suspects among {len(audit)} faces: {c['gender']} gender (confident learning, "
+               f"P(other) at or above the mean P of faces labelled so), {c['age']} age (label outside the "
+               f"model's age distribution, P <= {audit.attrs['level']}, {audit.attrs['age_method']}). "
+               f"Verdicts go to {review_file}.")
+    rows = suspected(audit, df, n)
+else:
+    rows = MODES[mode](df, n)
 
 
 def read(files: list[str]) -> dict:
@@ -79,6 +125,25 @@ def truth(r) -> str:
     return f"{r['age']:.0f}" if r["age"] == r["age"] else str(r["age_bin"])  # age, or its bin (FairFace)
 
 
+def caption(r, i: int) -> str:
+    if mode == SUSPECTS:
+        return suspect_caption(r, i)
+    return f"#{i + 1} true {truth(r)} {r['gender']} · pred {r['pred_age']:.0f} P(f)={r['p_female']:.2f}"
+
+
+def review(row) -> None:
+    """The picked suspect's reason, and the buttons that record a verdict on its label."""
+    st.markdown(f"**Why suspect:** {row['reason']}" + (f" — **{row['verdict']}**" if row["verdict"] else ""))
+    for col, (label, verdict) in zip(st.columns(len(VERDICTS)), VERDICTS.items(), strict=True):
+        if col.button(label, key=f"ex_verdict_{label}"):
+            try:
+                mark(review_file, rows[rows["file"] == row["file"]], verdict)
+            except AuditError as e:
+                st.error(str(e))
+                return
+            st.rerun()
+
+
 def show_errors(rows) -> None:
     chips = read(list(rows["file"]))
     missing = [f for f in rows["file"] if f not in chips]
@@ -87,11 +152,11 @@ def show_errors(rows) -> None:
                    "is it the same dataset?")
     cols = st.columns(6)
     for i, (_, r) in enumerate(rows[rows["file"].isin(chips)].iterrows()):
-        cols[i % 6].image(chips[r["file"]], width="stretch",
-                          caption=f"#{i + 1} true {truth(r)} {r['gender']} · pred {r['pred_age']:.0f} "
-                                  f"P(f)={r['p_female']:.2f}")
+        cols[i % 6].image(chips[r["file"]], width="stretch", caption=caption(r, i))
     options = [f for f in rows["file"] if f in chips]
     pick = st.selectbox("Explain", options, key="ex_pick", format_func=lambda f: f"#{options.index(f) + 1} {f}")
+    if pick and mode == SUSPECTS:
+        review(rows[rows["file"] == pick].iloc[0])
     if pick:
         result = chip_result(ckpt, pick, chips[pick], rows[rows["file"] == pick].iloc[0])
         ui.face_view(ckpt, result, 0, f"explorer-{pick}", ui.Options(other_gender=True), {})

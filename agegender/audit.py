@@ -1,0 +1,542 @@
+"""Label audit: for every image of an evaluation set, how likely its label is wrong, and why.
+
+    python -m agegender.audit --checkpoint DIR --data PATH [--labels FILE --format fairface|csv --columns ...]
+        [--split val|test|train|all] [--folds DIR1,DIR2,...] --json OUT.json [--csv OUT.csv] [--top N]
+
+The worst "errors" of a model on UTKFace are often errors of the labels ("true age 1" on an elderly face).
+Each image with a prediction gets the model's probability that its label is right, ``p_label``, and the
+``score`` 1 - p_label; it is a suspect when the rule of its kind says so:
+
+- gender, confident learning (Northcutt, Jiang & Chuang, JAIR 2021): the per-class threshold t_j is the mean
+  predicted P(j) over the images labelled j; an image labelled i is a suspect when P(j) >= t_j for the other
+  class j (and j is then the likelier class). p_label is P(i); the margin P(j) - t_j is in the reason.
+- age, the label far outside the model's own age distribution. The DLDL head's softmax over whole years is
+  that distribution (averaged over the image and its mirror, like the predictions); p_label is its tail
+  probability: the mass at least as far from its median as the label (for an age bin such as FairFace's,
+  as the bin's nearest year: 1 for a bin holding the median). Not the bin's own mass, which would punish
+  narrow bins and cannot tell "just outside" from "far outside". A suspect at p_label <= ``level`` (1%): were
+  the model's spread calibrated, one correct label in a hundred would fall there, so the report gives that
+  expected count beside the count found, and how often tails of 10% and 50% occur (10% and 50% if calibrated).
+  A regression head has no distribution: its fallback is a Gaussian tail of the residual (prediction to the
+  label, or to a bin's middle) over the robust spread (1.4826 x median absolute residual) of the set's faces
+  predicted in the same age bucket. Real errors have heavier tails than a Gaussian: it flags more.
+
+One list ranks both kinds by p_label (the score rounds to 1 in the far tail; p_label keeps the order). The
+rules see the model, not the face: a face the model gets badly wrong looks like a wrong label. The list is
+for a person to review; the verdicts ("label confirmed", "label wrong") go to a review file beside the
+predictions (label-review-<source>.csv: the checkpoint folder for UTKFace val / test, the set's results folder
+for an evaluation set; never the dataset), and are read back by file and label, so they survive a re-audit
+and lapse once the label itself is changed. without_suspects and suspect_share_by_group let every report
+figure be recomputed without the suspects.
+
+Training images: a network trained on an image has learnt its label, wrong or not (40 epochs from scratch
+memorise UTKFace's train split), so scoring train images with the checkpoint trained on them is not an audit,
+and --split train / all is refused without --folds. Out of fold: train k checkpoints with
+``--holdout-fold f --folds k`` (f = 0..k-1; agegender.data.fold_of, a hash of the image name like the split,
+so each fold holds a k-th of the train split); each train image is scored by the checkpoint that never saw
+it. The cost is k training runs (k = 5 at the shipped 40-epoch schedule: about five times its 91 minutes
+here). A cheaper equivalent: k = 2 with a shorter schedule (--folds 2 --epochs 14: two runs on 40% of the
+data each, about one 14-epoch run of the whole split); weaker models flag more faces they merely get wrong,
+but the top of the list, which is what gets reviewed, holds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+from collections.abc import Callable
+from math import sqrt
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy.special import erfc
+
+from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, read_meta
+from .data import FOLD_RULE, DatasetError, cached_images, fold_of, load_images, scan
+from .datasets import read_dataset, resolve
+from .evalset import dataset_crops
+from .evaluate import dataset_frame, predictions_frame
+from .fairness import wilson
+from .inference import model_input
+from .labels import AGE_BUCKET_EDGES, GENDERS, parse_age_bin
+from .meta import atomic_write
+from .model import DistributionAgeHead
+from .predictions import IMAGE_KEYS, complete, is_female, load_predictions, predictions_path
+from .runtime import autocast, set_threads
+
+GENDER, AGE = "gender", "age"
+DEFAULT_LEVEL = 0.01  # an age label with a tail probability at or below this is a suspect
+MIN_SPREAD_N = 30  # regression fallback: an age bucket with fewer faces takes the whole set's spread
+CONFIRMED, WRONG = "label confirmed", "label wrong"  # a reviewer's verdicts
+REVIEW_COLUMNS = (*IMAGE_KEYS, "verdict", "suspect", "score", "reviewed_at")
+AUDIT_COLUMNS = ("suspect", "flagged", "score", "p_label", "reason", "p_gender_label", "age_tail", "age_median")
+OWN_SPLITS = ("val", "test")  # a checkpoint's own predictions: the review file goes in its folder
+
+# Error messages are constants so tests can assert them word for word.
+ERR_NO_DISTRIBUTION = ("{path} has no age distribution head (it was trained with --age-loss {loss}): pass no "
+                       "distribution, and the age audit falls back on the residual against the set's spread")
+ERR_TRAIN_NEEDS_FOLDS = ("--split {split} scores training images, and a checkpoint has learnt the labels it was "
+                         "trained on: that is no audit. Pass --folds with checkpoints trained with --holdout-fold "
+                         "F --folds K, or audit --split val or test")
+ERR_NEEDS_CHECKPOINT = "--split {split} holds val and test images: pass --checkpoint to score them"
+ERR_NOT_HELD_OUT = "{path} held out no fold: train each --folds checkpoint with --holdout-fold F --folds K"
+ERR_FOLD_COUNTS = "the --folds checkpoints count different numbers of folds ({counts}): train all with one --folds K"
+ERR_FOLD_COVERAGE = ("the --folds checkpoints hold out folds {held} of {k}: each of folds 0 to {last} must be held "
+                     "out by exactly one checkpoint")
+ERR_FOLD_DATA = ("{path} was trained on another dataset (fingerprint {theirs:.12}) than {data} ({ours:.12}): "
+                 "train the fold checkpoints on the data you audit")
+ERR_FOLD_RULE = "{path} held out folds by another rule ({rule!r}): retrain it with this version's --holdout-fold"
+ERR_MIXED_HEADS = ("the checkpoints mix age heads ({kinds}): an audit compares one kind of score, so use "
+                   "checkpoints trained with the same --age-loss")
+ERR_NEEDS_CHECKPOINT_SET = "{path} is a {format} dataset, audited whole by one checkpoint: pass --checkpoint"
+ERR_NO_SPLITS = "{path} is a {format} dataset without splits: it is audited whole, so leave --split out or pass all"
+ERR_FOLDS_UTKFACE = "--folds scores UTKFace's train split; {path} is a {format} dataset: audit it with --checkpoint"
+ERR_NO_IMAGES = "no images of split {split} at {path}"
+ERR_REVIEW_UNREADABLE = "cannot read the review file {path} ({detail}): fix it or delete it"
+ERR_REVIEW_WRITE = "cannot write the review file {path} ({detail})"
+
+_REVIEW_LOCK = threading.Lock()  # dashboard sessions are threads of one process: no verdict lost between two
+
+
+class AuditError(ValueError):
+    """Input the audit cannot use; the message says why and what to do."""
+
+
+# ---- the model's view of each image ---------------------------------------------------------------------
+
+def has_distribution(ckpt: Checkpoint) -> bool:
+    return isinstance(ckpt.model.age_head, DistributionAgeHead)
+
+
+@torch.inference_mode()
+def age_distributions(ckpt: Checkpoint, pixels: np.ndarray, tta: bool = True, batch_size: int = 256,
+                      precision: str = "auto") -> np.ndarray:
+    """N x bins float64: the DLDL head's distribution over whole years for each face (N x S x S x 3 uint8 at the
+    checkpoint's cache size), through the one preprocessing path, averaged over the face and its mirror."""
+    if not has_distribution(ckpt):
+        loss = ckpt.meta.get("train_config", {}).get("age_loss", "smooth_l1")
+        raise AuditError(ERR_NO_DISTRIBUTION.format(path=ckpt.path, loss=loss))
+    device = next(ckpt.model.parameters()).device
+    out = [np.zeros((0, int(ckpt.meta["age_bins"])))]
+    for i in range(0, len(pixels), batch_size):
+        x = model_input(ckpt, np.ascontiguousarray(pixels[i:i + batch_size]))
+        views = [x, x.flip(3)] if tta else [x]
+        probs = 0
+        with autocast(device, precision):
+            for v in views:
+                probs = probs + ckpt.model(v, with_age_logits=True)[2].double().softmax(-1)
+        out.append((probs / len(views)).cpu().numpy())
+    return np.concatenate(out)
+
+
+def _quantile(probs: np.ndarray, q: float) -> np.ndarray:
+    return (probs.cumsum(1) >= q - 1e-12).argmax(1).astype(np.float64)
+
+
+def age_tail(probs: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """P(|A - m| >= d) under each row's distribution over whole years: m its median, d the distance from m to
+    the label's years [lo, hi] (an exact age: lo = hi; an open bin: hi = inf), 0 when they hold m."""
+    m = _quantile(probs, 0.5)
+    d = np.maximum(0.0, np.maximum(lo - m, m - hi))
+    far = np.abs(np.arange(probs.shape[1])[None, :] - m[:, None]) >= d[:, None] - 1e-9
+    return np.clip((probs * far).sum(1), 0.0, 1.0)
+
+
+def residual_spread(pred: np.ndarray, target: np.ndarray, edges=AGE_BUCKET_EDGES) -> np.ndarray:
+    """Per face, 1.4826 x the median absolute residual (pred - target) of the faces predicted in its age
+    bucket; the whole set's where a bucket has fewer than MIN_SPREAD_N faces; at least one year."""
+    res = np.abs(pred - target)
+    out = np.full(len(pred), 1.4826 * np.median(res) if len(res) else 1.0)
+    bucket = np.searchsorted(np.asarray(edges), pred, side="right")
+    for b in np.unique(bucket):
+        inside = bucket == b
+        if inside.sum() >= MIN_SPREAD_N:
+            out[inside] = 1.4826 * np.median(res[inside])
+    return np.maximum(out, 1.0)
+
+
+def regression_tail(pred: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+                    exact: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(two-sided Gaussian tail of the distance from the prediction to the label, spread): the fallback of a
+    head without a distribution. A bin [lo, hi] holds lo <= age < hi + 1; its middle stands for the label in
+    the spread (an open bin's: lo + 5)."""
+    top = np.where(exact, hi, hi + 1)
+    middle = np.where(exact, lo, np.where(np.isfinite(hi), (lo + top) / 2, lo + 5))
+    spread = residual_spread(pred, middle)
+    d = np.maximum(0.0, np.maximum(lo - pred, pred - top))
+    return erfc(d / spread / sqrt(2)), spread
+
+
+def gender_thresholds(female: np.ndarray, p_female: np.ndarray) -> dict[str, float]:
+    """Confident learning's per-class thresholds: t_j = the mean P(j) over the images labelled j (NaN for a
+    class with no image)."""
+    p = np.asarray(p_female, np.float64)
+    female = np.asarray(female, bool)
+    return {GENDERS[0]: float(np.mean(1 - p[~female])) if (~female).any() else np.nan,
+            GENDERS[1]: float(np.mean(p[female])) if female.any() else np.nan}
+
+
+def gender_suspects(female: np.ndarray, p_female: np.ndarray, t: dict[str, float]) -> np.ndarray:
+    """Labelled i, P(j) >= t_j for the other class j, and j wins when both classes pass their thresholds."""
+    p = np.asarray(p_female, np.float64)
+    p_label, p_other = np.where(female, p, 1 - p), np.where(female, 1 - p, p)
+    t_label = np.where(female, t[GENDERS[1]], t[GENDERS[0]])
+    t_other = np.where(female, t[GENDERS[0]], t[GENDERS[1]])
+    with np.errstate(invalid="ignore"):
+        return (p_other >= t_other) & ((p_label < t_label) | (p_other > p_label))
+
+
+# ---- the audit table ------------------------------------------------------------------------------------
+
+def label_years(t: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(lo, hi, exact): each label's years, inclusive: an exact age, else its bin (an open bin: hi = inf)."""
+    lo = t["age"].to_numpy(np.float64).copy()
+    hi, exact = lo.copy(), np.isfinite(lo)
+    for i in np.flatnonzero(~exact):
+        a, b = parse_age_bin(str(t["age_bin"].iloc[i]))
+        lo[i], hi[i] = a, np.inf if b is None else b
+    return lo, hi, exact
+
+
+def audit_table(table: pd.DataFrame, probs: np.ndarray | None = None, level: float = DEFAULT_LEVEL) -> pd.DataFrame:
+    """The predictions table's rows with a prediction, with the audit's columns (AUDIT_COLUMNS), ranked: the
+    suspects (``flagged``) first, each group by p_label, smallest first. ``probs``: each table row's age
+    distribution (age_distributions; rows without a face are not read), None for the regression fallback."""
+    t = complete(table)
+    ok = (t["found"].to_numpy(bool) & np.isfinite(t["p_female"].to_numpy(np.float64))
+          & np.isfinite(t["pred_age"].to_numpy(np.float64)))
+    rows = np.flatnonzero(ok)
+    t = t.iloc[rows].reset_index(drop=True)
+    female, pf = is_female(t["gender"]), t["p_female"].to_numpy(np.float64)
+    thresholds = gender_thresholds(female, pf)
+    p_gender = np.where(female, pf, 1 - pf)
+    g_flag = gender_suspects(female, pf, thresholds)
+    lo, hi, exact = label_years(t)
+    pred = t["pred_age"].to_numpy(np.float64)
+    if probs is not None:
+        probs = np.asarray(probs, np.float64)[rows]
+        tail, median = age_tail(probs, lo, hi), _quantile(probs, 0.5)
+        spread = (_quantile(probs, 0.05), _quantile(probs, 0.95))
+    else:
+        (tail, sd), median = regression_tail(pred, lo, hi, exact), pred
+        spread = (sd,)
+    a_flag = tail <= level
+    gender_first = np.where(g_flag != a_flag, g_flag, p_gender <= tail)
+    p_label = np.where(gender_first, p_gender, tail)
+    why = _reasons(t, gender_first, (g_flag, a_flag), thresholds, tail, median, spread)
+    out = t.assign(suspect=np.where(gender_first, GENDER, AGE), flagged=g_flag | a_flag, score=1 - p_label,
+                   p_label=p_label, reason=why, p_gender_label=p_gender, age_tail=tail, age_median=median)
+    out = out.iloc[np.lexsort((p_label, ~out["flagged"].to_numpy()))].reset_index(drop=True)
+    out.attrs.update(thresholds=thresholds, level=level, age_method="distribution" if probs is not None else "residual")
+    return out
+
+
+def _reasons(t, gender_first, flags, thresholds, tail, median, spread) -> list[str]:
+    """Why each row is (or would be) a suspect: its kind's figures first, then the other kind's when that
+    kind flags it too."""
+    out = []
+    for i, r in enumerate(t.itertuples(index=False)):
+        other = GENDERS[1 - GENDERS.index(r.gender)]
+        p_other = r.p_female if other == GENDERS[1] else 1 - r.p_female
+        gender = (f"labelled {r.gender}; P({other}) {p_other:.4f}, threshold {thresholds[other]:.3f} (the mean "
+                  f"P({other}) of faces labelled {other}): margin {p_other - thresholds[other]:+.3f}")
+        label = f"{r.age:.0f} y" if np.isfinite(r.age) else f"in {r.age_bin}"
+        model = (f"the model's median {median[i]:.0f} y, 90% within {spread[0][i]:.0f}-{spread[1][i]:.0f} y"
+                 if len(spread) == 2 else f"predicted {median[i]:.1f} y, spread {spread[0][i]:.1f} y")
+        age = f"labelled {label}; {model}; P(at least this far) {tail[i]:.2g}"
+        first, second = (gender, age) if gender_first[i] else (age, gender)
+        out.append(f"{first} | also {second}" if flags[0][i] and flags[1][i] else first)
+    return out
+
+
+def suspects(audit: pd.DataFrame, threshold: float | None = None) -> np.ndarray:
+    """Which audit rows are suspects: with ``threshold`` None the audit's own rules (``flagged``), else every
+    row whose score reaches it, of either kind."""
+    return audit["flagged"].to_numpy(bool) if threshold is None else audit["score"].to_numpy(np.float64) >= threshold
+
+
+def counts(audit: pd.DataFrame, threshold: float | None = None) -> dict[str, int]:
+    s = suspects(audit, threshold)
+    return {GENDER: int((s & (audit["suspect"] == GENDER)).sum()), AGE: int((s & (audit["suspect"] == AGE)).sum()),
+            "total": int(s.sum())}
+
+
+# ---- reviews ---------------------------------------------------------------------------------------------
+
+def review_path(checkpoint: str | Path, source: str) -> Path:
+    """Where a source's verdicts are kept: beside its predictions, never in the dataset."""
+    if source in OWN_SPLITS:
+        return Path(checkpoint) / f"label-review-{source}.csv"
+    from .results import set_folder
+
+    return set_folder(source) / f"label-review-{source}.csv"
+
+
+def label_keys(df: pd.DataFrame) -> pd.Series:
+    """An image and the label it carries, as text (file, exact age, else age bin, gender): a verdict holds for
+    that label only. A table with exact ages and one completed with their bins give the same keys."""
+    age = pd.to_numeric(df["age"], errors="coerce") if "age" in df else pd.Series(np.nan, index=df.index)
+    bins = df["age_bin"].fillna("").astype(str) if "age_bin" in df else pd.Series("", index=df.index)
+    text = [f"{a:g}" if np.isfinite(a) else b for a, b in zip(age, bins, strict=True)]
+    return df["file"].astype(str) + "|" + pd.Series(text, index=df.index) + "|" + df["gender"].astype(str)
+
+
+def read_review(path: str | Path) -> pd.DataFrame:
+    """The verdicts in a review file (none when it does not exist yet)."""
+    path = Path(path)
+    if not path.is_file():
+        return pd.DataFrame(columns=list(REVIEW_COLUMNS))
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        raise AuditError(ERR_REVIEW_UNREADABLE.format(path=path, detail=e)) from e
+    missing = [c for c in ("file", "gender", "verdict") if c not in df]
+    if missing:
+        raise AuditError(ERR_REVIEW_UNREADABLE.format(path=path, detail=f"no column {', '.join(missing)}"))
+    return df
+
+
+def mark(path: str | Path, rows: pd.DataFrame, verdict: str | None) -> None:
+    """Record ``verdict`` (CONFIRMED, WRONG, or None to clear) for audit ``rows``, replacing earlier verdicts
+    on the same image and label; the file is rewritten atomically."""
+    if verdict not in (CONFIRMED, WRONG, None):
+        raise ValueError(f"verdict must be {CONFIRMED!r}, {WRONG!r} or None, not {verdict!r}")
+    path = Path(path)
+    with _REVIEW_LOCK:
+        old = read_review(path)
+        keep = old[~label_keys(old).isin(set(label_keys(rows)))] if len(old) else old
+        new = pd.DataFrame(columns=list(REVIEW_COLUMNS))
+        if verdict is not None:
+            new = rows.reindex(columns=list(REVIEW_COLUMNS)).assign(
+                verdict=verdict, reviewed_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        frame = pd.concat([keep.reindex(columns=list(REVIEW_COLUMNS)), new], ignore_index=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_write(path) as tmp:
+                frame.to_csv(tmp, index=False)
+        except OSError as e:
+            raise AuditError(ERR_REVIEW_WRITE.format(path=path, detail=e)) from e
+
+
+def with_reviews(audit: pd.DataFrame, review: pd.DataFrame) -> pd.DataFrame:
+    """The audit with a ``verdict`` column: the review's verdict on the image with this label, else ""."""
+    verdicts = dict(zip(label_keys(review), review["verdict"], strict=True)) if len(review) else {}
+    return audit.assign(verdict=[verdicts.get(k, "") for k in label_keys(audit)])
+
+
+def _dropped(audit: pd.DataFrame, threshold: float | None) -> pd.Series:
+    """The image-and-label keys of the rows a report leaves out: suspects not confirmed, and labels reviewed
+    wrong."""
+    verdict = audit["verdict"] if "verdict" in audit else pd.Series("", index=audit.index)
+    drop = (suspects(audit, threshold) & (verdict != CONFIRMED).to_numpy()) | (verdict == WRONG).to_numpy()
+    return label_keys(audit[drop])
+
+
+def without_suspects(df: pd.DataFrame, audit: pd.DataFrame, threshold: float | None = None) -> pd.DataFrame:
+    """The predictions table ``df`` without its suspected label errors (suspects()) and the rows reviewed
+    "label wrong"; rows reviewed "label confirmed" always stay. Pass an audit with its verdicts (with_reviews)."""
+    return df[~label_keys(df).isin(set(_dropped(audit, threshold))).to_numpy()]
+
+
+def suspect_share_by_group(df: pd.DataFrame, audit: pd.DataFrame, columns: list[str],
+                           threshold: float | None = None) -> pd.DataFrame:
+    """Per group of each column of ``df``: the audited faces (n), how many without_suspects leaves out
+    (suspects, of which gender and age), their share and its Wilson 95% interval."""
+    keys = label_keys(df)
+    audited = keys.isin(set(label_keys(audit))).to_numpy()
+    kind = dict(zip(label_keys(audit), audit["suspect"], strict=True))
+    out_keys = set(_dropped(audit, threshold))
+    rows = []
+    for col in columns:
+        for value, g in df[audited].groupby(col, observed=True, sort=True):
+            k = keys[g.index]
+            gone = k[k.isin(out_keys)]
+            lo, hi = wilson(len(gone), len(g))
+            rows.append({"column": col, "group": str(value), "n": len(g), "suspects": len(gone),
+                         "gender": int((gone.map(kind) == GENDER).sum()), "age": int((gone.map(kind) == AGE).sum()),
+                         "share": len(gone) / len(g), "share_lo": lo, "share_hi": hi})
+    return pd.DataFrame(rows, columns=["column", "group", "n", "suspects", "gender", "age", "share", "share_lo",
+                                       "share_hi"])
+
+
+# ---- sources and the command line ----------------------------------------------------------------------
+
+def audit_faces(ckpt: Checkpoint, table: pd.DataFrame, faces: Callable[[list[str]], tuple[list[str], np.ndarray]],
+                level: float = DEFAULT_LEVEL, tta: bool = True) -> pd.DataFrame:
+    """audit_table of a checkpoint's predictions table, the age distributions computed from ``faces(files)``:
+    (the files it found, their faces at the checkpoint's cache size), e.g. chip_faces; a row whose face it
+    did not find is left out. A checkpoint without a distribution takes the fallback and reads no face."""
+    if not has_distribution(ckpt):
+        return audit_table(table, None, level)
+    files, pixels = faces(list(table["file"]))
+    where = {f: i for i, f in enumerate(files)}
+    table = table[table["file"].isin(where)].reset_index(drop=True)
+    return audit_table(table, age_distributions(ckpt, pixels[[where[f] for f in table["file"]]], tta), level)
+
+
+def chip_faces(sc, files: list[str], size: int) -> tuple[list[str], np.ndarray]:
+    """UTKFace chips of a scan by member path, decoded at ``size`` (unreadable and unknown ones left out)."""
+    wanted = set(files)
+    images = load_images(sc, [s for s in sc.samples if s.member in wanted], size, progress=False)
+    return [s.member for s in images.samples], images.pixels
+
+
+def check_folds(folders: list[str], fingerprint: str, data: str) -> dict[int, Path]:
+    """fold -> the checkpoint that held it out, when the folders hold out each of k folds exactly once and were
+    all trained on the data audited (``fingerprint``); else AuditError saying what is wrong."""
+    held: dict[int, list[Path]] = {}
+    ks = {}
+    for folder in map(Path, folders):
+        meta = read_meta(folder)
+        tc = meta.get("train_config", {})
+        if int(tc.get("holdout_fold", -1)) < 0:
+            raise AuditError(ERR_NOT_HELD_OUT.format(path=folder))
+        rule = meta.get("holdout", {}).get("rule", FOLD_RULE)
+        if rule != FOLD_RULE:
+            raise AuditError(ERR_FOLD_RULE.format(path=folder, rule=rule))
+        if meta.get("dataset_fingerprint") != fingerprint:
+            raise AuditError(ERR_FOLD_DATA.format(path=folder, theirs=str(meta.get("dataset_fingerprint")),
+                                                  data=data, ours=fingerprint))
+        ks[folder] = int(tc["folds"])
+        held.setdefault(int(tc["holdout_fold"]), []).append(folder)
+    if len(set(ks.values())) > 1:
+        raise AuditError(ERR_FOLD_COUNTS.format(counts=", ".join(f"{p.name}: {k}" for p, k in ks.items())))
+    k = next(iter(ks.values()))
+    if sorted(held) != list(range(k)) or any(len(v) > 1 for v in held.values()):
+        listed = ", ".join(str(f) for f in sorted(f for f, v in held.items() for _ in v))
+        raise AuditError(ERR_FOLD_COVERAGE.format(held=listed, k=k, last=k - 1))
+    return {f: v[0] for f, v in held.items()}
+
+
+def _score(jobs: list[tuple[Checkpoint, list[str], tuple[str, ...]]], sc, cache_dir,
+           tta: bool) -> tuple[pd.DataFrame, np.ndarray | None]:
+    """Each checkpoint's images (members of the scan) through it: the predictions table (the checkpoint's own
+    predictions files for ``splits`` when it has them, as the reports read them; else computed) and, when the
+    checkpoints have distribution heads, the distributions (all or none: ERR_MIXED_HEADS)."""
+    kinds = {has_distribution(c) for c, _, _ in jobs}
+    if len(kinds) > 1:
+        raise AuditError(ERR_MIXED_HEADS.format(kinds=", ".join(
+            f"{c.name}: {'distribution' if has_distribution(c) else 'regression'}" for c, _, _ in jobs)))
+    tables, probs, images = [], [], {}
+    for ckpt, members, splits in jobs:
+        size = ckpt.preprocess.cache_size
+        if size not in images:
+            images[size] = cached_images(sc, size, cache_dir)
+        where = {s.member: i for i, s in enumerate(images[size].samples)}
+        if splits and all(predictions_path(ckpt.path, s).is_file() for s in splits):
+            table = pd.concat([load_predictions(ckpt.path, s) for s in splits], ignore_index=True)
+        else:
+            table = complete(predictions_frame(ckpt, images[size], np.array([where[m] for m in members if m in where],
+                                                                            np.int64), tta))
+        table = table[table["file"].isin(where) & table["file"].isin(set(members))].reset_index(drop=True)
+        tables.append(table)
+        if kinds == {True}:
+            probs.append(age_distributions(ckpt, images[size].pixels[[where[f] for f in table["file"]]], tta))
+    return pd.concat(tables, ignore_index=True), np.concatenate(probs) if probs else None
+
+
+def _utkface(args) -> tuple[pd.DataFrame, np.ndarray | None]:
+    split = args.split or "val"
+    if split in ("train", "all") and not args.folds:
+        raise AuditError(ERR_TRAIN_NEEDS_FOLDS.format(split=split))
+    if split != "train" and not args.checkpoint:
+        raise AuditError(ERR_NEEDS_CHECKPOINT.format(split=split))
+    sc = scan(args.data)
+    folds = check_folds(args.folds.split(","), sc.fingerprint, args.data) if args.folds else {}
+    jobs = []
+    if folds:  # each train image through the checkpoint that held its fold out
+        train = [s for s in sc.samples if s.split == "train"]
+        jobs += [(load_checkpoint(p), [s.member for s in train if fold_of(s.name, len(folds)) == f], ())
+                 for f, p in sorted(folds.items())]
+    if split != "train":
+        own = ("val", "test") if split == "all" else (split,)
+        jobs.append((load_checkpoint(args.checkpoint), [s.member for s in sc.samples if s.split in own], own))
+    if not any(members for _, members, _ in jobs):
+        raise AuditError(ERR_NO_IMAGES.format(split=split, path=args.data))
+    return _score(jobs, sc, args.cache_dir, args.tta)
+
+
+def _labelled(args, fmt: str) -> tuple[pd.DataFrame, np.ndarray | None]:
+    if args.split not in (None, "all"):
+        raise AuditError(ERR_NO_SPLITS.format(path=args.data, format=fmt))
+    if args.folds:
+        raise AuditError(ERR_FOLDS_UTKFACE.format(path=args.data, format=fmt))
+    ckpt = load_checkpoint(args.checkpoint)
+    ds = read_dataset(args.data, args.labels, args.format, args.columns)
+    crops = dataset_crops(ds, ckpt.preprocess.cache_size, args.cache_dir)
+    table = dataset_frame(ckpt, ds, crops, args.tta)
+    probs = None
+    if has_distribution(ckpt):
+        probs = np.full((len(table), int(ckpt.meta["age_bins"])), np.nan)
+        probs[crops.found] = age_distributions(ckpt, crops.pixels[crops.found], args.tta)
+    return table, probs
+
+
+def summary(audit: pd.DataFrame, top: int) -> dict:
+    """The JSON report: the rules, the counts, how calibrated the age tails look, and the top suspects."""
+    tails = audit["age_tail"].to_numpy(np.float64)
+    flagged = audit[audit["flagged"]]
+    shown = flagged if top <= 0 else flagged.head(top)
+    cols = [c for c in ("file", "suspect", "score", "p_label", "reason", "age", "age_bin", "gender", "pred_age",
+                        "pred_age_bin", "p_female", "verdict") if c in audit]
+    return {"n": len(audit), "age_method": audit.attrs.get("age_method"), "level": audit.attrs.get("level"),
+            "gender_thresholds": audit.attrs.get("thresholds"), "suspects": counts(audit),
+            "expected_age_false_alarms_if_calibrated": round(audit.attrs.get("level", 0) * len(audit), 1),
+            "age_tail_share": {str(a): float(np.mean(tails <= a)) if len(tails) else None for a in (0.01, 0.1, 0.5)},
+            "images": json.loads(shown[cols].to_json(orient="records"))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m agegender.audit", description=__doc__.split("\n")[0])
+    p.add_argument("--checkpoint", help="checkpoint folder: scores val / test images and other datasets")
+    p.add_argument("--data", required=True, help="the images: folder, .zip or .tar.gz (or the labels file)")
+    p.add_argument("--labels", help="labels file (CSV or Parquet); file paths in it are relative to --data")
+    p.add_argument("--format", help="utkface | fairface | csv (default: guessed)")
+    p.add_argument("--columns", help="column mapping of format csv (see agegender.evaluate)")
+    p.add_argument("--split", choices=("train", "val", "test", "all"), help="UTKFace only; default val")
+    p.add_argument("--folds", help="comma-separated checkpoints trained with --holdout-fold: score train images")
+    p.add_argument("--json", required=True, help="write the report here")
+    p.add_argument("--csv", help="write every audited image, ranked, here")
+    p.add_argument("--top", type=int, default=50, help="suspects listed in the JSON (0: all)")
+    p.add_argument("--level", type=float, default=DEFAULT_LEVEL, help="age: the tail probability that flags")
+    p.add_argument("--review", help="a review file whose verdicts to add (default: the checkpoint's, for val / test)")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--threads", type=int, default=0)
+    args = p.parse_args(argv)
+    set_threads(args.threads)
+    t0 = time.perf_counter()
+    try:
+        fmt = resolve(args.data, args.labels, args.format, args.columns)[2]
+        if fmt != "utkface" and not args.checkpoint:
+            raise AuditError(ERR_NEEDS_CHECKPOINT_SET.format(path=args.data, format=fmt))
+        table, probs = _utkface(args) if fmt == "utkface" else _labelled(args, fmt)
+        audit = audit_table(table, probs, args.level)
+        own = fmt == "utkface" and args.checkpoint and (args.split or "val") in OWN_SPLITS
+        review = args.review or (review_path(args.checkpoint, args.split or "val") if own else None)
+        audit = with_reviews(audit, read_review(review)) if review else audit.assign(verdict="")
+    except (AuditError, CheckpointError, DatasetError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    report = {"checkpoint": args.checkpoint, "folds": args.folds.split(",") if args.folds else None,
+              "data": str(args.data), "split": args.split or ("val" if fmt == "utkface" else "all"), "format": fmt,
+              **summary(audit, args.top), "seconds": round(time.perf_counter() - t0, 1)}
+    Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    if args.csv:
+        audit.to_csv(args.csv, index=False)
+    c = report["suspects"]
+    print(f"{report['n']} faces audited in {report['seconds']:.0f} s: {c['gender']} gender and {c['age']} age "
+          f"suspects (age: {report['age_method']}, level {args.level}; "
+          f"~{report['expected_age_false_alarms_if_calibrated']} expected by chance if calibrated)")
+    for r in report["images"][:10]:
+        print(f"  {r['score']:.4f} {r['suspect']:6} {r['file']}: {r['reason']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
