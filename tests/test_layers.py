@@ -7,12 +7,12 @@ from graphlib import CycleError, TopologicalSorter
 from .conftest import ROOT
 
 LAYERS = {
-    "base": ["meta", "labels", "preprocess", "degrade", "faces", "runtime", "model", "quality"],
+    "base": ["meta", "labels", "preprocess", "degrade", "faces", "runtime", "model", "quality", "dlibnet"],
     "parts": ["predictions", "fairness", "metrics", "charts", "visual", "catalog", "access", "checkpoint",
               "inference", "explain", "data", "balance", "config", "distributed", "runstate", "datasets",
               "evalset", "tables", "slices", "intervals"],
     "commands": ["training", "evaluate", "predict", "report", "compare", "modelcard", "consistency", "template",
-                 "explorer", "results", "external", "audit"],
+                 "explorer", "results", "external", "audit", "dlib_convert"],
 }
 RANK = {m: i for i, mods in enumerate(LAYERS.values()) for m in mods}
 
