@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
 from .preprocess import Augment
 
@@ -15,6 +16,10 @@ class TrainConfig:
     out: str = ""  # checkpoint folder to write
     arch: str = "resnet18"  # resnet18 | resnet34 | resnet50
     pretrained: bool = False  # torchvision ImageNet weights: needs internet, so off by default
+    # a converted trunk file (python -m agegender.dlib_convert) the trunk starts from, for an arch without
+    # downloadable weights (dlib-resnet29); read at the start only: a resumed run has it in its state
+    init_trunk: str = ""
+    trunk_lr: float = 1.0  # the trunk's learning rate as a multiple of --lr (below 1: keep more of a start)
     cache_size: int = 128  # decoded cache resolution; ~1 GB for UTKFace at 128 px
     input_size: int = 112  # crop the model sees; 112 px trains ~1.5x faster than 128 on CPU
     epochs: int = 24  # ~45 minutes for resnet18 at 112 px on 2 CPU cores (bf16)
@@ -82,13 +87,19 @@ class TrainConfig:
 
     def validate(self) -> None:
         from .balance import check_within, parse_by
-        from .model import ARCHS
+        from .model import ARCHS, ERR_TRUNK_MISSING
 
         if not self.data or not self.out:
             raise ValueError("both --data and --out are required")
         self.augment()  # Augment refuses an out-of-range lever (a probability of 1.5) before any data loads
         if self.arch not in ARCHS:
             raise ValueError(f"unknown --arch {self.arch!r}; known: {', '.join(ARCHS)}")
+        if self.init_trunk and self.pretrained:
+            raise ValueError("--init-trunk and --pretrained both set the trunk's start: pass one")
+        if self.init_trunk and not self.resume and not Path(self.init_trunk).is_file():
+            raise ValueError(ERR_TRUNK_MISSING.format(path=self.init_trunk))
+        if self.trunk_lr <= 0:
+            raise ValueError(f"--trunk-lr is a positive multiple of --lr, not {self.trunk_lr}")
         if self.age_loss not in ("smooth_l1", "l1", "dldl"):
             raise ValueError(f"--age-loss must be smooth_l1, l1 or dldl, not {self.age_loss!r}")
         if self.age_loss == "dldl" and (self.age_sigma <= 0 or self.age_bins < 2):

@@ -24,8 +24,9 @@ from .distributed import setup as setup_distributed
 from .external import ExternalCheck, describe, history_cells
 from .inference import predict_checkpoint
 from .labels import AGE_BUCKET_EDGES, GENDERS, RACES
+from .meta import sha256_file
 from .metrics import summary
-from .model import AgeScaling, create_model
+from .model import AgeScaling, create_model, load_trunk
 from .preprocess import Preprocess, preprocess, to_batch
 from .runstate import HISTORY, STATE, RunState, Stats, load_state, partial_writes, read_info, save_state, write_history
 from .runtime import autocast, set_threads
@@ -84,11 +85,25 @@ def compute_step(model, opt, x: torch.Tensor, age_scaled: torch.Tensor, female: 
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW with no weight decay on biases and norm parameters."""
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    """AdamW with no weight decay on biases and norm parameters, and the trunk's rate scaled by cfg.trunk_lr
+    (each group's ``lr_scale``, which the schedule multiplies in)."""
+    trunk = {id(p) for p in model.trunk.parameters()} if hasattr(model, "trunk") else set()
+    groups = []
+    for in_trunk, scale in ((True, cfg.trunk_lr), (False, 1.0)):
+        params = [p for p in model.parameters() if (id(p) in trunk) == in_trunk]
+        groups += [{"params": [p for p in params if p.ndim > 1], "weight_decay": cfg.weight_decay, "lr_scale": scale},
+                   {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0, "lr_scale": scale}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr)
+
+
+def _init_trunk(model, cfg: TrainConfig) -> dict:
+    """Load --init-trunk into the trunk (a fresh run; a resumed one gets every weight from its state, so the file
+    need not be there any more) and say what it was, for meta.json."""
+    path = Path(cfg.init_trunk)
+    if cfg.resume:
+        return {"file": path.name, "sha256": sha256_file(path) if path.is_file() else None}
+    source = load_trunk(model, path)
+    return {"file": path.name, "sha256": sha256_file(path), "converted_from": source}
 
 
 def val_score(mae: float, acc: float, cfg: TrainConfig) -> float:
@@ -262,6 +277,8 @@ def _train(cfg: TrainConfig, dd, device: torch.device) -> Path:
     # model and optimiser; under DDP every rank starts from rank 0's weights
     model = create_model(cfg.arch, cfg.pretrained, cfg.dropout, meta.get("age_bins", 0), scaling.offset,
                          scaling.scale).to(device)
+    if cfg.init_trunk:
+        meta["init_trunk"] = _init_trunk(model, cfg)
     model = model.to(memory_format=torch.channels_last)
     opt = build_optimizer(model, cfg)
     step_model = model
@@ -319,7 +336,7 @@ def _train(cfg: TrainConfig, dd, device: torch.device) -> Path:
             age, female, cells = age_t[batch].to(device), gender_t[batch].to(device), cell_t[chunk]
             image_w = state.cells.image_weights(cells, device) if cfg.balance == "loss" else ()
             for g in opt.param_groups:
-                g["lr"] = lr_at(state.global_step, total_steps, cfg)
+                g["lr"] = lr_at(state.global_step, total_steps, cfg) * g.get("lr_scale", 1.0)
             loss, age_raw, logit = compute_step(step_model, opt, x, scaling.encode(age), female, cfg, device, *image_w)
             state.global_step += 1
             state.step_in_epoch = step + 1

@@ -383,3 +383,40 @@ def test_dldl_age_loss_trains_loads_predicts_and_explains(tiny_data, tmp_path):
     assert [m.heat.shape for m in maps] == [(28, 28), (28, 28)]
     with pytest.raises(ValueError, match="--age-loss must be smooth_l1, l1 or dldl"):
         TrainConfig(data="d", out="o", age_loss="ordinal").validate()
+
+
+def test_a_converted_trunk_starts_the_run_and_trunk_lr_scales_its_rate(tiny_data, tmp_path):
+    from safetensors.torch import save_file
+
+    from agegender.dlibnet import DlibResNet
+    from agegender.meta import sha256_file
+
+    torch.manual_seed(1)
+    start = {k: v.contiguous() for k, v in DlibResNet().state_dict().items()}
+    for k in start:  # not the factory's own initialisation, so a run that ignored the file would show
+        start[k] = start[k] + 0.01 * torch.randn_like(start[k])
+    trunk = tmp_path / "trunk.safetensors"
+    save_file(start, str(trunk), {"arch": "dlib-resnet29", "source": "test"})
+    out = train(tiny_config(tiny_data, tmp_path / "dlib", arch="dlib-resnet29", init_trunk=str(trunk),
+                            trunk_lr=1e-9, lr=1e-2))
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["init_trunk"] == {"file": "trunk.safetensors", "sha256": sha256_file(trunk),
+                                  "converted_from": {"arch": "dlib-resnet29", "source": "test"}}
+    weights = load_file(str(out / "model.safetensors"))
+    kept = {k: v for k, v in start.items() if not k.startswith("embed.")}  # dlib's embedding: replaced by the heads
+    moved = [k for k, v in kept.items() if not torch.allclose(weights[f"trunk.{k}"].float(), v, atol=2e-3, rtol=2e-3)]
+    assert moved == []  # the trunk kept the file's weights (up to fp16): its rate was 1e-9 x --lr
+    fresh = train(tiny_config(tiny_data, tmp_path / "dlib2", arch="dlib-resnet29", init_trunk=str(trunk), lr=1e-2))
+    conv1 = load_file(str(fresh / "model.safetensors"))["trunk.conv1.weight"].float()
+    assert not torch.allclose(conv1, start["conv1.weight"], atol=2e-3, rtol=2e-3)  # at trunk_lr 1 it trains
+
+
+def test_init_trunk_is_refused_beside_pretrained_and_a_bad_file_is_one_line(tiny_data, tmp_path, capsys):
+    with pytest.raises(ValueError, match="--init-trunk and --pretrained"):
+        tiny_config(tiny_data, tmp_path / "x", arch="dlib-resnet29", init_trunk="t.safetensors",
+                    pretrained=True).validate()
+    assert train_main(["--data", str(tiny_data), "--out", str(tmp_path / "y"), "--arch", "dlib-resnet29",
+                       "--init-trunk", str(tmp_path / "missing.safetensors"), "--epochs", "1",
+                       "--cache-dir", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err
+    assert "missing.safetensors does not exist" in err and "Traceback" not in err
