@@ -162,3 +162,72 @@ def training_curves(history: pd.DataFrame, best_epoch: int | None = None) -> go.
             fig.add_vline(x=best_epoch, line_dash="dot", line_color="grey", row=1, col=col)
     fig.update_layout(height=340, margin={"t": 40, "b": 10}, legend={"orientation": "h", "y": -0.25})
     return fig
+
+
+# ---- the gender threshold page (agegender.genderband) -------------------------------------------------------
+
+def _thin(curve: pd.DataFrame, max_points: int) -> pd.DataFrame:
+    """At most about max_points rows of a curve, its first and last kept: a 200,000-face ROC stays light."""
+    if len(curve) <= max_points:
+        return curve
+    keep = np.unique(np.linspace(0, len(curve) - 1, max_points).round().astype(int))
+    return curve.iloc[keep]
+
+
+def roc_curves(curves: pd.DataFrame, by_group: pd.DataFrame, threshold: float | None = None,
+               max_points: int = 400) -> go.Figure:
+    """One ROC line per group (genderband.Roc: women are the positive class), AUC in the legend, the chance
+    diagonal dotted; with ``threshold``, each group's operating point there as a marker."""
+    auc = dict(zip(by_group["group"], by_group["gender_auc"], strict=True))
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="chance", line={"color": "grey", "dash": "dot"}))
+    for i, (name, curve) in enumerate(curves.groupby("group", sort=False)):
+        colour = px.colors.qualitative.Plotly[i % len(px.colors.qualitative.Plotly)]
+        c = _thin(curve, max_points)
+        fig.add_trace(go.Scatter(x=c["fpr"], y=c["tpr"], mode="lines", name=f"{name} (AUC {auc[name]:.3f})",
+                                 legendgroup=name, line={"color": colour}, customdata=c["threshold"],
+                                 hovertemplate=f"{name}<br>P(female) ≥ %{{customdata:.3f}}<br>"
+                                               "men called female %{x:.1%}<br>women called female %{y:.1%}"
+                                               "<extra></extra>"))
+        if threshold is not None:
+            at = curve[curve["threshold"] >= threshold].iloc[-1]
+            fig.add_trace(go.Scatter(x=[at["fpr"]], y=[at["tpr"]], mode="markers", legendgroup=name,
+                                     showlegend=False, marker={"color": colour, "size": 9},
+                                     hovertemplate=f"{name} at {threshold:.2f}<extra></extra>"))
+    fig.update_layout(title="ROC per group (positive: female)" + (f"; dots at {threshold:.2f}" if threshold else ""),
+                      xaxis={"title": "men called female (false-positive rate)", "tickformat": ".0%"},
+                      yaxis={"title": "women called female (true-positive rate)", "tickformat": ".0%"},
+                      margin={"t": 50})
+    return fig
+
+
+def reliability_diagram(bins: pd.DataFrame) -> go.Figure:
+    """Mean P(female) against the observed share of women per bin, one line per group with Wilson error bars
+    (genderband.Reliability.bins); on the diagonal is calibrated, below it over-confident for female."""
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="calibrated", line={"color": "grey",
+                                                                                         "dash": "dot"}))
+    for name, b in bins.groupby("group", sort=False):
+        fig.add_trace(go.Scatter(
+            x=b["p_female"], y=b["share_female"], mode="lines+markers", name=str(name), customdata=b["n"],
+            error_y={"type": "data", "symmetric": False, "array": b["share_female_hi"] - b["share_female"],
+                     "arrayminus": b["share_female"] - b["share_female_lo"], "thickness": 1},
+            hovertemplate=f"{name}<br>mean P(female) %{{x:.3f}}<br>women %{{y:.1%}}<br>n=%{{customdata}}"
+                          "<extra></extra>"))
+    fig.update_layout(title="Reliability of P(female) per group", margin={"t": 50},
+                      xaxis={"title": "mean predicted P(female)", "range": [0, 1]},
+                      yaxis={"title": "observed share of women", "tickformat": ".0%", "range": [0, 1]})
+    return fig
+
+
+def abstention_bars(groups: pd.DataFrame, overall: float | None = None) -> go.Figure:
+    """The share of each group's faces the Uncertain band does not decide, with its Wilson interval
+    (genderband.abstention); groups too small to judge in grey."""
+    fig = go.Figure(_interval_bars(groups["group"], groups, "abstained", "abstained_lo", "abstained_hi",
+                                   customdata=groups["n"],
+                                   hovertemplate="%{x}<br>%{y:.1%} abstained<br>n=%{customdata}<extra></extra>"))
+    if overall is not None and np.isfinite(overall):
+        fig.add_hline(y=overall, line_dash="dot", annotation_text="overall")
+    fig.update_layout(title="Share of faces read as Uncertain (grey: too small to judge)",
+                      yaxis={"title": "abstained", "tickformat": ".0%"}, margin={"t": 50, "b": 10})
+    return fig

@@ -22,8 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import charts, slices
-from .intervals import coverage_by_group
+from . import charts, genderband, slices
 from .fairness import (
     METRICS,
     MIN_COUNT,
@@ -37,6 +36,7 @@ from .fairness import (
     parse_grouping,
     prepare,
 )
+from .intervals import coverage_by_group
 from .labels import AGE_BUCKET_EDGES
 from .meta import CheckpointError
 from .predictions import REQUIRED, load_predictions
@@ -69,11 +69,20 @@ def interval_coverage(df: pd.DataFrame, groupings) -> dict[str, pd.DataFrame]:
     return {"overall": overall, **{g: coverage_by_group(df, g) for g in groupings}}
 
 
+def gender_threshold(df: pd.DataFrame, groupings) -> dict[str, dict]:
+    """Per single-column grouping but gender (one class per group: no ROC), genderband.summary: per-group ROC
+    AUC, calibration, and what the Uncertain band does to each group; empty where no face has a P(female)."""
+    if not genderband.scored_mask(df).any():
+        return {}
+    return {g: genderband.summary(df, g) for g in groupings if ":" not in g and g != "gender"}
+
+
 def to_json(reports: dict[str, GroupReport], source: str, searched: SliceSearch | None = None,
-            coverage: dict[str, pd.DataFrame] | None = None) -> dict:
+            coverage: dict[str, pd.DataFrame] | None = None, threshold: dict[str, dict] | None = None) -> dict:
     """The report as JSON; with ``searched`` (find_slices), the slices tried, worst first per metric (the first
     slices.SHOW_AT_MOST of each), under "slices", and how many were tried, over what, under "slice_search";
-    with ``coverage`` (interval_coverage), the age intervals' coverage under "age_interval_coverage"."""
+    with ``coverage`` (interval_coverage), the age intervals' coverage under "age_interval_coverage"; with
+    ``threshold`` (gender_threshold), per-group ROC, calibration and the band's what-if under "gender_threshold"."""
     first = next(iter(reports.values()))
     out = {"source": source, "overall": first.to_json()["overall"],
            "groupings": {g: {k: v for k, v in r.to_json().items() if k != "overall"} for g, r in reports.items()}}
@@ -81,6 +90,8 @@ def to_json(reports: dict[str, GroupReport], source: str, searched: SliceSearch 
         out["slices"], out["slice_search"] = searched.entries(), searched.to_json()
     if coverage:
         out["age_interval_coverage"] = {g: t.to_dict("records") for g, t in coverage.items()}
+    if threshold:
+        out["gender_threshold"] = threshold
     return out
 
 
@@ -209,7 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     for g, cov in coverage.items():
         print(f"\nage interval coverage, {g}:\n" + cov.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     if args.json:
-        Path(args.json).write_text(json.dumps(to_json(reports, source, searched, coverage), indent=1) + "\n")
+        threshold = gender_threshold(prepare(df, edges), list(reports))
+        Path(args.json).write_text(json.dumps(to_json(reports, source, searched, coverage, threshold), indent=1)
+                                   + "\n")
     if args.html:
         Path(args.html).write_text(to_html(reports, df, source, searched))
     return 0

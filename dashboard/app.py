@@ -9,6 +9,7 @@ ui.sidebar()
 page = st.navigation([
     st.Page("pages/predict.py", title="Predict & explain", icon=":material/center_focus_strong:", default=True),
     st.Page("pages/bias.py", title="Bias report", icon=":material/balance:"),
+    st.Page("pages/gender.py", title="Gender threshold", icon=":material/tune:"),
     st.Page("pages/compare.py", title="Compare checkpoints", icon=":material/compare:"),
     st.Page("pages/explorer.py", title="Error explorer", icon=":material/travel_explore:"),
     st.Page("pages/evalsets.py", title="Evaluation sets", icon=":material/dataset:"),

@@ -1,0 +1,87 @@
+"""Gender threshold: ROC and reliability of P(female) per group, and what the Uncertain band does to each."""
+
+import streamlit as st
+
+from dashboard import ui
+
+
+@st.cache_data(max_entries=16, show_spinner="Reading predictions…")
+def prepared_cached(ckpt_path: str, source: str, stamp: tuple):
+    return prepare(ui.predictions_cached(ckpt_path, source, stamp))
+
+
+@st.cache_data(max_entries=32, show_spinner="Computing ROC curves and reliability…")
+def curves_cached(ckpt_path: str, source: str, stamp: tuple, grouping: str):
+    table = prepared_cached(ckpt_path, source, stamp)
+    return genderband.roc_by_group(table, grouping), genderband.reliability_by_group(table, grouping)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def what_if_cached(ckpt_path: str, source: str, stamp: tuple, grouping: str, threshold: float,
+                   band: tuple[float, float]):
+    return genderband.band_what_if(prepared_cached(ckpt_path, source, stamp), grouping, threshold, band)
+
+
+st.title("Gender threshold")
+
+# heavy imports after the title, so the page shows while they load
+from agegender import charts, genderband, tables
+from agegender.fairness import grouping_columns, prepare
+from agegender.labels import DECISION, DEFAULT_BAND
+from agegender.predictions import group_columns
+
+ckpt = ui.checkpoint_choice(ui.selected_checkpoints())
+c1, c2, c3, c4 = st.columns(4)
+source = ui.source_picker(c1, "gender_split")
+if ui.predictions(ckpt, source) is None:
+    st.stop()
+stamp = ui.predictions_stamp(ckpt.path, source)
+table = prepared_cached(str(ckpt.path), source, stamp)
+n_scored = int(genderband.scored_mask(table).sum())
+if n_scored == 0:
+    st.info(genderband.NO_SCORES)
+    st.stop()
+columns = grouping_columns(table)
+first = next(iter(group_columns(table)), columns[0])  # the dataset's own groups (race) first
+grouping = c2.selectbox("Group by", columns, index=columns.index(first), key="gender_grouping")
+threshold = c3.slider("Called female at P(female) ≥", 0.0, 1.0, DECISION, 0.01, key="gender_threshold")
+band = c4.slider("Uncertain band", 0.0, 1.0, DEFAULT_BAND, 0.01, key="gender_band",
+                 help="P(female) inside the band reads Uncertain: those faces are not decided.")
+st.caption(f"{tables.metric_text('n', n_scored)} of {tables.metric_text('n', len(table))} images have a face found, "
+           "a gender label and a P(female); every figure is over those. Women are the positive class.")
+
+roc, rel = curves_cached(str(ckpt.path), source, stamp, grouping)
+left, right = st.columns(2)
+left.plotly_chart(charts.roc_curves(roc.curves, roc.by_group, threshold), width="stretch")
+left.dataframe(tables.styled(roc.by_group, genderband.FORMATS), hide_index=True)
+left.caption("AUC: the chance a woman gets a higher P(female) than a man (ties count half), with DeLong's 95% "
+             "interval.")
+right.plotly_chart(charts.reliability_diagram(rel.bins), width="stretch")
+right.dataframe(tables.styled(rel.by_group, genderband.FORMATS), hide_index=True)
+right.caption(f"ECE: the mean gap between P(female) and the share of women over {genderband.RELIABILITY_BINS} "
+              "equal-width bins, weighted by the faces in each.")
+
+st.subheader("What the Uncertain band does, per group")
+try:
+    what_if = what_if_cached(str(ckpt.path), source, stamp, grouping, float(threshold), tuple(map(float, band)))
+except ValueError as e:
+    st.error(str(e))
+    st.stop()
+gap = what_if.gap
+if gap["groups_judged"] >= 2:
+    st.caption(f"The band leaves {tables.metric_text('share', gap['highest'])} of {gap['highest_group']}'s faces "
+               f"undecided and {tables.metric_text('share', gap['lowest'])} of {gap['lowest_group']}'s: a gap of "
+               f"{tables.metric_text('share', gap['gap'], delta=True, signed=False)} among the "
+               f"{gap['groups_judged']} groups with n ≥ {gap['min_count']}.")
+else:
+    st.caption(f"Fewer than two groups have n ≥ {gap['min_count']}: no abstention gap to state.")
+overall = what_if.by_group[(what_if.by_group["group"] == genderband.OVERALL)
+                           & (what_if.by_group["setting"] == genderband.BANDED)]["abstained"]
+st.plotly_chart(charts.abstention_bars(genderband.abstention(what_if), float(overall.iloc[0])), width="stretch")
+st.caption(f"Settings: **{genderband.PLAIN}** called female at P ≥ {threshold:.2f}, every face decided; "
+           f"**{genderband.BANDED}** the same on the faces outside [{band[0]:.2f}, {band[1]:.2f}] only; "
+           f"**{genderband.LOWER_EDGE}** and **{genderband.UPPER_EDGE}** each edge used as the threshold. "
+           "Rates with Wilson 95% intervals.")
+st.dataframe(tables.styled(what_if.by_group, genderband.FORMATS), hide_index=True)
+st.download_button("What-if table (CSV)", what_if.by_group.to_csv(index=False),
+                   f"gender-threshold-{ckpt.name}-{source}-{grouping}.csv", "text/csv")
