@@ -5,6 +5,7 @@ import json
 import math
 import shutil
 import time
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -13,13 +14,14 @@ from scipy.stats import norm
 
 from agegender import intervals as iv
 from agegender.checkpoint import load_checkpoint, read_meta
-from agegender.inference import distribution_quantiles
 from agegender.evaluate import main as evaluate_main
-from agegender.report import main as report_main
 from agegender.fairness import prepare, wilson
+from agegender.inference import distribution_quantiles
+from agegender.labels import AGE_BUCKET_EDGES
 from agegender.meta import META
 from agegender.predict import main as predict_main
 from agegender.predictions import INTERVAL, load_predictions
+from agegender.report import main as report_main
 
 from .conftest import tiny_config
 from .test_predict import HOPPER, no_face_image
@@ -207,6 +209,117 @@ def test_the_report_gives_the_coverage_per_group_and_says_nothing_without_interv
     assert "age_interval_coverage" not in json.loads((tmp_path / "r.json").read_text())
 
 
+# ---- one t per bucket of the predicted age (Mondrian) -----------------------------------------------------
+
+def growing(n: int, rng: np.random.Generator, model_sd: float = 4.0):
+    """n faces whose true age's noise grows with age (sd 0.5 + 0.12 mu: half a year at birth, 11 at 90) while
+    the model's distribution keeps one sd: too wide for children, too narrow for the old. Returns the true
+    ages, the distributions and the predicted ages (their expectations)."""
+    mu = rng.uniform(0, 90, n)
+    y = np.clip(np.round(mu + rng.normal(0, 0.5 + 0.12 * mu)), 0, BINS - 1)
+    z = (np.arange(BINS)[None, :] - mu[:, None]) / model_sd
+    p = np.exp(-0.5 * z * z)
+    p /= p.sum(1, keepdims=True)
+    return y, p, p @ np.arange(BINS)
+
+
+def coverage_by_bucket(cal, y, p, age, edges) -> tuple[np.ndarray, np.ndarray]:
+    lo, hi = iv.apply(cal, age, distribution_quantiles(p, iv.levels(COVERAGE)), (0, BINS - 1))
+    b = iv.bucket_of(age, edges)
+    hit = (lo <= y) & (y <= hi)
+    return np.array([hit[b == i].mean() for i in range(len(edges))]), np.bincount(b, minlength=len(edges))
+
+
+def test_one_t_per_predicted_age_bucket_covers_every_bucket_where_one_t_does_not():
+    rng = np.random.default_rng(0)
+    y, p, age = growing(6000, rng)
+    q = distribution_quantiles(p, iv.levels(COVERAGE))
+    by_age = iv.calibrate_by_age(y, q[:, 0], q[:, 1], age, COVERAGE)
+    single = iv.calibrate(y, q[:, 0], q[:, 1], COVERAGE)
+    edges = by_age.edges
+    # few predicted ages under 3 (a distribution's mean near 0 is pulled up by its clipped tail): 0-2 is merged
+    assert edges == (0, *AGE_BUCKET_EDGES[2:]) and by_age.method == iv.BY_AGE[iv.CQR] and by_age.t is None
+    assert sum(by_age.n_by_bucket) == by_age.n_cal == 6000 and np.all(np.diff(by_age.t_by_bucket[2:]) > 0)
+    n_cal = np.bincount(iv.bucket_of(age, edges), minlength=len(edges))
+    assert list(by_age.n_by_bucket) == list(n_cal)
+
+    y, p, age = growing(12000, rng)
+    bound = np.array([3 * se(n, m) for n, m in zip(n_cal, coverage_by_bucket(by_age, y, p, age, edges)[1],
+                                                   strict=True)])
+    got, _ = coverage_by_bucket(by_age, y, p, age, edges)
+    assert np.all(got >= COVERAGE - bound) and np.all(got <= COVERAGE + 1 / (n_cal + 1) + bound), got
+    flat, _ = coverage_by_bucket(single, y, p, age, edges)
+    assert flat[0] > COVERAGE + 1 / (n_cal[0] + 1) + bound[0] and flat[-1] < COVERAGE - bound[-1], flat
+    assert np.sum(np.abs(flat - COVERAGE) > bound + 1 / (n_cal + 1)) >= 4  # most buckets off, both ways
+
+
+def test_each_bucket_gets_the_conformal_quantile_of_its_own_scores_by_hand():
+    pred = np.array([1.0, 2, 3, 4, 5, 6, 7, 8, 9, 20, 30, 40, 50])
+    err = np.array([1.0, 2, 3, 4, 5, 6, 7, 8, 9, 0.5, 0.25, 1.0, 0.75])  # |y - pred|, signs alternating
+    y = pred + err * np.where(np.arange(13) % 2, 1, -1)
+    cal = iv.calibrate_by_age(y, pred, pred, pred, COVERAGE, iv.RESIDUAL, edges=(0, 10), min_count=4)
+    # below 10: 9 scores, ceil(10 * 0.8) = 8th smallest, 8; from 10: 4 scores, the 4th, 1.0
+    assert (cal.method, cal.edges, cal.t_by_bucket, cal.n_by_bucket) == (iv.BY_AGE[iv.RESIDUAL], (0, 10),
+                                                                        (8.0, 1.0), (9, 4))
+    assert iv.calibrate(y, pred, pred, COVERAGE, iv.RESIDUAL).t == 8.0  # one t: the 12th of 13, 8 for all
+    lo, hi = iv.apply(cal, np.array([5.0, 9.5, 10.0, 60.0]), None, (0, 116))
+    np.testing.assert_allclose(lo, [0.0, 1.5, 9.0, 59.0])  # 5 - 8 clipped to 0
+    np.testing.assert_allclose(hi, [13.0, 17.5, 11.0, 61.0])
+    q = np.array([[2.0, 6.0], [30.0, 40.0]])  # CQR: the quantiles moved by their predicted age's bucket's t
+    cqr = replace(cal, method=iv.BY_AGE[iv.CQR], quantiles=(0.1, 0.9))
+    lo, hi = iv.apply(cqr, np.array([4.0, 35.0]), q, (0, 120))
+    np.testing.assert_allclose(lo, [0.0, 29.0])  # 2 - 8 clipped; 30 - 1
+    np.testing.assert_allclose(hi, [14.0, 41.0])
+
+
+@pytest.mark.parametrize("counts,edges,merged", [
+    ([5, 100, 3, 100, 60], (0, 3, 10, 20, 30), (0, 20, 30)),  # 3 joins its younger equal, then 5 its one neighbour
+    ([100, 30, 60], (0, 10, 20), (0, 10)),  # the smaller neighbour: the older one here
+    ([60, 0, 60, 70], (0, 10, 20, 30), (0, 20, 30)),  # an empty bucket too
+    ([10, 20, 15], (0, 10, 20), (0,)),  # too few for two buckets: one
+    ([50, 50], (0, 10), (0, 10)),  # 50 is enough
+])
+def test_small_buckets_are_merged_into_their_smaller_neighbour(counts, edges, merged):
+    age = np.concatenate([np.full(n, e + 0.5) for n, e in zip(counts, edges, strict=True)])
+    assert iv.merged_edges(age, edges, 50) == merged
+
+
+def test_merging_to_one_bucket_gives_the_single_t_record_and_bad_edges_are_refused():
+    rng = np.random.default_rng(5)
+    y, p, age = growing(300, rng)
+    q = distribution_quantiles(p, iv.levels(COVERAGE))
+    assert iv.calibrate_by_age(y, q[:, 0], q[:, 1], age, min_count=301) == iv.calibrate(y, q[:, 0], q[:, 1])
+    cal = iv.calibrate_by_age(y, q[:, 0], q[:, 1], age, min_count=100)
+    assert len(cal.edges) > 1 and min(cal.n_by_bucket) >= 100 and set(cal.edges) <= set(AGE_BUCKET_EDGES)
+    assert iv.calibrate_by_age(y, q[:, 0], q[:, 1], age, 0.99, min_count=2).n_by_bucket[0] >= 99  # a quantile's need
+    for bad in ((3, 10), (0, 10, 10), ()):
+        with pytest.raises(ValueError) as e:
+            iv.calibrate_by_age(y, q[:, 0], q[:, 1], age, edges=bad)
+        assert str(e.value) == iv.ERR_EDGES.format(edges=list(bad))
+
+
+SHIPPED = {"method": "cqr", "coverage": 0.8, "quantiles": [0.1, 0.9], "t": 0.22936572401982147, "n_cal": 2117,
+           "split": "val", "data": "UTKFace", "dataset_fingerprint": "8b7738dc" * 8, "weights_sha256": "5bef1ac6" * 8,
+           "tta": True}  # the single-t record shipped before buckets, as it stood in meta.json
+
+
+def test_a_single_t_record_still_loads_and_gives_the_same_intervals():
+    cal = iv.Calibration.from_json(SHIPPED, "ck")
+    assert cal.to_json() == SHIPPED and list(cal.to_json()) == list(SHIPPED)  # written back unchanged
+    assert (cal.method, cal.t, cal.edges) == (iv.CQR, SHIPPED["t"], ())
+    rng = np.random.default_rng(6)
+    q = np.sort(rng.uniform(-0.5, 120, (500, 2)), axis=1)
+    age = q.mean(1)
+    lo, hi = iv.apply(cal, age, q, (0.0, 120.0))
+    t = SHIPPED["t"]  # the intervals as they were computed before buckets
+    old_lo, old_hi = q[:, 0] - t, q[:, 1] + t
+    mid = (old_lo + old_hi) / 2
+    old_lo, old_hi = np.where(old_lo > old_hi, mid, old_lo), np.where(old_lo > old_hi, mid, old_hi)
+    np.testing.assert_array_equal(lo, np.clip(np.floor(old_lo * 100) / 100, 0, 120))
+    np.testing.assert_array_equal(hi, np.clip(np.ceil(old_hi * 100) / 100, 0, 120))
+    np.testing.assert_array_equal(lo, iv.apply(cal, None, q, (0.0, 120.0))[0])  # the age plays no part
+
+
 # ---- the record in meta.json ------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -289,6 +402,79 @@ def test_a_record_for_other_weights_or_another_head_is_refused(dldl):
     with pytest.raises(iv.IntervalError):  # writing one is refused too
         iv.write_calibration(dldl, iv.Calibration.from_json(a_record(dldl, weights_sha256="0" * 64), dldl))
     assert iv.KEY not in read_meta(dldl)
+
+
+def a_by_age_record(folder, **changes) -> dict:
+    rec = {**a_record(folder), "method": iv.BY_AGE[iv.CQR], "n_cal": 100}
+    del rec["t"]
+    rec = {**rec, "edges": [0, 20, 40], "t_by_bucket": [-1.0, 0.5, 2.0], "n_by_bucket": [40, 35, 25]}
+    return {k: rec[k] for k in iv.FIELDS_BY_AGE} | changes
+
+
+TAMPERED_BY_AGE = [
+    ("method", "cqr", "method must be cqr-by-predicted-age or residual-by-predicted-age"),
+    ("edges", [0, 40, 20], "edges must be a list of increasing ages in years, from 0"),
+    ("edges", [3, 20, 40], "edges must be a list of increasing ages in years, from 0"),
+    ("edges", "0-20-40", "edges must be a list of increasing ages in years, from 0"),
+    ("t_by_bucket", [-1.0, 0.5], "t_by_bucket must hold a finite number of years for each of the edges"),
+    ("t_by_bucket", [-1.0, "wide", 2.0], "t_by_bucket must hold a finite number of years for each of the edges"),
+    ("n_by_bucket", [40, 35, 20], "n_by_bucket must hold a positive count for each of the edges, adding up to n_cal"),
+    ("n_by_bucket", [65, 35, 0], "n_by_bucket must hold a positive count for each of the edges, adding up to n_cal"),
+    ("t", 0.5, "unknown t"),
+    ("coverage", 0.9, "quantiles [0.1, 0.9] do not match a cqr-by-predicted-age interval of coverage 0.9: "
+                      "expected [0.05, 0.95]"),
+]
+
+
+def test_a_by_age_record_round_trips_and_its_intervals_follow_the_predicted_age(dldl, tiny_data, tmp_path, capsys):
+    rec = a_by_age_record(dldl)
+    iv.write_calibration(dldl, iv.Calibration.from_json(rec, dldl))
+    assert read_meta(dldl)[iv.KEY] == rec and list(read_meta(dldl)[iv.KEY]) == list(iv.FIELDS_BY_AGE)
+    cal = iv.calibration_of(read_meta(dldl), dldl)
+    assert (cal.t, cal.edges, cal.t_by_bucket, cal.n_by_bucket) == (None, (0, 20, 40), (-1.0, 0.5, 2.0),
+                                                                    (40, 35, 25))
+    assert cal.buckets() == ["0-19", "20-39", "40+"]
+    crop = str(no_face_image(tmp_path / "crop.png"))
+
+    def face(rec):
+        meta = read_meta(dldl)
+        (dldl / META).write_text(json.dumps({**meta, iv.KEY: rec}))
+        capsys.readouterr()
+        assert predict_main([crop, "--checkpoint", str(dldl), "--cropped", "--json"]) == 0
+        return json.loads(capsys.readouterr().out)[0]["faces"][0]
+
+    base = face(a_record(dldl, t=0.0))
+    age = base["age"]
+    for edges, shift in (([0, age + 1, age + 2], -1.0), ([0, age - 0.01, age + 1], 0.5)):
+        got = face(a_by_age_record(dldl, edges=edges))
+        assert got["age_lo"] == pytest.approx(max(0, base["age_lo"] - shift), abs=0.011)
+        assert got["age_hi"] == pytest.approx(base["age_hi"] + shift, abs=0.011)
+
+
+@pytest.mark.parametrize("key,value,detail", TAMPERED_BY_AGE)
+def test_a_tampered_by_age_record_is_refused_word_for_word(dldl, capsys, key, value, detail):
+    meta = read_meta(dldl)
+    meta[iv.KEY] = a_by_age_record(dldl, **{key: value})
+    (dldl / META).write_text(json.dumps(meta))
+    expected = iv.ERR_MALFORMED.format(path=dldl, detail=detail)
+    with pytest.raises(iv.IntervalError) as e:
+        iv.calibration_of(load_checkpoint(dldl).meta, dldl)
+    assert str(e.value) == expected
+    assert predict_main([str(HOPPER), "--checkpoint", str(dldl), "--json"]) == 2
+    assert capsys.readouterr().err == f"error: {expected}\n"
+
+
+def test_a_by_age_record_missing_its_buckets_or_for_another_head_is_refused(dldl):
+    meta = read_meta(dldl)
+    rec = a_by_age_record(dldl)
+    del rec["edges"]
+    with pytest.raises(iv.IntervalError) as e:
+        iv.calibration_of({**meta, iv.KEY: rec}, dldl)
+    assert str(e.value) == iv.ERR_MALFORMED.format(path=dldl, detail="missing edges")
+    with pytest.raises(iv.IntervalError) as e:
+        iv.calibration_of({**meta, iv.KEY: a_by_age_record(dldl, method=iv.BY_AGE[iv.RESIDUAL], quantiles=[])}, dldl)
+    assert str(e.value) == iv.ERR_MALFORMED.format(
+        path=dldl, detail="method residual-by-predicted-age, but the age head calls for cqr")
 
 
 # ---- end to end on a tiny checkpoint ----------------------------------------------------------------------
