@@ -1,7 +1,8 @@
 """Label audit: for every image of an evaluation set, how likely its label is wrong, and why.
 
     python -m agegender.audit --checkpoint DIR --data PATH [--labels FILE --format fairface|csv --columns ...]
-        [--split val|test|train|all] [--folds DIR1,DIR2,...] --json OUT.json [--csv OUT.csv] [--top N]
+        [--split val|test|train|all] [--predictions CSV] [--folds DIR1,DIR2,...] --json OUT.json [--csv OUT.csv]
+        [--top N]
 
 The worst "errors" of a model on UTKFace are often errors of the labels ("true age 1" on an elderly face).
 Each image with a prediction gets the model's probability that its label is right, ``p_label``, and the
@@ -21,6 +22,12 @@ Each image with a prediction gets the model's probability that its label is righ
   label, or to a bin's middle) over the robust spread (1.4826 x median absolute residual) of the set's faces
   predicted in the same age bucket. Real errors have heavier tails than a Gaussian: it flags more.
 
+From the predictions alone: evaluation writes each image's age p_label into the predictions table
+(``age_label_tail``, agegender.predictions.label_tails, the same arithmetic), so the audit reads the table and
+runs no model (seconds for a split). A table written before that column existed gets its distributions from the
+model, with a note; a regression head's column is empty, and its fallback needs no model either. --predictions
+names the table of a folder evaluated with ``python -m agegender.evaluate --split all --out CSV``.
+
 One list ranks both kinds by p_label (the score rounds to 1 in the far tail; p_label keeps the order). The
 rules see the model, not the face: a face the model gets badly wrong looks like a wrong label. The list is
 for a person to review; the verdicts ("label confirmed", "label wrong") go to a review file beside the
@@ -30,8 +37,11 @@ and lapse once the label itself is changed. without_suspects and suspect_share_b
 figure be recomputed without the suspects.
 
 Training images: a network trained on an image has learnt its label, wrong or not (40 epochs from scratch
-memorise UTKFace's train split), so scoring train images with the checkpoint trained on them is not an audit,
-and --split train / all is refused without --folds. Out of fold: train k checkpoints with
+memorise UTKFace's train split), so scoring train images with the checkpoint trained on them is not an audit.
+Which images it trained on is in its manifest.csv (training writes every image with its split): --split train
+is refused without --folds, and --split all audits every image not in the manifest as train (a folder of
+unseen chips whole, whatever the split rule says of each name) and says how many it left out as trained on
+(without a manifest: those the split rule puts in train). Out of fold: train k checkpoints with
 ``--holdout-fold f --folds k`` (f = 0..k-1; agegender.data.fold_of, a hash of the image name like the split,
 so each fold holds a k-th of the train split); each train image is scored by the checkpoint that never saw
 it. The cost is k training runs (k = 5 at the shipped 40-epoch schedule: about five times its 91 minutes
@@ -44,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import threading
 import time
@@ -53,21 +64,32 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from scipy.special import erfc
 
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, read_meta
 from .data import FOLD_RULE, DatasetError, cached_images, fold_of, load_images, scan
 from .datasets import read_dataset, resolve
 from .evalset import dataset_crops
-from .evaluate import dataset_frame, predictions_frame
+from .evaluate import age_distributions as _age_distributions
+from .evaluate import dataset_frame, has_distribution, predictions_frame, with_label_tails
 from .fairness import wilson
-from .inference import model_input
-from .labels import AGE_BUCKET_EDGES, GENDERS, parse_age_bin
+from .labels import AGE_BUCKET_EDGES, GENDERS, image_key
 from .meta import atomic_write
-from .model import DistributionAgeHead
-from .predictions import IMAGE_KEYS, complete, is_female, load_predictions, predictions_path
-from .runtime import autocast, set_threads
+from .predictions import (
+    IMAGE_KEYS,
+    LABEL_TAIL,
+    age_tail,
+    complete,
+    is_female,
+    label_years,
+    load_predictions,
+    predictions_path,
+    year_quantile,
+)
+from .runtime import set_threads
+from .training import MANIFEST
+
+log = logging.getLogger(__name__)
 
 GENDER, AGE = "gender", "age"
 DEFAULT_LEVEL = 0.01  # an age label with a tail probability at or below this is a suspect
@@ -97,6 +119,15 @@ ERR_NEEDS_CHECKPOINT_SET = "{path} is a {format} dataset, audited whole by one c
 ERR_NO_SPLITS = "{path} is a {format} dataset without splits: it is audited whole, so leave --split out or pass all"
 ERR_FOLDS_UTKFACE = "--folds scores UTKFace's train split; {path} is a {format} dataset: audit it with --checkpoint"
 ERR_NO_IMAGES = "no images of split {split} at {path}"
+NOTE_NO_TAILS = ("{what} of {path} carry no age_label_tail (written before it existed): the age distributions come "
+                 "from the model; run python -m agegender.evaluate again and the audit needs the predictions alone")
+NOTE_TRAINED_ON = ("{n} of the {total} images were left out: {path} trained on them ({how}), and a checkpoint has "
+                   "learnt the labels it was trained on. Audit them with --folds (checkpoints trained with "
+                   "--holdout-fold F --folds K)")
+NOTE_NOT_PREDICTED = ("{n} of the {total} images have no row in the predictions (unreadable, or scored before they "
+                      "were added): left out; python -m agegender.evaluate scores them")
+MANIFEST_HOW = "its manifest.csv lists them as train"
+SPLIT_HOW = "it has no manifest.csv, and the split rule puts them in train"
 ERR_REVIEW_UNREADABLE = "cannot read the review file {path} ({detail}): fix it or delete it"
 ERR_REVIEW_WRITE = "cannot write the review file {path} ({detail})"
 
@@ -109,42 +140,33 @@ class AuditError(ValueError):
 
 # ---- the model's view of each image ---------------------------------------------------------------------
 
-def has_distribution(ckpt: Checkpoint) -> bool:
-    return isinstance(ckpt.model.age_head, DistributionAgeHead)
-
-
-@torch.inference_mode()
 def age_distributions(ckpt: Checkpoint, pixels: np.ndarray, tta: bool = True, batch_size: int = 256,
                       precision: str = "auto") -> np.ndarray:
-    """N x bins float64: the DLDL head's distribution over whole years for each face (N x S x S x 3 uint8 at the
-    checkpoint's cache size), through the one preprocessing path, averaged over the face and its mirror."""
+    """N x bins float64: the DLDL head's distribution over whole years for each face (agegender.evaluate's, the
+    one evaluation writes the label tails with); AuditError for a regression head."""
     if not has_distribution(ckpt):
         loss = ckpt.meta.get("train_config", {}).get("age_loss", "smooth_l1")
         raise AuditError(ERR_NO_DISTRIBUTION.format(path=ckpt.path, loss=loss))
-    device = next(ckpt.model.parameters()).device
-    out = [np.zeros((0, int(ckpt.meta["age_bins"])))]
-    for i in range(0, len(pixels), batch_size):
-        x = model_input(ckpt, np.ascontiguousarray(pixels[i:i + batch_size]))
-        views = [x, x.flip(3)] if tta else [x]
-        probs = 0
-        with autocast(device, precision):
-            for v in views:
-                probs = probs + ckpt.model(v, with_age_logits=True)[2].double().softmax(-1)
-        out.append((probs / len(views)).cpu().numpy())
-    return np.concatenate(out)
+    return _age_distributions(ckpt, pixels, tta, batch_size, precision)
 
 
-def _quantile(probs: np.ndarray, q: float) -> np.ndarray:
-    return (probs.cumsum(1) >= q - 1e-12).argmax(1).astype(np.float64)
+def distribution_head(folder: str | Path) -> bool:
+    """Whether a checkpoint's age head is a distribution, from its meta.json alone (no model loaded)."""
+    return int(read_meta(folder).get("age_bins", 0) or 0) > 0
 
 
-def age_tail(probs: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """P(|A - m| >= d) under each row's distribution over whole years: m its median, d the distance from m to
-    the label's years [lo, hi] (an exact age: lo = hi; an open bin: hi = inf), 0 when they hold m."""
-    m = _quantile(probs, 0.5)
-    d = np.maximum(0.0, np.maximum(lo - m, m - hi))
-    far = np.abs(np.arange(probs.shape[1])[None, :] - m[:, None]) >= d[:, None] - 1e-9
-    return np.clip((probs * far).sum(1), 0.0, 1.0)
+def _auditable(t: pd.DataFrame) -> np.ndarray:
+    """The rows of a completed table the audit scores: a face found, with both predictions."""
+    return (t["found"].to_numpy(bool) & np.isfinite(t["p_female"].to_numpy(np.float64))
+            & np.isfinite(t["pred_age"].to_numpy(np.float64)))
+
+
+def has_label_tails(table: pd.DataFrame) -> bool:
+    """Whether every row the audit scores carries its age tail (LABEL_TAIL, written by evaluation with a DLDL
+    head): then the audit needs the predictions alone."""
+    t = complete(table)
+    tails = t[LABEL_TAIL].to_numpy(np.float64)[_auditable(t)]
+    return len(tails) > 0 and bool(np.isfinite(tails).all())
 
 
 def residual_spread(pred: np.ndarray, target: np.ndarray, edges=AGE_BUCKET_EDGES) -> np.ndarray:
@@ -193,24 +215,15 @@ def gender_suspects(female: np.ndarray, p_female: np.ndarray, t: dict[str, float
 
 # ---- the audit table ------------------------------------------------------------------------------------
 
-def label_years(t: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(lo, hi, exact): each label's years, inclusive: an exact age, else its bin (an open bin: hi = inf)."""
-    lo = t["age"].to_numpy(np.float64).copy()
-    hi, exact = lo.copy(), np.isfinite(lo)
-    for i in np.flatnonzero(~exact):
-        a, b = parse_age_bin(str(t["age_bin"].iloc[i]))
-        lo[i], hi[i] = a, np.inf if b is None else b
-    return lo, hi, exact
-
-
 def audit_table(table: pd.DataFrame, probs: np.ndarray | None = None, level: float = DEFAULT_LEVEL) -> pd.DataFrame:
     """The predictions table's rows with a prediction, with the audit's columns (AUDIT_COLUMNS), ranked: the
-    suspects (``flagged``) first, each group by p_label, smallest first. ``probs``: each table row's age
-    distribution (age_distributions; rows without a face are not read), None for the regression fallback."""
+    suspects (``flagged``) first, each group by p_label, smallest first. The age tail: from ``probs``, each table
+    row's age distribution (age_distributions; rows without a face are not read); else the table's own
+    LABEL_TAIL when every scored row has one (has_label_tails: the same figure, written by evaluation); else
+    the regression fallback."""
     t = complete(table)
-    ok = (t["found"].to_numpy(bool) & np.isfinite(t["p_female"].to_numpy(np.float64))
-          & np.isfinite(t["pred_age"].to_numpy(np.float64)))
-    rows = np.flatnonzero(ok)
+    stored = probs is None and has_label_tails(t)
+    rows = np.flatnonzero(_auditable(t))
     t = t.iloc[rows].reset_index(drop=True)
     female, pf = is_female(t["gender"]), t["p_female"].to_numpy(np.float64)
     thresholds = gender_thresholds(female, pf)
@@ -220,23 +233,48 @@ def audit_table(table: pd.DataFrame, probs: np.ndarray | None = None, level: flo
     pred = t["pred_age"].to_numpy(np.float64)
     if probs is not None:
         probs = np.asarray(probs, np.float64)[rows]
-        tail, median = age_tail(probs, lo, hi), _quantile(probs, 0.5)
-        spread = (_quantile(probs, 0.05), _quantile(probs, 0.95))
+        tail, median = age_tail(probs, lo, hi), year_quantile(probs, 0.5)
+        a, b = year_quantile(probs, 0.05), year_quantile(probs, 0.95)
+        model = [f"the model's median {m:.0f} y, 90% within {x:.0f}-{y:.0f} y"
+                 for m, x, y in zip(median, a, b, strict=True)]
+    elif stored:  # the same tail, written by evaluation; the predictions table keeps no median
+        tail, median = t[LABEL_TAIL].to_numpy(np.float64), np.full(len(t), np.nan)
+        ends = t[["pred_age_lo", "pred_age_hi"]].to_numpy(np.float64)
+        model = [f"predicted {p:.1f} y" + (f" ({x:.0f}-{y:.0f})" if np.isfinite(x) and np.isfinite(y) else "")
+                 for p, (x, y) in zip(pred, ends, strict=True)]
     else:
         (tail, sd), median = regression_tail(pred, lo, hi, exact), pred
-        spread = (sd,)
+        model = [f"predicted {p:.1f} y, spread {s:.1f} y" for p, s in zip(pred, sd, strict=True)]
     a_flag = tail <= level
     gender_first = np.where(g_flag != a_flag, g_flag, p_gender <= tail)
     p_label = np.where(gender_first, p_gender, tail)
-    why = _reasons(t, gender_first, (g_flag, a_flag), thresholds, tail, median, spread)
+    why = _reasons(t, gender_first, (g_flag, a_flag), thresholds, tail, model)
     out = t.assign(suspect=np.where(gender_first, GENDER, AGE), flagged=g_flag | a_flag, score=1 - p_label,
                    p_label=p_label, reason=why, p_gender_label=p_gender, age_tail=tail, age_median=median)
     out = out.iloc[np.lexsort((p_label, ~out["flagged"].to_numpy()))].reset_index(drop=True)
-    out.attrs.update(thresholds=thresholds, level=level, age_method="distribution" if probs is not None else "residual")
+    out.attrs.update(thresholds=thresholds, level=level,
+                     age_method="residual" if probs is None and not stored else "distribution",
+                     age_source="model" if probs is not None else "predictions")
     return out
 
 
-def _reasons(t, gender_first, flags, thresholds, tail, median, spread) -> list[str]:
+def audit_from_predictions(table: pd.DataFrame, checkpoint: str | Path | None = None,
+                           level: float = DEFAULT_LEVEL) -> pd.DataFrame | None:
+    """audit_table of a predictions table when it needs no model: the table carries its label tails, or the
+    checkpoint (its meta.json read, no model loaded) has a regression head; None when it would need the model."""
+    if has_label_tails(table) or (checkpoint is not None and not distribution_head(checkpoint)):
+        return audit_table(table, None, level)
+    return None
+
+
+def audit_needs_model(table: pd.DataFrame, checkpoint: str | Path) -> str:
+    """Why the audit of a checkpoint's predictions table would need the model ("" when it needs none)."""
+    if has_label_tails(table) or not distribution_head(checkpoint):
+        return ""
+    return NOTE_NO_TAILS.format(what="the predictions", path=checkpoint)
+
+
+def _reasons(t, gender_first, flags, thresholds, tail, model) -> list[str]:
     """Why each row is (or would be) a suspect: its kind's figures first, then the other kind's when that
     kind flags it too."""
     out = []
@@ -246,9 +284,7 @@ def _reasons(t, gender_first, flags, thresholds, tail, median, spread) -> list[s
         gender = (f"labelled {r.gender}; P({other}) {p_other:.4f}, threshold {thresholds[other]:.3f} (the mean "
                   f"P({other}) of faces labelled {other}): margin {p_other - thresholds[other]:+.3f}")
         label = f"{r.age:.0f} y" if np.isfinite(r.age) else f"in {r.age_bin}"
-        model = (f"the model's median {median[i]:.0f} y, 90% within {spread[0][i]:.0f}-{spread[1][i]:.0f} y"
-                 if len(spread) == 2 else f"predicted {median[i]:.1f} y, spread {spread[0][i]:.1f} y")
-        age = f"labelled {label}; {model}; P(at least this far) {tail[i]:.2g}"
+        age = f"labelled {label}; {model[i]}; P(at least this far) {tail[i]:.2g}"
         first, second = (gender, age) if gender_first[i] else (age, gender)
         out.append(f"{first} | also {second}" if flags[0][i] and flags[1][i] else first)
     return out
@@ -368,11 +404,13 @@ def suspect_share_by_group(df: pd.DataFrame, audit: pd.DataFrame, columns: list[
 
 def audit_faces(ckpt: Checkpoint, table: pd.DataFrame, faces: Callable[[list[str]], tuple[list[str], np.ndarray]],
                 level: float = DEFAULT_LEVEL, tta: bool = True) -> pd.DataFrame:
-    """audit_table of a checkpoint's predictions table, the age distributions computed from ``faces(files)``:
-    (the files it found, their faces at the checkpoint's cache size), e.g. chip_faces; a row whose face it
-    did not find is left out. A checkpoint without a distribution takes the fallback and reads no face."""
-    if not has_distribution(ckpt):
+    """audit_table of a checkpoint's predictions table. A table with its label tails (written by evaluation) or
+    a checkpoint without a distribution (the fallback) needs no face; an older table of a DLDL checkpoint gets
+    its age distributions from ``faces(files)``: (the files it found, their faces at the checkpoint's cache
+    size), e.g. chip_faces; a row whose face it did not find is left out."""
+    if has_label_tails(table) or not has_distribution(ckpt):
         return audit_table(table, None, level)
+    log.warning(NOTE_NO_TAILS.format(what="the predictions", path=ckpt.path))
     files, pixels = faces(list(table["file"]))
     where = {f: i for i, f in enumerate(files)}
     table = table[table["file"].isin(where)].reset_index(drop=True)
@@ -413,68 +451,129 @@ def check_folds(folders: list[str], fingerprint: str, data: str) -> dict[int, Pa
     return {f: v[0] for f, v in held.items()}
 
 
-def _score(jobs: list[tuple[Checkpoint, list[str], tuple[str, ...]]], sc, cache_dir,
-           tta: bool) -> tuple[pd.DataFrame, np.ndarray | None]:
-    """Each checkpoint's images (members of the scan) through it: the predictions table (the checkpoint's own
-    predictions files for ``splits`` when it has them, as the reports read them; else computed) and, when the
-    checkpoints have distribution heads, the distributions (all or none: ERR_MIXED_HEADS)."""
-    kinds = {has_distribution(c) for c, _, _ in jobs}
-    if len(kinds) > 1:
+def trained_on(folder: str | Path) -> set[str] | None:
+    """The image keys (agegender.labels.image_key) of the images a checkpoint trained on: its manifest.csv's
+    train split (training writes it beside the checkpoint), less the fold it held out; None without a manifest."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        return None
+    m = pd.read_csv(path, dtype=str, keep_default_na=False, usecols=["file", "split"])
+    train = m.loc[m["split"] == "train", "file"]
+    held = read_meta(folder).get("holdout")
+    if held:
+        train = [f for f in train if fold_of(f, int(held["folds"])) != int(held["fold"])]
+    return {image_key(f) for f in train}
+
+
+def _heads(folders: list[str | Path]) -> bool:
+    """Whether the checkpoints' age heads are distributions (all or none: ERR_MIXED_HEADS), from meta.json."""
+    kinds = {Path(f): distribution_head(f) for f in folders}
+    if len(set(kinds.values())) > 1:
         raise AuditError(ERR_MIXED_HEADS.format(kinds=", ".join(
-            f"{c.name}: {'distribution' if has_distribution(c) else 'regression'}" for c, _, _ in jobs)))
-    tables, probs, images = [], [], {}
-    for ckpt, members, splits in jobs:
+            f"{p.name}: {'distribution' if k else 'regression'}" for p, k in kinds.items())))
+    return next(iter(kinds.values()))
+
+
+def _score(jobs: list[tuple[str | Path, list[str], pd.DataFrame | None]], sc, cache_dir,
+           tta: bool) -> tuple[pd.DataFrame, list[str]]:
+    """Each checkpoint's images (members of the scan) scored: (the predictions table, notes). A job with
+    ``known`` predictions (_known) takes its images' rows from them, the model loaded only for a table written
+    before label tails existed (a note says so); images without a row are left out with a note. A job without
+    goes through its checkpoint, which writes the label tails as evaluation does."""
+    distribution = _heads([folder for folder, _, _ in jobs])
+    tables, notes, decoded = [], [], {}
+
+    def images(ckpt):  # the scan decoded at the checkpoint's size, once, and where each member is in it
         size = ckpt.preprocess.cache_size
-        if size not in images:
-            images[size] = cached_images(sc, size, cache_dir)
-        where = {s.member: i for i, s in enumerate(images[size].samples)}
-        if splits and all(predictions_path(ckpt.path, s).is_file() for s in splits):
-            table = pd.concat([load_predictions(ckpt.path, s) for s in splits], ignore_index=True)
-        else:
-            table = complete(predictions_frame(ckpt, images[size], np.array([where[m] for m in members if m in where],
-                                                                            np.int64), tta))
-        table = table[table["file"].isin(where) & table["file"].isin(set(members))].reset_index(drop=True)
+        if size not in decoded:
+            im = cached_images(sc, size, cache_dir)
+            decoded[size] = im, {s.member: i for i, s in enumerate(im.samples)}
+        return decoded[size]
+
+    for folder, members, known in jobs:
+        if known is None:
+            ckpt = load_checkpoint(folder)
+            im, where = images(ckpt)
+            idx = np.array([where[m] for m in members if m in where], np.int64)
+            tables.append(complete(predictions_frame(ckpt, im, idx, tta)))
+            continue
+        table = complete(known[known["file"].isin(set(members))].reset_index(drop=True))
+        if len(table) < len(members):
+            notes.append(NOTE_NOT_PREDICTED.format(n=len(members) - len(table), total=len(members)))
+        if distribution and len(table) and not has_label_tails(table):
+            notes.append(NOTE_NO_TAILS.format(what="the predictions", path=folder))
+            ckpt = load_checkpoint(folder)
+            im, where = images(ckpt)
+            table = table[table["file"].isin(where)].reset_index(drop=True)
+            found = table["found"].to_numpy(bool)
+            dist = age_distributions(ckpt, im.pixels[[where[f] for f in table["file"][found]]], tta)
+            table = with_label_tails(ckpt, table, dist, found)
         tables.append(table)
-        if kinds == {True}:
-            probs.append(age_distributions(ckpt, images[size].pixels[[where[f] for f in table["file"]]], tta))
-    return pd.concat(tables, ignore_index=True), np.concatenate(probs) if probs else None
+    return pd.concat(tables, ignore_index=True), notes
 
 
-def _utkface(args) -> tuple[pd.DataFrame, np.ndarray | None]:
+def _known(args, sc, splits: tuple[str, ...]) -> pd.DataFrame | None:
+    """The predictions the checkpoint's images are read from: --predictions; else its own files for ``splits``
+    when it has them and the data is the data it was evaluated on (the same fingerprint); else None: score the
+    images through the model."""
+    if args.predictions:
+        return load_predictions(path=args.predictions)
+    if (splits and all(predictions_path(args.checkpoint, s).is_file() for s in splits)
+            and read_meta(args.checkpoint).get("dataset_fingerprint") == sc.fingerprint):
+        return pd.concat([load_predictions(args.checkpoint, s) for s in splits], ignore_index=True)
+    return None
+
+
+def _utkface(args) -> tuple[pd.DataFrame, list[str], int]:
+    """(the predictions table audited, notes, how many images were left out as trained on)."""
     split = args.split or "val"
-    if split in ("train", "all") and not args.folds:
+    if split == "train" and not args.folds:
         raise AuditError(ERR_TRAIN_NEEDS_FOLDS.format(split=split))
     if split != "train" and not args.checkpoint:
         raise AuditError(ERR_NEEDS_CHECKPOINT.format(split=split))
     sc = scan(args.data)
     folds = check_folds(args.folds.split(","), sc.fingerprint, args.data) if args.folds else {}
-    jobs = []
+    jobs, notes, covered, left_out = [], [], set(), 0
     if folds:  # each train image through the checkpoint that held its fold out
         train = [s for s in sc.samples if s.split == "train"]
-        jobs += [(load_checkpoint(p), [s.member for s in train if fold_of(s.name, len(folds)) == f], ())
+        covered = {s.member for s in train}
+        jobs += [(p, [s.member for s in train if fold_of(s.name, len(folds)) == f], None)
                  for f, p in sorted(folds.items())]
-    if split != "train":
-        own = ("val", "test") if split == "all" else (split,)
-        jobs.append((load_checkpoint(args.checkpoint), [s.member for s in sc.samples if s.split in own], own))
+    if split in ("val", "test"):
+        members = [s.member for s in sc.samples if s.split == split]
+        jobs.append((args.checkpoint, members, _known(args, sc, (split,))))
+    elif split == "all":  # every image the checkpoint never trained on, by its manifest (else by the split rule)
+        seen = trained_on(args.checkpoint)
+        trained = [image_key(s.name) in seen if seen is not None else s.split == "train" for s in sc.samples]
+        members = [s.member for s, t in zip(sc.samples, trained, strict=True) if not t and s.member not in covered]
+        left_out = sum(t and s.member not in covered for s, t in zip(sc.samples, trained, strict=True))
+        if left_out:
+            notes.append(NOTE_TRAINED_ON.format(n=left_out, total=len(sc.samples), path=args.checkpoint,
+                                                how=MANIFEST_HOW if seen is not None else SPLIT_HOW))
+        if members:
+            jobs.append((args.checkpoint, members, _known(args, sc, ("val", "test"))))
     if not any(members for _, members, _ in jobs):
-        raise AuditError(ERR_NO_IMAGES.format(split=split, path=args.data))
-    return _score(jobs, sc, args.cache_dir, args.tta)
+        raise AuditError(ERR_TRAIN_NEEDS_FOLDS.format(split=split) if left_out else
+                         ERR_NO_IMAGES.format(split=split, path=args.data))
+    table, more = _score(jobs, sc, args.cache_dir, args.tta)
+    return table, notes + more, left_out
 
 
-def _labelled(args, fmt: str) -> tuple[pd.DataFrame, np.ndarray | None]:
+def _labelled(args, fmt: str) -> tuple[pd.DataFrame, list[str], int]:
     if args.split not in (None, "all"):
         raise AuditError(ERR_NO_SPLITS.format(path=args.data, format=fmt))
     if args.folds:
         raise AuditError(ERR_FOLDS_UTKFACE.format(path=args.data, format=fmt))
+    notes = []
+    if args.predictions:
+        table = load_predictions(path=args.predictions)
+        if has_label_tails(table) or not distribution_head(args.checkpoint):
+            return table, notes, 0
+        notes.append(NOTE_NO_TAILS.format(what=args.predictions, path=args.checkpoint))
     ckpt = load_checkpoint(args.checkpoint)
     ds = read_dataset(args.data, args.labels, args.format, args.columns)
     crops = dataset_crops(ds, ckpt.preprocess.cache_size, args.cache_dir)
-    table = dataset_frame(ckpt, ds, crops, args.tta)
-    probs = None
-    if has_distribution(ckpt):
-        probs = np.full((len(table), int(ckpt.meta["age_bins"])), np.nan)
-        probs[crops.found] = age_distributions(ckpt, crops.pixels[crops.found], args.tta)
-    return table, probs
+    return dataset_frame(ckpt, ds, crops, args.tta), notes, 0
 
 
 def summary(audit: pd.DataFrame, top: int) -> dict:
@@ -484,7 +583,8 @@ def summary(audit: pd.DataFrame, top: int) -> dict:
     shown = flagged if top <= 0 else flagged.head(top)
     cols = [c for c in ("file", "suspect", "score", "p_label", "reason", "age", "age_bin", "gender", "pred_age",
                         "pred_age_bin", "p_female", "verdict") if c in audit]
-    return {"n": len(audit), "age_method": audit.attrs.get("age_method"), "level": audit.attrs.get("level"),
+    return {"n": len(audit), "age_method": audit.attrs.get("age_method"), "age_source": audit.attrs.get("age_source"),
+            "level": audit.attrs.get("level"),
             "gender_thresholds": audit.attrs.get("thresholds"), "suspects": counts(audit),
             "expected_age_false_alarms_if_calibrated": round(audit.attrs.get("level", 0) * len(audit), 1),
             "age_tail_share": {str(a): float(np.mean(tails <= a)) if len(tails) else None for a in (0.01, 0.1, 0.5)},
@@ -498,7 +598,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--labels", help="labels file (CSV or Parquet); file paths in it are relative to --data")
     p.add_argument("--format", help="utkface | fairface | csv (default: guessed)")
     p.add_argument("--columns", help="column mapping of format csv (see agegender.evaluate)")
-    p.add_argument("--split", choices=("train", "val", "test", "all"), help="UTKFace only; default val")
+    p.add_argument("--split", choices=("train", "val", "test", "all"),
+                   help="UTKFace only; default val. all: every image the checkpoint did not train on (its "
+                        "manifest.csv), and with --folds the train split too")
+    p.add_argument("--predictions", help="the images' predictions CSV (python -m agegender.evaluate --out), read "
+                                         "instead of running the model; default: the checkpoint's own for val / test")
     p.add_argument("--folds", help="comma-separated checkpoints trained with --holdout-fold: score train images")
     p.add_argument("--json", required=True, help="write the report here")
     p.add_argument("--csv", help="write every audited image, ranked, here")
@@ -515,16 +619,19 @@ def main(argv: list[str] | None = None) -> int:
         fmt = resolve(args.data, args.labels, args.format, args.columns)[2]
         if fmt != "utkface" and not args.checkpoint:
             raise AuditError(ERR_NEEDS_CHECKPOINT_SET.format(path=args.data, format=fmt))
-        table, probs = _utkface(args) if fmt == "utkface" else _labelled(args, fmt)
-        audit = audit_table(table, probs, args.level)
+        table, notes, left_out = _utkface(args) if fmt == "utkface" else _labelled(args, fmt)
+        audit = audit_table(table, None, args.level)
         own = fmt == "utkface" and args.checkpoint and (args.split or "val") in OWN_SPLITS
         review = args.review or (review_path(args.checkpoint, args.split or "val") if own else None)
         audit = with_reviews(audit, read_review(review)) if review else audit.assign(verdict="")
-    except (AuditError, CheckpointError, DatasetError) as e:
+    except (AuditError, CheckpointError, DatasetError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
     report = {"checkpoint": args.checkpoint, "folds": args.folds.split(",") if args.folds else None,
               "data": str(args.data), "split": args.split or ("val" if fmt == "utkface" else "all"), "format": fmt,
+              "predictions": args.predictions, "left_out_trained_on": left_out, "notes": notes,
               **summary(audit, args.top), "seconds": round(time.perf_counter() - t0, 1)}
     Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     if args.csv:

@@ -6,7 +6,10 @@
         [--columns file=COL,age=COL,gender=COL,groups=A,B | MAPPING.toml] --out PREDICTIONS.csv [--json M.json]
 
 UTKFace (labels in the file names) keeps its hash splits; any other dataset (agegender.datasets) is
-scored whole, photos through face detection and alignment (agegender.evalset).
+scored whole, photos through face detection and alignment (agegender.evalset). For a DLDL checkpoint each row
+also gets ``age_label_tail``, the label audit's age p_label (agegender.predictions.label_tails), so the audit
+(agegender.audit) and the bias report's label section need the predictions alone; it comes from the same pass
+through the model as the predictions and their intervals.
 """
 
 from __future__ import annotations
@@ -27,10 +30,21 @@ from .data import DatasetError, Images, cached_images, evenly_spaced, load_image
 from .datasets import FORMATS, Dataset, read_dataset, resolve
 from .distributed import setup as setup_distributed
 from .evalset import Crops, dataset_crops
-from .intervals import predict_with_interval
+from .inference import predict_distribution
+from .intervals import interval_of
 from .labels import GENDERS, RACES, bin_label, nearest_bin
 from .metrics import summary_of
-from .predictions import SPLIT_ALL, bin_scale, file_name, pred_bins, predictions_path, write_predictions
+from .model import DistributionAgeHead
+from .predictions import (
+    LABEL_TAIL,
+    SPLIT_ALL,
+    bin_scale,
+    file_name,
+    label_tails,
+    pred_bins,
+    predictions_path,
+    write_predictions,
+)
 from .runtime import set_threads
 
 log = logging.getLogger(__name__)
@@ -39,11 +53,40 @@ ERR_NEEDS_OUT = ("a labelled dataset's predictions go where --out says (never in
                  "add --out PREDICTIONS.csv")
 
 
+def has_distribution(ckpt) -> bool:
+    """Whether the checkpoint's age head is DLDL's distribution over whole years (else a regression)."""
+    return isinstance(ckpt.model.age_head, DistributionAgeHead)
+
+
+def age_distributions(ckpt, pixels: np.ndarray, tta: bool = True, batch_size: int = 256,
+                      precision: str = "auto") -> np.ndarray:
+    """N x bins float64: the DLDL head's distribution over whole years for each face (N x S x S x 3 uint8 at the
+    checkpoint's cache size), averaged over the face and its mirror (inference.predict_distribution). The
+    caller checks has_distribution (agegender.audit.age_distributions says why not)."""
+    return predict_distribution(ckpt, pixels, tta, batch_size, precision)[2]
+
+
+def with_label_tails(ckpt, frame: pd.DataFrame, dist: np.ndarray | None, found: np.ndarray | None = None
+                     ) -> pd.DataFrame:
+    """``frame`` with LABEL_TAIL: the label audit's age tail of each row's label under ``dist``, the age
+    distributions of the found rows' faces in order (predict_distribution); NaN for a regression head (``dist``
+    None) and for rows without a face."""
+    tails = np.full(len(frame), np.nan)
+    if dist is not None and len(frame):
+        found = np.ones(len(frame), bool) if found is None else np.asarray(found, bool)
+        probs = np.full((len(frame), dist.shape[1]), np.nan)
+        probs[found] = dist
+        tails = label_tails(probs, frame)
+    return frame.assign(**{LABEL_TAIL: tails})
+
+
 def predictions_frame(ckpt, images: Images, idx: np.ndarray, tta: bool = True) -> pd.DataFrame:
-    """The predictions table of UTKFace images; the age intervals empty unless the checkpoint is calibrated."""
-    ages, pf, lo, hi = predict_with_interval(ckpt, images.pixels[idx], tta)
+    """The predictions table of UTKFace images; the age intervals empty unless the checkpoint is calibrated, the
+    label tails (with_label_tails) unless its age head is a regression."""
+    ages, pf, dist = predict_distribution(ckpt, images.pixels[idx], tta)
+    lo, hi = interval_of(ckpt, ages, dist, tta)
     ss = [images.samples[i] for i in idx]
-    return pd.DataFrame({
+    frame = pd.DataFrame({
         "file": [s.member for s in ss],
         "split": [s.split for s in ss],
         "age": [s.age for s in ss],
@@ -54,16 +97,18 @@ def predictions_frame(ckpt, images: Images, idx: np.ndarray, tta: bool = True) -
         "pred_age_hi": hi,
         "p_female": np.round(pf, 4),
     })
+    return with_label_tails(ckpt, frame, dist)
 
 
 def dataset_frame(ckpt, ds: Dataset, crops: Crops, tta: bool = True) -> pd.DataFrame:
     """The predictions table of a labelled dataset: one row per readable record, with its group columns and
     ``found``; the predictions are empty where no face was found, the age intervals also where the checkpoint
-    is not calibrated. Predicted ages are put in the dataset's own age bins (FairFace's unless its labels use
-    others)."""
+    is not calibrated, the label tails also for a regression head. Predicted ages are put in the dataset's own
+    age bins (FairFace's unless its labels use others)."""
     by_file = {r.file: r for r in ds.records}
     records = [by_file[f] for f in crops.files]
-    ages, pf, lo, hi = predict_with_interval(ckpt, crops.pixels[crops.found], tta)
+    ages, pf, dist = predict_distribution(ckpt, crops.pixels[crops.found], tta)
+    lo, hi = interval_of(ckpt, ages, dist, tta)
     pred_age, p_female = np.full(len(records), np.nan), np.full(len(records), np.nan)
     pred_lo, pred_hi = np.full(len(records), np.nan), np.full(len(records), np.nan)
     pred_age[crops.found], p_female[crops.found] = ages, pf
@@ -72,7 +117,7 @@ def dataset_frame(ckpt, ds: Dataset, crops: Crops, tta: bool = True) -> pd.DataF
     scale = bin_scale([bin_label(r.age_bin) for r in ds.records if r.age_bin is not None])
     true_bins = [bin_label(r.age_bin) if r.age_bin is not None else bin_label(scale[nearest_bin(r.age, scale)])
                  for r in records]
-    return pd.DataFrame({
+    frame = pd.DataFrame({
         "file": [r.file for r in records],
         "split": SPLIT_ALL,
         "age": [np.nan if r.age is None else r.age for r in records],
@@ -87,6 +132,7 @@ def dataset_frame(ckpt, ds: Dataset, crops: Crops, tta: bool = True) -> pd.DataF
         "p_female": p_female,
         **_quality(crops),
     })
+    return with_label_tails(ckpt, frame, dist, crops.found)
 
 
 def _quality(crops: Crops) -> dict[str, np.ndarray]:

@@ -49,18 +49,18 @@ def predict_pixels(
 ) -> tuple[np.ndarray, np.ndarray]:
     """N x S x S x 3 uint8 -> (age in years, P(female)); with ``tta`` the mean over the
     image and its mirror, taken on the heads' outputs before decoding."""
-    return _predict(model, pixels, pp, scaling, tta, batch_size, precision, ())[:2]
+    return _predict(model, pixels, pp, scaling, tta, batch_size, precision, False)[:2]
 
 
 @torch.inference_mode()
 def _predict(model: AgeGenderNet, pixels: np.ndarray, pp: Preprocess, scaling: AgeScaling, tta: bool,
-             batch_size: int, precision: str, levels: tuple[float, ...]
+             batch_size: int, precision: str, with_distribution: bool
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """predict_pixels, plus the age distribution's quantiles at ``levels`` (None when none are asked
-    for or the age head has no distribution)."""
+    """predict_pixels, plus (``with_distribution``, for an age head that has one) each face's age distribution
+    over whole years, N x bins float64; else None."""
     device = next(model.parameters()).device
-    spread = bool(levels) and isinstance(model.age_head, DistributionAgeHead)
-    ages, probs, quants = [], [], []
+    spread = with_distribution and isinstance(model.age_head, DistributionAgeHead)
+    ages, probs, dists = [], [], []
     for i in range(0, len(pixels), batch_size):
         x = preprocess(to_batch(np.ascontiguousarray(pixels[i : i + batch_size])).to(device), pp)
         views = [x, x.flip(3)] if tta else [x]
@@ -79,11 +79,11 @@ def _predict(model: AgeGenderNet, pixels: np.ndarray, pp: Preprocess, scaling: A
         ages.append(scaling.decode(age_raw / len(views)).cpu())
         probs.append(torch.sigmoid(logit / len(views)).cpu())
         if spread:  # the mirror's distribution averaged in, like its expectation: the mean of the mixture
-            q = distribution_quantiles((dist / len(views)).double().cpu().numpy(), levels)
-            quants.append(np.clip(q, *scaling.limits))
+            dists.append((dist / len(views)).double().cpu().numpy())
     if not ages:
-        return np.zeros(0, np.float32), np.zeros(0, np.float32), np.zeros((0, len(levels))) if spread else None
-    return torch.cat(ages).numpy(), torch.cat(probs).numpy(), np.concatenate(quants) if spread else None
+        empty = np.zeros((0, model.age_head.fc.out_features)) if spread else None
+        return np.zeros(0, np.float32), np.zeros(0, np.float32), empty
+    return torch.cat(ages).numpy(), torch.cat(probs).numpy(), np.concatenate(dists) if spread else None
 
 
 def predict_checkpoint(ckpt: Checkpoint, pixels: np.ndarray, tta: bool = True, **kw) -> tuple[np.ndarray, np.ndarray]:
@@ -92,15 +92,27 @@ def predict_checkpoint(ckpt: Checkpoint, pixels: np.ndarray, tta: bool = True, *
     return predict_pixels(ckpt.model, pixels, ckpt.preprocess, AgeScaling.from_meta(ckpt.meta), tta=tta, **kw)
 
 
-def predict_quantiles(ckpt: Checkpoint, pixels: np.ndarray, levels: Sequence[float], tta: bool = True,
-                      batch_size: int = 256, precision: str = "auto"
-                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """predict_checkpoint, plus the quantiles at ``levels`` (0.1, 0.9) of each face's age distribution in
-    years (N x len(levels), inside the age range; distribution_quantiles), or None for
-    an age head without a distribution (regression). With ``tta`` the distribution is the mean of the
-    image's and its mirror's, whose expectation is the predicted age."""
+def predict_distribution(ckpt: Checkpoint, pixels: np.ndarray, tta: bool = True, batch_size: int = 256,
+                         precision: str = "auto") -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """predict_checkpoint, plus each face's age distribution over whole years (N x bins float64), or None for
+    an age head without one (regression). With ``tta`` the distribution is the mean of the image's and its
+    mirror's, whose expectation is the predicted age. One pass: intervals and the label audit both read it."""
     return _predict(ckpt.model, pixels, ckpt.preprocess, AgeScaling.from_meta(ckpt.meta), tta, batch_size,
-                    precision, tuple(levels))
+                    precision, True)
+
+
+def predict_quantiles(ckpt: Checkpoint, pixels: np.ndarray, levels: Sequence[float], tta: bool = True,
+                      **kw) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """predict_checkpoint, plus the quantiles at ``levels`` (0.1, 0.9) of each face's age distribution in
+    years (N x len(levels), inside the age range; distribution_quantiles), or None for an age head without a
+    distribution (regression)."""
+    age, pf, dist = predict_distribution(ckpt, pixels, tta, **kw)
+    return age, pf, None if dist is None else quantiles_in_range(ckpt, dist, levels)
+
+
+def quantiles_in_range(ckpt: Checkpoint, dist: np.ndarray, levels: Sequence[float]) -> np.ndarray:
+    """distribution_quantiles of ``dist`` (N x bins) clipped to the checkpoint's age range."""
+    return np.clip(distribution_quantiles(dist, levels), *AgeScaling.from_meta(ckpt.meta).limits)
 
 
 def model_input(ckpt: Checkpoint, pixels: np.ndarray) -> torch.Tensor:

@@ -71,7 +71,7 @@ import numpy as np
 import pandas as pd
 
 from .fairness import group_positions, prepare, wilson
-from .inference import predict_checkpoint, predict_quantiles
+from .inference import predict_distribution, predict_quantiles, quantiles_in_range
 from .labels import AGE_BUCKET_EDGES
 from .meta import META, CheckpointError, atomic_write_text, read_meta
 from .predictions import DERIVED_GROUP, INTERVAL
@@ -346,6 +346,13 @@ def predict_with_interval(ckpt, pixels: np.ndarray, tta: bool = True, **kw
     """(age, P(female), lo, hi) of aligned faces through a checkpoint (agegender.checkpoint.Checkpoint); lo
     and hi are NaN when it has no calibration, or one made with the other TTA setting. ``kw``: batch_size,
     precision."""
+    age, pf, dist = predict_distribution(ckpt, pixels, tta, **kw)
+    return age, pf, *interval_of(ckpt, age, dist, tta)
+
+
+def interval_of(ckpt, age: np.ndarray, dist: np.ndarray | None, tta: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(lo, hi) of predicted ``age`` and its distribution ``dist`` (inference.predict_distribution; None for a
+    regression head); NaN when the checkpoint has no calibration, or one made with the other TTA setting."""
     from .model import age_range
 
     cal = calibration_of(ckpt.meta, ckpt.path)
@@ -353,10 +360,9 @@ def predict_with_interval(ckpt, pixels: np.ndarray, tta: bool = True, **kw
         log.warning(WARN_TTA, ckpt.path, "on" if cal.tta else "off", "on" if tta else "off")
         cal = None
     if cal is None:
-        age, pf = predict_checkpoint(ckpt, pixels, tta, **kw)
-        return age, pf, np.full(len(age), np.nan), np.full(len(age), np.nan)
-    age, pf, q = predict_quantiles(ckpt, pixels, cal.quantiles, tta, **kw)
-    return age, pf, *apply(cal, age, q, age_range(ckpt.meta))
+        return np.full(len(age), np.nan), np.full(len(age), np.nan)
+    q = None if dist is None else quantiles_in_range(ckpt, dist, cal.quantiles)
+    return apply(cal, age, q, age_range(ckpt.meta))
 
 
 def age_text(age: float, lo: float | None = None, hi: float | None = None) -> str:

@@ -25,7 +25,11 @@ LABELS = ("file", "split", "age", "age_bin", "gender")  # age: exact years, empt
 # found: a face was found (photos); else empty. pred_age_lo, pred_age_hi: the age's calibrated interval
 # (agegender.intervals), empty where the checkpoint has none or in a table written before intervals existed.
 INTERVAL = ("pred_age_lo", "pred_age_hi")
-PREDICTED = ("found", "pred_age", *INTERVAL, "pred_age_bin", "p_female")
+# age_label_tail: the label audit's age p_label (agegender.audit), written at evaluation so the audit needs no model:
+# the mass of the model's age distribution at least as far from its median as the label (label_tails). Empty for
+# a regression head (the audit's residual fallback needs no model) and in a table written before it existed.
+LABEL_TAIL = "age_label_tail"
+PREDICTED = ("found", "pred_age", *INTERVAL, "pred_age_bin", "p_female", LABEL_TAIL)
 KNOWN = (*LABELS, *PREDICTED)
 # What identifies an image when two checkpoints' predictions are paired: the file and its labels
 # (two datasets can hold a same-named file with other labels).
@@ -35,7 +39,8 @@ FEMALE = GENDERS[1]  # the gender column holds label names; the gender head pred
 SPLIT_ALL = "all"  # the split column of a dataset that has no splits
 QUALITY = quality.COLUMNS  # how each face was photographed (pose, size, sharpness): figures, not groups
 QUALITY_GROUPS = (quality.POSE, quality.SIZE)  # their groups, derived by agegender.fairness.prepare
-PER_SIDE = ("pred_", "p_female_", "found_")  # a prediction's own extras, or one side's of a paired table
+# a prediction's own extras, or one side's of a paired table
+PER_SIDE = ("pred_", "p_female_", "found_", f"{LABEL_TAIL}_")
 DERIVED_GROUP = "age_bucket"  # added from the age by agegender.fairness.prepare: not one of the dataset's groups
 
 # Error messages are constants so tests can assert them word for word.
@@ -92,8 +97,8 @@ def pred_bins(pred_age, scale) -> list[str]:
 def complete(df: pd.DataFrame, bins=FAIRFACE_BINS) -> pd.DataFrame:
     """A table with every column of KNOWN: tables written before age bins, face detection and age intervals
     existed (the shipped checkpoints' own) and tables built in memory get age_bin and pred_age_bin from the
-    exact ages on ``bins`` (FairFace's), found True, split 'all' and no interval (NaN). Columns already there
-    are kept as they are."""
+    exact ages on ``bins`` (FairFace's), found True, split 'all', no interval and no label tail (NaN). Columns
+    already there are kept as they are."""
     validate(df)
     out = df.copy()
     if "age" not in out:
@@ -105,7 +110,7 @@ def complete(df: pd.DataFrame, bins=FAIRFACE_BINS) -> pd.DataFrame:
         out["pred_age_bin"] = pred_bins(out["pred_age"], bin_scale(out["age_bin"]))
     if "found" not in out:
         out["found"] = True
-    for c in INTERVAL:
+    for c in (*INTERVAL, LABEL_TAIL):
         if c not in out:
             out[c] = np.nan
     if "split" not in out:
@@ -132,7 +137,7 @@ def load_predictions(checkpoint: str | os.PathLike | None = None, split: str = "
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (OSError, pd.errors.ParserError, UnicodeDecodeError) as e:
         raise ValueError(ERR_UNREADABLE.format(path=path, detail=e)) from e
-    numeric = [c for c in df.columns if c in ("age", "p_female", *QUALITY)
+    numeric = [c for c in df.columns if c in ("age", "p_female", LABEL_TAIL, *QUALITY)
                or c.startswith("pred_age") and c != "pred_age_bin"]
     for c in numeric:
         df[c] = pd.to_numeric(df[c].replace("", np.nan), errors="coerce")
@@ -191,3 +196,43 @@ def metric_columns(df: pd.DataFrame, suffix: str = "") -> dict[str, np.ndarray]:
     (pred_age_a, p_female_a). Rows without a face found are the caller's to drop (found_rows)."""
     bins = bin_errors(df["age_bin"], df[f"pred_age_bin{suffix}"]) if "age_bin" in df else None
     return metric_arrays(df["age"], df[f"pred_age{suffix}"], is_female(df["gender"]), df[f"p_female{suffix}"], bins)
+
+
+# ---- the label audit's age tail (agegender.audit): pure NumPy, so evaluation writes it and the audit reads it ----
+
+def year_quantile(probs: np.ndarray, q: float) -> np.ndarray:
+    """Each row's q-quantile of a distribution over whole years 0..bins-1: the first year whose cumulative
+    mass reaches q."""
+    return (probs.cumsum(1) >= q - 1e-12).argmax(1).astype(np.float64)
+
+
+def age_tail(probs: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """P(|A - m| >= d) under each row's distribution over whole years: m its median, d the distance from m to
+    the label's years [lo, hi] (an exact age: lo = hi; an open bin: hi = inf), 0 when they hold m."""
+    m = year_quantile(probs, 0.5)
+    d = np.maximum(0.0, np.maximum(lo - m, m - hi))
+    far = np.abs(np.arange(probs.shape[1])[None, :] - m[:, None]) >= d[:, None] - 1e-9
+    return np.clip((probs * far).sum(1), 0.0, 1.0)
+
+
+def label_years(t: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(lo, hi, exact): each label's years, inclusive: an exact age, else its bin (an open bin: hi = inf)."""
+    lo = t["age"].to_numpy(np.float64).copy()
+    hi, exact = lo.copy(), np.isfinite(lo)
+    for i in np.flatnonzero(~exact):
+        a, b = parse_age_bin(str(t["age_bin"].iloc[i]))
+        lo[i], hi[i] = a, np.inf if b is None else b
+    return lo, hi, exact
+
+
+def label_tails(probs: np.ndarray, table: pd.DataFrame) -> np.ndarray:
+    """The LABEL_TAIL column: age_tail of each row's label (``table``'s age, else its age_bin) under its age
+    distribution (``probs``, one row per table row; a row of NaN, a face not found, gives NaN)."""
+    if not len(table):
+        return np.zeros(0)
+    lo, hi, _ = label_years(table)
+    probs = np.asarray(probs, np.float64)
+    ok = np.isfinite(probs).all(1)
+    out = np.full(len(table), np.nan)
+    out[ok] = age_tail(probs[ok], lo[ok], hi[ok])
+    return out

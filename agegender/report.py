@@ -2,12 +2,15 @@
 
     python -m agegender.report (--checkpoint DIR [--split val|test] | --predictions CSV)
         [--by age_bucket,race,race:gender] [--json FILE] [--html FILE] [--slices-order 3] [--min-slice 30]
+        [--[no-]label-audit] [--review FILE]
 
 Any predictions table: UTKFace's, FairFace's (ages as bins, seven ethnicity groups), or a user's
 with its own group columns. Without --by, the table's own default groupings (fairness.groupings_for).
 Besides the groupings asked for, the worst slices found by search (agegender.slices), and where the table has
 exact ages and calibrated age intervals, their coverage overall and per group (agegender.intervals): intervals
-honest for one group and not for another are a bias too.
+honest for one group and not for another are a bias too. And the label audit (agegender.audit, from the table
+alone): the share of suspected label errors per group, and each grouping's gaps recomputed without them (does the
+gap survive cleaning?); reviewed verdicts count ("label confirmed" stays in, "label wrong" goes).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import audit as label_audit_
 from . import charts, genderband, slices
 from .fairness import (
     METRICS,
@@ -77,12 +81,91 @@ def gender_threshold(df: pd.DataFrame, groupings) -> dict[str, dict]:
     return {g: genderband.summary(df, g) for g in groupings if ":" not in g and g != "gender"}
 
 
+def label_audit(df: pd.DataFrame, audit: pd.DataFrame, groupings, n_boot: int = N_BOOT, seed: int = SEED,
+                min_count: int = MIN_COUNT, edges: tuple[int, ...] = AGE_BUCKET_EDGES,
+                reports: dict[str, GroupReport] | None = None) -> dict:
+    """The label audit's part of the report: counts and thresholds, the share of suspects per group of each
+    single-column grouping (Wilson 95% intervals), and each of those groupings' disparities recomputed on the
+    table without the suspects (agegender.audit.without_suspects) beside the gaps with them. ``audit``: with its
+    verdicts (audit.with_reviews); ``reports``: build()'s, reused for the gaps with the suspects."""
+    singles = [g for g in groupings if ":" not in g]
+    clean = label_audit_.without_suspects(df, audit)
+    pdf = prepare(df, edges)
+    verdicts = audit["verdict"].value_counts().to_dict() if "verdict" in audit else {}
+    shares = label_audit_.suspect_share_by_group(pdf, audit, singles)
+    out = {"n_audited": len(audit), "age_method": audit.attrs.get("age_method"),
+           "age_source": audit.attrs.get("age_source"), "level": audit.attrs.get("level"),
+           "gender_thresholds": audit.attrs.get("thresholds"), "suspects": label_audit_.counts(audit),
+           "reviewed": {v: int(verdicts.get(v, 0)) for v in (label_audit_.CONFIRMED, label_audit_.WRONG)},
+           "left_out": len(df) - len(clean),
+           "share_by_group": {g: shares[shares["column"] == g].drop(columns="column").to_dict("records")
+                              for g in singles},
+           "disparity": {}}
+    without = build(clean, singles, n_boot, seed, min_count, edges) if singles and len(clean) else {}
+    for g in singles:
+        with_ = (reports or {}).get(g) or GroupReport(pdf, g, n_boot=n_boot, seed=seed, min_count=min_count)
+        out["disparity"][g] = gap_change(with_.disparity(), without[g].disparity() if g in without else None)
+    return out
+
+
+def gap_change(with_: pd.DataFrame, without: pd.DataFrame | None) -> list[dict]:
+    """Per metric: the gap (and its worst and best groups) with the suspects and without them."""
+    keep = ["metric", "label", "worst_group", "best_group", "gap"]
+    w = with_[keep]
+    if without is None:
+        w = w.assign(worst_group_clean=None, best_group_clean=None, gap_clean=np.nan)
+    else:
+        w = w.merge(without[keep[:1] + keep[2:]], on="metric", how="left", suffixes=("", "_clean"))
+    w = w.assign(change=w["gap_clean"] - w["gap"])
+    return [{k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in r.items()}
+            for r in w.to_dict("records")]
+
+
+def label_audit_frame(section: dict, grouping: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(suspect share per group, the gaps with and without the suspects) of one grouping, as tables."""
+    return (pd.DataFrame(section["share_by_group"].get(grouping, [])),
+            pd.DataFrame(section["disparity"].get(grouping, [])))
+
+
+def suspect_shares(df: pd.DataFrame, audit: pd.DataFrame, grouping: str) -> pd.DataFrame:
+    """audit.suspect_share_by_group for one grouping of a prepared table: a column, or an intersection (a:b) as
+    one column of its groups' names."""
+    cols = parse_grouping(grouping, grouping_columns(df))
+    if len(cols) == 1:
+        return label_audit_.suspect_share_by_group(df, audit, cols).drop(columns="column")
+    joined = df[cols].astype(str).agg(" × ".join, axis=1)
+    name = " × ".join(cols)
+    return label_audit_.suspect_share_by_group(df.assign(**{name: joined}), audit, [name]).drop(columns="column")
+
+
+def suspects_text(audit: pd.DataFrame, n_table: int, n_clean: int) -> str:
+    """What the audit flagged and what leaving the suspects out removes, in a sentence."""
+    c = label_audit_.counts(audit)
+    verdict = audit["verdict"] if "verdict" in audit else pd.Series(dtype=str)
+    return (f"{c['total']} suspected label errors among {len(audit)} faces ({c['gender']} gender, {c['age']} age; "
+            f"age by {audit.attrs.get('age_method')}); {n_table - n_clean} rows left out (reviewed: "
+            f"{int((verdict == label_audit_.CONFIRMED).sum())} confirmed stay in, "
+            f"{int((verdict == label_audit_.WRONG).sum())} wrong go).")
+
+
+def label_audit_text(section: dict) -> str:
+    """A line on what the audit found and left out."""
+    c, r = section["suspects"], section["reviewed"]
+    reviewed = f"; reviewed: {r[label_audit_.CONFIRMED]} confirmed, {r[label_audit_.WRONG]} wrong" if any(r.values()) \
+        else ""
+    return (f"label audit ({section['age_method']}, age level {section['level']}): {c['total']} suspects among "
+            f"{section['n_audited']} faces ({c['gender']} gender, {c['age']} age){reviewed}; "
+            f"{section['left_out']} left out of the figures without suspects")
+
+
 def to_json(reports: dict[str, GroupReport], source: str, searched: SliceSearch | None = None,
-            coverage: dict[str, pd.DataFrame] | None = None, threshold: dict[str, dict] | None = None) -> dict:
+            coverage: dict[str, pd.DataFrame] | None = None, threshold: dict[str, dict] | None = None,
+            audit: dict | None = None) -> dict:
     """The report as JSON; with ``searched`` (find_slices), the slices tried, worst first per metric (the first
     slices.SHOW_AT_MOST of each), under "slices", and how many were tried, over what, under "slice_search";
     with ``coverage`` (interval_coverage), the age intervals' coverage under "age_interval_coverage"; with
-    ``threshold`` (gender_threshold), per-group ROC, calibration and the band's what-if under "gender_threshold"."""
+    ``threshold`` (gender_threshold), per-group ROC, calibration and the band's what-if under "gender_threshold";
+    with ``audit`` (label_audit), the label audit under "label_audit"."""
     first = next(iter(reports.values()))
     out = {"source": source, "overall": first.to_json()["overall"],
            "groupings": {g: {k: v for k, v in r.to_json().items() if k != "overall"} for g, r in reports.items()}}
@@ -92,6 +175,8 @@ def to_json(reports: dict[str, GroupReport], source: str, searched: SliceSearch 
         out["age_interval_coverage"] = {g: t.to_dict("records") for g, t in coverage.items()}
     if threshold:
         out["gender_threshold"] = threshold
+    if audit:
+        out["label_audit"] = audit
     return out
 
 
@@ -124,10 +209,11 @@ def _slices_html(searched: SliceSearch) -> str:
             f"of the table, with the 95% interval of the gap. {html.escape(searched.summary())}</p>{table}")
 
 
-def to_html(reports: dict[str, GroupReport], df: pd.DataFrame, source: str, searched: SliceSearch | None = None
-            ) -> str:
+def to_html(reports: dict[str, GroupReport], df: pd.DataFrame, source: str, searched: SliceSearch | None = None,
+            audit: dict | None = None) -> str:
     """One self-contained file: plotly.js is inlined once, no network needed to open it. ``searched``: the slice
-    search to show (default: find_slices of ``df`` with its defaults)."""
+    search to show (default: find_slices of ``df`` with its defaults); ``audit``: the label audit's section
+    (label_audit), if any."""
     first = next(iter(reports.values()))
     parts, js = [], "inline"
 
@@ -155,6 +241,8 @@ def to_html(reports: dict[str, GroupReport], df: pd.DataFrame, source: str, sear
                      "with a Wilson 95% interval: the nominal coverage holds on average over faces like the "
                      "calibration set's, not for every group.</p>"
                      + "".join(f"<h3>{html.escape(g)}</h3>" + _table_html(t) for g, t in coverage.items()))
+    if audit:
+        parts.append(_label_audit_html(audit))
     for g, r in reports.items():
         parts.append(f"<h2>By {html.escape(g.replace(':', ' × '))}</h2>")
         parts.append(f"<h3>Disparity (groups with n ≥ {r.min_count})</h3>" + _table_html(r.disparity()))
@@ -172,6 +260,37 @@ def to_html(reports: dict[str, GroupReport], df: pd.DataFrame, source: str, sear
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>agegender bias report</title>"
             f"<style>{style}</style></head><body><h1>Bias report</h1><p>{html.escape(source)} · "
             f"{time.strftime('%Y-%m-%d %H:%M')} · bootstrap 95% intervals</p>{''.join(parts)}</body></html>")
+
+
+def _label_audit_html(section: dict) -> str:
+    parts = [f"<h2>Suspected label errors</h2><p>{html.escape(label_audit_text(section))}. Per group: the share of "
+             "suspects (Wilson 95% interval), and each gap between the best and worst group recomputed without "
+             "them: a gap that shrinks is partly the labels', one that holds is the model's.</p>"]
+    for g in section["share_by_group"]:
+        shares, gaps = label_audit_frame(section, g)
+        parts.append(f"<h3>{html.escape(g)}</h3>" + _table_html(shares) + _table_html(gaps))
+    return "".join(parts)
+
+
+def audit_for(df: pd.DataFrame, checkpoint: str | None, split: str, review: str | None, wanted: bool | None
+              ) -> tuple[pd.DataFrame | None, str | None]:
+    """(the label audit of a predictions table with its verdicts, or None; a note when asked for and not
+    possible as asked). By default (``wanted`` None) on when the audit needs no model: the table carries its
+    label tails, or the checkpoint's head is a regression; forced on (True) a table without tails takes the
+    residual fallback."""
+    if wanted is False:
+        return None, None
+    audit = label_audit_.audit_from_predictions(df, checkpoint)
+    note = None
+    if audit is None and wanted:
+        audit = label_audit_.audit_table(df)
+        note = ("the predictions carry no age_label_tail: the age audit takes the residual fallback (run python -m "
+                "agegender.evaluate again for the model's own age distribution)")
+    if audit is None:
+        return None, None
+    path = review or (label_audit_.review_path(checkpoint, split) if checkpoint else None)
+    return label_audit_.with_reviews(audit, label_audit_.read_review(path) if path else pd.DataFrame(
+        columns=list(label_audit_.REVIEW_COLUMNS))), note
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -192,6 +311,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--slices-order", type=int, default=MAX_ORDER,
                    help="slices intersect up to this many group columns (worst-slice search)")
     p.add_argument("--min-slice", type=int, default=MIN_SLICE, help="faces a slice needs, in it and outside it")
+    p.add_argument("--label-audit", action=argparse.BooleanOptionalAction, default=None,
+                   help="suspected label errors per group and the gaps without them (default: on when the table "
+                        "has what the audit needs: age_label_tail, or a regression checkpoint)")
+    p.add_argument("--review", help="the label review file whose verdicts count (default: the checkpoint's)")
     args = p.parse_args(argv)
     try:
         groupings = [g.strip() for g in (args.by or "").split(",") if g.strip()] or None
@@ -203,7 +326,10 @@ def main(argv: list[str] | None = None) -> int:
         secs = time.perf_counter() - t
         searched = find_slices(prepare(df, edges), max_order=args.slices_order, min_count=args.min_slice)
         coverage = interval_coverage(prepare(df, edges), [g for g in reports if ":" not in g])
-    except (ValueError, CheckpointError) as e:
+        audit, note = audit_for(df, args.checkpoint, args.split, args.review, args.label_audit)
+        section = None if audit is None else label_audit(df, audit, list(reports), args.n_boot, args.seed,
+                                                         args.min_count, edges, reports)
+    except (ValueError, CheckpointError, label_audit_.AuditError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(_headline(source, next(iter(reports.values())).overall, headline_age_metric(df)))
@@ -219,12 +345,19 @@ def main(argv: list[str] | None = None) -> int:
           + (":\n" + slices.display(worst).to_string(index=False) if len(worst) else ": none"))
     for g, cov in coverage.items():
         print(f"\nage interval coverage, {g}:\n" + cov.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if note:
+        print(f"\nnote: {note}", file=sys.stderr)
+    if section:
+        print("\n" + label_audit_text(section))
+        for g, rows in section["disparity"].items():
+            moved = [r for r in rows if r["gap_clean"] is not None]
+            print(f"  by {g}: " + "; ".join(f"{r['label']} gap {r['gap']:.3f} -> {r['gap_clean']:.3f}" for r in moved))
     if args.json:
         threshold = gender_threshold(prepare(df, edges), list(reports))
-        Path(args.json).write_text(json.dumps(to_json(reports, source, searched, coverage, threshold), indent=1)
-                                   + "\n")
+        Path(args.json).write_text(json.dumps(to_json(reports, source, searched, coverage, threshold, section),
+                                              indent=1) + "\n")
     if args.html:
-        Path(args.html).write_text(to_html(reports, df, source, searched))
+        Path(args.html).write_text(to_html(reports, df, source, searched, section))
     return 0
 
 

@@ -11,15 +11,17 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from agegender import audit as A
-from agegender import training
+from agegender import report, training
 from agegender.checkpoint import load_checkpoint
 from agegender.data import cached_images, fold_of, scan, split_of
 from agegender.datasets import ERR_NOT_FOUND
-from agegender.fairness import prepare, wilson
+from agegender.fairness import GroupReport, prepare, wilson
 from agegender.inference import predict_checkpoint
+from agegender.labels import image_key
 from agegender.meta import write_meta
+from agegender.predictions import LABEL_TAIL, label_tails, load_predictions, write_predictions
 
-from .conftest import ROOT, tiny_config
+from .conftest import ROOT, make_dataset, tiny_config
 
 RACES = ("White", "Black", "Asian")
 
@@ -107,11 +109,20 @@ def planted_ages(n=500, planted=15, seed=1):
     return table, gaussians(centre, 4), {f"a{i}" for i in bad}
 
 
-@pytest.mark.parametrize("method", ["distribution", "residual"])
+@pytest.mark.parametrize("method", ["distribution", "predictions", "residual"])
 def test_planted_age_errors_rank_first(method):
+    """The model's distributions, the same tails read from the predictions table (as evaluation writes them), or
+    the regression fallback: the planted ages come first; the first two rank alike."""
     table, probs, bad = planted_ages()
+    if method == "predictions":
+        table = table.assign(**{LABEL_TAIL: label_tails(probs, table)})
     audit = A.audit_table(table, probs if method == "distribution" else None)
-    assert audit.attrs["age_method"] == method
+    assert audit.attrs["age_method"] == ("residual" if method == "residual" else "distribution")
+    if method == "predictions":
+        assert audit.attrs["age_source"] == "predictions"
+        by_model = A.audit_table(table, probs)
+        assert list(audit["file"]) == list(by_model["file"])
+        np.testing.assert_allclose(audit["p_label"], by_model["p_label"])
     top = set(audit[audit["suspect"] == "age"].head(len(bad))["file"])
     assert len(top & bad) / len(bad) >= 0.9
     assert bad <= set(audit[audit["flagged"]]["file"])
@@ -337,3 +348,177 @@ def test_the_explorer_shows_suspects_and_records_a_verdict(folds, tiny_data, tmp
     review = pd.read_csv(ck / "label-review-val.csv")
     assert review.set_index("file")["verdict"].to_dict() == {pick: A.WRONG}
     assert f"— **{A.WRONG}**" in " ".join(m.value for m in at.markdown)
+
+
+# ---- from the predictions alone: the age_label_tail column ------------------------------------------------------
+
+def test_the_label_tail_column_is_the_audits_computation(folds, tiny_data):
+    """Evaluation writes age_label_tail for a DLDL checkpoint: the audit's own tail of the label under the model's
+    distribution of the face (and its mirror)."""
+    path = folds[0][0]
+    ckpt, table = load_checkpoint(path), load_predictions(path, "val")
+    assert table[LABEL_TAIL].notna().all()
+    images = cached_images(scan(tiny_data), 32, path.parent / "cache")
+    where = {s.member: i for i, s in enumerate(images.samples)}
+    probs = A.age_distributions(ckpt, images.pixels[[where[f] for f in table["file"]]])
+    lo, hi, _ = A.label_years(table)
+    np.testing.assert_allclose(table[LABEL_TAIL], A.age_tail(probs, lo, hi), rtol=1e-9, atol=1e-15)
+
+
+def test_the_audit_from_predictions_loads_no_model_and_ranks_as_with_it(folds, tiny_data, tmp_path, capsys,
+                                                                        monkeypatch):
+    path = folds[0][0]
+    table = load_predictions(path, "val")
+    images = cached_images(scan(tiny_data), 32, path.parent / "cache")
+    where = {s.member: i for i, s in enumerate(images.samples)}
+    probs = A.age_distributions(load_checkpoint(path), images.pixels[[where[f] for f in table["file"]]])
+    with_model = A.audit_table(table, probs)
+
+    def no_model(*a, **k):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(A, "load_checkpoint", no_model)
+    monkeypatch.setattr(A, "cached_images", no_model)
+    out, csv = tmp_path / "a.json", tmp_path / "a.csv"
+    rc, err = run_cli(["--checkpoint", path, "--data", tiny_data, "--json", out, "--csv", csv], capsys)
+    assert rc == 0, err
+    report_ = json.loads(out.read_text())
+    assert (report_["age_method"], report_["age_source"]) == ("distribution", "predictions")
+    assert list(pd.read_csv(csv)["file"]) == list(with_model["file"])
+    np.testing.assert_allclose(pd.read_csv(csv)["p_label"], with_model["p_label"], rtol=1e-9)
+    # the error explorer's entry point reads no face either
+    faces = A.audit_faces(load_checkpoint(path), table, no_model)  # this module's loader is the real one
+    assert list(faces["file"]) == list(with_model["file"])
+
+
+def test_an_old_table_falls_back_on_the_model_with_a_note(folds, tiny_data, tmp_path, capsys):
+    ck = tmp_path / "old"
+    shutil.copytree(folds[0][0], ck)
+    fresh = load_predictions(ck, "val")
+    pd.read_csv(ck / "predictions-val.csv").drop(columns=LABEL_TAIL).to_csv(ck / "predictions-val.csv", index=False)
+    out, csv = tmp_path / "a.json", tmp_path / "a.csv"
+    rc, err = run_cli(["--checkpoint", ck, "--data", tiny_data, "--json", out, "--csv", csv,
+                       "--cache-dir", folds[0][0].parent / "cache"], capsys)
+    assert rc == 0 and err == "note: " + A.NOTE_NO_TAILS.format(what="the predictions", path=ck)
+    got = pd.read_csv(csv).set_index("file")
+    np.testing.assert_allclose(got.loc[fresh["file"], "age_tail"], fresh[LABEL_TAIL], rtol=1e-9, atol=1e-15)
+
+
+def test_split_all_audits_a_folder_of_unseen_images_and_leaves_out_what_the_checkpoint_trained_on(
+        tiny_checkpoint, tiny_data, tmp_path, capsys):
+    folder = tmp_path / "mixed"
+    seen = [s for s in scan(tiny_data).samples if s.split == "train"][:5]
+    folder.mkdir()
+    for s in seen:
+        shutil.copy(tiny_data / s.member, folder / s.name)
+    fresh = tmp_path / "fresh"
+    for name in make_dataset(fresh, n=12, seed=7):
+        shutil.move(fresh / name, folder / name.replace("_2017", "_2019"))  # never in the manifest
+    unseen = [p.name for p in folder.iterdir() if p.name.split("_")[3].startswith("2019")]
+    assert any(split_of(n) == "train" for n in unseen)  # the split rule alone would have refused these
+    manifest = pd.read_csv(tiny_checkpoint / "manifest.csv")
+    assert not {image_key(n) for n in unseen} & {image_key(f) for f in manifest["file"]}
+    out, csv = tmp_path / "a.json", tmp_path / "a.csv"
+    rc, err = run_cli(["--checkpoint", tiny_checkpoint, "--data", folder, "--split", "all", "--json", out, "--csv",
+                       csv, "--cache-dir", tmp_path / "cache"], capsys)
+    assert rc == 0
+    assert err.splitlines()[-1] == "note: " + A.NOTE_TRAINED_ON.format(n=5, total=17, path=tiny_checkpoint,
+                                                                       how=A.MANIFEST_HOW)
+    report_ = json.loads(out.read_text())
+    assert report_["n"] == 12 and report_["left_out_trained_on"] == 5
+    assert sorted(pd.read_csv(csv)["file"]) == sorted(unseen)
+    only_seen = tmp_path / "seen"
+    shutil.copytree(folder, only_seen, ignore=lambda d, names: [n for n in names if n in unseen])
+    assert run_cli(["--checkpoint", tiny_checkpoint, "--data", only_seen, "--split", "all", "--json", out,
+                    "--cache-dir", tmp_path / "cache"], capsys)[0] == 2
+
+
+def test_a_held_out_fold_is_not_trained_on(folds):
+    (_, seen), path = folds, folds[0][0]
+    keys = A.trained_on(path)
+    manifest = pd.read_csv(path / "manifest.csv")
+    train = manifest[manifest["split"] == "train"]["file"]
+    assert keys == {image_key(f) for f in train if fold_of(f, 2) != 0}
+    assert {image_key(m.rsplit("/", 1)[-1]) for m in seen[0]} <= keys
+
+
+# ---- the bias report and page without the suspects -------------------------------------------------------------
+
+def test_the_report_json_label_audit_matches_a_direct_recomputation(tmp_path, capsys):
+    table, _ = fake_table(n=800, flips=30, seed=5)
+    ages, probs, bad = planted_ages(n=800, planted=20, seed=6)
+    table = table.assign(age=ages["age"], pred_age=ages["pred_age"])
+    table[LABEL_TAIL] = label_tails(probs, table)
+    path = tmp_path / "p.csv"
+    write_predictions(table, path)
+    audit = A.audit_table(load_predictions(path=path))
+    confirmed = audit[audit["flagged"]]["file"].iloc[0]
+    review = tmp_path / "review.csv"
+    A.mark(review, audit[audit["file"] == confirmed], A.CONFIRMED)
+    js = tmp_path / "r.json"
+    assert report.main(["--predictions", str(path), "--json", str(js), "--by", "race,gender,race:gender",
+                        "--n-boot", "50", "--review", str(review)]) == 0
+    assert "label audit (distribution" in capsys.readouterr().out
+    got = json.loads(js.read_text())["label_audit"]
+    audit = A.with_reviews(audit, A.read_review(review))
+    df = load_predictions(path=path)
+    clean = A.without_suspects(df, audit)
+    assert confirmed in set(clean["file"])
+    assert got["suspects"] == A.counts(audit) and got["left_out"] == len(df) - len(clean) == A.counts(audit)[
+        "total"] - 1
+    assert got["reviewed"] == {A.CONFIRMED: 1, A.WRONG: 0}
+    assert set(got["share_by_group"]) == set(got["disparity"]) == {"race", "gender"}  # single columns only
+    shares = A.suspect_share_by_group(prepare(df), audit, ["race"])
+    pd.testing.assert_frame_equal(pd.DataFrame(got["share_by_group"]["race"]), shares.drop(columns="column"),
+                                  check_dtype=False)
+    for g in ("race", "gender"):
+        before = GroupReport(prepare(df), g, n_boot=50).disparity().set_index("metric")["gap"]
+        after = GroupReport(prepare(clean), g, n_boot=50).disparity().set_index("metric")["gap"]
+        for r in got["disparity"][g]:
+            assert r["gap"] == pytest.approx(before[r["metric"]])
+            assert r["gap_clean"] == pytest.approx(after[r["metric"]])
+    assert report.main(["--predictions", str(path), "--json", str(js), "--n-boot", "20", "--no-label-audit"]) == 0
+    assert "label_audit" not in json.loads(js.read_text())
+
+
+def test_the_report_leaves_the_audit_out_of_a_table_that_would_need_the_model(tmp_path, capsys):
+    table, _ = fake_table(n=200, seed=2)
+    path = tmp_path / "p.csv"
+    write_predictions(table, path)
+    js = tmp_path / "r.json"
+    assert report.main(["--predictions", str(path), "--json", str(js), "--n-boot", "20", "--by", "race"]) == 0
+    assert "label_audit" not in json.loads(js.read_text())
+    assert report.main(["--predictions", str(path), "--json", str(js), "--n-boot", "20", "--by", "race",
+                        "--label-audit"]) == 0  # asked for: the residual fallback, with a note
+    assert json.loads(js.read_text())["label_audit"]["age_method"] == "residual"
+    assert "note: the predictions carry no age_label_tail" in capsys.readouterr().err
+
+
+def test_the_bias_page_recomputes_every_figure_without_the_suspects(folds, tmp_path, monkeypatch):
+    ck = tmp_path / "ck" / "fold0"
+    shutil.copytree(folds[0][0], ck)
+    pred = pd.read_csv(ck / "predictions-val.csv")
+    pred["p_female"] = np.where(pred["gender"] == "female", 0.95, 0.05)
+    pred.loc[:2, "p_female"] = np.where(pred["gender"][:3] == "female", 0.001, 0.999)  # three confident flips
+    pred.to_csv(ck / "predictions-val.csv", index=False)
+    monkeypatch.setenv("AGEGENDER_CHECKPOINTS", str(ck.parent))
+    at = AppTest.from_file(str(ROOT / "dashboard" / "app.py"), default_timeout=120).run()
+    at.switch_page("pages/bias.py").run()
+    at.number_input(key="bias_min").set_value(1).run()
+    assert not at.exception and not at.error
+    n_all = next(m for m in at.metric if m.label.startswith("gender accuracy")).label
+    at.toggle(key="bias_clean").set_value(True).run()
+    assert not at.exception and not at.error
+    audit = A.audit_table(load_predictions(ck, "val"))
+    k = A.counts(audit)["total"]
+    assert k >= 3
+    assert any(f"{k} suspected label errors among {len(audit)} faces" in c.value for c in at.caption)
+    n_clean = next(m for m in at.metric if m.label.startswith("gender accuracy")).label
+    assert n_all == f"gender accuracy (n={len(pred)})" and n_clean == f"gender accuracy (n={len(pred) - k})"
+    shares = at.dataframe[0].value
+    assert int(shares["suspects"].sum()) == k
+    A.mark(A.review_path(ck, "val"), audit[audit["flagged"]].head(1), A.CONFIRMED)  # a confirmed label stays in
+    at.run()
+    assert not at.exception
+    assert next(m for m in at.metric if m.label.startswith("gender accuracy")).label == \
+        f"gender accuracy (n={len(pred) - k + 1})"

@@ -117,7 +117,8 @@ def test_fairface_format_end_to_end(tiny_checkpoint, fairface_folder, tmp_path, 
     assert "skipped 1 unreadable image(s): cannot read val/8.jpg as an image" in r.stderr
     df = pd.read_csv(out, keep_default_na=False, na_values=[""])
     assert list(df.columns) == ["file", "split", "age", "age_bin", "gender", "race", "found", "pred_age",
-                                "pred_age_lo", "pred_age_hi", "pred_age_bin", "p_female", *quality.COLUMNS]
+                                "pred_age_lo", "pred_age_hi", "pred_age_bin", "p_female", "age_label_tail",
+                                *quality.COLUMNS]
     assert df.loc[df["found"], list(quality.COLUMNS)].notna().all().all()  # every face found is measured
     assert df.loc[~df["found"], list(quality.COLUMNS)].isna().all().all()
     assert list(df["file"]) == [f"val/{i}.jpg" for i in range(8)]  # the corrupt file is dropped, the rest in order
@@ -210,7 +211,8 @@ def test_chips_with_extra_groups_skip_detection(tiny_checkpoint, tmp_path):
     assert r.returncode == 0, r.stderr
     df = pd.read_csv(out)
     assert list(df.columns) == ["file", "split", "age", "age_bin", "gender", "site", "camera", "found", "pred_age",
-                                "pred_age_lo", "pred_age_hi", "pred_age_bin", "p_female", *quality.COLUMNS]
+                                "pred_age_lo", "pred_age_hi", "pred_age_bin", "p_female", "age_label_tail",
+                                *quality.COLUMNS]
     assert df["yaw"].isna().all() and df["sharpness"].notna().all()  # chips: no landmarks, but a crop
     assert df["found"].all() and len(df) == 12
     assert list(df["site"]) == [sites[i % 3] for i in range(12)]

@@ -32,6 +32,7 @@ def test_json_metrics_match_the_predictions(tiny_checkpoint, tiny_data, tmp_path
         assert np.isclose(m["gender_auc"], roc_auc_score(female, df["p_female"]))
     assert (df["pred_age"] >= 0).all() and df["p_female"].between(0, 1).all()
     assert df[["pred_age_lo", "pred_age_hi"]].isna().all().all()  # the tiny checkpoint is not calibrated
+    assert df["age_label_tail"].isna().all()  # nor has it an age distribution: the audit's fallback needs no column
 
 
 def test_split_all_scores_every_image_and_tta_changes_little(tiny_checkpoint, tiny_data, tmp_path):

@@ -5,35 +5,59 @@ import streamlit as st
 from dashboard import ui
 
 
+# cache_resource: shared and never mutated (the audit is read, without_suspects filters a copy)
+@st.cache_resource(max_entries=8, show_spinner="Auditing the labels (from the predictions)…")
+def audit_cached(ckpt_path: str, source: str, stamp: tuple, review_stamp: tuple):
+    from agegender.report import audit_for
+
+    return audit_for(ui.predictions_cached(ckpt_path, source, stamp), ckpt_path, source, None, None)[0]
+
+
+def source_table(ckpt_path: str, source: str, stamp: tuple, clean: tuple | None):
+    """The predictions; with ``clean`` (the review file's stamp) without the suspected label errors."""
+    df = ui.predictions_cached(ckpt_path, source, stamp)
+    return df if clean is None else without_suspects(df, audit_cached(ckpt_path, source, stamp, clean))
+
+
 # cache_resource: the report holds metric functions (not picklable); it is never mutated
 @st.cache_resource(max_entries=32, show_spinner="Computing the report (bootstrap)…")
-def report_cached(ckpt_path: str, source: str, stamp: tuple, grouping: str, min_count: int):
-    df = ui.predictions_cached(ckpt_path, source, stamp)
-    table = prepare(df)
+def report_cached(ckpt_path: str, source: str, stamp: tuple, grouping: str, min_count: int, clean: tuple | None):
+    table = prepare(source_table(ckpt_path, source, stamp, clean))
     return table, GroupReport(table, grouping, min_count=min_count)
 
 
 @st.cache_data(max_entries=8, show_spinner="Writing the HTML report…")
-def html_cached(ckpt_path: str, source: str, stamp: tuple, min_count: int) -> str:
+def html_cached(ckpt_path: str, source: str, stamp: tuple, min_count: int, clean: tuple | None) -> str:
     from agegender.report import build
 
-    df = ui.predictions_cached(ckpt_path, source, stamp)
-    return to_html(build(df, groupings_for(df), min_count=min_count), df, f"{ckpt_path} ({source_label(source)})")
+    df = source_table(ckpt_path, source, stamp, clean)
+    note = " without suspected label errors" if clean is not None else ""
+    return to_html(build(df, groupings_for(df), min_count=min_count), df,
+                   f"{ckpt_path} ({source_label(source)}){note}")
 
 
 @st.cache_data(max_entries=16, show_spinner="Searching the worst slices…")
-def slices_cached(ckpt_path: str, source: str, stamp: tuple):
+def slices_cached(ckpt_path: str, source: str, stamp: tuple, clean: tuple | None):
     from agegender.slices import find_slices
 
-    return find_slices(ui.predictions_cached(ckpt_path, source, stamp))
+    return find_slices(source_table(ckpt_path, source, stamp, clean))
+
+
+@st.cache_data(max_entries=16)
+def shares_cached(ckpt_path: str, source: str, stamp: tuple, clean: tuple, grouping: str):
+    df = ui.predictions_cached(ckpt_path, source, stamp)
+    audit = audit_cached(ckpt_path, source, stamp, clean)
+    text = suspects_text(audit, len(df), len(source_table(ckpt_path, source, stamp, clean)))
+    return text, suspect_shares(prepare(df), audit, grouping)
 
 
 st.title("Bias report")
 
 # heavy imports after the title, so the page shows while they load
 from agegender import charts, slices, tables
+from agegender.audit import audit_needs_model, review_path, without_suspects
 from agegender.fairness import METRICS, MIN_COUNT, GroupReport, grouping_columns, groupings_for, prepare
-from agegender.report import to_html
+from agegender.report import suspect_shares, suspects_text, to_html
 from agegender.results import source_label
 
 ckpt = ui.checkpoint_choice(ui.selected_checkpoints())
@@ -50,7 +74,18 @@ offered = [m for m in METRICS if exact or not m.startswith("age_") or m.startswi
 metric = c3.selectbox("Metric", offered, key="bias_metric", format_func=lambda m: METRICS[m].label)
 min_count = c4.number_input("Too small below n =", 1, 10_000, MIN_COUNT, key="bias_min")
 stamp = ui.predictions_stamp(ckpt.path, source)
-table, rep = report_cached(str(ckpt.path), source, stamp, grouping, int(min_count))
+needs_model = audit_needs_model(df, ckpt.path)
+clean_on = st.toggle("Without suspected label errors", key="bias_clean", disabled=bool(needs_model),
+                     help=needs_model or "Every figure below recomputed without the faces the label audit suspects "
+                     "(agegender.audit), verdicts counted: 'label confirmed' stays in, 'label wrong' goes. Does the "
+                     "gap survive cleaning?")
+clean = ui.stamp(review_path(ckpt.path, source)) if clean_on and not needs_model else None
+if clean is not None:
+    text, shares = shares_cached(str(ckpt.path), source, stamp, clean, grouping)
+    st.caption(text)
+    with st.expander("Suspected label errors per group", expanded=True):
+        st.dataframe(tables.styled(shares), hide_index=True)
+table, rep = report_cached(str(ckpt.path), source, stamp, grouping, int(min_count), clean)
 
 o = rep.overall
 headline = ("age_mae", "age_bias") if exact else ("age_bin_accuracy", "age_bin_within1")
@@ -99,14 +134,14 @@ st.dataframe(tables.styled(shown).apply(lambda r: ["color: #999" if r["too_small
 d1, d2 = st.columns(2)
 d1.download_button("Groups (CSV)", shown.to_csv(index=False), f"bias-{ckpt.name}-{source}-{grouping}.csv", "text/csv")
 if d2.button("Prepare the HTML report (all groupings)", key="bias_html"):
-    d2.download_button("Download the HTML report", html_cached(str(ckpt.path), source, stamp, int(min_count)),
-                       f"bias-{ckpt.name}-{source}.html", "text/html")
+    d2.download_button("Download the HTML report", html_cached(str(ckpt.path), source, stamp, int(min_count), clean),
+                       f"bias-{ckpt.name}-{source}{'-clean' if clean else ''}.html", "text/html")
 cli = (f"--checkpoint {ckpt.path} --split {source}" if source in ui.OWN_SPLITS else "--predictions PREDICTIONS.csv")
 st.caption(f"Groupings available: {', '.join(grouping_columns(table))} and their pairs. The command line gives the "
            f"same: `python -m agegender.report {cli} --html report.html`")
 
 st.subheader("Worst slices")
-searched = slices_cached(str(ckpt.path), source, stamp)
+searched = slices_cached(str(ckpt.path), source, stamp, clean)
 show_all = st.toggle(f"Show every slice tried (the worst {slices.SHOW_AT_MOST} per metric), not only those with "
                      f"q < {searched.alpha:g}", key="bias_slices_all")
 worst = slices.shown(searched, show_all)
