@@ -63,7 +63,14 @@ def test_planted_gender_flips_rank_first_and_thresholds_are_confident_learnings(
     top = set(audit[audit["suspect"] == "gender"].head(len(flipped))["file"])
     assert len(top & flipped) / len(flipped) >= 0.9  # precision at k
     np.testing.assert_allclose(audit["score"], 1 - audit["p_label"])
-    assert (np.diff(audit[audit["flagged"]]["p_label"]) >= 0).all()  # most suspect first
+    assert (np.diff(audit[audit["flagged"]]["p_set"]) >= 0).all()  # most suspect first
+    kind = np.where(audit["suspect"] == "gender", audit["p_gender_label"], audit["age_tail"])
+    np.testing.assert_allclose(audit["p_label"], kind)
+    # p_set: the share of the set's faces whose label of that kind is at most as likely
+    for col, k in (("p_gender_label", "gender"), ("age_tail", "age")):
+        rows = audit[audit["suspect"] == k]
+        expected = [(audit[col] <= v).mean() for v in rows[col]]
+        np.testing.assert_allclose(rows["p_set"], expected)
 
 
 def test_gender_rule_is_confident_learnings_with_its_argmax():
