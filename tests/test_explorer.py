@@ -160,7 +160,7 @@ def test_suspects_of_a_group_ranked_with_their_verdicts():
     audit = audit.assign(verdict=np.where(audit["file"] == df["file"][flip[0]], WRONG, ""))
     every = suspected(audit, df, 1000)
     assert every["flagged"].all() and len(every) == audit["flagged"].sum()
-    assert set(df["file"][flip]) <= set(every["file"]) and (np.diff(every["p_label"]) >= 0).all()
+    assert set(df["file"][flip]) <= set(every["file"]) and (np.diff(every["p_set"]) >= 0).all()
     group = in_group(df, "race", df.loc[flip[0], "race"])
     part = suspected(audit, group, 1000)
     assert set(part["file"]) == set(every["file"]) & set(group["file"])
