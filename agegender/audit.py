@@ -73,7 +73,7 @@ import pandas as pd
 from scipy.special import erfc
 
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, read_meta
-from .data import FOLD_RULE, DatasetError, cached_images, fold_of, load_images, scan
+from .data import FOLD_RULE, DatasetError, cached_images, fold_of, load_images, scan, trained_on
 from .datasets import read_dataset, resolve
 from .evalset import dataset_crops
 from .evaluate import age_distributions as _age_distributions
@@ -93,7 +93,6 @@ from .predictions import (
     year_quantile,
 )
 from .runtime import set_threads
-from .training import MANIFEST
 
 log = logging.getLogger(__name__)
 
@@ -470,20 +469,6 @@ def check_folds(folders: list[str], fingerprint: str, data: str) -> dict[int, Pa
         listed = ", ".join(str(f) for f in sorted(f for f, v in held.items() for _ in v))
         raise AuditError(ERR_FOLD_COVERAGE.format(held=listed, k=k, last=k - 1))
     return {f: v[0] for f, v in held.items()}
-
-
-def trained_on(folder: str | Path) -> set[str] | None:
-    """The image keys (agegender.labels.image_key) of the images a checkpoint trained on: its manifest.csv's
-    train split (training writes it beside the checkpoint), less the fold it held out; None without a manifest."""
-    path = Path(folder) / MANIFEST
-    if not path.is_file():
-        return None
-    m = pd.read_csv(path, dtype=str, keep_default_na=False, usecols=["file", "split"])
-    train = m.loc[m["split"] == "train", "file"]
-    held = read_meta(folder).get("holdout")
-    if held:
-        train = [f for f in train if fold_of(f, int(held["folds"])) != int(held["fold"])]
-    return {image_key(f) for f in train}
 
 
 def _heads(folders: list[str | Path]) -> bool:

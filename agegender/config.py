@@ -19,6 +19,9 @@ class TrainConfig:
     # a converted trunk file (python -m agegender.dlib_convert) the trunk starts from, for an arch without
     # downloadable weights (dlib-resnet29); read at the start only: a resumed run has it in its state
     init_trunk: str = ""
+    # a trained checkpoint folder every weight starts from (fine-tuning: e.g. the shipped baseline with the photo
+    # degradations on); same arch, head and crop, and none of this run's val or test images in its train split
+    init_from: str = ""
     trunk_lr: float = 1.0  # the trunk's learning rate as a multiple of --lr (below 1: keep more of a start)
     cache_size: int = 128  # decoded cache resolution; ~1 GB for UTKFace at 128 px
     input_size: int = 112  # crop the model sees; 112 px trains ~1.5x faster than 128 on CPU
@@ -96,6 +99,10 @@ class TrainConfig:
             raise ValueError(f"unknown --arch {self.arch!r}; known: {', '.join(ARCHS)}")
         if self.init_trunk and self.pretrained:
             raise ValueError("--init-trunk and --pretrained both set the trunk's start: pass one")
+        if self.init_from and (self.init_trunk or self.pretrained):
+            raise ValueError("--init-from sets every weight: pass it without --init-trunk or --pretrained")
+        if self.init_from and not self.resume and not (Path(self.init_from) / "meta.json").is_file():
+            raise ValueError(f"--init-from {self.init_from} is not a checkpoint folder (no meta.json there)")
         if self.init_trunk and not self.resume and not Path(self.init_trunk).is_file():
             raise ValueError(ERR_TRUNK_MISSING.format(path=self.init_trunk))
         if self.trunk_lr <= 0:

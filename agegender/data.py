@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
@@ -28,7 +29,7 @@ from .faces import (
     why_unreadable,
 )
 from .labels import MalformedName, image_key, parse_name
-from .meta import atomic_write, atomic_write_text
+from .meta import atomic_write, atomic_write_text, read_meta
 from .preprocess import resize_image
 
 log = logging.getLogger(__name__)
@@ -340,8 +341,25 @@ def cached_images(scan_: Scan, size: int, cache_dir: str | os.PathLike | None = 
     return images
 
 
+MANIFEST = "manifest.csv"  # beside a checkpoint: every image training read, its split and labels
+
+
 def write_manifest(images: Images, path: Path) -> None:
     """One row per image: member, split, labels. Written next to the checkpoint."""
     lines = ["file,split,age,gender,race"]
     lines += [f"{s.member},{s.split},{s.age},{s.gender},{s.race}" for s in images.samples]
     atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def trained_on(folder: str | Path) -> set[str] | None:
+    """The image keys (agegender.labels.image_key) of the images a checkpoint trained on: its manifest.csv's
+    train split (training writes it beside the checkpoint), less the fold it held out; None without a manifest."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        return None
+    m = pd.read_csv(path, dtype=str, keep_default_na=False, usecols=["file", "split"])
+    train = m.loc[m["split"] == "train", "file"]
+    held = read_meta(folder).get("holdout")
+    if held:
+        train = [f for f in train if fold_of(f, int(held["folds"])) != int(held["fold"])]
+    return {image_key(f) for f in train}

@@ -19,11 +19,22 @@ from tqdm import tqdm
 from .balance import CellLosses, describe_loss_weights, groups, parse_by, sampling_weights, strata_of_cells
 from .checkpoint import META, WEIGHTS, Checkpoint, save_weights, write_meta
 from .config import TrainConfig
-from .data import FOLD_RULE, SPLIT_RULE, DatasetError, Images, cached_images, fold_of, scan, write_manifest
+from .data import (
+    FOLD_RULE,
+    MANIFEST,
+    SPLIT_RULE,
+    DatasetError,
+    Images,
+    cached_images,
+    fold_of,
+    scan,
+    trained_on,
+    write_manifest,
+)
 from .distributed import setup as setup_distributed
 from .external import ExternalCheck, describe, history_cells
 from .inference import predict_checkpoint
-from .labels import AGE_BUCKET_EDGES, GENDERS, RACES
+from .labels import AGE_BUCKET_EDGES, GENDERS, RACES, image_key
 from .meta import sha256_file
 from .metrics import summary
 from .model import AgeScaling, create_model, load_trunk
@@ -33,7 +44,6 @@ from .runtime import autocast, set_threads
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.csv"
 # where and how long to run: a resume takes these from its command line, the rest from the saved config. The
 # external check's path is one (it never touches training): a resumed run passes --external again to go on.
 RUNTIME_KEYS = ("data", "out", "max_minutes", "threads", "cache_dir", "device", "resume", "external")
@@ -104,6 +114,43 @@ def _init_trunk(model, cfg: TrainConfig) -> dict:
         return {"file": path.name, "sha256": sha256_file(path) if path.is_file() else None}
     source = load_trunk(model, path)
     return {"file": path.name, "sha256": sha256_file(path), "converted_from": source}
+
+
+ERR_INIT_FROM = "--init-from {path} cannot start this run: {why}"
+
+
+def _init_from(cfg: TrainConfig, meta: dict, images: Images) -> tuple[dict, dict]:
+    """The checkpoint --init-from names, checked against this run: (its weights, what meta.json records of it).
+    Its age scaling replaces this run's (the age head decodes with it), and a start that trained on this run's
+    val or test images is refused: its validation figures would be scores on training data."""
+    from .checkpoint import CheckpointError, load_checkpoint
+
+    path = Path(cfg.init_from)
+    try:
+        src = load_checkpoint(path)
+    except CheckpointError as e:
+        raise TrainingError(ERR_INIT_FROM.format(path=path, why=e)) from e
+    theirs = (src.meta["arch"], int(src.meta.get("age_bins", 0)), src.meta["preprocess"]["cache_size"],
+              src.meta["preprocess"]["input_size"])
+    ours = (cfg.arch, int(meta.get("age_bins", 0)), cfg.cache_size, cfg.input_size)
+    if theirs != ours:
+        raise TrainingError(ERR_INIT_FROM.format(path=path, why=(
+            f"it is {theirs[0]}, {theirs[1]} age bins, {theirs[2]}/{theirs[3]} px; this run is "
+            f"{ours[0]}, {ours[1]} age bins, {ours[2]}/{ours[3]} px (pass --arch, --age-loss, --cache-size and "
+            "--input-size to match)")))
+    seen = trained_on(path)
+    if seen is None:
+        raise TrainingError(ERR_INIT_FROM.format(path=path, why=f"it has no {MANIFEST}, so what it trained on is "
+                                                 "unknown"))
+    held = [s.member for s in images.samples if s.split != "train" and image_key(s.member) in seen]
+    if held:
+        raise TrainingError(ERR_INIT_FROM.format(path=path, why=(
+            f"it trained on {len(held)} of this run's val/test images (e.g. {held[0]}): start from a checkpoint "
+            "trained on the same split")))
+    meta["age_offset"], meta["age_scale"] = float(src.meta["age_offset"]), float(src.meta["age_scale"])
+    record = {"name": path.name, "weights_sha256": src.meta["weights_sha256"],
+              "epochs": src.meta.get("train_config", {}).get("epochs")}
+    return src.model.state_dict(), record
 
 
 def val_score(mae: float, acc: float, cfg: TrainConfig) -> float:
@@ -270,6 +317,9 @@ def _train(cfg: TrainConfig, dd, device: torch.device) -> Path:
     if cfg.holdout_fold >= 0:
         meta["holdout"] = {"fold": cfg.holdout_fold, "folds": cfg.folds, "rule": FOLD_RULE,
                            "train_images": len(train_idx)}
+    start_weights = None
+    if cfg.init_from and not cfg.resume:  # a resumed run has every weight in its state
+        start_weights, meta["init_from"] = _init_from(cfg, meta, images)
     scaling = AgeScaling.from_meta(meta)
     if dd.main:
         write_manifest(images, out / MANIFEST)
@@ -279,6 +329,8 @@ def _train(cfg: TrainConfig, dd, device: torch.device) -> Path:
                          scaling.scale).to(device)
     if cfg.init_trunk:
         meta["init_trunk"] = _init_trunk(model, cfg)
+    if start_weights is not None:
+        model.load_state_dict(start_weights)
     model = model.to(memory_format=torch.channels_last)
     opt = build_optimizer(model, cfg)
     step_model = model

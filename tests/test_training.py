@@ -420,3 +420,44 @@ def test_init_trunk_is_refused_beside_pretrained_and_a_bad_file_is_one_line(tiny
                        "--cache-dir", str(tmp_path / "c")]) == 2
     err = capsys.readouterr().err
     assert "missing.safetensors does not exist" in err and "Traceback" not in err
+
+
+def test_init_from_starts_every_weight_from_a_checkpoint_and_says_so(tiny_checkpoint, tiny_data, tmp_path):
+    out = train(tiny_config(tiny_data, tmp_path / "ft", init_from=str(tiny_checkpoint), lr=1e-12))
+    meta = json.loads((out / "meta.json").read_text())
+    source = json.loads((tiny_checkpoint / "meta.json").read_text())
+    assert meta["init_from"] == {"name": tiny_checkpoint.name, "weights_sha256": source["weights_sha256"],
+                                 "epochs": source["train_config"]["epochs"]}
+    assert (meta["age_offset"], meta["age_scale"]) == (source["age_offset"], source["age_scale"])
+    before, after = _weights(tiny_checkpoint), _weights(out)
+    # at a rate of 1e-12 only batch-norm running statistics move; every learnt tensor is the start's
+    learnt = [k for k in before if "running_" not in k and "num_batches" not in k]
+    assert learnt and all(np.allclose(before[k], after[k], atol=1e-3) for k in learnt)
+    fresh = _weights(train(tiny_config(tiny_data, tmp_path / "fresh", lr=1e-12)))
+    assert not np.allclose(fresh["age_head.weight"], before["age_head.weight"], atol=1e-3)  # not the factory's init
+
+
+def test_init_from_refuses_another_geometry_and_a_start_that_trained_on_this_runs_val(
+        tiny_checkpoint, tiny_data, tmp_path, capsys):
+    import shutil
+
+    with pytest.raises(TrainingError, match="it is resnet18, 0 age bins, 32/28 px; this run is resnet18, 0 age "
+                                            "bins, 32/24 px"):
+        train(tiny_config(tiny_data, tmp_path / "geom", init_from=str(tiny_checkpoint), input_size=24))
+    leaky = tmp_path / "leaky"
+    shutil.copytree(tiny_checkpoint, leaky)
+    manifest = pd.read_csv(leaky / "manifest.csv")
+    manifest["split"] = "train"  # as if it had trained on the whole folder
+    manifest.to_csv(leaky / "manifest.csv", index=False)
+    n_held = int((pd.read_csv(tiny_checkpoint / "manifest.csv")["split"] != "train").sum())
+    with pytest.raises(TrainingError, match=f"it trained on {n_held} of this run's val/test images"):
+        train(tiny_config(tiny_data, tmp_path / "leak", init_from=str(leaky)))
+    (leaky / "manifest.csv").unlink()
+    with pytest.raises(TrainingError, match="it has no manifest.csv"):
+        train(tiny_config(tiny_data, tmp_path / "blind", init_from=str(leaky)))
+    with pytest.raises(ValueError, match="--init-from sets every weight"):
+        tiny_config(tiny_data, tmp_path / "x", init_from=str(tiny_checkpoint), pretrained=True).validate()
+    assert train_main(["--data", str(tiny_data), "--out", str(tmp_path / "y"), "--init-from", str(tmp_path / "nope"),
+                       "--epochs", "1", "--cache-dir", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err
+    assert "nope is not a checkpoint folder" in err and "Traceback" not in err
