@@ -78,18 +78,36 @@ def _balancing(b: dict | None) -> str:
     return f"{how}, power {b['power']}, over {b['cells']}{within}"
 
 
+PHOTO_LEVERS = ("downscale", "blur", "jpeg", "noise", "cast", "grayscale", "yaw")
+
+
+def _start(meta: dict, cfg: dict) -> str:
+    if meta.get("init_from"):
+        src = meta["init_from"]
+        return (f"fine-tuned from checkpoint {src['name']} (weights sha256 {src['weights_sha256'][:12]}, "
+                f"{src.get('epochs')} epochs)")
+    if meta.get("init_trunk"):
+        return f"trained from a converted trunk, {meta['init_trunk']['file']}"
+    return "trained from " + ("ImageNet weights" if cfg.get("pretrained") else "random initialisation")
+
+
+def _photo_levers(cfg: dict) -> str:
+    on = [f"{k} {cfg['aug_' + k]}" for k in PHOTO_LEVERS if cfg.get("aug_" + k)]
+    return ", ".join(on) if on else "none"
+
+
 def card_for(path: Path, n_boot: int = N_BOOT) -> str:
     meta = read_meta(path)
     cfg = meta.get("train_config", {})
     lines = [f"## {path.name}", ""]
-    lines.append(f"- Architecture: {meta['arch']} (torchvision backbone, trained from "
-                 f"{'ImageNet weights' if cfg.get('pretrained') else 'random initialisation'}), input "
+    lines.append(f"- Architecture: {meta['arch']} ({_start(meta, cfg)}), input "
                  f"{meta['preprocess']['input_size']} px crop of a {meta['preprocess']['cache_size']} px aligned face.")
     lines.append(f"- Data: UTKFace aligned chips, fingerprint `{meta.get('dataset_fingerprint', '?')[:16]}`; split by "
                  f"{meta.get('split_rule', '?')}.")
     lines.append(f"- Training: {meta.get('epochs_run')} epochs (best: {meta.get('best_epoch')}), batch "
                  f"{cfg.get('batch_size')}, AdamW lr {cfg.get('lr')}, {cfg.get('age_loss')} age loss, "
-                 f"{meta.get('train_minutes')} min; balancing: {_balancing(meta.get('balance'))}.")
+                 f"{meta.get('train_minutes')} min; balancing: {_balancing(meta.get('balance'))}; photo degradations: "
+                 f"{_photo_levers(cfg)}.")
     try:
         df = prepare(load_predictions(path, "test"))
     except ValueError as e:

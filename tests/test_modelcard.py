@@ -74,3 +74,18 @@ def test_a_balanced_checkpoint_is_paired_with_the_baseline_trained_most_like_it(
     assert "## Mitigation: plain-balanced against a-dldl" in text
     assert "**Not a clean comparison**: besides balancing, the two were trained differently (age_loss: dldl in " \
            "a-dldl, " in text
+
+
+def test_the_card_says_where_training_started_and_which_photo_degradations_it_used(tiny_checkpoint, tmp_path):
+    root = tmp_path / "ck"
+    shutil.copytree(tiny_checkpoint, root / "tuned")
+    path = root / "tuned" / "meta.json"
+    meta = json.loads(path.read_text())
+    meta["init_from"] = {"name": "base", "weights_sha256": "ab" * 32, "epochs": 40}
+    meta["train_config"].update(aug_yaw=0.3, aug_jpeg=0.2)
+    path.write_text(json.dumps(meta))
+    assert modelcard_main(["--root", str(root), "--n-boot", "50"]) == 0
+    text = (root / "README.md").read_text()
+    assert "trained from fine-tuned from checkpoint base (weights sha256 abababababab, 40 epochs)" not in text
+    assert "fine-tuned from checkpoint base (weights sha256 abababababab, 40 epochs)" in text
+    assert "photo degradations: jpeg 0.2, yaw 0.3." in text
