@@ -73,6 +73,7 @@ class TrainConfig:
     aug_cast: float = Augment.cast
     aug_grayscale: float = Augment.grayscale
     aug_yaw: float = Augment.yaw
+    aug_yaw_realign: bool = Augment.yaw_realign
     # none | sampling (draw rare cells more often) | loss (weight each cell by its last-epoch error, per head)
     balance: str = "none"
     balance_by: str = "race,gender,age_bucket"  # the cells: any of race, gender, age_bucket

@@ -246,3 +246,47 @@ def yaw_affine_grid(theta: torch.Tensor, t: torch.Tensor, size: list[int]) -> to
     w = size[-1]
     u = (torch.arange(w, device=theta.device, dtype=theta.dtype) * 2 + 1) / w - 1  # column centres
     return F.affine_grid(num, size, align_corners=False) / (t.view(-1, 1, 1, 1) * u.view(1, 1, w, 1) + 1)
+
+
+def unturn_points(points: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Where ``yaw_warp`` shows source points (N x K x 2, or K x 2 for all): its inverse,
+    u = (x - t) / (1 - t x), v = y (1 - t^2) / (1 - t x)."""
+    t = t.to(points.dtype).view(-1, 1)
+    x, y = points[..., 0], points[..., 1]
+    d = 1 - t * x
+    return torch.stack(((x - t) / d, y * (1 - t * t) / d), dim=-1)
+
+
+def _template() -> torch.Tensor:
+    """The chips' mean landmarks (agegender.faces.load_template) in normalised coordinates (-1..1, pixel
+    centres, as F.affine_grid with align_corners=False)."""
+    from .faces import CHIP_SIZE, load_template
+
+    return torch.as_tensor((load_template() + 0.5) / CHIP_SIZE * 2 - 1, dtype=torch.float64)
+
+
+def realign(t: torch.Tensor) -> torch.Tensor:
+    """Per turn t, the N x 2 x 3 similarity (least squares, as faces.similarity_transform) from the template's
+    landmarks to the same landmarks turned by ``yaw_warp``: what the 5-point alignment of a photo of a turned
+    head does. The eyes close up as the head turns, so it zooms in (scale below 1 here) and slides towards
+    the nearer side, as the photos' crops do; the face is then framed like a photo's, not like a chip's."""
+    src = _template()
+    dst = unturn_points(src.expand(len(t), -1, -1), t.to(torch.float64))
+    z = torch.complex(src[:, 0], src[:, 1])
+    w = torch.complex(dst[..., 0], dst[..., 1])
+    zc, wc = z - z.mean(), w - w.mean(-1, keepdim=True)
+    a = (zc.conj() * wc).sum(-1) / (zc.abs() ** 2).sum()  # the 2-D Umeyama fit, as one complex ratio
+    b = w.mean(-1) - a * z.mean()
+    m = torch.stack((torch.stack((a.real, -a.imag, b.real), -1), torch.stack((a.imag, a.real, b.imag), -1)), 1)
+    return m.to(torch.float32)
+
+
+def yaw_aligned_grid(theta: torch.Tensor, t: torch.Tensor, size: list[int]) -> torch.Tensor:
+    """The sampling grid of a head turned by ``yaw_warp`` and then aligned as a photo is (``realign``), with
+    ``theta`` (crop and jitter) acting on the aligned face: output -> theta -> realign -> turn -> input. The
+    two affines compose into one, and the turn is an element-wise map of its grid: one resampling still."""
+    s = realign(t).to(theta.device, theta.dtype)
+    a = s[:, :, :2] @ theta[:, :, :2]
+    b = (s[:, :, :2] @ theta[:, :, 2:]).squeeze(-1) + s[:, :, 2]
+    grid = F.affine_grid(torch.cat((a, b.unsqueeze(-1)), -1), size, align_corners=False)
+    return yaw_warp(grid, t)

@@ -78,9 +78,6 @@ def _balancing(b: dict | None) -> str:
     return f"{how}, power {b['power']}, over {b['cells']}{within}"
 
 
-PHOTO_LEVERS = ("downscale", "blur", "jpeg", "noise", "cast", "grayscale", "yaw")
-
-
 def _start(meta: dict, cfg: dict) -> str:
     if meta.get("init_from"):
         src = meta["init_from"]
@@ -92,7 +89,11 @@ def _start(meta: dict, cfg: dict) -> str:
 
 
 def _photo_levers(cfg: dict) -> str:
-    on = [f"{k} {cfg['aug_' + k]}" for k in PHOTO_LEVERS if cfg.get("aug_" + k)]
+    from .preprocess import Augment
+
+    on = [f"{k} {cfg['aug_' + k]}" for k in Augment.PHOTO if cfg.get("aug_" + k)]
+    if cfg.get("aug_yaw") and cfg.get("aug_yaw_realign"):
+        on[-1] += " (aligned as photos are)"
     return ", ".join(on) if on else "none"
 
 

@@ -67,10 +67,15 @@ class Augment:
     # not a share: the largest head turn, as the t of degrade.yaw_warp drawn in [-yaw, yaw] for every image
     # (t = tan(yaw angle) / sqrt(3): 0.2 is ~19 degrees, 0.3 ~27); composed into the affine, no extra resampling
     yaw: float = 0.0
+    # with yaw: align the turned face as a photo's is (degrade.realign): its 5 landmarks onto the template,
+    # which zooms in and slides the crop as inference does on turned heads, instead of framing it like a chip
+    yaw_realign: bool = False
 
     PHOTO = ("downscale", "blur", "jpeg", "noise", "cast", "grayscale", "yaw")  # the degradation levers
 
     def __post_init__(self) -> None:
+        if self.yaw_realign and self.yaw <= 0:
+            raise ValueError("--aug-yaw-realign aligns turned heads: it needs --aug-yaw above 0")
         for name in self.PHOTO[:-1]:
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"--aug-{name} is a probability, not {getattr(self, name)}")
@@ -137,7 +142,8 @@ def _random_affine(x: torch.Tensor, pp: Preprocess, aug: Augment, g: torch.Gener
     theta = theta.to(x.device)
     size = [n, 3, pp.input_size, pp.input_size]
     if aug.yaw > 0:  # drawn only then, so runs without it keep their random stream
-        grid = degrade.yaw_affine_grid(theta, uniform(-aug.yaw, aug.yaw), size)
+        turn = degrade.yaw_aligned_grid if aug.yaw_realign else degrade.yaw_affine_grid
+        grid = turn(theta, uniform(-aug.yaw, aug.yaw), size)
     else:
         grid = F.affine_grid(theta, size, align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)

@@ -234,3 +234,56 @@ def test_every_lever_is_a_train_flag_recorded_with_the_config():
 def test_train_config_passes_the_levers_to_augment():
     cfg = TrainConfig(data="d", out="o", **{f"aug_{k}": v for k, v in ALL_ON.items()})
     assert {k: getattr(cfg.augment(), k) for k in ALL_ON} == ALL_ON
+
+
+def test_realign_is_the_5_point_alignment_of_the_turned_landmarks():
+    from agegender.faces import similarity_transform
+
+    t = torch.tensor([0.0, 0.2, -0.35, 0.5])
+    m = degrade.realign(t)
+    template = degrade._template()
+    torch.testing.assert_close(m[0], torch.eye(2, 3))  # no turn, nothing to align
+    for i in range(len(t)):  # the closed form is faces.similarity_transform, the aligner photos go through
+        turned = degrade.unturn_points(template, t[i:i + 1])[0].numpy()
+        np.testing.assert_allclose(m[i].numpy(), similarity_transform(template.numpy(), turned), atol=1e-6)
+    scale = torch.linalg.det(m[:, :, :2]).sqrt()
+    assert scale[3] < scale[2] < scale[1] < 0.99  # the eyes close up, so it zooms in, the more the larger |t|
+
+
+def test_unturn_points_inverts_the_warp():
+    pts = torch.rand(3, 7, 2, generator=torch.Generator().manual_seed(1)) * 1.6 - 0.8
+    t = torch.tensor([0.1, -0.3, 0.5])
+    shown = degrade.unturn_points(pts, t)
+    torch.testing.assert_close(degrade.yaw_warp(shown.unsqueeze(1), t), pts.unsqueeze(1), atol=1e-5, rtol=1e-5)
+
+
+def test_a_realigned_turn_puts_the_landmarks_back_near_the_template_in_one_resampling():
+    theta = torch.eye(2, 3).expand(4, 2, 3).clone()
+    t = torch.tensor([0.0, 0.3, -0.4, 0.5])
+    size = [4, 3, 16, 16]
+    assert torch.equal(degrade.yaw_aligned_grid(theta, torch.zeros(4), size),
+                       F.affine_grid(theta, size, align_corners=False))
+    template = degrade._template().float()
+    # a landmark at template position L in the output samples the source at warp(realign(L)): the turned
+    # landmark's source is L itself, so the realigned grid should send L (nearly) back onto L
+    s = degrade.realign(t)
+    mapped = template @ s[:, :, :2].transpose(1, 2) + s[:, None, :, 2]
+    back = degrade.yaw_warp(mapped.unsqueeze(1), t).squeeze(1)
+    plain = degrade.yaw_warp(template.expand(4, -1, -1).unsqueeze(1), t).squeeze(1)
+    err_aligned = (back - template).norm(dim=-1).mean(-1)
+    err_plain = (plain - template).norm(dim=-1).mean(-1)
+    assert (err_aligned[1:] < 0.5 * err_plain[1:]).all()
+
+
+def test_yaw_realign_needs_a_turn_and_changes_only_the_geometry():
+    with pytest.raises(ValueError, match="--aug-yaw-realign aligns turned heads: it needs --aug-yaw above 0"):
+        Augment(yaw_realign=True)
+    b = torch.randint(0, 256, (4, 3, PP.cache_size, PP.cache_size), dtype=torch.uint8,
+                      generator=torch.Generator().manual_seed(2))
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    plain = _random_affine(b.float() / 255, PP, Augment(yaw=0.3), g1)
+    aligned = _random_affine(b.float() / 255, PP, Augment(yaw=0.3, yaw_realign=True), g2)
+    assert not torch.allclose(plain, aligned)
+    assert torch.equal(torch.rand(3, generator=g1), torch.rand(3, generator=g2))  # the same draws
+    cfg = parser_for(TrainConfig, "").parse_args(["--aug-yaw", "0.3", "--aug-yaw-realign"])
+    assert TrainConfig(**vars(cfg)).augment().yaw_realign
