@@ -17,11 +17,10 @@ from PIL import Image, ImageFilter
 
 from .checkpoint import Checkpoint, load_checkpoint
 from .data import evenly_spaced, iter_bytes, scan
-from .faces import DECODE_ERRORS, FaceDetector
+from .faces import DECODE_ERRORS, FaceDetector, resize_image
 from .inference import predict_checkpoint
 from .labels import called_female
 from .predict import analyse
-from .preprocess import resize_image
 
 CANVAS = (640, 480)
 

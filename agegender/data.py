@@ -25,12 +25,12 @@ from .faces import (
     ERR_UNREADABLE,
     WHY_EMPTY,
     UnreadableImage,
+    resize_image,
     too_large_detail,
     why_unreadable,
 )
 from .labels import MalformedName, image_key, parse_name
 from .meta import atomic_write, atomic_write_text, read_meta
-from .preprocess import resize_image
 
 log = logging.getLogger(__name__)
 

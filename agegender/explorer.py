@@ -15,11 +15,11 @@ from .checkpoint import Checkpoint
 from .data import Scan, evenly_spaced, iter_bytes
 from .evalset import Crops
 from .explain import explain_checkpoint
+from .faces import resize_image
 from .fairness import value_order
 from .labels import DECISION, parse_age_bin
 from .predict import FaceResult, ImageResult
 from .predictions import complete, metric_columns
-from .preprocess import resize_image
 
 
 def years_outside(pred_age, age_bin) -> np.ndarray:

@@ -127,6 +127,14 @@ def load_photo(source: str | os.PathLike | bytes | io.IOBase, name: str | None =
         raise UnreadableImage(ERR_UNREADABLE.format(name=name, detail=why_unreadable(e))) from e
 
 
+def resize_image(image: Image.Image, size: int) -> np.ndarray:
+    """A PIL image as a size x size x 3 uint8 array (the cache and uploads alike)."""
+    image = image.convert("RGB")
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.BILINEAR)
+    return np.array(image, dtype=np.uint8)
+
+
 def load_template(path: Path = TEMPLATE_FILE) -> np.ndarray:
     """The 5 mean MTCNN landmarks on UTKFace chips, in 200 x 200 chip pixels."""
     return np.asarray(json.loads(path.read_text())["landmarks"], dtype=np.float64)
@@ -169,8 +177,6 @@ def align_face(photo: Image.Image, landmarks: np.ndarray, template: np.ndarray |
 def face_pixels(photo: Image.Image, face: Face | None, size: int) -> np.ndarray:
     """The face as the model's uint8 input square: aligned like a UTKFace chip, or, with no
     detection, the photo's centre square. Every photo the models see goes through here."""
-    from .preprocess import resize_image  # torch: imported only where pixels are made
-
     chip = align_face(photo, face.landmarks) if face is not None else centre_square(photo)
     return resize_image(chip, size)
 

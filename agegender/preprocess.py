@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from . import degrade
 
@@ -81,14 +80,6 @@ class Augment:
                 raise ValueError(f"--aug-{name} is a probability, not {getattr(self, name)}")
         if not 0 <= self.yaw <= degrade.YAW_MAX:
             raise ValueError(f"--aug-yaw must be in [0, {degrade.YAW_MAX}], not {self.yaw}")
-
-
-def resize_image(image: Image.Image, size: int) -> np.ndarray:
-    """A PIL image as a size x size x 3 uint8 array (the cache and uploads alike)."""
-    image = image.convert("RGB")
-    if image.size != (size, size):
-        image = image.resize((size, size), Image.Resampling.BILINEAR)
-    return np.array(image, dtype=np.uint8)
 
 
 def centre_crop(pixels: np.ndarray | torch.Tensor, pp: Preprocess) -> np.ndarray | torch.Tensor:

@@ -3,7 +3,8 @@ import pytest
 import torch
 from PIL import Image
 
-from agegender.preprocess import Augment, Preprocess, centre_crop, preprocess, resize_image, to_batch
+from agegender.faces import resize_image
+from agegender.preprocess import Augment, Preprocess, centre_crop, preprocess, to_batch
 
 PP = Preprocess(cache_size=32, input_size=24)
 NO_AUG = Augment(scale=0, rotate=0, shift=0, flip=False, brightness=0, contrast=0, saturation=0)
