@@ -1,0 +1,72 @@
+"""The pose mix of a folder of face chips: MTCNN's five landmarks on each chip, the yaw they give
+(agegender.quality.yaw), and the share of each pose group. Measures quality.UTKFACE_POSE_MIX.
+
+    python -m benchmarks.chip_pose [--data UTKFACE] [--out yaw.csv]
+
+About 9 minutes for UTKFace's 20,983 chips on 2 cores (chips of one size go through MTCNN in batches).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from tqdm import tqdm
+
+from agegender import quality
+from agegender.data import list_images
+from agegender.faces import DECODE_ERRORS, FaceDetector
+from agegender.runtime import set_threads
+
+from .common import parser
+
+BATCH = 256
+
+
+def chip_yaws(folder: Path, names: list[str], detector: FaceDetector) -> np.ndarray:
+    """|yaw| in degrees of each chip's most confident face; NaN where none is found or the chip is unreadable."""
+    out = np.full(len(names), np.nan)
+    for start in tqdm(range(0, len(names), BATCH), desc="chips", unit="batch"):
+        part, ims = [], []
+        for i in range(start, min(start + BATCH, len(names))):
+            try:
+                with Image.open(folder / names[i]) as im:
+                    ims.append(im.convert("RGB"))
+                part.append(i)
+            except DECODE_ERRORS:
+                continue
+        for i, faces in zip(part, detector.detect_many(ims), strict=True):
+            if faces:
+                out[i] = abs(float(quality.yaw(faces[0].landmarks)))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser("chip_pose", __doc__, checkpoint=False)
+    p.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "datasets" / "UTKFace"))
+    p.add_argument("--out", help="also write each chip's |yaw| here (CSV)")
+    args = p.parse_args(argv)
+    set_threads(args.threads or 2)
+    folder = Path(args.data)
+    names = sorted(m for m, _ in list_images(folder)[1])
+    t = time.perf_counter()
+    yaw = chip_yaws(folder, names, FaceDetector())
+    took = time.perf_counter() - t
+    if args.out:
+        pd.DataFrame({"file": names, "abs_yaw": yaw}).to_csv(args.out, index=False)
+    found = yaw[np.isfinite(yaw)]
+    groups = pd.Series(quality.pose_group(found)).value_counts(normalize=True)
+    print(f"{folder}: {len(names)} chips, a face on {len(found)}, {took:.0f} s")
+    print("  |yaw| median {:.1f}, 95th percentile {:.1f}, 99th {:.1f} degrees; beyond 40: {:.1%}".format(
+        *np.percentile(found, [50, 95, 99]), (found > 40).mean()))
+    for label in quality.POSE_LABELS:
+        print(f"  {label:22} {groups.get(label, 0.0):.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
