@@ -8,7 +8,7 @@ import shutil
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from agegender import results
+from agegender import results, shift
 from agegender.datasets import ERR_LABELS_MISSING, ERR_NOT_FOUND
 from dashboard import ui
 
@@ -69,6 +69,10 @@ def test_register_evaluate_and_compare_across_datasets(page, tmp_path):
     assert list(headline["checkpoint"]) == ["tiny"]
     assert (headline["n"][0], headline["n_found"][0]) == (8, 6)  # the corrupt file dropped, two photos faceless
     assert 0 <= headline["gender_accuracy"][0] <= 1
+    explained = at.dataframe[2].value  # the set at UTKFace's mix, against the checkpoint's own predictions
+    assert list(explained["figure"][:2]) == [shift.FIGURE_LABELS["reference"], shift.FIGURE_LABELS["as measured"]]
+    assert explained["faces"][1] == 6 and explained["gender accuracy"][1].endswith("]")
+    assert len(explained) == 5 and [m.value for m in at.markdown] == ["**tiny**"]
     rows = cross_rows(at)
     assert rows["ff"]["images"] == "8" and rows["ff"]["faces found"] == "75.0%"
     assert rows["ff"]["note"] == results.FEW_GROUPS.format(grouping="race", min_count=30)  # six faces: no gap

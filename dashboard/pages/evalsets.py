@@ -22,6 +22,11 @@ NO_SETS = "No evaluation set yet: register one above."
 NO_OFFERED = "No evaluation set this dashboard may read: register one in an allowed folder above."
 EVALUATED = "{label} on {name}: a face found in {found:,} of {n:,} images ({how})."
 NO_PICK = "Pick one or more checkpoints in the sidebar to evaluate them."
+SHIFT_TITLE = "Why lower than on UTKFace: this set at UTKFace's age, gender and pose mix"
+SHIFT_CAPTION = ("The set's accuracy recomputed as if its faces had the mix of the checkpoint's own held-out "
+                 "UTKFace faces in the same age bins (age x gender) and of UTKFace's chips (pose), one factor at "
+                 "a time and both (python -m agegender.shift). What standardising closes is explained by the mix; "
+                 "what is left is quality, framing, labels or faces the model has not learnt. 95% intervals.")
 NOT_ALLOWED_SETS = "Not offered here, being outside the folders this dashboard may read: {names}."
 
 
@@ -48,6 +53,20 @@ def cross_stamp(paths: list[str], names: list[str]) -> tuple:
     for p in paths:
         files += [f"{p}/meta.json", *(f"{p}/predictions-{s}.csv" for s in results.OWN_SPLITS)]
     return ui.stamp(*files)
+
+
+@st.cache_data(max_entries=16, ttl=600, show_spinner="Standardising (bootstrap)…")
+def shift_cached(checkpoint: str, set_name: str, stamp: tuple):
+    """agegender.shift's table of a set's predictions against the checkpoint's own, as of their files' stamp."""
+    from agegender import shift
+
+    table, notes = shift.explain(results.load_result(checkpoint, set_name), shift.reference_predictions(checkpoint))
+    return shift.display(table), notes
+
+
+def shift_stamp(checkpoint: str, set_name: str) -> tuple:
+    found = results.predictions_file(checkpoint, set_name)
+    return ui.stamp(*(f"{checkpoint}/predictions-{s}.csv" for s in results.OWN_SPLITS), *([found] if found else []))
 
 
 _, data_allowed = ui.allow_lists()
@@ -159,6 +178,18 @@ else:
     if rows:
         table = pd.DataFrame(rows).astype(dict.fromkeys(results.HEADLINE_FIGURES, float))
         st.dataframe(tables.styled(table), hide_index=True)
+        with st.expander(SHIFT_TITLE):
+            st.caption(SHIFT_CAPTION)
+            for p in picked:
+                try:
+                    explained, notes = shift_cached(p, set_name, shift_stamp(p, set_name))
+                except (*fail, ValueError) as e:
+                    st.info(f"{Path(p).name}: {e}")
+                    continue
+                st.markdown(f"**{Path(p).name}**")
+                st.dataframe(explained, hide_index=True)
+                for note in notes:
+                    st.caption(note)
 
 st.subheader("Across datasets")
 if picked:
