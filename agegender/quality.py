@@ -26,21 +26,20 @@ SIZE_EDGES = (60.0, 120.0)  # face_px
 SIZE_LABELS = ("under 60 px", "60-120 px", "over 120 px")
 UNKNOWN = "unknown"  # no face found, or a chip: no landmarks to measure
 
-# What the models saw in training, measured on 600 evenly spaced UTKFace train chips (MTCNN on the chip,
-# 598 found): |yaw| median 7 degrees, 95th percentile 27; sharpness of the 144 px aligned crop: 5th
-# percentile 11.9, median 45. Faces beyond these are rarer in training than 1 in 20, so a prediction on
-# them is less reliable (on FairFace-sample the baseline's gender accuracy is 91% on frontal faces and 73%
-# on faces turned over 30 degrees). Chips fill their 200 px frame, so a face of under 60 px in a photo is
-# enlarged more than 3x to reach the model.
-# The pose mix of the faces the models learnt from: python -m benchmarks.chip_pose on the 20,983 UTKFace chips
-# (MTCNN on each chip, 73 without a face; |yaw| median 7.1 degrees, 99th percentile 38.8, 0.8% beyond 40).
-# FairFace-sample's faces are turned far more: 31% beyond 30 degrees, 21% beyond 40.
+# What the models saw in training. Pose: python -m benchmarks.chip_pose on all 20,983 UTKFace chips (MTCNN on
+# each chip, 73 without a face): |yaw| median 7.1 degrees, 95th percentile 29.1, 99th 38.8, 0.8% beyond 40;
+# UTKFACE_POSE_MIX is its pose groups' shares (FairFace-sample: 31% beyond 30 degrees, 21% beyond 40).
+# Sharpness of the 144 px aligned crop, on 600 evenly spaced train chips: 5th percentile 11.9, median 45.
+# Faces beyond these are rarer in training than 1 in 20, so a prediction on them is less reliable (on
+# FairFace-sample the baseline's gender accuracy is 91% on frontal faces and 73% on faces turned over 30
+# degrees). Chips fill their 200 px frame, so a face of under 60 px in a photo is enlarged more than 3x to
+# reach the model.
 UTKFACE_POSE_MIX = {POSE_LABELS[0]: 0.7653, POSE_LABELS[1]: 0.1903, POSE_LABELS[2]: 0.0443}
 SHARPNESS_SIZE = 144  # sharpness is measured on the aligned crop at this size, whatever the model's
 TRAINED_YAW = 30.0
 TRAINED_SHARPNESS = 12.0
 TRAINED_FACE_PX = 60.0
-NOTE_TURNED = "turned {yaw:.0f}° (training faces: 95% within 27°)"
+NOTE_TURNED = "turned {yaw:.0f}° (training faces: 95% within 29°)"
 NOTE_BLURRED = "blurred (sharpness {sharpness:.0f}; 95% of training faces above 12)"
 NOTE_SMALL = "small ({face_px:.0f} px; training faces fill 200 px)"
 
