@@ -37,9 +37,7 @@ the gender flips in the top 5%, 87% of the moved ages); ranked within the set, e
 own spread (79% and 74%). ``score`` stays 1 - p_label, the model's own probability that the label is wrong. The
 rules see the model, not the face: a face the model gets badly wrong looks like a wrong label. The list is
 for a person to review; the verdicts ("label confirmed", "label wrong") go to a review file beside the
-predictions (label-review-<source>.csv: the checkpoint folder for UTKFace val / test, the set's results folder
-for an evaluation set; never the dataset), and are read back by file and label, so they survive a re-audit
-and lapse once the label itself is changed. without_suspects and suspect_share_by_group let every report
+predictions, never into the dataset (agegender.review). without_suspects and suspect_share_by_group let every report
 figure be recomputed without the suspects.
 
 Training images: a network trained on an image has learnt its label, wrong or not (40 epochs from scratch
@@ -62,7 +60,6 @@ import argparse
 import json
 import logging
 import sys
-import threading
 import time
 from collections.abc import Callable
 from math import sqrt
@@ -80,9 +77,7 @@ from .evaluate import age_distributions as _age_distributions
 from .evaluate import dataset_frame, has_distribution, predictions_frame, with_label_tails
 from .fairness import wilson
 from .labels import AGE_BUCKET_EDGES, GENDERS, image_key
-from .meta import atomic_write
 from .predictions import (
-    IMAGE_KEYS,
     LABEL_TAIL,
     age_tail,
     complete,
@@ -92,6 +87,7 @@ from .predictions import (
     predictions_path,
     year_quantile,
 )
+from .review import CONFIRMED, OWN_SPLITS, WRONG, label_keys, read_review, review_path, with_reviews
 from .runtime import set_threads
 
 log = logging.getLogger(__name__)
@@ -99,11 +95,8 @@ log = logging.getLogger(__name__)
 GENDER, AGE = "gender", "age"
 DEFAULT_LEVEL = 0.01  # an age label with a tail probability at or below this is a suspect
 MIN_SPREAD_N = 30  # regression fallback: an age bucket with fewer faces takes the whole set's spread
-CONFIRMED, WRONG = "label confirmed", "label wrong"  # a reviewer's verdicts
-REVIEW_COLUMNS = (*IMAGE_KEYS, "verdict", "suspect", "score", "reviewed_at")
 AUDIT_COLUMNS = ("suspect", "flagged", "score", "p_label", "p_set", "reason", "p_gender_label", "age_tail",
                  "age_median")
-OWN_SPLITS = ("val", "test")  # a checkpoint's own predictions: the review file goes in its folder
 
 # Error messages are constants so tests can assert them word for word.
 ERR_NO_DISTRIBUTION = ("{path} has no age distribution head (it was trained with --age-loss {loss}): pass no "
@@ -134,10 +127,7 @@ NOTE_NOT_PREDICTED = ("{n} of the {total} images have no row in the predictions 
                       "were added): left out; python -m agegender.evaluate scores them")
 MANIFEST_HOW = "its manifest.csv lists them as train"
 SPLIT_HOW = "it has no manifest.csv, and the split rule puts them in train"
-ERR_REVIEW_UNREADABLE = "cannot read the review file {path} ({detail}): fix it or delete it"
-ERR_REVIEW_WRITE = "cannot write the review file {path} ({detail})"
 
-_REVIEW_LOCK = threading.Lock()  # dashboard sessions are threads of one process: no verdict lost between two
 
 
 class AuditError(ValueError):
@@ -320,69 +310,6 @@ def counts(audit: pd.DataFrame, threshold: float | None = None) -> dict[str, int
     s = suspects(audit, threshold)
     return {GENDER: int((s & (audit["suspect"] == GENDER)).sum()), AGE: int((s & (audit["suspect"] == AGE)).sum()),
             "total": int(s.sum())}
-
-
-# ---- reviews ---------------------------------------------------------------------------------------------
-
-def review_path(checkpoint: str | Path, source: str) -> Path:
-    """Where a source's verdicts are kept: beside its predictions, never in the dataset."""
-    if source in OWN_SPLITS:
-        return Path(checkpoint) / f"label-review-{source}.csv"
-    from .results import set_folder
-
-    return set_folder(source) / f"label-review-{source}.csv"
-
-
-def label_keys(df: pd.DataFrame) -> pd.Series:
-    """An image and the label it carries, as text (file, exact age, else age bin, gender): a verdict holds for
-    that label only. A table with exact ages and one completed with their bins give the same keys."""
-    age = pd.to_numeric(df["age"], errors="coerce") if "age" in df else pd.Series(np.nan, index=df.index)
-    bins = df["age_bin"].fillna("").astype(str) if "age_bin" in df else pd.Series("", index=df.index)
-    text = [f"{a:g}" if np.isfinite(a) else b for a, b in zip(age, bins, strict=True)]
-    return df["file"].astype(str) + "|" + pd.Series(text, index=df.index) + "|" + df["gender"].astype(str)
-
-
-def read_review(path: str | Path) -> pd.DataFrame:
-    """The verdicts in a review file (none when it does not exist yet)."""
-    path = Path(path)
-    if not path.is_file():
-        return pd.DataFrame(columns=list(REVIEW_COLUMNS))
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-        raise AuditError(ERR_REVIEW_UNREADABLE.format(path=path, detail=e)) from e
-    missing = [c for c in ("file", "gender", "verdict") if c not in df]
-    if missing:
-        raise AuditError(ERR_REVIEW_UNREADABLE.format(path=path, detail=f"no column {', '.join(missing)}"))
-    return df
-
-
-def mark(path: str | Path, rows: pd.DataFrame, verdict: str | None) -> None:
-    """Record ``verdict`` (CONFIRMED, WRONG, or None to clear) for audit ``rows``, replacing earlier verdicts
-    on the same image and label; the file is rewritten atomically."""
-    if verdict not in (CONFIRMED, WRONG, None):
-        raise ValueError(f"verdict must be {CONFIRMED!r}, {WRONG!r} or None, not {verdict!r}")
-    path = Path(path)
-    with _REVIEW_LOCK:
-        old = read_review(path)
-        keep = old[~label_keys(old).isin(set(label_keys(rows)))] if len(old) else old
-        new = pd.DataFrame(columns=list(REVIEW_COLUMNS))
-        if verdict is not None:
-            new = rows.reindex(columns=list(REVIEW_COLUMNS)).assign(
-                verdict=verdict, reviewed_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-        frame = pd.concat([keep.reindex(columns=list(REVIEW_COLUMNS)), new], ignore_index=True)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_write(path) as tmp:
-                frame.to_csv(tmp, index=False)
-        except OSError as e:
-            raise AuditError(ERR_REVIEW_WRITE.format(path=path, detail=e)) from e
-
-
-def with_reviews(audit: pd.DataFrame, review: pd.DataFrame) -> pd.DataFrame:
-    """The audit with a ``verdict`` column: the review's verdict on the image with this label, else ""."""
-    verdicts = dict(zip(label_keys(review), review["verdict"], strict=True)) if len(review) else {}
-    return audit.assign(verdict=[verdicts.get(k, "") for k in label_keys(audit)])
 
 
 def _dropped(audit: pd.DataFrame, threshold: float | None) -> pd.Series:

@@ -27,6 +27,7 @@ import pandas as pd
 
 from . import audit as label_audit_
 from . import charts, genderband, slices
+from . import review as reviews
 from .fairness import (
     METRICS,
     MIN_COUNT,
@@ -96,7 +97,7 @@ def label_audit(df: pd.DataFrame, audit: pd.DataFrame, groupings, n_boot: int = 
     out = {"n_audited": len(audit), "age_method": audit.attrs.get("age_method"),
            "age_source": audit.attrs.get("age_source"), "level": audit.attrs.get("level"),
            "gender_thresholds": audit.attrs.get("thresholds"), "suspects": label_audit_.counts(audit),
-           "reviewed": {v: int(verdicts.get(v, 0)) for v in (label_audit_.CONFIRMED, label_audit_.WRONG)},
+           "reviewed": {v: int(verdicts.get(v, 0)) for v in (reviews.CONFIRMED, reviews.WRONG)},
            "left_out": len(df) - len(clean),
            "share_by_group": {g: shares[shares["column"] == g].drop(columns="column").to_dict("records")
                               for g in singles},
@@ -144,14 +145,14 @@ def suspects_text(audit: pd.DataFrame, n_table: int, n_clean: int) -> str:
     verdict = audit["verdict"] if "verdict" in audit else pd.Series(dtype=str)
     return (f"{c['total']} suspected label errors among {len(audit)} faces ({c['gender']} gender, {c['age']} age; "
             f"age by {audit.attrs.get('age_method')}); {n_table - n_clean} rows left out (reviewed: "
-            f"{int((verdict == label_audit_.CONFIRMED).sum())} confirmed stay in, "
-            f"{int((verdict == label_audit_.WRONG).sum())} wrong go).")
+            f"{int((verdict == reviews.CONFIRMED).sum())} confirmed stay in, "
+            f"{int((verdict == reviews.WRONG).sum())} wrong go).")
 
 
 def label_audit_text(section: dict) -> str:
     """A line on what the audit found and left out."""
     c, r = section["suspects"], section["reviewed"]
-    reviewed = f"; reviewed: {r[label_audit_.CONFIRMED]} confirmed, {r[label_audit_.WRONG]} wrong" if any(r.values()) \
+    reviewed = f"; reviewed: {r[reviews.CONFIRMED]} confirmed, {r[reviews.WRONG]} wrong" if any(r.values()) \
         else ""
     return (f"label audit ({section['age_method']}, age level {section['level']}): {c['total']} suspects among "
             f"{section['n_audited']} faces ({c['gender']} gender, {c['age']} age){reviewed}; "
@@ -288,9 +289,9 @@ def audit_for(df: pd.DataFrame, checkpoint: str | None, split: str, review: str 
                 "agegender.evaluate again for the model's own age distribution)")
     if audit is None:
         return None, None
-    path = review or (label_audit_.review_path(checkpoint, split) if checkpoint else None)
-    return label_audit_.with_reviews(audit, label_audit_.read_review(path) if path else pd.DataFrame(
-        columns=list(label_audit_.REVIEW_COLUMNS))), note
+    path = review or (reviews.review_path(checkpoint, split) if checkpoint else None)
+    return reviews.with_reviews(audit, reviews.read_review(path) if path else pd.DataFrame(
+        columns=list(reviews.REVIEW_COLUMNS))), note
 
 
 def main(argv: list[str] | None = None) -> int:

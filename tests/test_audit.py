@@ -12,6 +12,7 @@ from streamlit.testing.v1 import AppTest
 
 from agegender import audit as A
 from agegender import report, training
+from agegender import review as R
 from agegender.checkpoint import load_checkpoint
 from agegender.data import cached_images, fold_of, scan, split_of
 from agegender.datasets import ERR_NOT_FOUND
@@ -276,39 +277,39 @@ def test_verdicts_round_trip_survive_a_reaudit_and_lapse_with_a_new_label(tmp_pa
     audit = A.audit_table(table, probs)
     path = tmp_path / "label-review-val.csv"
     wrong, confirmed, cleared = audit["file"][:3]
-    A.mark(path, audit[audit["file"] == wrong], A.WRONG)
-    A.mark(path, audit[audit["file"].isin([confirmed, cleared])], A.CONFIRMED)
-    A.mark(path, audit[audit["file"] == cleared], None)
+    R.mark(path, audit[audit["file"] == wrong], R.WRONG)
+    R.mark(path, audit[audit["file"].isin([confirmed, cleared])], R.CONFIRMED)
+    R.mark(path, audit[audit["file"] == cleared], None)
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # written in place, atomically
-    review = A.read_review(path)
-    assert dict(zip(review["file"], review["verdict"], strict=True)) == {wrong: A.WRONG, confirmed: A.CONFIRMED}
-    again = A.with_reviews(A.audit_table(table, gaussians(table["pred_age"] + 1, 5)), A.read_review(path))
+    review = R.read_review(path)
+    assert dict(zip(review["file"], review["verdict"], strict=True)) == {wrong: R.WRONG, confirmed: R.CONFIRMED}
+    again = R.with_reviews(A.audit_table(table, gaussians(table["pred_age"] + 1, 5)), R.read_review(path))
     verdict = again.set_index("file")["verdict"]
-    assert (verdict[wrong], verdict[confirmed], verdict[cleared]) == (A.WRONG, A.CONFIRMED, "")
+    assert (verdict[wrong], verdict[confirmed], verdict[cleared]) == (R.WRONG, R.CONFIRMED, "")
     assert (verdict == "").sum() == len(table) - 2
     relabelled = table.assign(age=np.where(table["file"] == wrong, table["age"] + 1, table["age"]))
-    assert A.with_reviews(A.audit_table(relabelled, probs), review).set_index("file")["verdict"][wrong] == ""
-    A.mark(path, audit[audit["file"] == wrong], A.CONFIRMED)  # a verdict changed replaces the old one
-    assert A.read_review(path).set_index("file")["verdict"].to_dict() == {confirmed: A.CONFIRMED, wrong: A.CONFIRMED}
+    assert R.with_reviews(A.audit_table(relabelled, probs), review).set_index("file")["verdict"][wrong] == ""
+    R.mark(path, audit[audit["file"] == wrong], R.CONFIRMED)  # a verdict changed replaces the old one
+    assert R.read_review(path).set_index("file")["verdict"].to_dict() == {confirmed: R.CONFIRMED, wrong: R.CONFIRMED}
     (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
-    with pytest.raises(A.AuditError) as e:
-        A.read_review(tmp_path / "bad.csv")
+    with pytest.raises(R.ReviewError) as e:
+        R.read_review(tmp_path / "bad.csv")
     no_columns = "no column file, gender, verdict"
-    assert str(e.value) == A.ERR_REVIEW_UNREADABLE.format(path=tmp_path / "bad.csv", detail=no_columns)
+    assert str(e.value) == R.ERR_REVIEW_UNREADABLE.format(path=tmp_path / "bad.csv", detail=no_columns)
 
 
 def test_review_files_live_beside_the_predictions(tmp_path):
     from agegender.results import set_folder
 
-    assert A.review_path(tmp_path, "val") == tmp_path / "label-review-val.csv"
-    assert A.review_path(tmp_path, "ff") == set_folder("ff") / "label-review-ff.csv"
+    assert R.review_path(tmp_path, "val") == tmp_path / "label-review-val.csv"
+    assert R.review_path(tmp_path, "ff") == set_folder("ff") / "label-review-ff.csv"
 
 
 def reviewed(table):
     """An audit with a confirmed suspect and a non-suspect reviewed wrong."""
     audit = A.audit_table(table)
     flagged, clean = audit[audit["flagged"]], audit[~audit["flagged"]]
-    verdict = {flagged["file"].iloc[0]: A.CONFIRMED, clean["file"].iloc[0]: A.WRONG}
+    verdict = {flagged["file"].iloc[0]: R.CONFIRMED, clean["file"].iloc[0]: R.WRONG}
     return audit.assign(verdict=audit["file"].map(verdict).fillna("")), verdict
 
 
@@ -317,8 +318,8 @@ def test_without_suspects_against_a_direct_computation(threshold):
     table, _ = fake_table(seed=3)
     audit, verdict = reviewed(table)
     sus = audit["flagged"] if threshold is None else audit["score"] >= threshold
-    drop = (set(audit["file"][sus]) - {f for f, v in verdict.items() if v == A.CONFIRMED}) | {
-        f for f, v in verdict.items() if v == A.WRONG}
+    drop = (set(audit["file"][sus]) - {f for f, v in verdict.items() if v == R.CONFIRMED}) | {
+        f for f, v in verdict.items() if v == R.WRONG}
     kept = A.without_suspects(table, audit, threshold)
     assert list(kept["file"]) == [f for f in table["file"] if f not in drop]  # in the table's order
     shares = A.suspect_share_by_group(prepare(table), audit, ["race", "gender"], threshold)
@@ -353,8 +354,8 @@ def test_the_explorer_shows_suspects_and_records_a_verdict(folds, tiny_data, tmp
     at.button(key="ex_verdict_Label wrong").click().run()
     assert not at.exception and not at.error
     review = pd.read_csv(ck / "label-review-val.csv")
-    assert review.set_index("file")["verdict"].to_dict() == {pick: A.WRONG}
-    assert f"— **{A.WRONG}**" in " ".join(m.value for m in at.markdown)
+    assert review.set_index("file")["verdict"].to_dict() == {pick: R.WRONG}
+    assert f"— **{R.WRONG}**" in " ".join(m.value for m in at.markdown)
 
 
 # ---- from the predictions alone: the age_label_tail column ------------------------------------------------------
@@ -461,19 +462,19 @@ def test_the_report_json_label_audit_matches_a_direct_recomputation(tmp_path, ca
     audit = A.audit_table(load_predictions(path=path))
     confirmed = audit[audit["flagged"]]["file"].iloc[0]
     review = tmp_path / "review.csv"
-    A.mark(review, audit[audit["file"] == confirmed], A.CONFIRMED)
+    R.mark(review, audit[audit["file"] == confirmed], R.CONFIRMED)
     js = tmp_path / "r.json"
     assert report.main(["--predictions", str(path), "--json", str(js), "--by", "race,gender,race:gender",
                         "--n-boot", "50", "--review", str(review)]) == 0
     assert "label audit (distribution" in capsys.readouterr().out
     got = json.loads(js.read_text())["label_audit"]
-    audit = A.with_reviews(audit, A.read_review(review))
+    audit = R.with_reviews(audit, R.read_review(review))
     df = load_predictions(path=path)
     clean = A.without_suspects(df, audit)
     assert confirmed in set(clean["file"])
     assert got["suspects"] == A.counts(audit) and got["left_out"] == len(df) - len(clean) == A.counts(audit)[
         "total"] - 1
-    assert got["reviewed"] == {A.CONFIRMED: 1, A.WRONG: 0}
+    assert got["reviewed"] == {R.CONFIRMED: 1, R.WRONG: 0}
     assert set(got["share_by_group"]) == set(got["disparity"]) == {"race", "gender"}  # single columns only
     shares = A.suspect_share_by_group(prepare(df), audit, ["race"])
     pd.testing.assert_frame_equal(pd.DataFrame(got["share_by_group"]["race"]), shares.drop(columns="column"),
@@ -524,7 +525,7 @@ def test_the_bias_page_recomputes_every_figure_without_the_suspects(folds, tmp_p
     assert n_all == f"gender accuracy (n={len(pred)})" and n_clean == f"gender accuracy (n={len(pred) - k})"
     shares = at.dataframe[0].value
     assert int(shares["suspects"].sum()) == k
-    A.mark(A.review_path(ck, "val"), audit[audit["flagged"]].head(1), A.CONFIRMED)  # a confirmed label stays in
+    R.mark(R.review_path(ck, "val"), audit[audit["flagged"]].head(1), R.CONFIRMED)  # a confirmed label stays in
     at.run()
     assert not at.exception
     assert next(m for m in at.metric if m.label.startswith("gender accuracy")).label == \

@@ -4,7 +4,7 @@ and the per-group mean Grad-CAMs (the page only draws them)."""
 import numpy as np
 import pytest
 
-from agegender.audit import WRONG, audit_table
+from agegender.audit import audit_table
 from agegender.checkpoint import load_checkpoint
 from agegender.data import evenly_spaced, scan
 from agegender.explorer import (
@@ -24,6 +24,7 @@ from agegender.explorer import (
 )
 from agegender.fairness import prepare
 from agegender.predictions import load_predictions
+from agegender.review import WRONG
 
 from .test_agebins import BINS, SITES, fairface_predictions
 from .test_fairness import fake_predictions

@@ -55,10 +55,11 @@ st.title("Bias report")
 
 # heavy imports after the title, so the page shows while they load
 from agegender import charts, slices, tables
-from agegender.audit import audit_needs_model, review_path, without_suspects
+from agegender.audit import audit_needs_model, without_suspects
 from agegender.fairness import METRICS, MIN_COUNT, GroupReport, grouping_columns, groupings_for, prepare
 from agegender.report import suspect_shares, suspects_text, to_html
 from agegender.results import source_label
+from agegender.review import review_path
 
 ckpt = ui.checkpoint_choice(ui.selected_checkpoints())
 c1, c2, c3, c4 = st.columns(4)

@@ -9,18 +9,7 @@ st.title("Error explorer")
 # heavy imports after the title, so the page shows while they load
 from PIL import Image
 
-from agegender.audit import (
-    CONFIRMED,
-    WRONG,
-    AuditError,
-    audit_faces,
-    chip_faces,
-    counts,
-    mark,
-    read_review,
-    review_path,
-    with_reviews,
-)
+from agegender.audit import AuditError, audit_faces, chip_faces, counts
 from agegender.data import DatasetError
 from agegender.explain import overlay
 from agegender.explorer import (
@@ -38,6 +27,7 @@ from agegender.explorer import (
 )
 from agegender.fairness import grouping_columns, prepare
 from agegender.predict import display_crop
+from agegender.review import CONFIRMED, WRONG, ReviewError, mark, read_review, review_path, with_reviews
 
 SUSPECTS = "Suspected label errors"
 MODES = {"Worst age errors": worst_age_errors, "Misgendered": misgendered, SUSPECTS: None}
@@ -97,7 +87,7 @@ if mode == SUSPECTS:
         audit = with_reviews(label_audit(str(ckpt.path), source, data_path, (
             ui.checkpoint_stamp(ckpt.path), ui.predictions_stamp(ckpt.path, source), data_stamp)),
             read_review(review_file))
-    except AuditError as e:
+    except (AuditError, ReviewError) as e:
         st.error(str(e))
         st.stop()
     c = counts(audit)
@@ -138,7 +128,7 @@ def review(row) -> None:
         if col.button(label, key=f"ex_verdict_{label}"):
             try:
                 mark(review_file, rows[rows["file"] == row["file"]], verdict)
-            except AuditError as e:
+            except ReviewError as e:
                 st.error(str(e))
                 return
             st.rerun()
