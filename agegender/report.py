@@ -28,6 +28,7 @@ import pandas as pd
 from . import audit as label_audit_
 from . import charts, genderband, slices
 from . import review as reviews
+from . import shift as dataset_shift
 from .fairness import (
     METRICS,
     MIN_COUNT,
@@ -47,6 +48,8 @@ from .meta import CheckpointError
 from .predictions import REQUIRED, load_predictions
 from .slices import MAX_ORDER, MIN_SLICE, SliceSearch, find_slices
 
+ERR_REFERENCE = ("--reference goes with --predictions (an evaluation set's table): a checkpoint's own splits "
+                 "are the reference")
 MISSED_COLUMNS = ("n_images", "n_missed", "missed_rate", "missed_rate_lo", "missed_rate_hi")
 
 
@@ -161,12 +164,13 @@ def label_audit_text(section: dict) -> str:
 
 def to_json(reports: dict[str, GroupReport], source: str, searched: SliceSearch | None = None,
             coverage: dict[str, pd.DataFrame] | None = None, threshold: dict[str, dict] | None = None,
-            audit: dict | None = None) -> dict:
+            audit: dict | None = None, shift: dict | None = None) -> dict:
     """The report as JSON; with ``searched`` (find_slices), the slices tried, worst first per metric (the first
     slices.SHOW_AT_MOST of each), under "slices", and how many were tried, over what, under "slice_search";
     with ``coverage`` (interval_coverage), the age intervals' coverage under "age_interval_coverage"; with
     ``threshold`` (gender_threshold), per-group ROC, calibration and the band's what-if under "gender_threshold";
-    with ``audit`` (label_audit), the label audit under "label_audit"."""
+    with ``audit`` (label_audit), the label audit under "label_audit"; with ``shift`` (shift_section), the set's
+    figures at the reference's mix under "shift"."""
     first = next(iter(reports.values()))
     out = {"source": source, "overall": first.to_json()["overall"],
            "groupings": {g: {k: v for k, v in r.to_json().items() if k != "overall"} for g, r in reports.items()}}
@@ -178,7 +182,23 @@ def to_json(reports: dict[str, GroupReport], source: str, searched: SliceSearch 
         out["gender_threshold"] = threshold
     if audit:
         out["label_audit"] = audit
+    if shift:
+        out["shift"] = shift
     return out
+
+
+def shift_section(df: pd.DataFrame, reference: str, n_boot: int = N_BOOT, seed: int = SEED) -> dict:
+    """agegender.shift's table of the set ``df`` against the checkpoint ``reference``'s own held-out predictions:
+    {"reference", "rows", "notes"}."""
+    table, notes = dataset_shift.explain(df, dataset_shift.reference_predictions(reference), n_boot=n_boot, seed=seed)
+    return {"reference": str(reference), "rows": table.to_dict("records"), "notes": notes}
+
+
+def _shift_html(section: dict) -> str:
+    shown = dataset_shift.display(pd.DataFrame(section["rows"]))
+    notes = "".join(f"<p>{html.escape(n)}</p>" for n in section["notes"])
+    return (f"<h2>Why lower than on the training data</h2><p>{html.escape(dataset_shift.EXPLAINED)} Reference: "
+            f"{html.escape(section['reference'])}.</p>" + _table_html(shown) + notes)
 
 
 def _interval(row: dict, name: str) -> str:
@@ -211,10 +231,10 @@ def _slices_html(searched: SliceSearch) -> str:
 
 
 def to_html(reports: dict[str, GroupReport], df: pd.DataFrame, source: str, searched: SliceSearch | None = None,
-            audit: dict | None = None) -> str:
+            audit: dict | None = None, shift: dict | None = None) -> str:
     """One self-contained file: plotly.js is inlined once, no network needed to open it. ``searched``: the slice
     search to show (default: find_slices of ``df`` with its defaults); ``audit``: the label audit's section
-    (label_audit), if any."""
+    (label_audit), if any; ``shift``: the set at the training data's mix (shift_section), if any."""
     first = next(iter(reports.values()))
     parts, js = [], "inline"
 
@@ -230,6 +250,8 @@ def to_html(reports: dict[str, GroupReport], df: pd.DataFrame, source: str, sear
                             for m in shown])
     found = f", a face found in {o['n']} of {o['n_images']} images" if first.any_missed else ""
     parts.append(f"<h2>Overall (n = {o['n']}{found})</h2>" + _table_html(overall))
+    if shift:
+        parts.append(_shift_html(shift))
     pdf = prepare(df)
     age = headline_age_metric(pdf)
     if age == "age_mae" and "race" in pdf:  # the charts of exact ages colour by UTKFace's and FairFace's groups
@@ -316,7 +338,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="suspected label errors per group and the gaps without them (default: on when the table "
                         "has what the audit needs: age_label_tail, or a regression checkpoint)")
     p.add_argument("--review", help="the label review file whose verdicts count (default: the checkpoint's)")
+    p.add_argument("--reference", help="with --predictions: the checkpoint whose own UTKFace val/test predictions "
+                                       "the set is standardised to (age x gender and pose mix, agegender.shift)")
     args = p.parse_args(argv)
+    if args.reference and not args.predictions:
+        p.error(ERR_REFERENCE)
     try:
         groupings = [g.strip() for g in (args.by or "").split(",") if g.strip()] or None
         edges = tuple(int(v) for v in args.age_buckets.split(","))
@@ -353,12 +379,23 @@ def main(argv: list[str] | None = None) -> int:
         for g, rows in section["disparity"].items():
             moved = [r for r in rows if r["gap_clean"] is not None]
             print(f"  by {g}: " + "; ".join(f"{r['label']} gap {r['gap']:.3f} -> {r['gap_clean']:.3f}" for r in moved))
+    mix = None
+    if args.reference:
+        try:
+            mix = shift_section(df, args.reference, args.n_boot, args.seed)
+        except (ValueError, CheckpointError) as e:  # the rest of the report stands without it
+            print(f"\nnote: no comparison with the training mix: {e}", file=sys.stderr)
+    if mix:
+        print(f"\nthe set at {Path(args.reference).name}'s training mix:\n"
+              + dataset_shift.display(pd.DataFrame(mix["rows"])).to_string(index=False))
+        for n in mix["notes"]:
+            print(f"note: {n}")
     if args.json:
         threshold = gender_threshold(prepare(df, edges), list(reports))
-        Path(args.json).write_text(json.dumps(to_json(reports, source, searched, coverage, threshold, section),
+        Path(args.json).write_text(json.dumps(to_json(reports, source, searched, coverage, threshold, section, mix),
                                               indent=1) + "\n")
     if args.html:
-        Path(args.html).write_text(to_html(reports, df, source, searched, section))
+        Path(args.html).write_text(to_html(reports, df, source, searched, section, mix))
     return 0
 
 

@@ -131,3 +131,29 @@ def test_cli(tiny_checkpoint, tmp_path, capsys):
     assert [r["figure"] for r in rows] == ["reference", "as measured", AGE_GENDER, POSE, BOTH]
     assert main(["--checkpoint", str(folder), "--predictions", str(tmp_path / "missing.csv")]) == 2
     assert capsys.readouterr().err.startswith("error: cannot read predictions")
+
+
+def test_report_carries_the_set_at_the_training_mix(tiny_checkpoint, tmp_path, capsys):
+    from agegender import report
+
+    folder = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, folder)
+    REFERENCE.to_csv(folder / "predictions-val.csv", index=False)
+    REFERENCE.to_csv(folder / "predictions-test.csv", index=False)
+    cells = [(g, b, p, 10, 0.8) for g in ("female", "male") for b in ("20-29", "60-69") for p in (FRONTAL, TURNED)]
+    photo_set(cells).assign(race="A").to_csv(tmp_path / "set.csv", index=False)
+    js, page = tmp_path / "r.json", tmp_path / "r.html"
+    assert report.main(["--predictions", str(tmp_path / "set.csv"), "--reference", str(folder), "--n-boot", "50",
+                        "--json", str(js), "--html", str(page), "--no-label-audit"]) == 0
+    section = json.loads(js.read_text())["shift"]
+    assert [r["figure"] for r in section["rows"]] == ["reference", "as measured", AGE_GENDER, POSE, BOTH]
+    assert section["rows"][0]["n"] == 320  # val and test, no children
+    assert "Why lower than on the training data" in page.read_text()
+    assert "this set at UTKFace's pose mix" in capsys.readouterr().out
+    # a reference that cannot serve is a note, and the report stands
+    assert report.main(["--predictions", str(tmp_path / "set.csv"), "--reference", str(tmp_path / "nothing"),
+                        "--n-boot", "20", "--json", str(js), "--no-label-audit"]) == 0
+    assert "no comparison with the training mix" in capsys.readouterr().err and "shift" not in json.loads(js.read_text())
+    with pytest.raises(SystemExit):
+        report.main(["--checkpoint", str(folder), "--reference", str(folder)])
+    assert report.ERR_REFERENCE in capsys.readouterr().err

@@ -11,7 +11,7 @@ from dashboard import ui
 st.title("Evaluation sets")
 
 # after the title, so the page shows while they load
-from agegender import results, tables
+from agegender import results, shift, tables
 from agegender.access import NotAllowed
 from agegender.meta import CheckpointError
 
@@ -23,10 +23,6 @@ NO_OFFERED = "No evaluation set this dashboard may read: register one in an allo
 EVALUATED = "{label} on {name}: a face found in {found:,} of {n:,} images ({how})."
 NO_PICK = "Pick one or more checkpoints in the sidebar to evaluate them."
 SHIFT_TITLE = "Why lower than on UTKFace: this set at UTKFace's age, gender and pose mix"
-SHIFT_CAPTION = ("The set's accuracy recomputed as if its faces had the mix of the checkpoint's own held-out "
-                 "UTKFace faces in the same age bins (age x gender) and of UTKFace's chips (pose), one factor at "
-                 "a time and both (python -m agegender.shift). What standardising closes is explained by the mix; "
-                 "what is left is quality, framing, labels or faces the model has not learnt. 95% intervals.")
 NOT_ALLOWED_SETS = "Not offered here, being outside the folders this dashboard may read: {names}."
 
 
@@ -58,8 +54,6 @@ def cross_stamp(paths: list[str], names: list[str]) -> tuple:
 @st.cache_data(max_entries=16, ttl=600, show_spinner="Standardising (bootstrap)…")
 def shift_cached(checkpoint: str, set_name: str, stamp: tuple):
     """agegender.shift's table of a set's predictions against the checkpoint's own, as of their files' stamp."""
-    from agegender import shift
-
     table, notes = shift.explain(results.load_result(checkpoint, set_name), shift.reference_predictions(checkpoint))
     return shift.display(table), notes
 
@@ -179,7 +173,7 @@ else:
         table = pd.DataFrame(rows).astype(dict.fromkeys(results.HEADLINE_FIGURES, float))
         st.dataframe(tables.styled(table), hide_index=True)
         with st.expander(SHIFT_TITLE):
-            st.caption(SHIFT_CAPTION)
+            st.caption(shift.EXPLAINED + " (python -m agegender.shift)")
             for p in picked:
                 try:
                     explained, notes = shift_cached(p, set_name, shift_stamp(p, set_name))
