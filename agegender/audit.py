@@ -129,7 +129,6 @@ MANIFEST_HOW = "its manifest.csv lists them as train"
 SPLIT_HOW = "it has no manifest.csv, and the split rule puts them in train"
 
 
-
 class AuditError(ValueError):
     """Input the audit cannot use; the message says why and what to do."""
 
