@@ -105,34 +105,44 @@ def dataset_frame(ckpt, ds: Dataset, crops: Crops, tta: bool = True) -> pd.DataF
     ``found``; the predictions are empty where no face was found, the age intervals also where the checkpoint
     is not calibrated, the label tails also for a regression head. Predicted ages are put in the dataset's own
     age bins (FairFace's unless its labels use others)."""
+    ages, pf, dist = predict_distribution(ckpt, crops.pixels[crops.found], tta)
+    lo, hi = interval_of(ckpt, ages, dist, tta)  # calibrated on UTKFace val: whether it holds here is measured
+    frame = labelled_frame(ds, crops, crops.found, ages, pf, lo, hi)
+    return with_label_tails(ckpt, frame, dist, crops.found)
+
+
+def labelled_frame(ds: Dataset, crops: Crops, found: np.ndarray, ages: np.ndarray, p_female: np.ndarray,
+                   lo: np.ndarray | None = None, hi: np.ndarray | None = None) -> pd.DataFrame:
+    """A labelled dataset's predictions table from any predictor's outputs: ``found`` per record of ``crops``,
+    and ``ages``, ``p_female`` (and the interval ``lo``, ``hi``) for the found ones, in order. The quality
+    columns come from ``crops``: how our detector saw the labelled face."""
     by_file = {r.file: r for r in ds.records}
     records = [by_file[f] for f in crops.files]
-    ages, pf, dist = predict_distribution(ckpt, crops.pixels[crops.found], tta)
-    lo, hi = interval_of(ckpt, ages, dist, tta)
-    pred_age, p_female = np.full(len(records), np.nan), np.full(len(records), np.nan)
-    pred_lo, pred_hi = np.full(len(records), np.nan), np.full(len(records), np.nan)
-    pred_age[crops.found], p_female[crops.found] = ages, pf
-    pred_lo[crops.found], pred_hi[crops.found] = lo, hi  # calibrated on UTKFace val: whether it holds here is measured
-    pred_age, p_female = np.round(pred_age, 2), np.round(p_female, 4)  # rounded in float64: no 83.47000122
+    n = len(records)
+    pred_age, pf = np.full(n, np.nan), np.full(n, np.nan)
+    pred_lo, pred_hi = np.full(n, np.nan), np.full(n, np.nan)
+    pred_age[found], pf[found] = ages, p_female
+    if lo is not None:
+        pred_lo[found], pred_hi[found] = lo, hi
+    pred_age, pf = np.round(pred_age, 2), np.round(pf, 4)  # rounded in float64: no 83.47000122
     scale = bin_scale([bin_label(r.age_bin) for r in ds.records if r.age_bin is not None])
     true_bins = [bin_label(r.age_bin) if r.age_bin is not None else bin_label(scale[nearest_bin(r.age, scale)])
                  for r in records]
-    frame = pd.DataFrame({
+    return pd.DataFrame({
         "file": [r.file for r in records],
         "split": SPLIT_ALL,
         "age": [np.nan if r.age is None else r.age for r in records],
         "age_bin": true_bins,
         "gender": [GENDERS[r.gender] for r in records],
         **{g: [r.groups[g] for r in records] for g in ds.group_columns},
-        "found": crops.found,
+        "found": found,
         "pred_age": pred_age,
         "pred_age_lo": pred_lo,
         "pred_age_hi": pred_hi,
         "pred_age_bin": pred_bins(pred_age, scale),
-        "p_female": p_female,
+        "p_female": pf,
         **_quality(crops),
     })
-    return with_label_tails(ckpt, frame, dist, crops.found)
 
 
 def _quality(crops: Crops) -> dict[str, np.ndarray]:
