@@ -1,6 +1,7 @@
 """Bias mitigation in training: group-balanced sampling, or loss reweighting by each group's error.
 
-Groups are cells of any of ethnicity, gender and age bucket (``--balance-by``). Sampling draws rare
+Groups are cells of any of ethnicity, gender, age bucket and pose (``--balance-by``; pose is the chip's
+|yaw| in agegender.quality's groups, measured by agegender.chippose into ``labels["abs_yaw"]``). Sampling draws rare
 cells more often. Loss reweighting instead weights each cell by how badly the model did on it in
 the previous epoch, separately per head: the groups the age head fails (the old, mostly White) are
 not the ones the gender head fails (babies, mostly Asian), so one weight cannot serve both.
@@ -14,8 +15,9 @@ import numpy as np
 import torch
 
 from .labels import AGE_BUCKET_EDGES, GENDERS, RACES, age_bucket, gender_name
+from .quality import POSE_EDGES, POSE_LABELS
 
-FACTORS = {"race": "ethnicity", "gender": "gender", "age_bucket": "age bucket"}
+FACTORS = {"race": "ethnicity", "gender": "gender", "age_bucket": "age bucket", "pose": "pose"}
 
 
 def parse_by(by: str) -> tuple[str, ...]:
@@ -27,13 +29,17 @@ def parse_by(by: str) -> tuple[str, ...]:
 
 
 def groups(labels: dict[str, np.ndarray], by: tuple[str, ...]) -> tuple[np.ndarray, list[str]]:
-    """Each image's cell id, and the names of all possible cells ("White / female / 20-29")."""
+    """Each image's cell id, and the names of all possible cells ("White / female / 20-29"). The pose factor
+    reads labels["abs_yaw"]; a chip without a measured yaw (NaN) counts as frontal."""
     codes = {
         "race": (labels["race"].astype(np.int64), RACES),
         "gender": (labels["gender"].astype(np.int64), [gender_name(g) for g in range(len(GENDERS))]),
         "age_bucket": (np.searchsorted(np.array(AGE_BUCKET_EDGES), labels["age"], side="right") - 1,
                        [age_bucket(e) for e in AGE_BUCKET_EDGES]),
     }
+    if "pose" in by:
+        yaw = np.nan_to_num(np.asarray(labels["abs_yaw"], np.float64), nan=0.0)
+        codes["pose"] = (np.searchsorted(np.array(POSE_EDGES), yaw, side="right"), list(POSE_LABELS))
     cell = np.zeros(len(labels["age"]), dtype=np.int64)
     names = [""]
     for k in by:

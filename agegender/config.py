@@ -76,7 +76,7 @@ class TrainConfig:
     aug_yaw_realign: bool = Augment.yaw_realign
     # none | sampling (draw rare cells more often) | loss (weight each cell by its last-epoch error, per head)
     balance: str = "none"
-    balance_by: str = "race,gender,age_bucket"  # the cells: any of race, gender, age_bucket
+    balance_by: str = "race,gender,age_bucket"  # the cells: any of race, gender, age_bucket, pose (chippose)
     # sampling: weight = cell count ** -power (1 fully balances, 0.5 halfway);
     # loss: weight = (cell's mean loss / overall mean) ** power (0 is plain training)
     balance_power: float = 0.5

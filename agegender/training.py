@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from .balance import CellLosses, describe_loss_weights, groups, parse_by, sampling_weights, strata_of_cells
 from .checkpoint import META, WEIGHTS, Checkpoint, save_weights, write_meta
+from .chippose import cached_yaws
 from .config import TrainConfig
 from .data import (
     FOLD_RULE,
@@ -25,6 +26,7 @@ from .data import (
     SPLIT_RULE,
     DatasetError,
     Images,
+    Scan,
     cached_images,
     fold_of,
     scan,
@@ -235,7 +237,7 @@ def _run_config(cfg: TrainConfig, dd) -> TrainConfig:
     return cfg
 
 
-def _load_data(cfg: TrainConfig, dd) -> tuple[Images, str]:
+def _load_data(cfg: TrainConfig, dd) -> tuple[Images, Scan]:
     """Every image decoded once, in memory; rank 0 builds the disk cache the others then read."""
     sc = scan(cfg.data)
     if not dd.main:
@@ -246,7 +248,20 @@ def _load_data(cfg: TrainConfig, dd) -> tuple[Images, str]:
     train_n, val_n = len(images.indices("train")), len(images.indices("val"))
     if train_n < cfg.batch_size or val_n == 0:
         raise TrainingError(f"too few images: {train_n} train and {val_n} val for batch size {cfg.batch_size}")
-    return images, sc.fingerprint
+    return images, sc
+
+
+def _add_pose(cfg: TrainConfig, dd, sc: Scan, images: Images, idx: np.ndarray, labels: dict) -> None:
+    """--balance-by pose: each training chip's |yaw| into labels["abs_yaw"] (agegender.chippose); rank 0
+    measures and caches, the others read its cache. Only a balanced run needs it: plain runs skip the MTCNN pass."""
+    if cfg.balance == "none" or "pose" not in parse_by(cfg.balance_by):
+        return
+    samples = [images.samples[i] for i in idx]
+    if not dd.main:
+        dd.barrier()
+    labels["abs_yaw"] = cached_yaws(sc, samples, cfg.cache_dir or None)
+    if dd.main:
+        dd.barrier()
 
 
 def train_indices(images: Images, cfg: TrainConfig) -> np.ndarray:
@@ -307,11 +322,12 @@ def _train(cfg: TrainConfig, dd, device: torch.device) -> Path:
 
     # data, and the checkpoint's description of itself: preprocessing and the age head's scaling
     external = _open_external(cfg, dd)  # the development check's faces (report only), before the heavy part
-    images, fingerprint = _load_data(cfg, dd)
+    images, sc = _load_data(cfg, dd)
     train_idx, val_idx = train_indices(images, cfg), images.indices("val")
     train_labels = images.labels(train_idx)
+    _add_pose(cfg, dd, sc, images, train_idx, train_labels)
     pp = Preprocess(cache_size=cfg.cache_size, input_size=cfg.input_size)
-    meta = base_meta(cfg, pp, float(train_labels["age"].mean()), float(train_labels["age"].std()), fingerprint)
+    meta = base_meta(cfg, pp, float(train_labels["age"].mean()), float(train_labels["age"].std()), sc.fingerprint)
     if cfg.age_loss == "dldl":
         meta["age_bins"] = cfg.age_bins
     if cfg.holdout_fold >= 0:
@@ -339,7 +355,7 @@ def _train(cfg: TrainConfig, dd, device: torch.device) -> Path:
                                                                else None)
 
     # bias mitigation: each training image's cell, drawn more often (sampling) or weighted (loss)
-    by = parse_by(cfg.balance_by)
+    by = parse_by(cfg.balance_by) if cfg.balance != "none" else parse_by(TrainConfig.balance_by)
     cell, cell_names = groups(train_labels, by)
     strata = strata_of_cells(train_labels, by, cfg.balance_within) if cfg.balance_within else None
     draw = None

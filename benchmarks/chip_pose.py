@@ -17,32 +17,29 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from agegender import quality
+from agegender import chippose, quality
 from agegender.data import list_images
 from agegender.faces import DECODE_ERRORS, FaceDetector
 from agegender.runtime import set_threads
 
 from .common import parser
 
-BATCH = 256
-
 
 def chip_yaws(folder: Path, names: list[str], detector: FaceDetector) -> np.ndarray:
     """|yaw| in degrees of each chip's most confident face; NaN where none is found or the chip is unreadable."""
     out = np.full(len(names), np.nan)
-    for start in tqdm(range(0, len(names), BATCH), desc="chips", unit="batch"):
-        part, ims = [], []
-        for i in range(start, min(start + BATCH, len(names))):
-            try:
-                with Image.open(folder / names[i]) as im:
-                    ims.append(im.convert("RGB"))
-                part.append(i)
-            except DECODE_ERRORS:
-                continue
-        for i, faces in zip(part, detector.detect_many(ims), strict=True):
-            if faces:
-                out[i] = abs(float(quality.yaw(faces[0].landmarks)))
+    for start in tqdm(range(0, len(names), chippose.BATCH), desc="chips", unit="batch"):
+        part = names[start:start + chippose.BATCH]
+        out[start:start + len(part)] = chippose.chip_yaws([_open(folder / n) for n in part], detector)
     return out
+
+
+def _open(path: Path) -> Image.Image | None:
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except DECODE_ERRORS:
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:
