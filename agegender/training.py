@@ -355,6 +355,7 @@ def _train(cfg: TrainConfig, dd, device: torch.device) -> Path:
                                                                else None)
 
     # bias mitigation: each training image's cell, drawn more often (sampling) or weighted (loss)
+    # an unbalanced run uses no cells and measured no pose, so --balance-by pose must not ask for it there
     by = parse_by(cfg.balance_by) if cfg.balance != "none" else parse_by(TrainConfig.balance_by)
     cell, cell_names = groups(train_labels, by)
     strata = strata_of_cells(train_labels, by, cfg.balance_within) if cfg.balance_within else None
