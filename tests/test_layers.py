@@ -10,7 +10,7 @@ LAYERS = {
     "base": ["meta", "labels", "preprocess", "degrade", "faces", "runtime", "model", "quality", "dlibnet"],
     "parts": ["predictions", "fairness", "metrics", "charts", "visual", "catalog", "access", "checkpoint",
               "inference", "explain", "data", "balance", "config", "distributed", "runstate", "datasets",
-              "evalset", "tables", "slices", "intervals", "genderband"],
+              "evalset", "tables", "slices", "intervals", "genderband", "chippose"],
     "commands": ["training", "evaluate", "predict", "report", "compare", "modelcard", "consistency", "template",
                  "explorer", "results", "external", "audit", "review", "dlib_convert", "shift"],
 }
