@@ -9,7 +9,6 @@ frontal, like three quarters of the chips. About 7 minutes for all of UTKFace on
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -20,7 +19,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from . import quality
-from .data import DECODE_ERRORS, Sample, Scan, default_cache_dir, iter_bytes
+from .data import Sample, Scan, default_cache_dir, iter_bytes, read_chip
 from .meta import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -36,16 +35,6 @@ def chip_yaws(chips: list[Image.Image | None], detector) -> np.ndarray:
         if faces:
             out[i] = abs(float(quality.yaw(faces[0].landmarks)))
     return out
-
-
-def _open(data: bytes | None) -> Image.Image | None:
-    if not data:
-        return None
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            return im.convert("RGB")
-    except DECODE_ERRORS:
-        return None
 
 
 def measure(scan_: Scan, samples: list[Sample], detector=None, progress: bool = True) -> dict[str, float]:
@@ -64,7 +53,7 @@ def measure(scan_: Scan, samples: list[Sample], detector=None, progress: bool = 
 
     for sample, data in tqdm(iter_bytes(scan_, samples), total=len(samples), desc="chip pose", unit="chip",
                              disable=not progress, mininterval=5):
-        batch.append((sample.member, _open(data)))
+        batch.append((sample.member, read_chip(data)))
         if len(batch) == BATCH:
             flush()
     flush()

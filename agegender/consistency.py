@@ -9,15 +9,14 @@ and sent through detection and alignment should be predicted like the chip itsel
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 
 import numpy as np
 from PIL import Image, ImageFilter
 
 from .checkpoint import Checkpoint, load_checkpoint
-from .data import evenly_spaced, iter_bytes, scan
-from .faces import DECODE_ERRORS, FaceDetector, resize_image
+from .data import evenly_spaced, iter_bytes, read_chip, scan
+from .faces import FaceDetector, resize_image
 from .inference import predict_checkpoint
 from .labels import called_female
 from .predict import analyse
@@ -38,18 +37,6 @@ def paste_into_photo(chip: Image.Image, rng: np.random.Generator) -> Image.Image
     return canvas
 
 
-def _read_chip(raw: bytes | None) -> Image.Image | None:
-    """Read as the training cache reads chips (no EXIF turn), so the chip's prediction is what
-    evaluation gives it; None when the bytes are missing or not a readable image."""
-    if raw is None:
-        return None
-    try:
-        with Image.open(io.BytesIO(raw)) as im:
-            return im.convert("RGB")
-    except DECODE_ERRORS:
-        return None
-
-
 def measure(ckpt: Checkpoint, data: str, n: int = 300, split: str = "test", seed: int = 0,
             detector: FaceDetector | None = None) -> dict:
     sc = scan(data)
@@ -60,7 +47,7 @@ def measure(ckpt: Checkpoint, data: str, n: int = 300, split: str = "test", seed
     size = ckpt.preprocess.cache_size
     age_diff, agree, missed, unreadable = [], [], 0, 0
     for s, raw in iter_bytes(sc, picked):
-        chip = _read_chip(raw)
+        chip = read_chip(raw)
         if chip is None:  # a damaged chip costs that chip, not the run
             unreadable += 1
             continue

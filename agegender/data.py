@@ -233,6 +233,18 @@ def decode(data: bytes | None, size: int, name: str = "the image") -> np.ndarray
         raise UnreadableImage(ERR_UNREADABLE.format(name=name, detail=why_unreadable(e))) from e
 
 
+def read_chip(raw: bytes | None) -> Image.Image | None:
+    """A chip as a PIL RGB image, read as the training cache reads chips (no EXIF turn); None when the
+    bytes are missing or not a readable image."""
+    if raw is None:
+        return None
+    try:
+        with Image.open(io.BytesIO(raw)) as im:
+            return im.convert("RGB")
+    except DECODE_ERRORS:
+        return None
+
+
 def _report_unreadable(why: dict[str, str]) -> None:
     """One warning for the whole run: how many, and a few of them with their reasons."""
     if why:

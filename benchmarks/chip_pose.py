@@ -14,12 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 from tqdm import tqdm
 
 from agegender import chippose, quality
-from agegender.data import list_images
-from agegender.faces import DECODE_ERRORS, FaceDetector
+from agegender.data import list_images, read_chip
+from agegender.faces import FaceDetector
 from agegender.runtime import set_threads
 
 from .common import parser
@@ -30,16 +29,9 @@ def chip_yaws(folder: Path, names: list[str], detector: FaceDetector) -> np.ndar
     out = np.full(len(names), np.nan)
     for start in tqdm(range(0, len(names), chippose.BATCH), desc="chips", unit="batch"):
         part = names[start:start + chippose.BATCH]
-        out[start:start + len(part)] = chippose.chip_yaws([_open(folder / n) for n in part], detector)
+        chips = [read_chip((folder / n).read_bytes()) for n in part]
+        out[start:start + len(part)] = chippose.chip_yaws(chips, detector)
     return out
-
-
-def _open(path: Path) -> Image.Image | None:
-    try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except DECODE_ERRORS:
-        return None
 
 
 def main(argv: list[str] | None = None) -> int:
