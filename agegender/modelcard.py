@@ -32,12 +32,14 @@ people identify, and a model trained on them cannot either.
 **Limitations.** UTKFace is web-scraped: its groups are unbalanced (few "Others", few very old
 people, many babies among "Asian") and its labels are noisy. Several images of one person can fall
 in different splits (the split is by file, not by identity), so held-out figures may be optimistic.
-The models are trained from scratch (no ImageNet weights) at low resolution on 2 CPU cores; figures
-on other photo sources, lighting or poses will be worse. Faces must be detected and aligned as the dashboard does.
-One training run is one draw: six runs of the baseline's recipe that differ only in their seed scored
-81.1-82.7% gender accuracy on FairFace-sample, with a best-to-worst ethnicity gap of 5.7 to 15.8 points
-(docs/experiments.md, runs 19-28). A gap difference between two checkpoints inside that spread is
-training noise, whatever its interval over faces says.
+The models start from dlib's face-recognition network (CC0, trained on about 3 million faces whose
+make-up dlib does not document, so its own biases come with it) and are fine-tuned at low resolution;
+figures on other photo sources, lighting or poses will be worse. Faces must be detected and aligned as
+the dashboard does. One training run is one draw: six runs of the earlier resnet18 recipe that differed
+only in their seed scored 81.1-82.7% gender accuracy on FairFace-sample, with a best-to-worst ethnicity
+gap of 5.7 to 15.8 points; two seeds of the shipped recipe scored 85.6 and 85.3%, gaps 5.3 and 5.8
+(docs/experiments.md, runs 19-28 and 33-37). A gap difference between two checkpoints inside that
+spread is training noise, whatever its interval over faces says.
 """
 
 
@@ -88,8 +90,14 @@ def _start(meta: dict, cfg: dict) -> str:
         return (f"fine-tuned from checkpoint {src['name']} (weights sha256 {src['weights_sha256'][:12]}, "
                 f"{src.get('epochs')} epochs)")
     if meta.get("init_trunk"):
-        return f"trained from a converted trunk, {meta['init_trunk']['file']}"
+        return (f"trained from a converted trunk, {meta['init_trunk']['file']}, at {cfg.get('trunk_lr', 1.0)} x "
+                "the heads' learning rate")
     return "trained from " + ("ImageNet weights" if cfg.get("pretrained") else "random initialisation")
+
+
+def _device(cfg: dict) -> str:
+    device = cfg.get("device")  # minutes on a GPU and on 2 CPU cores are not comparable
+    return f" on {device}" if device in ("cpu", "cuda") else ""
 
 
 def _photo_levers(cfg: dict) -> str:
@@ -107,11 +115,13 @@ def card_for(path: Path, n_boot: int = N_BOOT) -> str:
     lines = [f"## {path.name}", ""]
     lines.append(f"- Architecture: {meta['arch']} ({_start(meta, cfg)}), input "
                  f"{meta['preprocess']['input_size']} px crop of a {meta['preprocess']['cache_size']} px aligned face.")
-    lines.append(f"- Data: UTKFace aligned chips, fingerprint `{meta.get('dataset_fingerprint', '?')[:16]}`; split by "
+    lines.append(f"- Data: UTKFace aligned chips as `{Path(cfg.get('data', '?')).name}`, fingerprint "
+                 f"`{meta.get('dataset_fingerprint', '?')[:16]}`; split by "
                  f"{meta.get('split_rule', '?')}.")
     lines.append(f"- Training: {meta.get('epochs_run')} epochs (best: {meta.get('best_epoch')}), batch "
                  f"{cfg.get('batch_size')}, AdamW lr {cfg.get('lr')}, {cfg.get('age_loss')} age loss, "
-                 f"{meta.get('train_minutes')} min; balancing: {_balancing(meta.get('balance'))}; photo degradations: "
+                 f"{meta.get('train_minutes')} min{_device(cfg)}; balancing: {_balancing(meta.get('balance'))}; "
+                 "photo degradations: "
                  f"{_photo_levers(cfg)}.")
     try:
         df = prepare(load_predictions(path, "test"))

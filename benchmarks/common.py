@@ -14,7 +14,7 @@ import dashboard
 from agegender.catalog import default_root
 
 # the shipped baseline: the figures in the README's Benchmarks table are measured on it
-DEFAULT_CHECKPOINT = "resnet18-utkface"
+DEFAULT_CHECKPOINT = "dlib-resnet29-utkface"
 APP = Path(dashboard.__file__).with_name("app.py")
 
 

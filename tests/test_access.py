@@ -50,7 +50,7 @@ from agegender.catalog import (
 from .conftest import ROOT
 
 APP = str(ROOT / "dashboard" / "app.py")
-SHIPPED = [REPO_CHECKPOINTS / "resnet18-utkface", REPO_CHECKPOINTS / "resnet18-balanced"]
+SHIPPED = [REPO_CHECKPOINTS / "dlib-resnet29-utkface", REPO_CHECKPOINTS / "dlib-resnet29-balanced"]
 ENV_SOURCE = FROM_ENV.format(env=CHECKPOINT_ENV, sep=os.pathsep)
 
 

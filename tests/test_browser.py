@@ -109,7 +109,7 @@ def test_register_evaluate_and_review_a_dataset_in_chromium(server, tmp_path):
         page.get_by_role("button", name="Register").click()
         page.get_by_text("Registered ff: 9 images (fairface, photos).").wait_for(timeout=60_000)
         page.get_by_role("button", name="Evaluate").click()
-        done = page.get_by_text(re.compile(r"resnet18-\w+ on ff: a face found in 6 of 8 images")).first
+        done = page.get_by_text(re.compile(r"dlib-resnet29-\w+ on ff: a face found in 6 of 8 images")).first
         done.wait_for(timeout=180_000)
         page.get_by_role("link", name="Bias report").click()
         # the page first renders the checkpoint's own val split; a pick made while that run is going

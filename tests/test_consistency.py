@@ -17,7 +17,7 @@ def test_template_is_reproduced_from_a_sample_of_chips(real_data):
 
 
 def test_pasted_chips_are_predicted_like_the_chips(real_data):
-    m = measure(load_checkpoint(REPO_CHECKPOINTS / "resnet18-utkface"), str(real_data), n=30, seed=1)
+    m = measure(load_checkpoint(REPO_CHECKPOINTS / "dlib-resnet29-utkface"), str(real_data), n=30, seed=1)
     assert m["detected"] >= 27
     assert m["median_abs_age_diff"] < 3.0
     assert m["gender_agreement"] >= 0.85

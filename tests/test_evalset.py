@@ -232,7 +232,7 @@ def test_a_labelled_dataset_needs_out_and_bad_input_is_one_line(tiny_checkpoint,
 
 def test_fairface_sample_faces_found_and_figures_match_the_csv(tmp_path):
     path = fairface_sample_or_skip()
-    shipped = ROOT / "checkpoints" / "resnet18-utkface"
+    shipped = ROOT / "checkpoints" / "dlib-resnet29-utkface"
     out, js = tmp_path / "pred.csv", tmp_path / "m.json"
     r = evaluate(["--checkpoint", str(shipped), "--data", str(path), "--out", str(out), "--json", str(js)],
                  tmp_path / "cache")

@@ -142,7 +142,7 @@ def test_the_gap_is_between_the_groups_abstaining_most_and_least():
 def test_shipped_checkpoint_by_race():
     from agegender.predictions import load_predictions
 
-    df = load_predictions(ROOT / "checkpoints" / "resnet18-utkface", "test")
+    df = load_predictions(ROOT / "checkpoints" / "dlib-resnet29-utkface", "test")
     roc = gb.roc_by_group(df, "race").by_group
     assert roc["group"].tolist() == ["overall", "Asian", "Black", "Indian", "Others", "White"]
     assert (roc["gender_auc"] > 0.9).all() and (roc["gender_auc_lo"] < roc["gender_auc"]).all()

@@ -601,7 +601,7 @@ def test_the_shipped_checkpoint_covers_80_percent_of_test_faces(real_data):
 
     from .conftest import ROOT
 
-    ckpt = load_checkpoint(ROOT / "checkpoints" / "resnet18-utkface")
+    ckpt = load_checkpoint(ROOT / "checkpoints" / "dlib-resnet29-utkface")
     sc = scan(real_data)
     n = 400
     split = {s: evenly_spaced([x for x in sc.samples if x.split == s], n) for s in ("val", "test")}

@@ -91,7 +91,7 @@ def test_meta_round_trip_and_messages(tmp_path):
 
 def test_reading_metadata_imports_no_torch():
     code = ("import sys; from agegender.meta import read_meta; "
-            "m = read_meta('checkpoints/resnet18-utkface'); assert m['arch']; "
+            "m = read_meta('checkpoints/dlib-resnet29-utkface'); assert m['arch']; "
             "assert 'torch' not in sys.modules, sorted(k for k in sys.modules if 'torch' in k)")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr

@@ -9,7 +9,7 @@ from agegender.checkpoint import load_checkpoint
 from agegender.evaluate import main as evaluate_main
 from agegender.modelcard import main as modelcard_main
 
-SHIPPED = [REPO_CHECKPOINTS / "resnet18-utkface", REPO_CHECKPOINTS / "resnet18-balanced"]
+SHIPPED = [REPO_CHECKPOINTS / "dlib-resnet29-utkface", REPO_CHECKPOINTS / "dlib-resnet29-balanced"]
 shipped = pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
 
 
