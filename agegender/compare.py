@@ -27,6 +27,10 @@ ERR_ALREADY_SPLIT = "cannot standardise {grouping} groups over {standardise}, wh
 ERR_FEW_GROUPS = "fewer than two groups of {grouping} with at least {min_count} images"
 STANDARDISE = "age_bucket"  # gaps are also given with each group at the overall mix of this: age drives error most
 SIDES = ("a", "b")
+# The intervals resample images; they cannot show what retraining would change (docs/experiments.md, runs 19-28).
+TRAINING_NOISE = ("The intervals resample images, not training runs: six runs of one recipe that differed only in "
+                  "their seed spread over 1.6 points of FairFace-sample gender accuracy and 10 points of ethnicity "
+                  "gap (checkpoints/README.md), so a difference inside that says little about two recipes.")
 PAIR_NEEDED = ("file", "gender", "pred_age", "p_female")  # plus age or age_bin: what pairs and what is measured
 # one side's predictions in a paired table: not groups, though the table's group_columns counts them
 SIDE_COLUMNS = frozenset(f"{c}_{s}" for c in PREDICTED for s in SIDES)
@@ -254,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"[{r['change_lo']:+.1%}, {r['change_hi']:+.1%}]")
     print(f"per group ({by}):")
     print(groups.drop(columns=[c for c in groups if c.endswith(("_lo", "_hi"))]).to_string(index=False))
+    print(f"note: {TRAINING_NOISE}")
     return 0
 
 

@@ -117,6 +117,7 @@ def test_compare_page(two_checkpoints):
     at = two_checkpoints.switch_page("pages/compare.py").run()
     assert not at.exception
     assert any(h.value == "b against a" for h in at.header)
+    assert any("not training runs" in c.value for c in at.caption)  # the intervals' limit, where deltas are read
     mae = next(m for m in at.metric if m.label == "age MAE")
     assert mae.value.endswith(" y") and mae.delta.endswith(" y")  # 0.00 y here: b's +3 years cancel out
     bias = next(m for m in at.metric if m.label == "age mean signed error")

@@ -11,7 +11,7 @@ st.title("Compare checkpoints")
 import plotly.express as px
 
 from agegender import charts, tables
-from agegender.compare import agreement, gaps, pair, paired_deltas
+from agegender.compare import TRAINING_NOISE, agreement, gaps, pair, paired_deltas
 from agegender.fairness import METRICS, MIN_COUNT, groupings_for
 
 ui.pick_pair()
@@ -58,7 +58,7 @@ for other in [c for c in ckpts if c is not base]:
         continue
     o = overall.iloc[0]
     st.caption(f"{int(o['n'])} images scored by both; deltas are {other.name} − {base.name} "
-               f"with paired bootstrap 95% intervals.")
+               f"with paired bootstrap 95% intervals. {TRAINING_NOISE}")
     cols = st.columns(5)
     for col, name in zip(cols, card_metrics(exact), strict=True):
         better_low = METRICS[name].higher_is_better is False
