@@ -89,3 +89,22 @@ def test_the_card_says_where_training_started_and_which_photo_degradations_it_us
     assert "trained from fine-tuned from checkpoint base (weights sha256 abababababab, 40 epochs)" not in text
     assert "fine-tuned from checkpoint base (weights sha256 abababababab, 40 epochs)" in text
     assert "photo degradations: jpeg 0.2, yaw 0.3." in text
+
+
+def test_the_card_names_the_trunk_its_rate_the_data_file_and_the_device(tiny_checkpoint, tmp_path):
+    root = tmp_path / "ck"
+    shutil.copytree(tiny_checkpoint, root / "face")
+    path = root / "face" / "meta.json"
+    meta = json.loads(path.read_text())
+    meta["init_trunk"] = {"file": "dlib-resnet29.safetensors", "sha256": "cd" * 32}
+    meta["train_config"].update(trunk_lr=0.01, data="/somewhere/utk144.zip", device="cuda")
+    path.write_text(json.dumps(meta))
+    assert modelcard_main(["--root", str(root), "--n-boot", "50"]) == 0
+    text = (root / "README.md").read_text()
+    assert "trained from a converted trunk, dlib-resnet29.safetensors, at 0.01 x the heads' learning rate" in text
+    assert "UTKFace aligned chips as `utk144.zip`" in text  # the file, not the machine's path to it
+    assert f"{meta['train_minutes']} min on cuda;" in text  # GPU minutes are not CPU minutes
+    meta["train_config"]["device"] = "auto"  # the device was not named: say nothing rather than guess
+    path.write_text(json.dumps(meta))
+    assert modelcard_main(["--root", str(root), "--n-boot", "50"]) == 0
+    assert f"{meta['train_minutes']} min; balancing" in (root / "README.md").read_text()
