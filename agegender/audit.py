@@ -74,7 +74,7 @@ from .data import FOLD_RULE, DatasetError, cached_images, fold_of, load_images, 
 from .datasets import read_dataset, resolve
 from .evalset import dataset_crops
 from .evaluate import age_distributions as _age_distributions
-from .evaluate import dataset_frame, has_distribution, predictions_frame, with_label_tails
+from .evaluate import dataset_frame, has_distribution, predictions_frame, scored_fingerprint, with_label_tails
 from .fairness import wilson
 from .labels import AGE_BUCKET_EDGES, GENDERS, image_key
 from .predictions import (
@@ -446,12 +446,13 @@ def _score(jobs: list[tuple[str | Path, list[str], pd.DataFrame | None]], sc, ca
 
 def _known(args, sc, splits: tuple[str, ...]) -> pd.DataFrame | None:
     """The predictions the checkpoint's images are read from: --predictions; else its own files for ``splits``
-    when it has them and the data is the data it was evaluated on (the same fingerprint); else None: score the
+    when it has them and the data is the data they were scored on (the same fingerprint); else None: score the
     images through the model."""
     if args.predictions:
         return load_predictions(path=args.predictions)
+    meta = read_meta(args.checkpoint)
     if (splits and all(predictions_path(args.checkpoint, s).is_file() for s in splits)
-            and read_meta(args.checkpoint).get("dataset_fingerprint") == sc.fingerprint):
+            and all(scored_fingerprint(meta, s) == sc.fingerprint for s in splits)):
         return pd.concat([load_predictions(args.checkpoint, s) for s in splits], ignore_index=True)
     return None
 

@@ -4,12 +4,17 @@
         [--out PREDICTIONS.csv] [--json METRICS.json] [--no-tta] [--limit N]
     python -m agegender.evaluate --checkpoint DIR --data PATH --labels FILE [--format fairface|csv]
         [--columns file=COL,age=COL,gender=COL,groups=A,B | MAPPING.toml] --out PREDICTIONS.csv [--json M.json]
+    python -m agegender.evaluate --checkpoint DIR --data UTKFACE --into-checkpoint
 
 UTKFace (labels in the file names) keeps its hash splits; any other dataset (agegender.datasets) is
 scored whole, photos through face detection and alignment (agegender.evalset). For a DLDL checkpoint each row
 also gets ``age_label_tail``, the label audit's age p_label (agegender.predictions.label_tails), so the audit
 (agegender.audit) and the bias report's label section need the predictions alone; it comes from the same pass
 through the model as the predictions and their intervals.
+
+--into-checkpoint is train.py's last step on its own: val and test scored into the checkpoint's predictions files
+and meta.json, with the fingerprint of the data scored. It is how a checkpoint trained on another copy of the data
+(a packed zip, agegender.pack) gets the figures of the original images.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from .datasets import FORMATS, Dataset, read_dataset, resolve
 from .distributed import setup as setup_distributed
 from .evalset import Crops, dataset_crops
 from .inference import predict_distribution
+from .intervals import KEY as INTERVAL_KEY
 from .intervals import interval_of
 from .labels import GENDERS, RACES, bin_label, nearest_bin
 from .metrics import summary_of
@@ -51,6 +57,18 @@ log = logging.getLogger(__name__)
 
 ERR_NEEDS_OUT = ("a labelled dataset's predictions go where --out says (never into the checkpoint folder): "
                  "add --out PREDICTIONS.csv")
+ERR_INTO = ("--into-checkpoint scores UTKFace's val and test splits into the checkpoint folder; it takes no "
+            "--labels, --out, --split or --limit")
+NOTE_RECALIBRATE = ("the age intervals in {path} were calibrated on other data than {data}: run python -m "
+                    "agegender.intervals --checkpoint {path} --data {data}, then this command again, so that "
+                    "the stored predictions carry intervals fitted on these images")
+SPLITS_STORED = ("val", "test")  # the splits a checkpoint keeps predictions and metrics for
+
+
+def scored_fingerprint(meta: dict, split: str) -> str | None:
+    """The fingerprint (agegender.data.Scan.fingerprint) of the data a checkpoint's stored predictions for
+    ``split`` were scored on. Checkpoints that predate the record scored the data they were trained on."""
+    return (meta.get("metrics") or {}).get(split, {}).get("dataset_fingerprint") or meta.get("dataset_fingerprint")
 
 
 def has_distribution(ckpt) -> bool:
@@ -163,15 +181,17 @@ def evaluate_dataset(ckpt, ds: Dataset, tta: bool = True, cache_dir=None, progre
                 "format": ds.format, "geometry": ds.geometry, "dataset_fingerprint": ds.fingerprint}
 
 
-def evaluate_into_checkpoint(folder: Path, images: Images, tta: bool = True) -> dict:
-    """Write predictions-val.csv and predictions-test.csv and record their metrics in meta.json."""
+def evaluate_into_checkpoint(folder: Path, images: Images, tta: bool = True, fingerprint: str = "") -> dict:
+    """Write predictions-val.csv and predictions-test.csv and record their metrics in meta.json, with
+    ``fingerprint``, that of the data ``images`` were decoded from."""
     ckpt = load_checkpoint(folder)
     results = {}
-    for split in ("val", "test"):
+    for split in SPLITS_STORED:
         t = time.perf_counter()
         df = predictions_frame(ckpt, images, images.indices(split), tta)
         write_predictions(df, predictions_path(folder, split))
-        results[split] = {**summary_of(df), "tta": tta, "seconds": round(time.perf_counter() - t, 1)}
+        results[split] = {**summary_of(df), "tta": tta, "seconds": round(time.perf_counter() - t, 1),
+                          **({"dataset_fingerprint": fingerprint} if fingerprint else {})}
         log.info("%s: %s", split, format_metrics(results[split]))
     meta = read_meta(folder)
     meta["metrics"] = results
@@ -209,12 +229,17 @@ def main(argv: list[str] | None = None) -> int:
                    help="average with the mirrored image (default on)")
     p.add_argument("--limit", type=int, default=0,
                    help="an evenly spaced sample of N images of the split, decoded without the cache")
+    p.add_argument("--into-checkpoint", action="store_true",
+                   help="UTKFace: score val and test into the checkpoint (its predictions files and meta.json's "
+                        "metrics), as train.py's last step does")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--threads", type=int, default=0)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     set_threads(args.threads)
     t0 = time.perf_counter()
+    if args.into_checkpoint:
+        return _evaluate_into(args)
     dd, device = setup_distributed()  # under torchrun each rank scores its share of the images
     try:
         return _evaluate(args, dd, device, t0)
@@ -244,6 +269,28 @@ def _evaluate_labelled(args, dd, device, t0: float) -> int:
     print(f"predictions: {args.out}   time: {m['seconds']:.1f} s")
     if args.json:
         Path(args.json).write_text(json.dumps(m, indent=2) + "\n")
+    return 0
+
+
+def _evaluate_into(args) -> int:
+    """--into-checkpoint: val and test into the checkpoint, in one process."""
+    try:
+        other = args.labels or args.out or args.limit or args.split != "test"
+        if other or resolve(args.data, args.labels, args.format, args.columns)[2] != "utkface":
+            raise DatasetError(ERR_INTO)
+        ckpt = load_checkpoint(args.checkpoint)
+        sc = scan(args.data)
+        images = cached_images(sc, ckpt.preprocess.cache_size, args.cache_dir)
+        results = evaluate_into_checkpoint(Path(args.checkpoint), images, args.tta, sc.fingerprint)
+    except (CheckpointError, DatasetError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for split, m in results.items():
+        print(f"{split}: {format_metrics(m)}")
+    cal = read_meta(args.checkpoint).get(INTERVAL_KEY) or {}
+    if cal and cal.get("dataset_fingerprint") != sc.fingerprint:
+        print("note: " + NOTE_RECALIBRATE.format(path=args.checkpoint, data=args.data), file=sys.stderr)
+    print(f"written to {args.checkpoint}")
     return 0
 
 

@@ -1,11 +1,12 @@
 import json
 import logging
+import shutil
 
 import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score, roc_auc_score
 
-from agegender.data import scan
+from agegender.data import scan, split_of
 from agegender.evaluate import main as evaluate_main
 
 
@@ -74,3 +75,58 @@ def test_damaged_dataset_files_are_counted_reported_and_skipped(tiny_checkpoint,
         [report] = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
         assert report.startswith("skipped 3 unreadable image(s), e.g. ")
         assert all(msg in report for msg in expected.values())
+
+
+def test_into_checkpoint_stores_the_scored_datas_figures_and_the_audit_reuses_them(tiny_checkpoint, tiny_data,
+                                                                                   tmp_path, capsys):
+    """A checkpoint scored on another copy of its data (the shipped pair: trained on a packed zip, scored on the
+    original chips) records that copy's fingerprint, so the audit reads its predictions rather than the model."""
+    from types import SimpleNamespace
+
+    from agegender import audit
+    from agegender.checkpoint import read_meta
+    from agegender.evaluate import ERR_INTO, NOTE_RECALIBRATE, scored_fingerprint
+    from agegender.intervals import main as intervals_main
+
+    ck, copy = tmp_path / "ck", tmp_path / "UTKFace"
+    shutil.copytree(tiny_checkpoint, ck)
+    shutil.copytree(tiny_data, copy)
+    next(p for p in sorted(copy.iterdir()) if split_of(p.name) == "train").unlink()
+    theirs, ours = scan(tiny_data).fingerprint, scan(copy).fingerprint
+    assert theirs != ours and read_meta(ck)["dataset_fingerprint"] == theirs
+    known = SimpleNamespace(predictions=None, checkpoint=ck)
+    assert audit._known(known, scan(copy), ("val", "test")) is None  # stored predictions are of other data
+    assert run(["--data", str(copy), "--into-checkpoint"], ck) == 0
+    out = capsys.readouterr().out
+    meta = read_meta(ck)
+    for split in ("val", "test"):
+        assert scored_fingerprint(meta, split) == ours and f"{split}: n=" in out
+        df = pd.read_csv(ck / f"predictions-{split}.csv")
+        assert sorted(df["file"]) == sorted(s.member for s in scan(copy).samples if s.split == split)
+        assert meta["metrics"][split]["n"] == len(df)
+        assert np.isclose(meta["metrics"][split]["age_mae"], (df["pred_age"] - df["age"]).abs().mean())
+    assert meta["dataset_fingerprint"] == theirs  # what it was trained on does not change
+    assert audit._known(known, scan(copy), ("val", "test")) is not None
+    assert audit._known(known, scan(tiny_data), ("val",)) is None
+
+    # intervals calibrated on other images than those scored: said, with the commands that mend it
+    assert intervals_main(["--checkpoint", str(ck), "--data", str(tiny_data),
+                           "--cache-dir", str(tiny_checkpoint.parent / "cache")]) == 0
+    capsys.readouterr()
+    assert run(["--data", str(copy), "--into-checkpoint"], ck) == 0
+    assert "note: " + NOTE_RECALIBRATE.format(path=ck, data=copy) + "\n" in capsys.readouterr().err
+    assert run(["--data", str(tiny_data), "--into-checkpoint"], ck) == 0
+    assert "note:" not in capsys.readouterr().err
+
+    for extra in (["--out", str(tmp_path / "p.csv")], ["--split", "val"], ["--limit", "5"]):
+        assert run(["--data", str(copy), "--into-checkpoint", *extra], ck) == 2
+        assert capsys.readouterr().err == f"error: {ERR_INTO}\n"
+
+
+def test_a_checkpoint_without_the_record_scored_what_it_trained_on():
+    from agegender.evaluate import scored_fingerprint
+
+    assert scored_fingerprint({"dataset_fingerprint": "a", "metrics": {"val": {"n": 3}}}, "val") == "a"
+    assert scored_fingerprint({"dataset_fingerprint": "a", "metrics": {"val": {"dataset_fingerprint": "b"}}},
+                              "val") == "b"
+    assert scored_fingerprint({"dataset_fingerprint": "a"}, "test") == "a"
