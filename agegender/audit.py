@@ -472,7 +472,7 @@ def _utkface(args) -> tuple[pd.DataFrame, list[str], int]:
         covered = {s.member for s in train}
         jobs += [(p, [s.member for s in train if fold_of(s.name, len(folds)) == f], None)
                  for f, p in sorted(folds.items())]
-    if split in ("val", "test"):
+    if split in OWN_SPLITS:
         members = [s.member for s in sc.samples if s.split == split]
         jobs.append((args.checkpoint, members, _known(args, sc, (split,))))
     elif split == "all":  # every image the checkpoint never trained on, by its manifest (else by the split rule)
@@ -484,7 +484,7 @@ def _utkface(args) -> tuple[pd.DataFrame, list[str], int]:
             notes.append(NOTE_TRAINED_ON.format(n=left_out, total=len(sc.samples), path=args.checkpoint,
                                                 how=MANIFEST_HOW if seen is not None else SPLIT_HOW))
         if members:
-            jobs.append((args.checkpoint, members, _known(args, sc, ("val", "test"))))
+            jobs.append((args.checkpoint, members, _known(args, sc, OWN_SPLITS)))
     if not any(members for _, members, _ in jobs):
         raise AuditError(ERR_TRAIN_NEEDS_FOLDS.format(split=split) if left_out else
                          ERR_NO_IMAGES.format(split=split, path=args.data))

@@ -51,6 +51,7 @@ from .predictions import (
     predictions_path,
     write_predictions,
 )
+from .review import OWN_SPLITS
 from .runtime import set_threads
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,6 @@ ERR_INTO = ("--into-checkpoint scores UTKFace's val and test splits into the che
 NOTE_RECALIBRATE = ("the age intervals in {path} were calibrated on other data than {data}: run python -m "
                     "agegender.intervals --checkpoint {path} --data {data}, then this command again, so that "
                     "the stored predictions carry intervals fitted on these images")
-SPLITS_STORED = ("val", "test")  # the splits a checkpoint keeps predictions and metrics for
 
 
 def scored_fingerprint(meta: dict, split: str) -> str | None:
@@ -181,17 +181,17 @@ def evaluate_dataset(ckpt, ds: Dataset, tta: bool = True, cache_dir=None, progre
                 "format": ds.format, "geometry": ds.geometry, "dataset_fingerprint": ds.fingerprint}
 
 
-def evaluate_into_checkpoint(folder: Path, images: Images, tta: bool = True, fingerprint: str = "") -> dict:
+def evaluate_into_checkpoint(folder: Path, images: Images, fingerprint: str, tta: bool = True) -> dict:
     """Write predictions-val.csv and predictions-test.csv and record their metrics in meta.json, with
     ``fingerprint``, that of the data ``images`` were decoded from."""
     ckpt = load_checkpoint(folder)
     results = {}
-    for split in SPLITS_STORED:
+    for split in OWN_SPLITS:
         t = time.perf_counter()
         df = predictions_frame(ckpt, images, images.indices(split), tta)
         write_predictions(df, predictions_path(folder, split))
         results[split] = {**summary_of(df), "tta": tta, "seconds": round(time.perf_counter() - t, 1),
-                          **({"dataset_fingerprint": fingerprint} if fingerprint else {})}
+                          "dataset_fingerprint": fingerprint}
         log.info("%s: %s", split, format_metrics(results[split]))
     meta = read_meta(folder)
     meta["metrics"] = results
@@ -281,7 +281,7 @@ def _evaluate_into(args) -> int:
         ckpt = load_checkpoint(args.checkpoint)
         sc = scan(args.data)
         images = cached_images(sc, ckpt.preprocess.cache_size, args.cache_dir)
-        results = evaluate_into_checkpoint(Path(args.checkpoint), images, args.tta, sc.fingerprint)
+        results = evaluate_into_checkpoint(Path(args.checkpoint), images, sc.fingerprint, tta=args.tta)
     except (CheckpointError, DatasetError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

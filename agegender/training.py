@@ -489,7 +489,7 @@ def _finish(out: Path, cfg: TrainConfig, meta: dict, state: RunState, images: Im
     write_meta(out, meta)
     from .evaluate import evaluate_into_checkpoint  # evaluation loads the checkpoint like any user would
 
-    evaluate_into_checkpoint(out, images, tta=cfg.tta, fingerprint=meta["dataset_fingerprint"])
+    evaluate_into_checkpoint(out, images, meta["dataset_fingerprint"], tta=cfg.tta)
     if finished:
         (out / STATE).unlink(missing_ok=True)
     else:
