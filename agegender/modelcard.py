@@ -48,13 +48,25 @@ NOT_RECIPE = {"data", "out", "resume", "max_minutes", "save_every_minutes", "thr
               "balance", "balance_by", "balance_power", "balance_within"}
 
 
+def recipes(meta: dict) -> list[dict]:
+    """The training settings behind a checkpoint: one run's, or each run's of a soup (agegender.soup)."""
+    runs = (meta.get("soup") or {}).get("runs")
+    return [r.get("train_config", {}) for r in runs] if runs else [meta.get("train_config", {})]
+
+
 def recipe_differences(a: dict, b: dict) -> dict[str, tuple]:
     """Training settings two checkpoints' metas differ in, besides balancing; keys missing from an older
-    meta take TrainConfig's defaults of the time the field was added."""
+    meta take TrainConfig's defaults of the time the field was added. Soups are compared run by run, in order."""
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-    ca = {**defaults, **a.get("train_config", {})}
-    cb = {**defaults, **b.get("train_config", {})}
-    return {k: (ca[k], cb[k]) for k in defaults if k not in NOT_RECIPE and ca[k] != cb[k]}
+    ra, rb = recipes(a), recipes(b)
+    if len(ra) != len(rb):
+        return {"runs averaged": (len(ra), len(rb))}
+    out = {}
+    for i, (ca, cb) in enumerate(zip(ra, rb, strict=True)):
+        ca, cb = {**defaults, **ca}, {**defaults, **cb}
+        prefix = f"run {i + 1} " if len(ra) > 1 else ""
+        out.update({prefix + k: (ca[k], cb[k]) for k in defaults if k not in NOT_RECIPE and ca[k] != cb[k]})
+    return out
 
 
 def baseline_for(balanced: Path, plain: list[Path], metas: dict) -> Path:
@@ -118,11 +130,17 @@ def card_for(path: Path, n_boot: int = N_BOOT) -> str:
     lines.append(f"- Data: UTKFace aligned chips as `{Path(cfg.get('data', '?')).name}`, fingerprint "
                  f"`{meta.get('dataset_fingerprint', '?')[:16]}`; split by "
                  f"{meta.get('split_rule', '?')}.")
-    lines.append(f"- Training: {meta.get('epochs_run')} epochs (best: {meta.get('best_epoch')}), batch "
-                 f"{cfg.get('batch_size')}, AdamW lr {cfg.get('lr')}, {cfg.get('age_loss')} age loss, "
-                 f"{meta.get('train_minutes')} min{_device(cfg)}; balancing: {_balancing(meta.get('balance'))}; "
-                 "photo degradations: "
-                 f"{_photo_levers(cfg)}.")
+    runs = (meta.get("soup") or {}).get("runs")
+    if runs:
+        lines.append(f"- Weights: the mean of {len(runs)} runs' weights (`python -m agegender.soup`), each run "
+                     "below as it was trained; its figures are the mean's own.")
+    for run in runs or [meta]:
+        cfg = run.get("train_config", {})
+        who = f"{run['name']} ({run['share']:.0%} of the mean), " if runs else ""
+        lines.append(f"- Training: {who}{run.get('epochs_run')} epochs (best: {run.get('best_epoch')}), batch "
+                     f"{cfg.get('batch_size')}, AdamW lr {cfg.get('lr')}, trunk rate {cfg.get('trunk_lr', 1.0)}, "
+                     f"{cfg.get('age_loss')} age loss, {run.get('train_minutes')} min{_device(cfg)}; balancing: "
+                     f"{_balancing(run.get('balance'))}; photo degradations: {_photo_levers(cfg)}.")
     try:
         df = prepare(load_predictions(path, "test"))
     except ValueError as e:

@@ -157,6 +157,16 @@ def test_training_page(predict_app):
     assert len(at.get("plotly_chart")) == 1  # train loss, age MAE and gender accuracy side by side in one figure
 
 
+def test_training_page_shows_each_run_of_a_soup(app, tiny_checkpoint, tmp_path):
+    from agegender.soup import make_soup
+
+    make_soup([tiny_checkpoint, tiny_checkpoint], tmp_path / "ck" / "soup")
+    at = app(tmp_path / "ck").switch_page("pages/training.py").run()
+    assert not at.exception
+    assert len(at.get("plotly_chart")) == 2  # one figure per run averaged
+    assert "The mean of 2 runs' weights" in " ".join(c.value for c in at.caption)
+
+
 def boundary_app():
     import streamlit as st
 

@@ -12,7 +12,8 @@ LAYERS = {
               "inference", "explain", "data", "balance", "config", "distributed", "runstate", "datasets",
               "evalset", "tables", "slices", "intervals", "genderband", "chippose"],
     "commands": ["training", "evaluate", "predict", "report", "compare", "modelcard", "consistency", "template",
-                 "explorer", "results", "external", "audit", "review", "dlib_convert", "shift", "pack"],
+                 "explorer", "results", "external", "audit", "review", "dlib_convert", "shift", "pack",
+                 "soup"],
 }
 RANK = {m: i for i, mods in enumerate(LAYERS.values()) for m in mods}
 

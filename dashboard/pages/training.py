@@ -12,6 +12,7 @@ import pandas as pd
 
 from agegender import charts
 from agegender.runstate import EXTERNAL_FIELDS, HISTORY
+from agegender.soup import run_histories
 
 
 def external_caption(h: pd.DataFrame, meta: dict) -> str | None:
@@ -26,18 +27,12 @@ def external_caption(h: pd.DataFrame, meta: dict) -> str | None:
             "judges the model).")
 
 
-for ckpt in ui.selected_checkpoints():
-    st.subheader(ckpt.name)
-    path = ckpt.path / HISTORY
-    if not path.is_file():
-        st.info(f"{ckpt.name} has no {HISTORY}.")
-        continue
-    h = pd.read_csv(path)
-    meta = ckpt.meta
+def show(h: pd.DataFrame, meta: dict, key: str) -> None:
+    """One run's curves: ``meta`` is the checkpoint's, or one run's record in a soup's."""
     st.caption(f"{meta.get('epochs_run', len(h))} epochs, best at epoch {meta.get('best_epoch')} (dotted), "
                f"{meta.get('train_minutes', '?')} min; train figures are on augmented batches, validation "
                "figures on the held-out validation split.")
-    st.plotly_chart(charts.training_curves(h, meta.get("best_epoch")), width="stretch", key=f"curves-{ckpt.path}")
+    st.plotly_chart(charts.training_curves(h, meta.get("best_epoch")), width="stretch", key=f"curves-{key}")
     caption = external_caption(h, meta)
     if caption:
         st.caption(caption)
@@ -45,3 +40,20 @@ for ckpt in ui.selected_checkpoints():
                        ["epoch", *[c for c in EXTERNAL_FIELDS if c in h]]]
         with st.expander("external check, per scored epoch (gender gap: best to worst group, groups of 30+ faces)"):
             st.dataframe(scored, hide_index=True)
+
+
+for ckpt in ui.selected_checkpoints():
+    st.subheader(ckpt.name)
+    path = ckpt.path / HISTORY
+    runs = run_histories(ckpt.path, ckpt.meta)
+    if runs:
+        st.caption(f"The mean of {len(ckpt.meta['soup']['runs'])} runs' weights (agegender.soup): never trained "
+                   "as such, so each run's curves follow; its own figures are on the Checkpoints page.")
+        for run, file in runs:
+            st.markdown(f"**{run['name']}** ({run['share']:.0%} of the mean)")
+            show(pd.read_csv(file), run, f"{ckpt.path}-{file.name}")
+        continue
+    if not path.is_file():
+        st.info(f"{ckpt.name} has no {HISTORY}.")
+        continue
+    show(pd.read_csv(path), ckpt.meta, str(ckpt.path))
