@@ -18,8 +18,8 @@ The soup's meta.json is its first run's, less what belonged to that run's weight
 external check, epochs), plus ``soup``: each run's name, weights sha256, share, training settings and figures;
 each run's history.csv is kept as history-1.csv, history-2.csv, ... for the Training page.
 meta.json is written last, so a stopped command leaves a folder that is not a checkpoint, never a half one.
-With --data (the UTKFace the runs trained on) the soup is scored on val and test and its age interval calibrated,
-as train.py's last step does; without it the command prints the two commands that do so.
+With --data (the UTKFace the runs trained on) the soup's age interval is calibrated on val, then val and test
+are scored with it, as agegender.intervals and train.py's last step do; without it, it prints those two commands.
 """
 
 from __future__ import annotations
@@ -53,8 +53,8 @@ ERR_SPLIT = ("cannot average {a} and {b}: their " + MANIFEST + " differ, so one 
              "the other's training images")
 ERR_SHARES = "--weights needs one positive number per checkpoint ({n}), not {given!r}"
 ERR_OUT = "{out} already exists and is not empty: give a new folder (a soup never writes over anything)"
-SCORE = ("python -m agegender.evaluate --checkpoint {out} --data UTKFACE_PATH --into-checkpoint\n"
-         "python -m agegender.intervals --checkpoint {out} --data UTKFACE_PATH")
+SCORE = ("python -m agegender.intervals --checkpoint {out} --data UTKFACE_PATH\n"
+         "python -m agegender.evaluate --checkpoint {out} --data UTKFACE_PATH --into-checkpoint")
 
 def shares_of(weights: list[float] | None, n: int) -> list[float]:
     """Each run's share of the mean, summing to 1 (equal shares by default)."""
@@ -146,17 +146,18 @@ def run_histories(folder: str | Path, meta: dict) -> list[tuple[dict, Path]]:
 
 
 def score(out: Path, data: str, cache_dir=None) -> dict:
-    """Val and test into the soup, then its age interval on val: train.py's last step and agegender.intervals."""
+    """The age interval calibrated on val (agegender.intervals), then val and test scored into the soup with
+    their intervals (train.py's last step)."""
     from .data import cached_images, scan
     from .evaluate import evaluate_into_checkpoint
     from .intervals import calibrate_checkpoint, write_calibration
 
+    cal, measured = calibrate_checkpoint(out, data, cache_dir=cache_dir)
+    write_calibration(out, cal)
     ckpt = load_checkpoint(out)
     sc = scan(data)
     images = cached_images(sc, ckpt.preprocess.cache_size, cache_dir)
     results = evaluate_into_checkpoint(out, images, sc.fingerprint)
-    cal, measured = calibrate_checkpoint(out, data, cache_dir=cache_dir)
-    write_calibration(out, cal)
     return {**results, "interval": measured}
 
 
@@ -186,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         out = make_soup(args.checkpoints, args.out, weights)
         print(f"{out}: the mean of {len(args.checkpoints)} checkpoints ({time.perf_counter() - t0:.1f} s)")
         if args.data is None:
-            print("score it on UTKFace val and test and calibrate its age interval with:\n"
+            print("calibrate its age interval and score it on UTKFace val and test with:\n"
                   + SCORE.format(out=out))
             return 0
         results = score(out, args.data, args.cache_dir)

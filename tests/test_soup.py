@@ -72,8 +72,10 @@ def test_with_data_the_soup_is_scored_and_calibrated(tiny_checkpoint, second, ti
     assert set(meta["metrics"]) == {"val", "test"}
     assert meta["age_interval"]["weights_sha256"] == meta["weights_sha256"]
     assert iv.calibration_of(meta, out) is not None
-    val = pd.read_csv(out / "predictions-val.csv")
-    assert len(val) == meta["metrics"]["val"]["n"] > 0
+    for split in ("val", "test"):  # scored after the calibration, so every age has its interval
+        df = pd.read_csv(out / f"predictions-{split}.csv")
+        assert len(df) == meta["metrics"][split]["n"] > 0
+        assert df[["pred_age_lo", "pred_age_hi"]].notna().all().all()
 
 
 def test_without_data_it_says_how_to_score_it(tiny_checkpoint, second, tmp_path, capsys):
