@@ -37,9 +37,10 @@ make-up dlib does not document, so its own biases come with it) and are fine-tun
 figures on other photo sources, lighting or poses will be worse. Faces must be detected and aligned as
 the dashboard does. One training run is one draw: six runs of the earlier resnet18 recipe that differed
 only in their seed scored 81.1-82.7% gender accuracy on FairFace-sample, with a best-to-worst ethnicity
-gap of 5.7 to 15.8 points; two seeds of the shipped recipe scored 85.6 and 85.3%, gaps 5.3 and 5.8
-(docs/experiments.md, runs 19-28 and 33-37). A gap difference between two checkpoints inside that
-spread is training noise, whatever its interval over faces says.
+gap of 5.7 to 15.8 points; two seeds of run 35's recipe scored 85.6 and 85.3%, gaps 5.3 and 5.8, and
+each shipped checkpoint, the mean of two runs' weights, 86.5-86.9%, gap 4.4 (docs/experiments.md, runs 19-28,
+33-37 and "Soups"). A gap difference between two checkpoints inside that spread is training noise, whatever
+its interval over faces says.
 """
 
 

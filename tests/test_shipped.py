@@ -8,6 +8,7 @@ from agegender.catalog import REPO_CHECKPOINTS
 from agegender.checkpoint import load_checkpoint
 from agegender.evaluate import main as evaluate_main
 from agegender.modelcard import main as modelcard_main
+from agegender.soup import run_histories
 
 SHIPPED = [REPO_CHECKPOINTS / "dlib-resnet29-utkface", REPO_CHECKPOINTS / "dlib-resnet29-balanced"]
 shipped = pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
@@ -19,16 +20,20 @@ def test_shipped_checkpoint_loads_and_records_its_targets(path):
     test = ckpt.meta["metrics"]["test"]
     assert test["n"] > 2000
     assert test["age_mae"] <= 5.3 and test["gender_accuracy"] >= 0.925
-    for name in ("history.csv", "predictions-val.csv", "predictions-test.csv", "manifest.csv"):
+    for name in ("predictions-val.csv", "predictions-test.csv", "manifest.csv"):
         assert (path / name).is_file()
+    runs = ckpt.meta.get("soup", {}).get("runs", [])  # a soup keeps each run's history instead of its own
+    assert (path / "history.csv").is_file() or len(run_histories(path, ckpt.meta)) == len(runs) >= 2
 
 
 def test_the_balanced_checkpoint_records_its_weighting():
-    balance = load_checkpoint(SHIPPED[1]).meta["balance"]
-    assert balance["method"] == "loss" and balance["cells"] == "ethnicity x age bucket"
-    assert balance["within"] == "age bucket"
-    weights = [c["age_weight"] for c in balance["by_cell"].values()]
-    assert len(weights) == 5 * 9 and max(weights) > min(weights) > 0
+    meta = load_checkpoint(SHIPPED[1]).meta
+    runs = meta.get("soup", {}).get("runs") or [meta]  # a soup is balanced when each of its runs was
+    for balance in [meta["balance"], *(r["balance"] for r in runs)]:
+        assert balance["method"] == "loss" and balance["cells"] == "ethnicity x age bucket"
+        assert balance["within"] == "age bucket"
+        weights = [c["age_weight"] for c in balance["by_cell"].values()]
+        assert len(weights) == 5 * 9 and max(weights) > min(weights) > 0
 
 
 def test_the_model_card_matches_the_shipped_checkpoints(tmp_path):
