@@ -128,7 +128,8 @@ def card_for(path: Path, n_boot: int = N_BOOT) -> str:
     lines = [f"## {path.name}", ""]
     lines.append(f"- Architecture: {meta['arch']} ({_start(meta, cfg)}), input "
                  f"{meta['preprocess']['input_size']} px crop of a {meta['preprocess']['cache_size']} px aligned face.")
-    lines.append(f"- Data: UTKFace aligned chips as `{Path(cfg.get('data', '?')).name}`, fingerprint "
+    data = " and ".join(dict.fromkeys(f"`{Path(c.get('data', '?')).name}`" for c in recipes(meta)))  # a soup's runs
+    lines.append(f"- Data: UTKFace aligned chips as {data}, fingerprint "
                  f"`{meta.get('dataset_fingerprint', '?')[:16]}`; split by "
                  f"{meta.get('split_rule', '?')}.")
     runs = (meta.get("soup") or {}).get("runs")
