@@ -60,6 +60,11 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def soup_runs(meta: dict) -> list[dict]:
+    """The records of the runs a soup averages (agegender.soup writes them); [] for a checkpoint trained as one run."""
+    return list((meta.get("soup") or {}).get("runs") or [])
+
+
 def write_meta(folder: str | os.PathLike, meta: dict) -> None:
     meta = {"format": FORMAT, "code_version": __version__, **meta}
     atomic_write_text(Path(folder) / META, json.dumps(meta, indent=2, sort_keys=False) + "\n")

@@ -17,6 +17,7 @@ from .checkpoint import read_meta
 from .compare import gap_change, pair, paired_deltas
 from .config import TrainConfig
 from .fairness import METRICS, MIN_COUNT, N_BOOT, GroupReport, prepare
+from .meta import soup_runs
 from .predictions import file_name, load_predictions
 
 SHOWN = ("age_mae", "age_bias", "gender_accuracy", "female_as_male", "male_as_female")
@@ -51,8 +52,7 @@ NOT_RECIPE = {"data", "out", "resume", "max_minutes", "save_every_minutes", "thr
 
 def recipes(meta: dict) -> list[dict]:
     """The training settings behind a checkpoint: one run's, or each run's of a soup (agegender.soup)."""
-    runs = (meta.get("soup") or {}).get("runs")
-    return [r.get("train_config", {}) for r in runs] if runs else [meta.get("train_config", {})]
+    return [r.get("train_config", {}) for r in soup_runs(meta) or [meta]]
 
 
 def recipe_differences(a: dict, b: dict) -> dict[str, tuple]:
@@ -132,7 +132,7 @@ def card_for(path: Path, n_boot: int = N_BOOT) -> str:
     lines.append(f"- Data: UTKFace aligned chips as {data}, fingerprint "
                  f"`{meta.get('dataset_fingerprint', '?')[:16]}`; split by "
                  f"{meta.get('split_rule', '?')}.")
-    runs = (meta.get("soup") or {}).get("runs")
+    runs = soup_runs(meta)
     if runs:
         lines.append(f"- Weights: the mean of {len(runs)} runs' weights (`python -m agegender.soup`), each run "
                      "below as it was trained; its figures are the mean's own.")

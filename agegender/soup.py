@@ -36,7 +36,7 @@ import torch
 
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_weights
 from .data import MANIFEST
-from .meta import WEIGHTS, atomic_write, write_meta
+from .meta import WEIGHTS, atomic_write, soup_runs, write_meta
 from .runstate import HISTORY
 
 SAME = ("arch", "dropout", "age_bins", "age_offset", "age_scale", "labels", "preprocess", "split_rule")
@@ -140,8 +140,7 @@ def make_soup(folders: list[str | Path], out: str | Path, weights: list[float] |
 
 def run_histories(folder: str | Path, meta: dict) -> list[tuple[dict, Path]]:
     """A soup's runs whose history.csv it keeps, each with the file's path; [] for a checkpoint that is no soup."""
-    runs = (meta.get("soup") or {}).get("runs") or []
-    return [(r, Path(folder) / r["history"]) for r in runs
+    return [(r, Path(folder) / r["history"]) for r in soup_runs(meta)
             if r.get("history") and (Path(folder) / r["history"]).is_file()]
 
 

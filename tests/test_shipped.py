@@ -7,6 +7,7 @@ import pytest
 from agegender.catalog import REPO_CHECKPOINTS
 from agegender.checkpoint import load_checkpoint
 from agegender.evaluate import main as evaluate_main
+from agegender.meta import soup_runs
 from agegender.modelcard import main as modelcard_main
 from agegender.soup import run_histories
 
@@ -22,13 +23,13 @@ def test_shipped_checkpoint_loads_and_records_its_targets(path):
     assert test["age_mae"] <= 5.3 and test["gender_accuracy"] >= 0.925
     for name in ("predictions-val.csv", "predictions-test.csv", "manifest.csv"):
         assert (path / name).is_file()
-    runs = ckpt.meta.get("soup", {}).get("runs", [])  # a soup keeps each run's history instead of its own
+    runs = soup_runs(ckpt.meta)  # a soup keeps each run's history instead of its own
     assert (path / "history.csv").is_file() or len(run_histories(path, ckpt.meta)) == len(runs) >= 2
 
 
 def test_the_balanced_checkpoint_records_its_weighting():
     meta = load_checkpoint(SHIPPED[1]).meta
-    runs = meta.get("soup", {}).get("runs") or [meta]  # a soup is balanced when each of its runs was
+    runs = soup_runs(meta) or [meta]  # a soup is balanced when each of its runs was
     for balance in [meta["balance"], *(r["balance"] for r in runs)]:
         assert balance["method"] == "loss" and balance["cells"] == "ethnicity x age bucket"
         assert balance["within"] == "age bucket"

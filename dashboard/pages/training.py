@@ -11,6 +11,7 @@ st.title("Training")
 import pandas as pd
 
 from agegender import charts
+from agegender.meta import soup_runs
 from agegender.runstate import EXTERNAL_FIELDS, HISTORY
 from agegender.soup import run_histories
 
@@ -47,7 +48,7 @@ for ckpt in ui.selected_checkpoints():
     path = ckpt.path / HISTORY
     runs = run_histories(ckpt.path, ckpt.meta)
     if runs:
-        st.caption(f"The mean of {len(ckpt.meta['soup']['runs'])} runs' weights (agegender.soup): never trained "
+        st.caption(f"The mean of {len(soup_runs(ckpt.meta))} runs' weights (agegender.soup): never trained "
                    "as such, so each run's curves follow; its own figures are on the Checkpoints page.")
         for run, file in runs:
             st.markdown(f"**{run['name']}** ({run['share']:.0%} of the mean)")
