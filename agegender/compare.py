@@ -36,6 +36,29 @@ PAIR_NEEDED = ("file", "gender", "pred_age", "p_female")  # plus age or age_bin:
 SIDE_COLUMNS = frozenset(f"{c}_{s}" for c in PREDICTED for s in SIDES)
 
 
+# How a change reads, from its paired interval: coloured only when the interval leaves out 0 (BETTER, WORSE)
+BETTER, WORSE, NOISE, NO_FIGURE = "better", "worse", "within noise", "no figure"
+
+
+def verdict(delta: float, lo: float, hi: float, higher_is_better: bool | None, before: float = 0.0) -> str:
+    """Whether a change ``delta`` (b - a) with paired 95% interval [lo, hi] is BETTER, WORSE or within NOISE
+    for a metric whose direction is ``higher_is_better``; NO_FIGURE where any of the three is not finite.
+    An interval that holds 0 is always NOISE. For a signed error (``higher_is_better`` None: nearer zero is
+    better) ``before`` is a's figure, and the change is judged on every b the interval allows, before + [lo,
+    hi]: BETTER when all are nearer zero than a, WORSE when all are farther, else NOISE (the error moved, but
+    not clearly towards or away from zero)."""
+    if not np.isfinite([delta, lo, hi, before]).all():
+        return NO_FIGURE
+    if lo <= 0 <= hi:
+        return NOISE
+    if higher_is_better is None:
+        low, high, size = before + lo, before + hi, abs(before)
+        if -size < low and high < size:  # {b : |b| < |a|} is one interval: both ends inside is all inside
+            return BETTER
+        return WORSE if low > size or high < -size else NOISE
+    return BETTER if (lo > 0) == higher_is_better else WORSE
+
+
 def pair(a: pd.DataFrame, b: pd.DataFrame, edges: tuple[int, ...] = AGE_BUCKET_EDGES) -> pd.DataFrame:
     """The images both scored and both found a face in, with pred_age_a/_b, pred_age_bin_a/_b and
     p_female_a/_b; raises when they share none. Images pair on the image keys both tables have (an old
