@@ -58,10 +58,11 @@ DATASET = "dataset_path"
 PICKER = "picker_names"  # the picker's widget key
 OFFERED = "picker_offered"  # label -> path of what the picker offers
 PICK_DEFAULT = "picker_default"  # the labels a fresh session starts on
-PICK_NEXT = "picker_next"  # labels the picker takes on the next run (a widget's value cannot change after it is drawn)
-PAIR_FILLED = "compare_pair_filled"  # the compare page has filled the picker up to two once this session
-PAIR_FILLED_NOTE = ("Fewer than two checkpoints were picked, so the picker now holds {names} (the most recently "
-                    "trained); change it in the sidebar.")
+PAIR_BUTTON = "Compare {names}"
+# widgets whose choice outlives a page switch (Streamlit forgets a widget's value on a page that does not
+# draw it): the predict page's options, read again on the compare and explorer pages
+KEPT = {"cropped": False, "whole": False, "min_conf": MIN_CONFIDENCE, "band": DEFAULT_BAND, "method": "GradCAM",
+        "aug_smooth": False, "eigen_smooth": False, "other_gender": False, "faith": False, "opacity": 0.5}
 GRID_COLUMNS = 6  # face thumbnails per row on the predict page
 LESS_RELIABLE = "Less reliable: this face is {notes}, unlike most faces the model was trained on."
 NO_DATA = (f"The error explorer needs the UTKFace images: set the dataset path in the sidebar, "
@@ -191,14 +192,17 @@ def sidebar() -> None:
     labels = pick_labels(paths)
     flags = {label: health_of(p) for label, p in labels.items()}
     default = [label for label, p in labels.items() if p in default_pick(paths)]
-    if PICK_NEXT in st.session_state:  # before the widget is drawn: afterwards its value cannot change
-        st.session_state[PICKER] = [label for label in st.session_state.pop(PICK_NEXT) if label in labels]
+    # the picker's value lives in session state from the start, never as the widget's default: a page may then
+    # set it (offer_pair) with no "default value and Session State" clash; a folder gone since is dropped
+    st.session_state[PICKER] = [label for label in st.session_state.get(PICKER, default) if label in labels]
+    for key, value in KEPT.items():
+        st.session_state[key] = st.session_state.get(key, value)
     where = root if ckpt_allowed.roots is None else ", ".join(map(str, ckpt_allowed.roots)) or "nowhere"
     with st.sidebar:
         st.header("Checkpoints")
         for problem in {a.problem for a in (ckpt_allowed, data_allowed) if a.problem}:
             st.error(problem)
-        chosen = st.multiselect("From checkpoints/", list(labels), key=PICKER, default=default,
+        chosen = st.multiselect("From checkpoints/", list(labels), key=PICKER,
                                 format_func=lambda label: f"{label} ⚠" if flags.get(label) else label,
                                 help=f"Folders in {where}. ⚠: its validation figures say it is untrained or "
                                      "diverged (the Checkpoints page says why).")
@@ -214,36 +218,29 @@ def sidebar() -> None:
     st.session_state[PICK_DEFAULT] = default
 
 
-def pick_pair() -> None:
-    """The compare page's first visit in a session with fewer than two checkpoints picked: the picker
-    takes two (agegender.catalog.compare_pick: the two most recently trained while it holds what a
-    fresh session starts on, else the pick plus the most recent other), and the page reruns with
-    them. Once only, so that a user who then unpicks one is not overruled."""
-    if st.session_state.get(PAIR_FILLED):
-        return
-    st.session_state[PAIR_FILLED] = True
+def offer_pair(container) -> bool:
+    """With fewer than two checkpoints picked, a button that puts two in the picker
+    (agegender.catalog.compare_pick: the two most recently trained while the picker holds what a fresh
+    session starts on, else the pick plus the most recent other). The sidebar's choice changes only when
+    the user presses it. False when there is nothing to offer."""
     offered: dict[str, Path] = st.session_state.get(OFFERED, {})
     chosen = list(st.session_state.get(PICKER, []))
     picked = [Path(p) for p in st.session_state.get(SELECTED, [])]
     untouched = chosen == st.session_state.get(PICK_DEFAULT) and len(picked) == len(chosen)
-    pick = compare_pick(picked, list(offered.values()), untouched)
-    if pick == picked:
-        return
     names = {p: label for label, p in offered.items()}
-    st.session_state[PICK_NEXT] = [names[p] for p in pick if p in names]
-    st.session_state[PAIR_FILLED] = PAIR_FILLED_NOTE.format(names=", ".join(names.get(p, str(p)) for p in pick))
-    # what the sidebar will read from the picker on the rerun; set here too, for a rerun of the page alone
-    st.session_state[SELECTED] = [str(p) for p in pick]
-    st.rerun()
+    pick = [names[p] for p in compare_pick(picked, list(offered.values()), untouched) if p in names]
+    if len(pick) < 2:
+        return False
+    container.button(PAIR_BUTTON.format(names=" and ".join(pick)), key="offer_pair", on_click=_pick, args=(pick,))
+    return True
 
 
-def pair_note() -> str | None:
-    """What pick_pair() did, for the page to say once; None when it changed nothing."""
-    note = st.session_state.get(PAIR_FILLED)
-    if isinstance(note, str):
-        st.session_state[PAIR_FILLED] = True
-        return note
-    return None
+def _pick(labels: list[str]) -> None:
+    # a callback runs before the script, so the picker is drawn with these and the page sees them at once
+    st.session_state[PICKER] = labels
+    # what the sidebar will read from the picker; set here too, for a rerun of the page alone
+    offered: dict[str, Path] = st.session_state.get(OFFERED, {})
+    st.session_state[SELECTED] = [str(offered[label]) for label in labels]
 
 
 def selected_checkpoints(limit: int | None = None) -> list[Checkpoint]:
@@ -271,12 +268,21 @@ class Options:
     min_confidence: float = MIN_CONFIDENCE
     band: tuple[float, float] = DEFAULT_BAND
     method: str = "GradCAM"
-    layer: str = "layer4"
+    layer: str | None = None  # the checkpoint's own default (its first cam_layers): layer names differ by architecture
     aug_smooth: bool = False
     eigen_smooth: bool = False
     other_gender: bool = False
     faithfulness: bool = False
     opacity: float = 0.5
+
+
+def kept_options(**changes) -> Options:
+    """The CAM options last chosen on the predict page (ui.KEPT), for the other pages that explain a face."""
+    state = st.session_state
+    return Options(band=tuple(state.get("band", DEFAULT_BAND)), method=state.get("method", Options.method),
+                   aug_smooth=state.get("aug_smooth", False), eigen_smooth=state.get("eigen_smooth", False),
+                   other_gender=state.get("other_gender", False), faithfulness=state.get("faith", False),
+                   opacity=state.get("opacity", Options.opacity), **changes)
 
 
 @st.cache_data(max_entries=64, show_spinner="Finding faces…")
@@ -338,8 +344,8 @@ def cam_caption(m: CamMap) -> str:
              "female": "gender: evidence for female", "male": "gender: evidence for male"}[m.name]
     if m.faithfulness is None:
         return title
-    unit = "y" if m.head == "age" else "logit"
-    return f"{title} · ROAD gap {m.faithfulness:+.2f} {unit}"
+    verdict = "fails the check" if m.faithfulness_note() else "passes"
+    return f"{title} · ROAD gap {m.faithfulness:+.2f} {m.unit} ({verdict})"
 
 
 def face_view(ckpt: Checkpoint, result: ImageResult, face_index: int, result_key: str, opt: Options,
@@ -368,11 +374,13 @@ def face_view(ckpt: Checkpoint, result: ImageResult, face_index: int, result_key
         return
     crop = display_crop(ckpt, face.pixels)
     cols = st.columns(len(cams) + 1)
-    cols[0].image(crop, caption="model input (aligned)", width="stretch")
+    cols[0].image(crop, caption=face.input_text, width="stretch")
     for col, m in zip(cols[1:], cams, strict=True):
         img = overlay(crop, m.heat, opt.opacity)
         col.image(img, caption=cam_caption(m), width="stretch")
         overlays[f"{Path(result.image).stem}-face{face_index + 1}-{ckpt.name}-{m.head}-{m.name}.png"] = png_bytes(img)
+    for note in filter(None, (m.faithfulness_note() for m in cams)):
+        st.warning(note)
 
 
 def face_call(face, band: tuple[float, float]) -> str:

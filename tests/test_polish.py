@@ -281,38 +281,38 @@ def picked(at) -> list[str]:
     return [os.path.basename(p) for p in at.session_state[ui.SELECTED]]
 
 
-def test_compare_page_opens_on_the_two_most_recent(app, tiny_checkpoint, tmp_path):
+def test_compare_page_offers_the_two_most_recent_and_leaves_the_picker_alone(app, tiny_checkpoint, tmp_path, caplog):
     root = tmp_path / "three"
     copies(tiny_checkpoint, root, {"a-old": 300, "b-new": 100, "c-mid": 200})
     at = app(root)  # a fresh session: the predict page on its one default checkpoint
     assert at.session_state[ui.PICKER] == ["a-old"]
     at.switch_page("pages/compare.py").run()
     assert not at.exception
-    assert picked(at) == ["c-mid", "b-new"]
-    assert at.session_state[ui.PICK_NEXT] == ["c-mid", "b-new"]  # the picker shows them from the next full run
-    assert [h.value for h in at.header][0] == "b-new against c-mid"  # the older one is the baseline
-    assert at.info[0].value == ui.PAIR_FILLED_NOTE.format(names="c-mid, b-new")
-    # once: a user who then leaves one picked is not overruled
-    at.session_state[ui.SELECTED] = [str(root / "b-new")]
-    at.run()
-    assert not at.exception and "two or more" in at.info[0].value
-
-
-def test_the_picker_takes_what_the_compare_page_picked(app, tiny_checkpoint, tmp_path):
-    root = tmp_path / "three"
-    copies(tiny_checkpoint, root, {"a-old": 300, "b-new": 100, "c-mid": 200})
-    at = app(root, state={ui.PICK_NEXT: ["c-mid", "b-new", "gone"]})
+    assert picked(at) == ["a-old"]  # visiting the page changes nothing by itself
+    assert "two or more" in at.info[0].value
+    offer = at.button(key="offer_pair")
+    assert offer.label == ui.PAIR_BUTTON.format(names="c-mid and b-new")
+    offer.click().run()
     assert not at.exception
-    assert at.multiselect(key=ui.PICKER).value == ["c-mid", "b-new"]  # a label no longer offered is dropped
-    assert ui.PICK_NEXT not in at.session_state and picked(at) == ["c-mid", "b-new"]
+    assert picked(at) == ["c-mid", "b-new"] and at.session_state[ui.PICKER] == ["c-mid", "b-new"]
+    assert [h.value for h in at.header][0] == "b-new against c-mid"  # the older one is the baseline
+    assert "Session State" not in caplog.text  # no "default value and Session State API" clash
 
 
-def test_compare_page_keeps_a_users_pick(app, tiny_checkpoint, tmp_path):
+def test_compare_page_offers_a_users_pick_plus_the_newest(app, tiny_checkpoint, tmp_path):
     root = tmp_path / "three"
     copies(tiny_checkpoint, root, {"a-old": 300, "b-new": 100, "c-mid": 200})
     at = app(root, picks=["c-mid"]).switch_page("pages/compare.py").run()
-    assert not at.exception
+    assert not at.exception and picked(at) == ["c-mid"]
+    at.button(key="offer_pair").click().run()
     assert picked(at) == ["c-mid", "b-new"]
+
+
+def test_the_picker_drops_a_folder_gone_since(app, tiny_checkpoint, tmp_path):
+    root = tmp_path / "three"
+    copies(tiny_checkpoint, root, {"a-old": 300, "b-new": 100})
+    at = app(root, picks=["b-new", "gone"])
+    assert not at.exception and picked(at) == ["b-new"]
 
 
 def test_compare_page_with_one_checkpoint_still_asks_for_two(app, tiny_checkpoint, tmp_path):
@@ -320,6 +320,7 @@ def test_compare_page_with_one_checkpoint_still_asks_for_two(app, tiny_checkpoin
     at = app(tmp_path / "one").switch_page("pages/compare.py").run()
     assert not at.exception and [i.value for i in at.info] == ["Pick two or more checkpoints in the sidebar to "
                                                                "compare them."]
+    assert not at.button  # nothing to offer
 
 
 def test_compare_page_tables_show_units(app, tiny_checkpoint, tmp_path):
@@ -425,7 +426,7 @@ ui.run_page(st.navigation([st.Page({page!r}, title="Compare checkpoints", defaul
 """
 
 
-def test_compare_page_first_fills_the_picker_itself(tiny_checkpoint, tmp_path, monkeypatch):
+def test_compare_pages_pair_button_fills_the_picker_itself(tiny_checkpoint, tmp_path, monkeypatch):
     # app.py's order (sidebar, then the page) with the compare page first: here a rerun runs the sidebar
     # too, as in a real session, so the picker widget itself ends up holding the two
     root = tmp_path / "three"
@@ -435,6 +436,7 @@ def test_compare_page_first_fills_the_picker_itself(tiny_checkpoint, tmp_path, m
     script = tmp_path / "compare_first.py"
     script.write_text(COMPARE_FIRST.format(page=str(ROOT / "dashboard" / "pages" / "compare.py")))
     at = AppTest.from_file(str(script), default_timeout=90).run()
-    assert not at.exception
+    assert not at.exception and at.multiselect(key=ui.PICKER).value == ["a-old"]
+    at.button(key="offer_pair").click().run()
     assert at.multiselect(key=ui.PICKER).value == ["c-mid", "b-new"]
     assert picked(at) == ["c-mid", "b-new"] and [h.value for h in at.header][0] == "b-new against c-mid"

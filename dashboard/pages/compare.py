@@ -14,13 +14,10 @@ from agegender import charts, tables
 from agegender.compare import TRAINING_NOISE, agreement, gaps, pair, paired_deltas
 from agegender.fairness import METRICS, MIN_COUNT, groupings_for
 
-ui.pick_pair()
 ckpts = ui.selected_checkpoints()
-note = ui.pair_note()
-if note:
-    st.info(note)
 if len(ckpts) < 2:
     st.info("Pick two or more checkpoints in the sidebar to compare them.")
+    ui.offer_pair(st)
     st.stop()
 
 
