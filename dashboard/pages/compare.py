@@ -14,11 +14,21 @@ from agegender import charts, tables
 from agegender.compare import TRAINING_NOISE, agreement, gaps, pair, paired_deltas
 from agegender.fairness import METRICS, MIN_COUNT, groupings_for
 
+ui.pick_pair()
 ckpts = ui.selected_checkpoints()
+note = ui.pair_note()
+if note:
+    st.info(note)
 if len(ckpts) < 2:
     st.info("Pick two or more checkpoints in the sidebar to compare them.")
-    ui.offer_pair(st)
     st.stop()
+
+
+# below the pair's block at the top, which is another change's to edit
+from agegender.compare import BETTER, NO_FIGURE, NOISE, WORSE, verdict
+
+# a change is coloured only when its paired 95% interval leaves out 0 (agegender.compare.verdict)
+COLOURS = {BETTER: "green", WORSE: "red", NOISE: "gray", NO_FIGURE: "gray"}
 
 
 def card_metrics(exact: bool) -> tuple[str, ...]:
@@ -58,12 +68,13 @@ for other in [c for c in ckpts if c is not base]:
                f"with paired bootstrap 95% intervals. {TRAINING_NOISE}")
     cols = st.columns(5)
     for col, name in zip(cols, card_metrics(exact), strict=True):
-        better_low = METRICS[name].higher_is_better is False
+        delta, lo, hi = (o[f"{name}_delta{end}"] for end in ("", "_lo", "_hi"))
+        said = verdict(delta, lo, hi, METRICS[name].higher_is_better, o[f"{name}_a"])
         col.metric(METRICS[name].label, tables.metric_text(name, o[name + '_b']),
-                   tables.metric_text(name, o[name + '_delta'], delta=True),
-                   delta_color="inverse" if better_low else "normal",
+                   tables.metric_text(name, delta, delta=True), delta_color=COLOURS[said],
+                   delta_description=f"95% {tables.interval_text(name, lo, hi, delta=True)}: {said}",
                    help=f"{base.name}: {tables.metric_text(name, o[name + '_a'])}; delta interval "
-                        + tables.interval_text(name, o[name + '_delta_lo'], o[name + '_delta_hi'], delta=True))
+                        + tables.interval_text(name, lo, hi, delta=True))
     for std, table in gap_tables.items():
         mix = " with each group given the overall age mix" if std else ""
         if isinstance(table, str):
@@ -73,10 +84,13 @@ for other in [c for c in ckpts if c is not base]:
         cols = st.columns(len(table))
         for col, (_, r) in zip(cols, table.iterrows(), strict=True):
             gap_a, gap_b = (tables.metric_text(r["metric"], r[k], delta=True, signed=False) for k in ("gap_a", "gap_b"))
+            said = verdict(r["change"], r["change_lo"], r["change_hi"], False)  # a smaller gap is better
+            interval = f"[{r['change_lo']:+.0%}, {r['change_hi']:+.0%}]"
             col.metric(f"Gap in {r['label']} between {grouping.replace(':', ' × ')} groups{mix}",
-                       gap_b, f"{r['change']:+.0%}", delta_color="inverse",
+                       gap_b, f"{r['change']:+.0%}", delta_color=COLOURS[said],
+                       delta_description=f"95% {interval}: {said}",
                        help=f"best against worst group of at least {MIN_COUNT} images; {base.name}: {gap_a}; "
-                            f"change interval [{r['change_lo']:+.0%}, {r['change_hi']:+.0%}] (paired bootstrap)"
+                            f"change interval {interval} (paired bootstrap)"
                             + ("; age-standardised: a group's figure is its per-age-bucket figures weighted by "
                                "the overall age-bucket mix, so older groups are not judged worse for age alone"
                                if std else ""))
