@@ -39,13 +39,15 @@ METHODS = {
     "GradCAM": GradCAM, "GradCAM++": GradCAMPlusPlus, "HiResCAM": HiResCAM, "XGradCAM": XGradCAM,
     "LayerCAM": LayerCAM, "EigenCAM": EigenCAM, "ScoreCAM": ScoreCAM,
 }
-# Deprecated: the ResNet trunks' target layers, for dashboard/pages/predict.py until it lists the
-# loaded model's own (``model.cam_layers``), which is what explain() checks against.
 # map name -> (output column, sign): age is a regression, so "younger" is the negated target
 MAPS = {"older": (0, 1.0), "younger": (0, -1.0), "female": (1, 1.0), "male": (1, -1.0)}
 HEAD_OF = {"older": "age", "younger": "age", "female": "gender", "male": "gender"}
 ERR_NO_LAYERS = "{arch} declares no Grad-CAM layers: add cam_layers and stages to its Arch in agegender/model.py"
 REMOVED = 80  # ROAD: percentile; 20% of the pixels, most or least relevant first, are imputed
+UNFAITHFUL = ("The '{name}' map fails its faithfulness check (ROAD gap {gap:+.2f} {unit}): blurring away the "
+              "{share}% of pixels it marks moves the prediction no more than blurring away the {share}% it "
+              "leaves out, so it does not show what the model used. Read it as noise; another CAM method or "
+              "target layer may do better.")
 
 
 class HeadTarget:
@@ -103,6 +105,17 @@ class CamMap:
         if self.road_most is None or self.road_least is None:
             return None
         return self.road_least - self.road_most
+
+    @property
+    def unit(self) -> str:
+        return "y" if self.head == "age" else "logit"
+
+    def faithfulness_note(self) -> str | None:
+        """What a ROAD gap at or below zero means, in words; None when the map passed (or was not checked)."""
+        gap = self.faithfulness
+        if gap is None or gap > 0:
+            return None
+        return UNFAITHFUL.format(name=self.name, gap=gap, unit=self.unit, share=100 - REMOVED)
 
 
 def layer_names(models) -> list[str]:

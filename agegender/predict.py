@@ -36,6 +36,14 @@ ERR_TOO_SMALL = ("no face found in {name}: at {width} x {height} pixels it is to
                  "which looks for faces of {min_size} pixels and more")
 ERR_FAILED = "cannot analyse {name} ({detail})"
 DEFAULT_MIN_CONFIDENCE = MIN_CONFIDENCE
+# what the model was given for a face: said on every page and in the JSON, since only the first is
+# cropped like the training chips
+ALIGNED, CROPPED, WHOLE = "aligned", "cropped", "whole"
+INPUT_KINDS = {
+    ALIGNED: "model input (aligned)",
+    CROPPED: "model input (the image as uploaded, not aligned)",
+    WHOLE: "model input (no face found: the whole image's centre, not aligned)",
+}
 
 
 @dataclass
@@ -53,6 +61,11 @@ class FaceResult:
     maps: list[CamMap] = field(default_factory=list)
     quality: dict[str, float] = field(default_factory=dict)  # agegender.quality.COLUMNS of a detected face
     notes: list[str] = field(default_factory=list)  # why it is less reliable (quality.reliability_notes)
+    kind: str = ALIGNED  # what the model was given: INPUT_KINDS
+
+    @property
+    def input_text(self) -> str:
+        return INPUT_KINDS[self.kind]
 
     def to_json(self) -> dict:
         return {"box": [round(v, 1) for v in self.box],
@@ -63,7 +76,7 @@ class FaceResult:
                 "p_female": None if self.p_female is None else round(self.p_female, 4),
                 "label": self.label,
                 "quality": {k: (None if not np.isfinite(v) else v) for k, v in self.quality.items()},
-                "less_reliable": self.notes}
+                "less_reliable": self.notes, "input": self.kind}
 
     def age_text(self) -> str:
         """The predicted age with its interval: "62 y (55-70)"; "62 y" when the checkpoint has none."""
@@ -81,11 +94,11 @@ class ImageResult:
         return {"image": self.image, "faces": [f.to_json() for f in self.faces], "error": self.error}
 
 
-def _whole_image_face(photo: Image.Image, size: int) -> FaceResult:
+def _whole_image_face(photo: Image.Image, size: int, kind: str) -> FaceResult:
     """The photo's centre square taken as the face (no detection, so no confidence)."""
     s = min(photo.size)
     x, y = (photo.width - s) / 2, (photo.height - s) / 2
-    return FaceResult((x, y, x + s, y + s), None, True, face_pixels(photo, None, size))
+    return FaceResult((x, y, x + s, y + s), None, True, face_pixels(photo, None, size), kind=kind)
 
 
 def analyse(
@@ -104,7 +117,7 @@ def analyse(
     result = ImageResult(name, size=photo.size)
     size = ckpt.preprocess.cache_size
     if cropped:
-        result.faces = [_whole_image_face(photo, size)]
+        result.faces = [_whole_image_face(photo, size, CROPPED)]
     else:
         for f in faces or []:
             ok = f.confidence >= min_confidence
@@ -117,7 +130,7 @@ def analyse(
                 result.error = (ERR_TOO_SMALL if small else ERR_NO_FACE).format(
                     name=name, width=photo.width, height=photo.height, min_size=MIN_FACE_SIZE)
                 return result
-            result.faces.append(_whole_image_face(photo, size))
+            result.faces.append(_whole_image_face(photo, size, WHOLE))
     todo = [f for f in result.faces if f.predicted]
     ages, pf, lo, hi = predict_with_interval(ckpt, np.stack([f.pixels for f in todo]), tta)
     cal = calibration_of(ckpt.meta, ckpt.path)

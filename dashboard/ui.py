@@ -59,8 +59,9 @@ PICKER = "picker_names"  # the picker's widget key
 OFFERED = "picker_offered"  # label -> path of what the picker offers
 PICK_DEFAULT = "picker_default"  # the labels a fresh session starts on
 PAIR_BUTTON = "Compare {names}"
-# widgets whose choice outlives a page switch (Streamlit forgets a widget's value on a page that does not
-# draw it): the predict page's options, read again on the compare and explorer pages
+# widgets whose choice outlives a page switch (keep_options): the predict page's options, read again on the
+# compare and explorer pages
+KEEP = "kept."
 KEPT = {"cropped": False, "whole": False, "min_conf": MIN_CONFIDENCE, "band": DEFAULT_BAND, "method": "GradCAM",
         "aug_smooth": False, "eigen_smooth": False, "other_gender": False, "faith": False, "opacity": 0.5}
 GRID_COLUMNS = 6  # face thumbnails per row on the predict page
@@ -195,8 +196,6 @@ def sidebar() -> None:
     # the picker's value lives in session state from the start, never as the widget's default: a page may then
     # set it (offer_pair) with no "default value and Session State" clash; a folder gone since is dropped
     st.session_state[PICKER] = [label for label in st.session_state.get(PICKER, default) if label in labels]
-    for key, value in KEPT.items():
-        st.session_state[key] = st.session_state.get(key, value)
     where = root if ckpt_allowed.roots is None else ", ".join(map(str, ckpt_allowed.roots)) or "nowhere"
     with st.sidebar:
         st.header("Checkpoints")
@@ -276,13 +275,24 @@ class Options:
     opacity: float = 0.5
 
 
+def keep_options() -> None:
+    """Before the predict page draws its options: each widget takes its last value back (Streamlit drops a
+    widget's state on a run that does not draw it, so a page switch would reset it), and the value it holds
+    now is kept, under a key no widget owns, for the next switch and for kept_options()."""
+    state = st.session_state
+    for key, value in KEPT.items():
+        if key in state:
+            state[KEEP + key] = state[key]
+        else:
+            state[key] = state.get(KEEP + key, value)
+
+
 def kept_options(**changes) -> Options:
     """The CAM options last chosen on the predict page (ui.KEPT), for the other pages that explain a face."""
-    state = st.session_state
-    return Options(band=tuple(state.get("band", DEFAULT_BAND)), method=state.get("method", Options.method),
-                   aug_smooth=state.get("aug_smooth", False), eigen_smooth=state.get("eigen_smooth", False),
-                   other_gender=state.get("other_gender", False), faithfulness=state.get("faith", False),
-                   opacity=state.get("opacity", Options.opacity), **changes)
+    kept = {key: st.session_state.get(KEEP + key, value) for key, value in KEPT.items()}
+    return Options(band=tuple(kept["band"]), method=kept["method"], aug_smooth=kept["aug_smooth"],
+                   eigen_smooth=kept["eigen_smooth"], other_gender=kept["other_gender"],
+                   faithfulness=kept["faith"], opacity=kept["opacity"], **changes)
 
 
 @st.cache_data(max_entries=64, show_spinner="Finding faces…")

@@ -15,6 +15,7 @@ from agegender import tables
 from agegender.checkpoint import CheckpointError
 from agegender.explain import METHODS, layer_names
 from agegender.intervals import NO_INTERVAL, calibration_of
+from agegender.predict import WHOLE
 from agegender.visual import draw_faces, results_frame, zip_bytes
 
 EXAMPLE = matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
@@ -45,25 +46,30 @@ else:
         files = [("grace_hopper.jpg", f.read())]
     st.caption("Example: Grace Hopper (female, photographed in her late seventies), shipped with matplotlib.")
 
+ui.keep_options()
+layers = layer_names([c.model for c in ckpts])
+if st.session_state.get("layer") not in layers:  # a layer of another architecture, picked before a switch
+    st.session_state["layer"] = layers[0]
 with st.expander("Options", expanded=False):
     c1, c2, c3 = st.columns(3)
+    # no defaults here: ui.keep_options() gave each key its value, so a page switch does not reset them
     opt = ui.Options(
         cropped=c1.toggle("This image is already a cropped face", key="cropped"),
         whole_if_no_face=c1.toggle("No face found: use the whole image", key="whole"),
-        min_confidence=c1.slider("Detection confidence threshold", 0.5, 1.0, ui.Options.min_confidence, 0.01,
-                                 key="min_conf"),
-        band=c1.slider("Uncertain band for P(female)", 0.0, 1.0, ui.Options.band, 0.01, key="band"),
+        min_confidence=c1.slider("Detection confidence threshold", 0.5, 1.0, step=0.01, key="min_conf"),
+        band=c1.slider("Uncertain band for P(female)", 0.0, 1.0, step=0.01, key="band"),
         method=c2.selectbox("CAM method", list(METHODS), key="method",
                             help="ScoreCAM runs hundreds of forward passes: several seconds per face."),
-        layer=c2.selectbox("Target layer", layer_names([c.model for c in ckpts]), key="layer",
-                           format_func=lambda s: f"{s} (last block)"),
+        layer=c2.selectbox("Target layer", layers, key="layer",
+                           format_func=lambda s: f"{s} (last block)" if s == layers[0] else s),
         aug_smooth=c2.checkbox("Augmentation smoothing", key="aug_smooth"),
         eigen_smooth=c2.checkbox("Eigen smoothing", key="eigen_smooth"),
         other_gender=c3.checkbox("Also show the other gender class", key="other_gender"),
         faithfulness=c3.checkbox("Faithfulness (ROAD)", key="faith",
                                  help="Target change when the 20% least relevant pixels are imputed minus when "
-                                      "the 20% most relevant are: large for a meaningful map, near 0 for noise."),
-        opacity=c3.slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05, key="opacity"),
+                                      "the 20% most relevant are: positive for a map that shows what the model "
+                                      "used; at or below 0 the map fails the check and the page says so."),
+        opacity=c3.slider("Heatmap opacity", 0.0, 1.0, step=0.05, key="opacity"),
     )
 
 if not files:
@@ -95,6 +101,9 @@ for file_index, (name, data) in enumerate(files):
     if first.error:
         st.warning(f"{first.error}: every detection is under the confidence threshold. Lower it, or turn on "
                    "'No face found: use the whole image' in Options.")
+    elif any(f.kind == WHOLE for f in first.faces):
+        st.warning(f"No face found in {name}: the model was given the whole image's centre, not an aligned face, "
+                   "so its figures are less like those on the training chips.")
     elif not opt.cropped:
         photo, _ = ui.detect_cached(data, name)
         n_ok = sum(f.predicted for f in first.faces)
