@@ -16,6 +16,11 @@ Three views of P(female) on the faces found whose gender is known, overall and p
   the threshold: the share abstained, accuracy on the faces decided, and both misgendering rates, each with a
   Wilson interval; and the gap between the groups the band abstains on most and least (What-If Tool and
   Fairness Indicators style, for the band rather than one threshold).
+- band_following / moved_bands: the band moves with the threshold, keeping its place around it (shifted back
+  inside [0, 1] at the ends, its width kept), so that a what-if always has a band that holds its threshold;
+  threshold_within: the threshold moved into a band moved off it.
+- threshold_sweep: per group, the band's figures (women called men, men called women, the share abstained)
+  at every threshold of a grid, the band moving with the threshold: band_what_if's band setting, vectorised.
 
 Every result is DataFrames with the bias report's metric names where the figure is one of its metrics
 (gender_auc, gender_ece, gender_accuracy, female_as_male, male_as_female), so agegender.tables formats them;
@@ -50,11 +55,18 @@ RELIABILITY_BINS = 10
 # Column names that are none of the bias report's metrics, and the kind agegender.tables writes them as.
 FORMATS = {**{f"abstained{e}": "share" for e in ("", "_lo", "_hi")},
            **{f"share_female{e}": "share" for e in ("", "_lo", "_hi")},
-           "threshold": "p_female", "lowest": "share", "highest": "share", "gap": "share"}
+           "threshold": "p_female", "band_lo": "p_female", "band_hi": "p_female",
+           "lowest": "share", "highest": "share", "gap": "share"}
 # band_what_if's settings, in the order listed.
 PLAIN, BANDED, LOWER_EDGE, UPPER_EDGE = "threshold", "band", "lower edge", "upper edge"
 
 ERR_BAND = "the band [{lo}, {hi}] must hold the threshold {threshold}, with 0 <= lo <= hi <= 1"
+ERR_RANGE = "the threshold {threshold} and the band [{lo}, {hi}] must lie in [0, 1], with lo <= hi"
+# What the Gender threshold page says when one slider moved the other.
+BAND_MOVED = ("The Uncertain band moved with the threshold, keeping its place around it: now [{lo:.2f}, {hi:.2f}] "
+              "(was [{was_lo:.2f}, {was_hi:.2f}]).")
+THRESHOLD_MOVED = "The threshold moved into the Uncertain band: now {threshold:.2f} (was {was:.2f})."
+SWEEP_RATES = ("female_as_male", "male_as_female", "abstained")  # threshold_sweep's rates, in the chart's order
 NO_SCORES = ("No face in this table has both a known gender and a P(female): nothing to draw a ROC curve or "
              "a reliability diagram of.")
 ONE_CLASS = "only {gender} faces: no ROC curve or AUC"
@@ -221,6 +233,51 @@ def check_band(threshold: float, band: tuple[float, float]) -> tuple[float, floa
     return lo, hi
 
 
+def _in_range(threshold: float, band: tuple[float, float]) -> tuple[float, float, float]:
+    t, (lo, hi) = float(threshold), map(float, band)
+    if not (0 <= t <= 1 and 0 <= lo <= hi <= 1):
+        raise ValueError(ERR_RANGE.format(threshold=threshold, lo=lo, hi=hi))
+    return t, lo, hi
+
+
+def moved_bands(thresholds, band: tuple[float, float], previous: float) -> tuple[np.ndarray, np.ndarray]:
+    """(lo, hi) arrays: where ``band``, which holds ``previous``, goes when the threshold moves from ``previous``
+    to each of ``thresholds`` (in [0, 1]): moved by as much, and shifted back inside [0, 1] where it would
+    cross an end, its width kept. Each band holds its threshold. Raises ValueError(ERR_BAND) for a band that
+    does not hold ``previous``."""
+    lo, hi = check_band(previous, band)
+    t = np.asarray(thresholds, np.float64)
+    width = hi - lo
+    new_lo, new_hi = lo + (t - previous), hi + (t - previous)  # exactly the band where t is previous
+    new_lo, new_hi = np.where(new_lo < 0, 0.0, new_lo), np.where(new_lo < 0, width, new_hi)
+    new_lo, new_hi = np.where(new_hi > 1, 1.0 - width, new_lo), np.where(new_hi > 1, 1.0, new_hi)
+    # rounding at an end can leave the threshold a hair outside: widen by that hair rather than fail
+    return np.minimum(new_lo, t), np.maximum(new_hi, t)
+
+
+def band_following(threshold: float, band: tuple[float, float], previous: float | None = None,
+                   decimals: int | None = None) -> tuple[float, float]:
+    """The band to use with ``threshold``: ``band`` moved with the threshold from ``previous`` (moved_bands).
+    Without a previous threshold the band held, a band that holds ``threshold`` stays, and one that does not
+    moves as if the threshold had been at its centre. ``decimals``: edges rounded to a slider's steps (0.3,
+    not 0.30000000000000004), still holding the threshold. Raises ValueError(ERR_RANGE) outside [0, 1]."""
+    t, lo, hi = _in_range(threshold, band)
+    if previous is None or not lo <= previous <= hi:
+        if lo <= t <= hi:
+            return lo, hi
+        previous = (lo + hi) / 2
+    new_lo, new_hi = (float(x[0]) for x in moved_bands([t], (lo, hi), previous))
+    if decimals is not None:
+        new_lo, new_hi = min(round(new_lo, decimals), t), max(round(new_hi, decimals), t)
+    return new_lo, new_hi
+
+
+def threshold_within(threshold: float, band: tuple[float, float]) -> float:
+    """The threshold moved as little as it takes to lie in ``band``: for a band moved off the threshold."""
+    t, lo, hi = _in_range(threshold, band)
+    return min(max(t, lo), hi)
+
+
 def band_what_if(df: pd.DataFrame, grouping: str | None, threshold: float = DECISION,
                  band: tuple[float, float] = DEFAULT_BAND, min_count: int = MIN_COUNT) -> WhatIf:
     """Per group (and overall) and setting: the plain threshold, the band (its figures on the faces decided),
@@ -262,6 +319,46 @@ def _abstention_gap(banded: pd.DataFrame, min_count: int) -> dict:
 def abstention(what_if: WhatIf) -> pd.DataFrame:
     """One row per group (overall left out) with the band's abstained share and its interval: the bar chart's."""
     return _banded(what_if.by_group)
+
+
+# ---- the band's figures against the threshold --------------------------------------------------------------
+
+def sweep_grid(threshold: float, points: int = 101) -> np.ndarray:
+    """0 to 1 in ``points`` even steps, and ``threshold`` itself in place of a step within a hair of it (so that
+    the chart's marker sits on a computed point, and 0.35 is not beside 0.35000000000000003)."""
+    grid = np.linspace(0.0, 1.0, points)
+    return np.union1d(grid[~np.isclose(grid, threshold, rtol=0, atol=1e-9)], [float(threshold)])
+
+
+def _shares(k: np.ndarray, n: np.ndarray) -> np.ndarray:
+    k, n = np.asarray(k, np.float64), np.broadcast_to(np.asarray(n, np.float64), np.shape(k))
+    return np.divide(k, n, out=np.full(np.shape(k), np.nan), where=n > 0)
+
+
+def threshold_sweep(df: pd.DataFrame, grouping: str | None, threshold: float = DECISION,
+                    band: tuple[float, float] = DEFAULT_BAND, grid=None) -> pd.DataFrame:
+    """Per group (overall first) and threshold t of ``grid`` (default sweep_grid(threshold)): the band moved
+    with the threshold from ``threshold`` (moved_bands: at ``threshold`` it is ``band``), the share of faces
+    inside it (abstained), and on the faces outside it the share of women called men (P < band_lo) and of men
+    called women (P > band_hi): band_what_if's band setting at each t, computed at once from sorted scores.
+    NaN where a group has no decided face of that gender. Raises ValueError(ERR_BAND) as band_what_if."""
+    lo_now, hi_now = check_band(threshold, band)
+    t = sweep_grid(threshold) if grid is None else np.asarray(grid, np.float64)
+    lo, hi = moved_bands(t, (lo_now, hi_now), threshold)
+    s = scored(df, grouping)
+    frames = []
+    for name, where in s.groups:
+        female, p = s.female[where], s.p_female[where]
+        women, men = np.sort(p[female]), np.sort(p[~female])
+        women_below, women_above = np.searchsorted(women, lo, "left"), len(women) - np.searchsorted(women, hi, "right")
+        men_below, men_above = np.searchsorted(men, lo, "left"), len(men) - np.searchsorted(men, hi, "right")
+        women_decided, men_decided = women_below + women_above, men_below + men_above
+        frames.append(pd.DataFrame({
+            "group": name, "threshold": t, "band_lo": lo, "band_hi": hi, "n": len(p),
+            "n_female": len(women), "n_male": len(men),
+            "female_as_male": _shares(women_below, women_decided), "male_as_female": _shares(men_above, men_decided),
+            "abstained": _shares(len(p) - women_decided - men_decided, len(p))}))
+    return pd.concat(frames, ignore_index=True)
 
 
 # ---- JSON --------------------------------------------------------------------------------------------------

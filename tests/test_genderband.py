@@ -126,6 +126,102 @@ def test_band_what_if_counted_by_hand():
         gb.band_what_if(df, "site", threshold=0.6, band=(0.45, 0.55))
 
 
+def test_the_band_follows_the_threshold():
+    # moved by the threshold's move, keeping its place around it
+    assert gb.band_following(0.35, (0.45, 0.55), previous=0.5) == pytest.approx((0.30, 0.40))
+    assert gb.band_following(0.6, (0.3, 0.7), previous=0.4) == pytest.approx((0.5, 0.9))  # 0.1 below, 0.3 above
+    # shifted back inside [0, 1] at an end, its width kept
+    assert gb.band_following(0.9, (0.2, 0.8), previous=0.5) == pytest.approx((0.4, 1.0))
+    assert gb.band_following(0.02, (0.45, 0.55), previous=0.5) == pytest.approx((0.0, 0.10))
+    assert gb.band_following(1.0, (0.0, 1.0), previous=0.5) == (0.0, 1.0)
+    # no previous threshold: a band that holds the threshold stays, one that does not is centred on it
+    assert gb.band_following(0.47, (0.45, 0.55)) == (0.45, 0.55)
+    assert gb.band_following(0.35, (0.45, 0.55)) == pytest.approx((0.30, 0.40))
+    assert gb.band_following(0.35, (0.45, 0.55), previous=0.9) == pytest.approx((0.30, 0.40))  # did not hold 0.9
+    # a zero-width band is the threshold itself
+    assert gb.band_following(0.7, (0.5, 0.5), previous=0.5) == pytest.approx((0.7, 0.7))
+    # rounded to a slider's steps: no 0.30000000000000004 in a widget
+    assert gb.band_following(0.35, (0.45, 0.55), previous=0.5, decimals=2) == (0.3, 0.4)
+    assert gb.band_following(0.98, (0.45, 0.55), previous=0.5, decimals=2) == (0.9, 1.0)
+    with pytest.raises(ValueError) as e:
+        gb.band_following(1.2, (0.45, 0.55))
+    assert str(e.value) == "the threshold 1.2 and the band [0.45, 0.55] must lie in [0, 1], with lo <= hi"
+
+
+def test_a_moved_band_always_holds_its_threshold_and_keeps_its_width():
+    rng = np.random.default_rng(5)
+    for _ in range(2000):
+        lo, hi = np.sort(rng.random(2)) if rng.random() < 0.8 else np.sort(rng.integers(0, 101, 2) / 100)
+        previous = rng.uniform(lo, hi)
+        t = rng.random(50) if rng.random() < 0.8 else rng.integers(0, 101, 50) / 100
+        new_lo, new_hi = gb.moved_bands(t, (lo, hi), previous)
+        assert ((0 <= new_lo) & (new_lo <= t) & (t <= new_hi) & (new_hi <= 1)).all()
+        np.testing.assert_allclose(new_hi - new_lo, hi - lo, atol=1e-12)
+        for one in t[:5]:  # the scalar is the same band, and with slider steps still holds the threshold
+            assert gb.band_following(one, (lo, hi), previous) == (new_lo[t == one][0], new_hi[t == one][0])
+            r_lo, r_hi = gb.band_following(round(one, 2), (round(lo, 2), round(hi, 2)), None, decimals=2)
+            assert r_lo <= round(one, 2) <= r_hi
+    with pytest.raises(ValueError, match=r"must hold the threshold 0.9"):
+        gb.moved_bands([0.5], (0.45, 0.55), 0.9)
+
+
+def test_a_band_moved_off_the_threshold_takes_it_to_its_nearer_edge():
+    assert gb.threshold_within(0.5, (0.6, 0.8)) == 0.6
+    assert gb.threshold_within(0.5, (0.1, 0.3)) == 0.3
+    assert gb.threshold_within(0.5, (0.45, 0.55)) == 0.5
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\]"):
+        gb.threshold_within(0.5, (0.6, 0.4))
+
+
+def brute_sweep(df, grouping, threshold, band, grid) -> pd.DataFrame:
+    """threshold_sweep the slow way: band_what_if's band rows at each threshold, the band moved by
+    band_following from ``threshold``."""
+    rows = []
+    for t in grid:
+        moved = gb.band_following(t, band, threshold)
+        by = gb.band_what_if(df, grouping, t, moved, min_count=1).by_group
+        for _, r in by[by["setting"] == gb.BANDED].iterrows():
+            rows.append({"group": r["group"], "threshold": t, "band_lo": moved[0], "band_hi": moved[1], "n": r["n"],
+                         **{rate: r[rate] for rate in gb.SWEEP_RATES}})
+    out = pd.DataFrame(rows)
+    order = out["group"].map({g: i for i, g in enumerate(dict.fromkeys(out["group"]))})  # the groups as listed
+    return out.iloc[np.lexsort([out["threshold"], order])].reset_index(drop=True)
+
+
+@pytest.mark.parametrize(("threshold", "band"), [(0.5, (0.45, 0.55)), (0.35, (0.3, 0.5)), (0.9, (0.2, 0.95)),
+                                                 (0.0, (0.0, 0.0)), (0.5, (0.0, 1.0))])
+def test_threshold_sweep_is_the_band_what_if_at_each_threshold(threshold, band):
+    rng = np.random.default_rng(6)
+    n = 120
+    female = rng.random(n) < 0.45
+    p = np.where(female, rng.integers(6, 21, n), rng.integers(0, 15, n)) / 20  # on the grid: ties at the band's edges
+    df = table(female, p, race=rng.choice(["A", "B", "C"], n, p=[0.5, 0.45, 0.05]))
+    df.loc[df.index[:3], "race"] = "D"
+    df.loc[df.index[:3], "gender"] = GENDERS[1]  # a group with no man: NaN for men called women
+    grid = gb.sweep_grid(threshold, 21)
+    got = gb.threshold_sweep(df, "race", threshold, band, grid)
+    want = brute_sweep(df, "race", threshold, band, grid)
+    assert got["group"].tolist() == want["group"].tolist() and got["group"].iloc[0] == gb.OVERALL
+    for column in ("threshold", "band_lo", "band_hi", "n", *gb.SWEEP_RATES):
+        np.testing.assert_allclose(got[column].to_numpy(float), want[column].to_numpy(float), atol=1e-12,
+                                   err_msg=column)
+    assert got[got["group"] == "D"]["male_as_female"].isna().all()
+    at = got[np.isclose(got["threshold"], threshold)]
+    assert (at["band_lo"] == band[0]).all() and (at["band_hi"] == band[1]).all()  # the band as the sliders have it
+    assert ((got["band_lo"] <= got["threshold"]) & (got["threshold"] <= got["band_hi"])).all()
+
+
+def test_threshold_sweep_by_hand():
+    #                 woman  woman  woman  man   man   man
+    df = table([1, 1, 1, 0, 0, 0], [0.9, 0.5, 0.2, 0.1, 0.45, 0.8])
+    s = gb.threshold_sweep(df, None, 0.5, (0.4, 0.6), grid=[0.5, 0.15]).set_index("threshold")
+    # at 0.5 the band [0.4, 0.6] holds 0.5 and 0.45: women 0.9 (right) 0.2 (called man); men 0.1 (right) 0.8 (woman)
+    assert s.loc[0.5, ["abstained", "female_as_male", "male_as_female"]].tolist() == [2 / 6, 1 / 2, 1 / 2]
+    # at 0.15 the band is [0.05, 0.25]: it holds 0.2 and 0.1; every face left is called female
+    assert s.loc[0.15, ["band_lo", "band_hi"]].tolist() == pytest.approx([0.05, 0.25])
+    assert s.loc[0.15, ["abstained", "female_as_male", "male_as_female"]].tolist() == [2 / 6, 0, 1]
+
+
 def test_the_gap_is_between_the_groups_abstaining_most_and_least():
     rng = np.random.default_rng(3)
     n = 600
@@ -193,7 +289,7 @@ def test_gender_page_renders_and_follows_the_band(gender_app):
     at = gender_app(spread)
     assert not at.exception
     assert at.title[0].value == "Gender threshold"
-    assert len(at.get("plotly_chart")) == 3
+    assert len(at.get("plotly_chart")) == 4  # ROC, reliability, abstention, rates against the threshold
     what_if = at.dataframe[-1].value
     before = what_if[what_if["setting"] == gb.BANDED].set_index("group")["abstained"]
     at.slider(key="gender_band").set_value((0.2, 0.8)).run()
@@ -201,8 +297,10 @@ def test_gender_page_renders_and_follows_the_band(gender_app):
     what_if = at.dataframe[-1].value
     after = what_if[what_if["setting"] == gb.BANDED].set_index("group")["abstained"]
     assert after["overall"] > before["overall"]
-    at.slider(key="gender_threshold").set_value(0.9).run()  # outside the band: said, not raised
-    assert not at.exception and "must hold the threshold" in at.error[0].value
+    at.slider(key="gender_threshold").set_value(0.9).run()  # outside the band: the band follows, and says so
+    assert not at.exception and not at.error
+    assert at.slider(key="gender_band").value == (0.4, 1.0)  # moved by 0.4, then shifted back inside, width 0.6
+    assert at.caption[0].value == gb.BAND_MOVED.format(lo=0.4, hi=1.0, was_lo=0.2, was_hi=0.8)
     at.selectbox(key="gender_split").set_value("test").run()
     at.selectbox(key="gender_grouping").set_value("gender").run()  # one gender per group: no AUC, no error
     assert not at.exception

@@ -1,8 +1,13 @@
-"""Gender threshold: ROC and reliability of P(female) per group, and what the Uncertain band does to each."""
+"""Gender threshold: ROC and reliability of P(female) per group, what the Uncertain band does to each, and each
+group's error rates against the threshold."""
 
 import streamlit as st
 
 from dashboard import ui
+
+THRESHOLD, BAND = "gender_threshold", "gender_band"
+SHOWN = "gender_threshold_shown"  # the threshold of the last run: where the band moves from
+MOVED = "gender_moved"  # what a slider's callback moved in the other, said once in a caption
 
 
 @st.cache_data(max_entries=16, show_spinner="Reading predictions…")
@@ -20,6 +25,32 @@ def curves_cached(ckpt_path: str, source: str, stamp: tuple, grouping: str):
 def what_if_cached(ckpt_path: str, source: str, stamp: tuple, grouping: str, threshold: float,
                    band: tuple[float, float]):
     return genderband.band_what_if(prepared_cached(ckpt_path, source, stamp), grouping, threshold, band)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def sweep_cached(ckpt_path: str, source: str, stamp: tuple, grouping: str, threshold: float,
+                 band: tuple[float, float]):
+    return genderband.threshold_sweep(prepared_cached(ckpt_path, source, stamp), grouping, threshold, band)
+
+
+# A widget's value cannot change once it is drawn in a run: one slider moves the other in its callback, which runs
+# before the next run draws them, so every run has a band that holds the threshold.
+def threshold_moved():
+    state = st.session_state
+    was = tuple(state[BAND])
+    band = genderband.band_following(state[THRESHOLD], was, state.get(SHOWN), decimals=2)
+    if band != was:
+        state[BAND] = band
+        state[MOVED] = genderband.BAND_MOVED.format(lo=band[0], hi=band[1], was_lo=was[0], was_hi=was[1])
+
+
+def band_moved():
+    state = st.session_state
+    was = state[THRESHOLD]
+    threshold = genderband.threshold_within(was, state[BAND])
+    if threshold != was:
+        state[THRESHOLD] = threshold
+        state[MOVED] = genderband.THRESHOLD_MOVED.format(threshold=threshold, was=was)
 
 
 st.title("Gender threshold")
@@ -44,9 +75,21 @@ if n_scored == 0:
 columns = grouping_columns(table)
 first = next(iter(group_columns(table)), columns[0])  # the dataset's own groups (race) first
 grouping = c2.selectbox("Group by", columns, index=columns.index(first), key="gender_grouping")
-threshold = c3.slider("Called female at P(female) ≥", 0.0, 1.0, DECISION, 0.01, key="gender_threshold")
-band = c4.slider("Uncertain band", 0.0, 1.0, DEFAULT_BAND, 0.01, key="gender_band",
-                 help="P(female) inside the band reads Uncertain: those faces are not decided.")
+# the values live in session state, never as the widgets' defaults: the callbacks may then set them
+st.session_state.setdefault(THRESHOLD, DECISION)
+st.session_state.setdefault(BAND, DEFAULT_BAND)
+threshold = c3.slider("Called female at P(female) ≥", 0.0, 1.0, step=0.01, key=THRESHOLD, on_change=threshold_moved,
+                      help="The Uncertain band moves with the threshold, keeping its place around it.")
+shown_band = tuple(map(float, c4.slider("Uncertain band", 0.0, 1.0, step=0.01, key=BAND, on_change=band_moved,
+                                        help="P(female) inside the band reads Uncertain: those faces are not "
+                                             "decided. A band moved off the threshold takes the threshold along.")))
+st.session_state[SHOWN] = threshold
+band = genderband.band_following(threshold, shown_band, decimals=2)  # the callbacks already did; a safety net
+if band != shown_band:
+    st.session_state[MOVED] = genderband.BAND_MOVED.format(lo=band[0], hi=band[1], was_lo=shown_band[0],
+                                                           was_hi=shown_band[1])
+if MOVED in st.session_state:
+    st.caption(st.session_state.pop(MOVED))
 st.caption(f"{tables.metric_text('n', n_scored)} of {tables.metric_text('n', len(table))} images have a face found, "
            "a gender label and a P(female); every figure is over those. Women are the positive class.")
 
@@ -62,11 +105,7 @@ right.caption(f"ECE: the mean gap between P(female) and the share of women over 
               "equal-width bins, weighted by the faces in each.")
 
 st.subheader("What the Uncertain band does, per group")
-try:
-    what_if = what_if_cached(str(ckpt.path), source, stamp, grouping, float(threshold), tuple(map(float, band)))
-except ValueError as e:
-    st.error(str(e))
-    st.stop()
+what_if = what_if_cached(str(ckpt.path), source, stamp, grouping, float(threshold), band)
 gap = what_if.gap
 if gap["groups_judged"] >= 2:
     st.caption(f"The band leaves {tables.metric_text('share', gap['highest'])} of {gap['highest_group']}'s faces "
@@ -85,3 +124,14 @@ st.caption(f"Settings: **{genderband.PLAIN}** called female at P ≥ {threshold:
 st.dataframe(tables.styled(what_if.by_group, genderband.FORMATS), hide_index=True)
 st.download_button("What-if table (CSV)", what_if.by_group.to_csv(index=False),
                    f"gender-threshold-{ckpt.name}-{source}-{grouping}.csv", "text/csv")
+
+st.subheader("Error rates against the threshold, per group")
+sweep = sweep_cached(str(ckpt.path), source, stamp, grouping, float(threshold), band)
+st.plotly_chart(charts.threshold_rates(sweep, float(threshold)), width="stretch")
+st.caption(f"Per group of {grouping}: women called men and men called women, each among the faces the band "
+           "decides, and the share abstained (P(female) inside the Uncertain band), as the threshold moves from 0 to "
+           f"1. The band moves with the threshold as the sliders move it: from {threshold - band[0]:.2f} below it to "
+           f"{band[1] - threshold:.2f} above (shifted back inside [0, 1] at the ends). At the dotted line, the "
+           f"threshold now: the **{genderband.BANDED}** rows of the table above.")
+st.download_button("Rates against the threshold (CSV)", sweep.to_csv(index=False),
+                   f"gender-threshold-sweep-{ckpt.name}-{source}-{grouping}.csv", "text/csv")
