@@ -164,7 +164,10 @@ def composition_vs_error(report: GroupReport, metric: str) -> go.Figure:
                              marker={"color": "crimson", "size": 9},
                              hovertemplate=f"%{{x}}<br>{m.label} {axis.text('y')}<extra></extra>"))
     fig.update_layout(title=f"Composition and {m.label}", yaxis={"title": "share", **_axis_layout(PERCENT)},
-                      yaxis2={"title": m.label, "overlaying": "y", "side": "right", **_axis_layout(axis)},
+                      # an overlaying axis takes the other's gridlines by default (ticks at 88.7%, 89.6%...):
+                      # ticks of its own, at round numbers
+                      yaxis2={"title": m.label, "overlaying": "y", "side": "right", "tickmode": "auto",
+                              "showgrid": False, **_axis_layout(axis)},
                       margin={"t": 50}, legend={"orientation": "h"})
     return fig
 

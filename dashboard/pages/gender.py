@@ -96,11 +96,11 @@ st.caption(f"{tables.metric_text('n', n_scored)} of {tables.metric_text('n', len
 roc, rel = curves_cached(str(ckpt.path), source, stamp, grouping)
 left, right = st.columns(2)
 left.plotly_chart(charts.roc_curves(roc.curves, roc.by_group, threshold), width="stretch")
-left.dataframe(tables.styled(roc.by_group, genderband.FORMATS), hide_index=True)
+left.dataframe(tables.styled(roc.by_group, genderband.FORMATS), hide_index=True, placeholder=tables.MISSING)
 left.caption("AUC: the chance a woman gets a higher P(female) than a man (ties count half), with DeLong's 95% "
              "interval.")
 right.plotly_chart(charts.reliability_diagram(rel.bins), width="stretch")
-right.dataframe(tables.styled(rel.by_group, genderband.FORMATS), hide_index=True)
+right.dataframe(tables.styled(rel.by_group, genderband.FORMATS), hide_index=True, placeholder=tables.MISSING)
 right.caption(f"ECE: the mean gap between P(female) and the share of women over {genderband.RELIABILITY_BINS} "
               "equal-width bins, weighted by the faces in each.")
 
@@ -121,7 +121,7 @@ st.caption(f"Settings: **{genderband.PLAIN}** called female at P ≥ {threshold:
            f"**{genderband.BANDED}** the same on the faces outside [{band[0]:.2f}, {band[1]:.2f}] only; "
            f"**{genderband.LOWER_EDGE}** and **{genderband.UPPER_EDGE}** each edge used as the threshold. "
            "Rates with Wilson 95% intervals.")
-st.dataframe(tables.styled(what_if.by_group, genderband.FORMATS), hide_index=True)
+st.dataframe(tables.styled(what_if.by_group, genderband.FORMATS), hide_index=True, placeholder=tables.MISSING)
 st.download_button("What-if table (CSV)", what_if.by_group.to_csv(index=False),
                    f"gender-threshold-{ckpt.name}-{source}-{grouping}.csv", "text/csv")
 
