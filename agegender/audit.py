@@ -37,8 +37,9 @@ the gender flips in the top 5%, 87% of the moved ages); ranked within the set, e
 own spread (79% and 74%). ``score`` stays 1 - p_label, the model's own probability that the label is wrong. The
 rules see the model, not the face: a face the model gets badly wrong looks like a wrong label. The list is
 for a person to review; the verdicts ("label confirmed", "label wrong") go to a review file beside the
-predictions, never into the dataset (agegender.review). without_suspects and suspect_share_by_group let every report
-figure be recomputed without the suspects.
+predictions, never into the dataset (agegender.review). leave_out recomputes a report's figures without the labels
+reviewed wrong (CONFIRMED_ERRORS), or, as a what-if, without every suspect not confirmed (ALL_SUSPECTS);
+suspect_share_by_group counts per group what each leaves out. The default keeps every face (ALL_FACES).
 
 Training images: a network trained on an image has learnt its label, wrong or not (40 epochs from scratch
 memorise UTKFace's train split), so scoring train images with the checkpoint trained on them is not an audit.
@@ -95,6 +96,15 @@ log = logging.getLogger(__name__)
 GENDER, AGE = "gender", "age"
 DEFAULT_LEVEL = 0.01  # an age label with a tail probability at or below this is a suspect
 MIN_SPREAD_N = 30  # regression fallback: an age bucket with fewer faces takes the whole set's spread
+# What a report leaves out of its figures (left_out): nothing (the default); only the labels a reviewer marked
+# "label wrong"; or, as a labelled what-if, every suspect not confirmed. An unreviewed suspect is a face the model
+# disagrees with, often one it gets wrong (a woman it confidently calls a man): leaving it out by default would
+# hide the very errors a bias review looks for.
+ALL_FACES, CONFIRMED_ERRORS, ALL_SUSPECTS = "all", "confirmed", "suspects"
+LEAVE_OUT = (ALL_FACES, CONFIRMED_ERRORS, ALL_SUSPECTS)
+MODE_LABELS = {ALL_FACES: "All faces", CONFIRMED_ERRORS: "Without confirmed label errors",
+               ALL_SUSPECTS: "Without all suspects (what-if)"}
+SHARE_COUNTS = ("suspects", "gender_suspects", "age_suspects", "unreviewed", "wrong", "left_out")
 AUDIT_COLUMNS = ("suspect", "flagged", "score", "p_label", "p_set", "reason", "p_gender_label", "age_tail",
                  "age_median")
 
@@ -125,6 +135,7 @@ NOTE_TRAINED_ON = ("{n} of the {total} images were left out: {path} trained on t
                    "--holdout-fold F --folds K)")
 NOTE_NOT_PREDICTED = ("{n} of the {total} images have no row in the predictions (unreadable, or scored before they "
                       "were added): left out; python -m agegender.evaluate scores them")
+ERR_MODE = "unknown mode {mode!r}: use one of {known}"
 MANIFEST_HOW = "its manifest.csv lists them as train"
 SPLIT_HOW = "it has no manifest.csv, and the split rule puts them in train"
 
@@ -311,39 +322,59 @@ def counts(audit: pd.DataFrame, threshold: float | None = None) -> dict[str, int
             "total": int(s.sum())}
 
 
-def _dropped(audit: pd.DataFrame, threshold: float | None) -> pd.Series:
-    """The image-and-label keys of the rows a report leaves out: suspects not confirmed, and labels reviewed
-    wrong."""
-    verdict = audit["verdict"] if "verdict" in audit else pd.Series("", index=audit.index)
-    drop = (suspects(audit, threshold) & (verdict != CONFIRMED).to_numpy()) | (verdict == WRONG).to_numpy()
-    return label_keys(audit[drop])
+def left_out(audit: pd.DataFrame, mode: str, threshold: float | None = None) -> np.ndarray:
+    """Which audit rows a report leaves out of its figures in ``mode`` (LEAVE_OUT): ALL_FACES none;
+    CONFIRMED_ERRORS the labels a reviewer marked "label wrong"; ALL_SUSPECTS, a what-if, those and every
+    suspect (suspects()) not reviewed "label confirmed", unreviewed ones included. Pass an audit with its
+    verdicts (review.with_reviews); without them no label counts as reviewed."""
+    if mode not in LEAVE_OUT:
+        raise ValueError(ERR_MODE.format(mode=mode, known=", ".join(LEAVE_OUT)))
+    verdict = (audit["verdict"] if "verdict" in audit else pd.Series("", index=audit.index)).to_numpy()
+    if mode == ALL_FACES:
+        return np.zeros(len(audit), bool)
+    wrong = verdict == WRONG
+    if mode == CONFIRMED_ERRORS:
+        return wrong
+    return wrong | (suspects(audit, threshold) & (verdict != CONFIRMED))
+
+
+def leave_out(df: pd.DataFrame, audit: pd.DataFrame, mode: str, threshold: float | None = None) -> pd.DataFrame:
+    """The predictions table ``df`` without the rows left_out() names for ``mode`` (matched by image and
+    label), in the table's order."""
+    gone = set(label_keys(audit[left_out(audit, mode, threshold)]))
+    return df[~label_keys(df).isin(gone).to_numpy()]
 
 
 def without_suspects(df: pd.DataFrame, audit: pd.DataFrame, threshold: float | None = None) -> pd.DataFrame:
-    """The predictions table ``df`` without its suspected label errors (suspects()) and the rows reviewed
-    "label wrong"; rows reviewed "label confirmed" always stay. Pass an audit with its verdicts (with_reviews)."""
-    return df[~label_keys(df).isin(set(_dropped(audit, threshold))).to_numpy()]
+    """The what-if leave_out(df, audit, ALL_SUSPECTS, threshold): every suspect but the confirmed ones out,
+    unreviewed ones too, and the rows reviewed "label wrong"."""
+    return leave_out(df, audit, ALL_SUSPECTS, threshold)
 
 
 def suspect_share_by_group(df: pd.DataFrame, audit: pd.DataFrame, columns: list[str],
-                           threshold: float | None = None) -> pd.DataFrame:
-    """Per group of each column of ``df``: the audited faces (n), how many without_suspects leaves out
-    (suspects, of which gender and age), their share and its Wilson 95% interval."""
+                           threshold: float | None = None, mode: str = ALL_SUSPECTS) -> pd.DataFrame:
+    """Per group of each column of ``df``: the audited faces (n); its suspects (of which gender and age
+    suspects, and how many nobody has reviewed); the labels reviewed "label wrong"; how many faces ``mode``
+    leaves out (left_out()), their share and its Wilson 95% interval. Every count column is a count of faces."""
     keys = label_keys(df)
     audited = keys.isin(set(label_keys(audit))).to_numpy()
-    kind = dict(zip(label_keys(audit), audit["suspect"], strict=True))
-    out_keys = set(_dropped(audit, threshold))
+    akeys = label_keys(audit)
+    verdict = audit["verdict"] if "verdict" in audit else pd.Series("", index=audit.index)
+    flagged = suspects(audit, threshold)
+    sets = {"suspects": set(akeys[flagged]), "gender_suspects": set(akeys[flagged & (audit["suspect"] == GENDER)]),
+            "age_suspects": set(akeys[flagged & (audit["suspect"] == AGE)]),
+            "unreviewed": set(akeys[flagged & (verdict == "").to_numpy()]),
+            "wrong": set(akeys[(verdict == WRONG).to_numpy()]),
+            "left_out": set(akeys[left_out(audit, mode, threshold)])}
     rows = []
     for col in columns:
         for value, g in df[audited].groupby(col, observed=True, sort=True):
             k = keys[g.index]
-            gone = k[k.isin(out_keys)]
-            lo, hi = wilson(len(gone), len(g))
-            rows.append({"column": col, "group": str(value), "n": len(g), "suspects": len(gone),
-                         "gender": int((gone.map(kind) == GENDER).sum()), "age": int((gone.map(kind) == AGE).sum()),
-                         "share": len(gone) / len(g), "share_lo": lo, "share_hi": hi})
-    return pd.DataFrame(rows, columns=["column", "group", "n", "suspects", "gender", "age", "share", "share_lo",
-                                       "share_hi"])
+            counts_ = {name: int(k.isin(s).sum()) for name, s in sets.items()}
+            lo, hi = wilson(counts_["left_out"], len(g))
+            rows.append({"column": col, "group": str(value), "n": len(g), **counts_,
+                         "share": counts_["left_out"] / len(g), "share_lo": lo, "share_hi": hi})
+    return pd.DataFrame(rows, columns=["column", "group", "n", *SHARE_COUNTS, "share", "share_lo", "share_hi"])
 
 
 # ---- sources and the command line ----------------------------------------------------------------------

@@ -40,6 +40,11 @@ SEED = 0
 MIN_COUNT = 30  # smaller groups are flagged too small to judge, and left out of disparities and gaps
 Z95 = 1.959963984540054  # the normal quantile of a two-sided 95% interval
 
+# The disparity table's ratio, worst / best, is left empty (NaN; null in JSON) for a signed metric (one whose
+# best is closest to zero, higher_is_better None: a mean signed error): a ratio of signed quantities (9.13, -6.54)
+# has no meaning. Every other metric is a non-negative error, rate or score.
+RATIO_NOTE = "ratio = worst / best; left empty for signed metrics (mean signed errors), where a ratio means nothing"
+
 ERR_BAD_GROUPING = "unknown grouping {grouping!r}: use {known}, or two joined by ':' (e.g. age_bucket:gender)"
 
 
@@ -371,9 +376,10 @@ class GroupReport:
         return self.overall.get("n_missed", 0) > 0
 
     def disparity(self) -> pd.DataFrame:
-        """Per metric: the best and worst group (among groups big enough to judge), gap and ratio; the miss
-        rate too when any face was missed, judged on groups with enough images (a group whose every face was
-        missed has no face to judge the other metrics on, but is the detector's worst)."""
+        """Per metric: the best and worst group (among groups big enough to judge), gap and ratio (NaN for a
+        signed metric, RATIO_NOTE, and where the best is 0); the miss rate too when any face was missed, judged
+        on groups with enough images (a group whose every face was missed has no face to judge the other
+        metrics on, but is the detector's worst)."""
         names = self.group_names
         rows = []
         for m in self.metrics + ([MISSED_RATE] if self.any_missed else []):
@@ -390,7 +396,7 @@ class GroupReport:
             rows.append({
                 "metric": m.name, "label": m.label, "best_group": names[best_i], "best": best,
                 "worst_group": names[worst_i], "worst": worst, "gap": abs(worst - best),
-                "ratio": (worst / best) if best not in (0, 0.0) else np.nan,
+                "ratio": worst / best if m.higher_is_better is not None and best != 0 else np.nan,
                 "overall": self.overall[m.name],
             })
         return pd.DataFrame(rows, columns=["metric", "label", "best_group", "best", "worst_group", "worst", "gap",

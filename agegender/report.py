@@ -2,15 +2,16 @@
 
     python -m agegender.report (--checkpoint DIR [--split val|test] | --predictions CSV)
         [--by age_bucket,race,race:gender] [--json FILE] [--html FILE] [--slices-order 3] [--min-slice 30]
-        [--[no-]label-audit] [--review FILE]
+        [--[no-]label-audit] [--review FILE] [--leave-out suspects|confirmed]
 
 Any predictions table: UTKFace's, FairFace's (ages as bins, seven ethnicity groups), or a user's
 with its own group columns. Without --by, the table's own default groupings (fairness.groupings_for).
 Besides the groupings asked for, the worst slices found by search (agegender.slices), and where the table has
 exact ages and calibrated age intervals, their coverage overall and per group (agegender.intervals): intervals
 honest for one group and not for another are a bias too. And the label audit (agegender.audit, from the table
-alone): the share of suspected label errors per group, and each grouping's gaps recomputed without them (does the
-gap survive cleaning?); reviewed verdicts count ("label confirmed" stays in, "label wrong" goes).
+alone): the suspected label errors per group, and each grouping's gaps recomputed without them: by default a
+what-if that leaves out every suspect not confirmed, unreviewed ones too (does the gap survive cleaning?), with
+--leave-out confirmed only the labels reviewed "label wrong". The report's own figures keep every face.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from .fairness import (
     MIN_COUNT,
     MISSED_RATE,
     N_BOOT,
+    RATIO_NOTE,
     SEED,
     GroupReport,
     grouping_columns,
@@ -47,9 +49,11 @@ from .labels import AGE_BUCKET_EDGES
 from .meta import CheckpointError
 from .predictions import REQUIRED, load_predictions
 from .slices import MAX_ORDER, MIN_SLICE, SliceSearch, find_slices
+from .tables import MISSING
 
 ERR_REFERENCE = ("--reference goes with --predictions (an evaluation set's table): a checkpoint's own splits "
                  "are the reference")
+LEAVE_OUT_FLAGS = (label_audit_.ALL_SUSPECTS, label_audit_.CONFIRMED_ERRORS)  # the audit section's gaps
 MISSED_COLUMNS = ("n_images", "n_missed", "missed_rate", "missed_rate_lo", "missed_rate_hi")
 
 
@@ -87,21 +91,24 @@ def gender_threshold(df: pd.DataFrame, groupings) -> dict[str, dict]:
 
 def label_audit(df: pd.DataFrame, audit: pd.DataFrame, groupings, n_boot: int = N_BOOT, seed: int = SEED,
                 min_count: int = MIN_COUNT, edges: tuple[int, ...] = AGE_BUCKET_EDGES,
-                reports: dict[str, GroupReport] | None = None) -> dict:
-    """The label audit's part of the report: counts and thresholds, the share of suspects per group of each
-    single-column grouping (Wilson 95% intervals), and each of those groupings' disparities recomputed on the
-    table without the suspects (agegender.audit.without_suspects) beside the gaps with them. ``audit``: with its
-    verdicts (audit.with_reviews); ``reports``: build()'s, reused for the gaps with the suspects."""
+                reports: dict[str, GroupReport] | None = None, mode: str = label_audit_.ALL_SUSPECTS) -> dict:
+    """The label audit's part of the report: counts and thresholds, per group of each single-column grouping
+    the suspects and what ``mode`` leaves out (audit.suspect_share_by_group, Wilson 95% intervals), and each of
+    those groupings' disparities recomputed on the table without them (audit.leave_out) beside the gaps with
+    them: by default (ALL_SUSPECTS) a what-if that leaves out unreviewed suspects too, with CONFIRMED_ERRORS
+    only the labels reviewed wrong. The report's own figures keep every face. ``audit``: with its verdicts
+    (review.with_reviews); ``reports``: build()'s, reused for the gaps with the suspects."""
     singles = [g for g in groupings if ":" not in g]
-    clean = label_audit_.without_suspects(df, audit)
+    clean = label_audit_.leave_out(df, audit, mode)
     pdf = prepare(df, edges)
     verdicts = audit["verdict"].value_counts().to_dict() if "verdict" in audit else {}
-    shares = label_audit_.suspect_share_by_group(pdf, audit, singles)
+    shares = label_audit_.suspect_share_by_group(pdf, audit, singles, mode=mode)
     out = {"n_audited": len(audit), "age_method": audit.attrs.get("age_method"),
            "age_source": audit.attrs.get("age_source"), "level": audit.attrs.get("level"),
            "gender_thresholds": audit.attrs.get("thresholds"), "suspects": label_audit_.counts(audit),
            "reviewed": {v: int(verdicts.get(v, 0)) for v in (reviews.CONFIRMED, reviews.WRONG)},
-           "left_out": len(df) - len(clean),
+           "mode": mode, "what_if": mode == label_audit_.ALL_SUSPECTS,
+           "left_out": len(df) - len(clean), "unreviewed_left_out": unreviewed_left_out(audit, mode),
            "share_by_group": {g: shares[shares["column"] == g].drop(columns="column").to_dict("records")
                               for g in singles},
            "disparity": {}}
@@ -131,25 +138,45 @@ def label_audit_frame(section: dict, grouping: str) -> tuple[pd.DataFrame, pd.Da
             pd.DataFrame(section["disparity"].get(grouping, [])))
 
 
-def suspect_shares(df: pd.DataFrame, audit: pd.DataFrame, grouping: str) -> pd.DataFrame:
+def suspect_shares(df: pd.DataFrame, audit: pd.DataFrame, grouping: str,
+                   mode: str = label_audit_.ALL_SUSPECTS) -> pd.DataFrame:
     """audit.suspect_share_by_group for one grouping of a prepared table: a column, or an intersection (a:b) as
     one column of its groups' names."""
     cols = parse_grouping(grouping, grouping_columns(df))
     if len(cols) == 1:
-        return label_audit_.suspect_share_by_group(df, audit, cols).drop(columns="column")
+        return label_audit_.suspect_share_by_group(df, audit, cols, mode=mode).drop(columns="column")
     joined = df[cols].astype(str).agg(" × ".join, axis=1)
     name = " × ".join(cols)
-    return label_audit_.suspect_share_by_group(df.assign(**{name: joined}), audit, [name]).drop(columns="column")
+    return label_audit_.suspect_share_by_group(df.assign(**{name: joined}), audit, [name], mode=mode).drop(
+        columns="column")
 
 
-def suspects_text(audit: pd.DataFrame, n_table: int, n_clean: int) -> str:
-    """What the audit flagged and what leaving the suspects out removes, in a sentence."""
+def unreviewed_left_out(audit: pd.DataFrame, mode: str) -> int:
+    """How many suspects nobody has reviewed ``mode`` leaves out (none but in the what-if)."""
+    verdict = audit["verdict"] if "verdict" in audit else pd.Series("", index=audit.index)
+    return int((label_audit_.left_out(audit, mode) & (verdict == "").to_numpy()).sum())
+
+
+def leave_out_text(audit: pd.DataFrame, mode: str, n_table: int, n_left: int) -> str:
+    """What the audit flagged and what ``mode`` left out of a table of ``n_table`` rows (``n_left`` remain),
+    in a sentence or two: the what-if says that it is one and how many unreviewed suspects it left out."""
     c = label_audit_.counts(audit)
-    verdict = audit["verdict"] if "verdict" in audit else pd.Series(dtype=str)
-    return (f"{c['total']} suspected label errors among {len(audit)} faces ({c['gender']} gender, {c['age']} age; "
-            f"age by {audit.attrs.get('age_method')}); {n_table - n_clean} rows left out (reviewed: "
-            f"{int((verdict == reviews.CONFIRMED).sum())} confirmed stay in, "
-            f"{int((verdict == reviews.WRONG).sum())} wrong go).")
+    verdict = audit["verdict"] if "verdict" in audit else pd.Series("", index=audit.index)
+    flagged = label_audit_.suspects(audit)
+    unreviewed = int((flagged & (verdict == "").to_numpy()).sum())
+    found = (f"{c['total']} suspected label errors among {len(audit):,} faces ({c['gender']} gender, {c['age']} age; "
+             f"age by {audit.attrs.get('age_method')}), {unreviewed} of them not reviewed; "
+             f"{int((verdict == reviews.CONFIRMED).sum())} labels reviewed \"{reviews.CONFIRMED}\", "
+             f"{int((verdict == reviews.WRONG).sum())} \"{reviews.WRONG}\".")
+    gone = n_table - n_left
+    if mode == label_audit_.ALL_FACES:
+        return f"All faces: every figure keeps the suspects. {found}"
+    if mode == label_audit_.CONFIRMED_ERRORS:
+        return (f"Without confirmed label errors: {gone:,} of {n_table:,} faces left out, those a reviewer marked "
+                f"\"{reviews.WRONG}\"; the {unreviewed} unreviewed suspects stay in. {found}")
+    return (f"What-if, not a corrected figure: {gone:,} of {n_table:,} faces left out, every suspect not confirmed "
+            f"and every label reviewed wrong, of which {unreviewed_left_out(audit, mode)} unreviewed suspects nobody "
+            f"has judged (the model disagrees with their label; the error may be the model's). {found}")
 
 
 def label_audit_text(section: dict) -> str:
@@ -157,9 +184,13 @@ def label_audit_text(section: dict) -> str:
     c, r = section["suspects"], section["reviewed"]
     reviewed = f"; reviewed: {r[reviews.CONFIRMED]} confirmed, {r[reviews.WRONG]} wrong" if any(r.values()) \
         else ""
+    if section["what_if"]:
+        gaps = (f"the gaps without them are a what-if, not corrected figures: {section['left_out']} faces left "
+                f"out, {section['unreviewed_left_out']} of them unreviewed suspects")
+    else:
+        gaps = f"the gaps without confirmed label errors leave out {section['left_out']} faces reviewed wrong"
     return (f"label audit ({section['age_method']}, age level {section['level']}): {c['total']} suspects among "
-            f"{section['n_audited']} faces ({c['gender']} gender, {c['age']} age){reviewed}; "
-            f"{section['left_out']} left out of the figures without suspects")
+            f"{section['n_audited']} faces ({c['gender']} gender, {c['age']} age){reviewed}; {gaps}")
 
 
 def to_json(reports: dict[str, GroupReport], source: str, searched: SliceSearch | None = None,
@@ -203,7 +234,7 @@ def _shift_html(section: dict) -> str:
 
 def _interval(row: dict, name: str) -> str:
     lo, hi = row[f"{name}_lo"], row[f"{name}_hi"]
-    return f"[{lo:.3f}, {hi:.3f}]" if np.isfinite(lo) and np.isfinite(hi) else "–"
+    return f"[{lo:.3f}, {hi:.3f}]" if np.isfinite(lo) and np.isfinite(hi) else MISSING
 
 
 def _headline(source: str, o: dict, age: str) -> str:
@@ -217,7 +248,7 @@ def _headline(source: str, o: dict, age: str) -> str:
 
 
 def _table_html(df: pd.DataFrame) -> str:
-    return df.to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="–", border=0, classes="t")
+    return df.to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep=MISSING, border=0, classes="t")
 
 
 SLICES_SHOWN = 10  # per metric, in the HTML report: the worst by gap, whatever their q
@@ -268,7 +299,8 @@ def to_html(reports: dict[str, GroupReport], df: pd.DataFrame, source: str, sear
         parts.append(_label_audit_html(audit))
     for g, r in reports.items():
         parts.append(f"<h2>By {html.escape(g.replace(':', ' × '))}</h2>")
-        parts.append(f"<h3>Disparity (groups with n ≥ {r.min_count})</h3>" + _table_html(r.disparity()))
+        parts.append(f"<h3>Disparity (groups with n ≥ {r.min_count})</h3><p>{html.escape(RATIO_NOTE)}.</p>"
+                     + _table_html(r.disparity()))
         if len(r.columns) == 2:
             parts.append(fig(charts.intersection_heatmap(r, age)))
             parts.append(fig(charts.intersection_heatmap(r, "gender_accuracy")))
@@ -286,9 +318,12 @@ def to_html(reports: dict[str, GroupReport], df: pd.DataFrame, source: str, sear
 
 
 def _label_audit_html(section: dict) -> str:
-    parts = [f"<h2>Suspected label errors</h2><p>{html.escape(label_audit_text(section))}. Per group: the share of "
-             "suspects (Wilson 95% interval), and each gap between the best and worst group recomputed without "
-             "them: a gap that shrinks is partly the labels', one that holds is the model's.</p>"]
+    left = ("every suspect not confirmed (a what-if: unreviewed suspects are faces the model disagrees with, "
+            "not known errors)" if section["what_if"] else "the labels reviewed wrong")
+    parts = [f"<h2>Suspected label errors</h2><p>{html.escape(label_audit_text(section))}. Per group: the "
+             f"suspects, the faces left out ({html.escape(left)}) and their share (Wilson 95% interval), and each "
+             "gap between the best and worst group recomputed without them: a gap that shrinks may be partly the "
+             "labels', one that holds is the model's.</p>"]
     for g in section["share_by_group"]:
         shares, gaps = label_audit_frame(section, g)
         parts.append(f"<h3>{html.escape(g)}</h3>" + _table_html(shares) + _table_html(gaps))
@@ -338,6 +373,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="suspected label errors per group and the gaps without them (default: on when the table "
                         "has what the audit needs: age_label_tail, or a regression checkpoint)")
     p.add_argument("--review", help="the label review file whose verdicts count (default: the checkpoint's)")
+    p.add_argument("--leave-out", choices=LEAVE_OUT_FLAGS, default=label_audit_.ALL_SUSPECTS,
+                   help="what the label audit's gaps leave out: suspects (default), a what-if without every suspect "
+                        "not confirmed, unreviewed ones too; confirmed, only the labels reviewed 'label wrong'")
     p.add_argument("--reference", help="with --predictions: the checkpoint whose own UTKFace val/test predictions "
                                        "the set is standardised to (age x gender and pose mix, agegender.shift)")
     args = p.parse_args(argv)
@@ -355,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         coverage = interval_coverage(prepare(df, edges), [g for g in reports if ":" not in g])
         audit, note = audit_for(df, args.checkpoint, args.split, args.review, args.label_audit)
         section = None if audit is None else label_audit(df, audit, list(reports), args.n_boot, args.seed,
-                                                         args.min_count, edges, reports)
+                                                         args.min_count, edges, reports, args.leave_out)
     except (ValueError, CheckpointError, label_audit_.AuditError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

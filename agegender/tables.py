@@ -6,11 +6,15 @@ metric's kind, from its unit where it states one and from KINDS where it does no
 (an interval's ends) and ``_a`` / ``_b`` (two checkpoints' figures) take the kind of the name they
 end; ``_delta`` and a leading ``d_`` mark a difference, shown signed, and in percentage points (pp)
 for a rate. A name it does not know falls back to 3 significant digits (whole numbers as counts), so
-a new metric still reads well before it is listed here.
+a new metric still reads well before it is listed here. A count is never keyed on what it counts: the
+label audit's "age_suspects" is a number of faces, not years (COUNT_COLUMNS, and any name starting "n_").
+Every missing cell, in any column, reads MISSING.
 
 The dashboard shows a table through styled(): a pandas Styler whose display values carry the
 formatting while the cells stay numbers, so columns still sort by value and downloads (taken from
 the frame, not the Styler) keep the raw figures. display() gives the same text as a frame of strings.
+st.dataframe draws a null cell (NaN, None) as its own placeholder, "None" by default, whatever the Styler
+says: pass ``placeholder=MISSING`` with every styled table, or one table reads "None" and the next "–".
 """
 
 from __future__ import annotations
@@ -54,8 +58,11 @@ KINDS: dict[str, Kind] = {
     "age_bin_accuracy": PERCENT, "age_bin_within1": PERCENT, "missed_rate": PERCENT, "age_bin_error": BINS,
     "gender_auc": SCORE, "gender_ece": SCORE,
     "gender_disagreement": PERCENT, "share": PERCENT,
-    "n": COUNT, "age": YEARS, "pred_age": YEARS, "p_female": SCORE, "confidence": SCORE,
+    "age": YEARS, "pred_age": YEARS, "p_female": SCORE, "confidence": SCORE,
 }
+# Columns of counts of faces (the label audit's per-group table among them): whole numbers, whatever they count.
+COUNT_COLUMNS = ("n", "suspects", "gender_suspects", "age_suspects", "unreviewed", "wrong", "left_out")
+KINDS.update(dict.fromkeys(COUNT_COLUMNS, COUNT))
 # In a table with one metric per row (a disparity table: a "metric" column naming it), these columns
 # hold that row's metric: "gap" is a difference, unsigned.
 ROW_VALUES = {"best": False, "worst": False, "overall": False, "gap": True}
@@ -73,6 +80,8 @@ class Format:
 
 def kind_of(name: str) -> Kind | None:
     """The kind of a metric or known column, or None for a name this module does not know."""
+    if name.startswith("n_"):  # n_images, n_missed: a count of what follows
+        return COUNT
     metric = METRICS.get(name)
     unit = getattr(metric, "unit", "") if metric is not None else ""
     if unit:
@@ -94,8 +103,10 @@ def format_value(value, kind: Kind = PLAIN, *, delta: bool = False, signed: bool
     delta=True, signed=True) == "-0.31 y"``, ``format_value(0.021, PERCENT, delta=True, signed=True) ==
     "+2.1 pp"``; a signed figure keeps its sign where it rounds to zero ("-0.00 y"). Missing or not
     finite: MISSING; not a number: as it is."""
-    if value is None or isinstance(value, bool):
-        return MISSING if value is None else str(value)
+    if isinstance(value, bool):
+        return str(value)
+    if _missing(value):
+        return MISSING
     try:
         x = float(value) * kind.scale
     except (TypeError, ValueError):
@@ -109,6 +120,11 @@ def format_value(value, kind: Kind = PLAIN, *, delta: bool = False, signed: bool
         text = text.lstrip("-")  # no "-0.0"
     suffix = kind.delta_suffix if delta and kind.delta_suffix is not None else kind.suffix
     return text + suffix
+
+
+def _missing(value) -> bool:
+    """None, NaN, pd.NA or NaT (a cell pandas counts as missing), never a container."""
+    return pd.api.types.is_scalar(value) and bool(pd.isna(value))
 
 
 def column_format(column: str, values: pd.Series | None = None, metrics: Mapping[str, str] | None = None
@@ -163,8 +179,9 @@ def _row_formats(df: pd.DataFrame, row_metric: str | None) -> list[tuple[list, l
 
 def display(df: pd.DataFrame, metrics: Mapping[str, str] | None = None, row_metric: str | None = "metric"
             ) -> pd.DataFrame:
-    """``df`` as the text styled() shows: formatted columns as strings, the others unchanged."""
-    out = df.copy()
+    """``df`` as the text styled() shows: formatted columns as strings, the others unchanged but for their
+    missing cells (MISSING)."""
+    out = df.astype(object).where(df.notna(), MISSING)  # missing cells of every column, text ones too
     for c, f in formatters(df, metrics).items():
         out[c] = df[c].map(f)
     for rows, cols, f in _row_formats(df, row_metric):

@@ -327,7 +327,8 @@ def test_without_suspects_against_a_direct_computation(threshold):
     for r in shares.itertuples():
         inside = table[table[r.column] == r.group]
         k = inside["file"].isin(drop).sum()
-        assert (r.n, r.suspects, r.gender + r.age) == (len(inside), k, k)
+        flagged = inside["file"].isin(set(audit["file"][sus])).sum()
+        assert (r.n, r.left_out, r.suspects, r.gender_suspects + r.age_suspects) == (len(inside), k, flagged, flagged)
         assert r.share == pytest.approx(k / len(inside))
         assert (r.share_lo, r.share_hi) == pytest.approx(wilson(k, len(inside)))
 
@@ -515,7 +516,7 @@ def test_the_bias_page_recomputes_every_figure_without_the_suspects(folds, tmp_p
     at.number_input(key="bias_min").set_value(1).run()
     assert not at.exception and not at.error
     n_all = next(m for m in at.metric if m.label.startswith("gender accuracy")).label
-    at.toggle(key="bias_clean").set_value(True).run()
+    at.radio(key="bias_leave_out").set_value(A.ALL_SUSPECTS).run()
     assert not at.exception and not at.error
     audit = A.audit_table(load_predictions(ck, "val"))
     k = A.counts(audit)["total"]

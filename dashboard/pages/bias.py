@@ -5,7 +5,7 @@ import streamlit as st
 from dashboard import ui
 
 
-# cache_resource: shared and never mutated (the audit is read, without_suspects filters a copy)
+# cache_resource: shared and never mutated (the audit is read, leave_out filters a copy)
 @st.cache_resource(max_entries=8, show_spinner="Auditing the labels (from the predictions)…")
 def audit_cached(ckpt_path: str, source: str, stamp: tuple, review_stamp: tuple):
     from agegender.report import audit_for
@@ -13,51 +13,54 @@ def audit_cached(ckpt_path: str, source: str, stamp: tuple, review_stamp: tuple)
     return audit_for(ui.predictions_cached(ckpt_path, source, stamp), ckpt_path, source, None, None)[0]
 
 
-def source_table(ckpt_path: str, source: str, stamp: tuple, clean: tuple | None):
-    """The predictions; with ``clean`` (the review file's stamp) without the suspected label errors."""
+def source_table(ckpt_path: str, source: str, stamp: tuple, leave: tuple | None):
+    """The predictions; with ``leave`` (a leave-out mode, the review file's stamp) without what that mode leaves
+    out."""
     df = ui.predictions_cached(ckpt_path, source, stamp)
-    return df if clean is None else without_suspects(df, audit_cached(ckpt_path, source, stamp, clean))
+    return df if leave is None else leave_out(df, audit_cached(ckpt_path, source, stamp, leave[1]), leave[0])
 
 
 # cache_resource: the report holds metric functions (not picklable); it is never mutated
 @st.cache_resource(max_entries=32, show_spinner="Computing the report (bootstrap)…")
-def report_cached(ckpt_path: str, source: str, stamp: tuple, grouping: str, min_count: int, clean: tuple | None):
-    table = prepare(source_table(ckpt_path, source, stamp, clean))
+def report_cached(ckpt_path: str, source: str, stamp: tuple, grouping: str, min_count: int, leave: tuple | None):
+    table = prepare(source_table(ckpt_path, source, stamp, leave))
     return table, GroupReport(table, grouping, min_count=min_count)
 
 
 @st.cache_data(max_entries=8, show_spinner="Writing the HTML report…")
-def html_cached(ckpt_path: str, source: str, stamp: tuple, min_count: int, clean: tuple | None) -> str:
+def html_cached(ckpt_path: str, source: str, stamp: tuple, min_count: int, leave: tuple | None) -> str:
     from agegender.report import build
 
-    df = source_table(ckpt_path, source, stamp, clean)
-    note = " without suspected label errors" if clean is not None else ""
+    df = source_table(ckpt_path, source, stamp, leave)
+    note = f" · {shares_cached(ckpt_path, source, stamp, leave, None)[0]}" if leave is not None else ""
     return to_html(build(df, groupings_for(df), min_count=min_count), df,
                    f"{ckpt_path} ({source_label(source)}){note}")
 
 
 @st.cache_data(max_entries=16, show_spinner="Searching the worst slices…")
-def slices_cached(ckpt_path: str, source: str, stamp: tuple, clean: tuple | None):
+def slices_cached(ckpt_path: str, source: str, stamp: tuple, leave: tuple | None):
     from agegender.slices import find_slices
 
-    return find_slices(source_table(ckpt_path, source, stamp, clean))
+    return find_slices(source_table(ckpt_path, source, stamp, leave))
 
 
 @st.cache_data(max_entries=16)
-def shares_cached(ckpt_path: str, source: str, stamp: tuple, clean: tuple, grouping: str):
+def shares_cached(ckpt_path: str, source: str, stamp: tuple, leave: tuple, grouping: str | None):
+    """(what the mode left out, in words; per group of ``grouping`` the suspects and what left, or None)."""
     df = ui.predictions_cached(ckpt_path, source, stamp)
-    audit = audit_cached(ckpt_path, source, stamp, clean)
-    text = suspects_text(audit, len(df), len(source_table(ckpt_path, source, stamp, clean)))
-    return text, suspect_shares(prepare(df), audit, grouping)
+    audit = audit_cached(ckpt_path, source, stamp, leave[1])
+    text = leave_out_text(audit, leave[0], len(df), len(source_table(ckpt_path, source, stamp, leave)))
+    return text, suspect_shares(prepare(df), audit, grouping, leave[0]) if grouping else None
 
 
 st.title("Bias report")
 
-# heavy imports after the title, so the page shows while they load
+# heavy imports after the title, so the page shows while they load. Every table passes placeholder=MISSING:
+# st.dataframe draws a null cell as "None" whatever the Styler says, beside the Styler's "–" elsewhere
 from agegender import charts, slices, tables
-from agegender.audit import audit_needs_model, without_suspects
-from agegender.fairness import METRICS, MIN_COUNT, GroupReport, grouping_columns, groupings_for, prepare
-from agegender.report import suspect_shares, suspects_text, to_html
+from agegender.audit import ALL_FACES, LEAVE_OUT, MODE_LABELS, audit_needs_model, leave_out
+from agegender.fairness import METRICS, MIN_COUNT, RATIO_NOTE, GroupReport, grouping_columns, groupings_for, prepare
+from agegender.report import leave_out_text, suspect_shares, to_html
 from agegender.results import source_label
 from agegender.review import review_path
 
@@ -76,17 +79,19 @@ metric = c3.selectbox("Metric", offered, key="bias_metric", format_func=lambda m
 min_count = c4.number_input("Too small below n =", 1, 10_000, MIN_COUNT, key="bias_min")
 stamp = ui.predictions_stamp(ckpt.path, source)
 needs_model = audit_needs_model(df, ckpt.path)
-clean_on = st.toggle("Without suspected label errors", key="bias_clean", disabled=bool(needs_model),
-                     help=needs_model or "Every figure below recomputed without the faces the label audit suspects "
-                     "(agegender.audit), verdicts counted: 'label confirmed' stays in, 'label wrong' goes. Does the "
-                     "gap survive cleaning?")
-clean = ui.stamp(review_path(ckpt.path, source)) if clean_on and not needs_model else None
-if clean is not None:
-    text, shares = shares_cached(str(ckpt.path), source, stamp, clean, grouping)
+mode = st.radio("Faces in the figures", LEAVE_OUT, key="bias_leave_out", format_func=MODE_LABELS.get,
+                horizontal=True, disabled=bool(needs_model),
+                help=needs_model or "Suspected label errors (agegender.audit) are faces the model disagrees with; "
+                "a reviewer's verdicts are recorded on the Error explorer. Without confirmed label errors: only the "
+                "faces reviewed 'label wrong' leave. Without all suspects: a what-if that leaves out unreviewed "
+                "suspects too (often faces the model gets wrong): does the gap survive cleaning?")
+leave = None if needs_model or mode == ALL_FACES else (mode, ui.stamp(review_path(ckpt.path, source)))
+if leave is not None:
+    text, shares = shares_cached(str(ckpt.path), source, stamp, leave, grouping)
     st.caption(text)
     with st.expander("Suspected label errors per group", expanded=True):
-        st.dataframe(tables.styled(shares), hide_index=True)
-table, rep = report_cached(str(ckpt.path), source, stamp, grouping, int(min_count), clean)
+        st.dataframe(tables.styled(shares), hide_index=True, placeholder=tables.MISSING)
+table, rep = report_cached(str(ckpt.path), source, stamp, grouping, int(min_count), leave)
 
 o = rep.overall
 headline = ("age_mae", "age_bias") if exact else ("age_bin_accuracy", "age_bin_within1")
@@ -101,11 +106,11 @@ for col, name in zip(cols, (*headline, "gender_accuracy", "gender_auc"), strict=
 st.subheader("Disparity")
 disp = rep.disparity()
 st.caption(f"Worst and best group per metric among groups with n ≥ {int(min_count)}; "
-           f"{int(rep.by_group['too_small'].sum())} smaller group(s) are flagged below, not hidden.")
+           f"{int(rep.by_group['too_small'].sum())} smaller group(s) are flagged below, not hidden; {RATIO_NOTE}.")
 if disp.empty:
     st.info(f"Fewer than two groups have n ≥ {int(min_count)}: nothing to compare. Lower the threshold to see more.")
 else:
-    st.dataframe(tables.styled(disp), hide_index=True)
+    st.dataframe(tables.styled(disp), hide_index=True, placeholder=tables.MISSING)
 
 shown = rep.by_group
 with st.expander("Filter groups"):
@@ -131,18 +136,18 @@ if exact and "race" in table:  # the two scatter charts need exact ages (and col
 
 st.subheader("All groups")
 st.dataframe(tables.styled(shown).apply(lambda r: ["color: #999" if r["too_small"] else "" for _ in r], axis=1),
-             hide_index=True)
+             hide_index=True, placeholder=tables.MISSING)
 d1, d2 = st.columns(2)
 d1.download_button("Groups (CSV)", shown.to_csv(index=False), f"bias-{ckpt.name}-{source}-{grouping}.csv", "text/csv")
 if d2.button("Prepare the HTML report (all groupings)", key="bias_html"):
-    d2.download_button("Download the HTML report", html_cached(str(ckpt.path), source, stamp, int(min_count), clean),
-                       f"bias-{ckpt.name}-{source}{'-clean' if clean else ''}.html", "text/html")
+    d2.download_button("Download the HTML report", html_cached(str(ckpt.path), source, stamp, int(min_count), leave),
+                       f"bias-{ckpt.name}-{source}{f'-without-{mode}' if leave else ''}.html", "text/html")
 cli = (f"--checkpoint {ckpt.path} --split {source}" if source in ui.OWN_SPLITS else "--predictions PREDICTIONS.csv")
 st.caption(f"Groupings available: {', '.join(grouping_columns(table))} and their pairs. The command line gives the "
            f"same: `python -m agegender.report {cli} --html report.html`")
 
 st.subheader("Worst slices")
-searched = slices_cached(str(ckpt.path), source, stamp, clean)
+searched = slices_cached(str(ckpt.path), source, stamp, leave)
 show_all = st.toggle(f"Show every slice tried (the worst {slices.SHOW_AT_MOST} per metric), not only those with "
                      f"q < {searched.alpha:g}", key="bias_slices_all")
 worst = slices.shown(searched, show_all)
@@ -150,4 +155,4 @@ st.caption(searched.summary())
 if worst.empty:
     st.info(slices.empty_text(searched))
 else:
-    st.dataframe(slices.styled(searched, worst), hide_index=True)
+    st.dataframe(slices.styled(searched, worst), hide_index=True, placeholder=tables.MISSING)
