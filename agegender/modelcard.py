@@ -17,7 +17,7 @@ from .checkpoint import read_meta
 from .compare import gap_change, pair, paired_deltas
 from .config import TrainConfig
 from .fairness import METRICS, MIN_COUNT, N_BOOT, GroupReport, prepare
-from .meta import soup_runs
+from .meta import META, WEIGHTS, soup_runs
 from .predictions import file_name, load_predictions
 
 SHOWN = ("age_mae", "age_bias", "gender_accuracy", "female_as_male", "male_as_female")
@@ -165,6 +165,31 @@ def card_for(path: Path, n_boot: int = N_BOOT) -> str:
     lines += ["", f"Where it fails most (groups with n >= {MIN_COUNT}):", "",
               *(worst or ["- no group is large enough"]), ""]
     return "\n".join(lines)
+
+
+def checkpoint_card(path: str | Path, n_boot: int = N_BOOT) -> str:
+    """One checkpoint's model card from its own files (meta.json, predictions-test.csv): its section of
+    the card write_card writes, then the intended use. The mitigation section is left out: it needs the
+    baseline among other checkpoints. Raises CheckpointError for a folder that is not a checkpoint."""
+    return "\n".join([card_for(Path(path), n_boot), INTENDED_USE])
+
+
+# what each file of a checkpoint folder holds (DESIGN.md, "Checkpoint = folder, no pickle")
+FILE_ROLES = {META: "architecture, preprocessing, age scaling, labels, training config, figures",
+              WEIGHTS: "weights (safetensors, checked against meta.json's sha256)",
+              "manifest": "the split of every training image",
+              "history": "per-epoch training and validation figures",
+              "predictions": "one row per image scored: truth, groups, predicted age, P(female)"}
+
+
+def checkpoint_files(path: str | Path) -> list[dict]:
+    """The files of a checkpoint folder, each with its size in bytes and what it holds (FILE_ROLES; a file
+    of another kind: "")."""
+    def role(name: str) -> str:  # history-2.csv, a soup's second run's, is a history
+        return FILE_ROLES.get(name) or FILE_ROLES.get(name.split(".")[0].split("-")[0], "")
+
+    files = sorted(f for f in Path(path).iterdir() if f.is_file())
+    return [{"file": f.name, "bytes": f.stat().st_size, "holds": role(f.name)} for f in files]
 
 
 def mitigation(baseline: Path, balanced: Path, n_boot: int = N_BOOT) -> str:

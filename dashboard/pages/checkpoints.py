@@ -1,29 +1,79 @@
-"""Checkpoints page: the ones the picker offers, with their headline figures and health."""
+"""Checkpoints page: the ones the picker offers, with their headline figures and health; then one of them,
+or a folder typed here, with its model card (python -m agegender.modelcard), health and files."""
+
+from pathlib import Path
 
 import streamlit as st
 
 from agegender import tables
 from agegender.access import pickable
-from agegender.catalog import SUMMARY_METRICS, default_root, summary_table
+from agegender.catalog import SUMMARY_METRICS, default_root, health_of, summary_table
+from agegender.meta import META, CheckpointError
+from agegender.predictions import predictions_path
 from dashboard import ui
 
 st.title("Checkpoints")
 root = default_root()
 allowed, _ = ui.allow_lists()
-table = summary_table(paths=pickable(allowed, root))
+paths = pickable(allowed, root)
+table = summary_table(paths=paths)
 where = f"`{root}`" if allowed.roots is None else ", ".join(f"`{r}`" for r in allowed.roots) or "no folder"
 if table.empty:
     st.info(f"No checkpoints in {where}. Train one with "
             "`python train.py --data PATH/TO/UTKFace --out checkpoints/NAME`.")
-    st.stop()
 st.caption(f"From {where}. Figures are on each checkpoint's held-out test split; health reads its "
            "validation figures.")
 flagged = table[table["health"].fillna("ok") != "ok"] if "health" in table else table.iloc[:0]
 if not flagged.empty:
     st.warning(f"{', '.join(flagged['checkpoint'])}: untrained or diverged by the validation figures; "
                "the health column says why.")
-st.dataframe(
-    tables.styled(table.dropna(axis="columns", how="all"), metrics=SUMMARY_METRICS),
-    hide_index=True,
-    column_config={"health": st.column_config.TextColumn(width="medium")},
-)
+if not table.empty:
+    st.dataframe(
+        tables.styled(table.dropna(axis="columns", how="all"), metrics=SUMMARY_METRICS),
+        hide_index=True,
+        column_config={"health": st.column_config.TextColumn(width="medium")},
+    )
+
+
+@st.cache_data(max_entries=8, show_spinner="Writing the model card (bootstrap)…")
+def card_cached(path: str, stamp: tuple) -> str:
+    from agegender.modelcard import checkpoint_card
+
+    return checkpoint_card(path)
+
+
+st.header("One checkpoint")
+labels = ui.pick_labels(paths)
+c1, c2 = st.columns(2)
+chosen = c1.selectbox("Checkpoint", list(labels), key="ck_pick", index=None if not labels else 0,
+                      placeholder="none here: type a folder")
+typed = ui.typed_path(c2.text_input("…or a checkpoint folder", key="ck_path", placeholder="/path/to/checkpoint",
+                                    help="Any folder the dashboard may read; it is loaded as the app loads "
+                                         "checkpoints, so a folder that is not one says why."), allowed)
+if typed:
+    try:  # the one loader: meta.json, the weights' checksum and their shapes
+        path = ui.get_checkpoint(typed).path
+    except CheckpointError as e:
+        st.error(f"Not a readable checkpoint: {e}")
+        st.stop()
+elif chosen is not None:
+    path = labels[chosen]
+else:
+    st.stop()
+
+from agegender.modelcard import checkpoint_files
+
+problem = health_of(path)
+if problem:
+    st.warning(f"Health: {problem}")
+else:
+    st.success("Health: ok (the validation figures say it learnt)")
+try:
+    card = card_cached(str(path), ui.stamp(Path(path) / META, predictions_path(path, "test")))
+except CheckpointError as e:
+    st.error(str(e))
+    st.stop()
+st.markdown(card)
+st.subheader("Files")
+st.dataframe(checkpoint_files(path), hide_index=True,
+             column_config={"bytes": st.column_config.NumberColumn("size (bytes)", format="localized")})
