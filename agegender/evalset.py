@@ -50,6 +50,22 @@ BATCH = 32  # photos per MTCNN batch; photos are held in memory this many at a t
 PICK_RULE = "v1: confident faces (MTCNN p >= 0.9), the box centre nearest the photo centre"
 WARN_UNREADABLE = "skipped {n} unreadable image(s): {examples}"
 
+# An evaluation's stages, in order, as its progress callback names them: the faces of photos are found
+# (detection, alignment) and chips read; then the model scores the found ones in batches.
+FINDING, READING, SCORING = "Finding faces", "Reading faces", "Scoring faces"
+Progress = Callable[[str, int, int], None]  # progress(stage, done, total)
+
+
+def first_stage(geometry: str) -> str:
+    """What the first stage does for a dataset of this geometry: detection for photos, decoding for chips."""
+    return FINDING if geometry == "photos" else READING
+
+
+def overall_fraction(stage: str, done: int, total: int) -> float:
+    """How far an evaluation is, 0 to 1, from its progress callback's arguments: each stage is half (a stage
+    with nothing to do, such as scoring where no face was found, is done)."""
+    return (float(stage == SCORING) + (done / total if total else 1.0)) / 2
+
 
 def alignment_key() -> str:
     """What the cached crops depend on besides the dataset and the size."""
@@ -155,9 +171,11 @@ def _make_crops(ds: Dataset, size: int, progress) -> Crops:
             unreadable[file] = str(e)
         done += 1
         bar.update(1)
-        if progress and (done % 16 == 0 or done == n):
+        if progress and done % 16 == 0 and done < n:
             progress(done, n)
     flush()
+    if progress:  # after the last batch's detection, not before it
+        progress(n, n)
     bar.close()
     keep = np.array([f not in unreadable for f in files], bool)
     return Crops([f for f, k in zip(files, keep, strict=True) if k], pixels[keep], found[keep], conf[keep],

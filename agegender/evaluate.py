@@ -34,7 +34,7 @@ from .checkpoint import CheckpointError, load_checkpoint, read_meta, write_meta
 from .data import DatasetError, Images, cached_images, evenly_spaced, load_images, scan, split_of
 from .datasets import FORMATS, Dataset, read_dataset, resolve
 from .distributed import setup as setup_distributed
-from .evalset import Crops, dataset_crops
+from .evalset import SCORING, Crops, Progress, dataset_crops, first_stage
 from .inference import predict_distribution
 from .intervals import KEY as INTERVAL_KEY
 from .intervals import interval_of
@@ -54,6 +54,8 @@ from .predictions import (
 from .runtime import set_threads
 
 log = logging.getLogger(__name__)
+
+SCORE_BATCH = 256  # faces per model pass and per progress report (predict_distribution's own batch)
 
 ERR_NEEDS_OUT = ("a labelled dataset's predictions go where --out says (never into the checkpoint folder): "
                  "add --out PREDICTIONS.csv")
@@ -117,15 +119,30 @@ def predictions_frame(ckpt, images: Images, idx: np.ndarray, tta: bool = True) -
     return with_label_tails(ckpt, frame, dist)
 
 
-def dataset_frame(ckpt, ds: Dataset, crops: Crops, tta: bool = True) -> pd.DataFrame:
+def dataset_frame(ckpt, ds: Dataset, crops: Crops, tta: bool = True, progress: Progress | None = None
+                  ) -> pd.DataFrame:
     """The predictions table of a labelled dataset: one row per readable record, with its group columns and
     ``found``; the predictions are empty where no face was found, the age intervals also where the checkpoint
     is not calibrated, the label tails also for a regression head. Predicted ages are put in the dataset's own
-    age bins (FairFace's unless its labels use others)."""
-    ages, pf, dist = predict_distribution(ckpt, crops.pixels[crops.found], tta)
+    age bins (FairFace's unless its labels use others). ``progress(SCORING, done, total)`` after each batch."""
+    ages, pf, dist = _scored_in_batches(ckpt, crops.pixels[crops.found], tta, progress)
     lo, hi = interval_of(ckpt, ages, dist, tta)  # calibrated on UTKFace val: whether it holds here is measured
     frame = labelled_frame(ds, crops, crops.found, ages, pf, lo, hi)
     return with_label_tails(ckpt, frame, dist, crops.found)
+
+
+def _scored_in_batches(ckpt, pixels: np.ndarray, tta: bool, progress: Progress | None
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """predict_distribution over ``pixels`` a batch at a time, so that the caller hears of each batch (the
+    model pass of a few hundred faces takes seconds on a CPU); the batches are those predict_distribution
+    would make, so the figures are the same."""
+    n, parts = len(pixels), []
+    for start in range(0, max(n, 1), SCORE_BATCH):  # one empty batch for no faces: the arrays keep their shapes
+        parts.append(predict_distribution(ckpt, pixels[start:start + SCORE_BATCH], tta, SCORE_BATCH))
+        if progress:
+            progress(SCORING, min(start + SCORE_BATCH, n), n)
+    ages, pf = (np.concatenate([p[i] for p in parts]) for i in (0, 1))
+    return ages, pf, None if parts[0][2] is None else np.concatenate([p[2] for p in parts])
 
 
 def labelled_frame(ds: Dataset, crops: Crops, found: np.ndarray, ages: np.ndarray, p_female: np.ndarray,
@@ -170,12 +187,16 @@ def _quality(crops: Crops) -> dict[str, np.ndarray]:
     return m
 
 
-def evaluate_dataset(ckpt, ds: Dataset, tta: bool = True, cache_dir=None, progress=None) -> tuple[pd.DataFrame, dict]:
+def evaluate_dataset(ckpt, ds: Dataset, tta: bool = True, cache_dir=None, progress: Progress | None = None
+                     ) -> tuple[pd.DataFrame, dict]:
     """A labelled dataset through a checkpoint: (predictions table, metrics). The metrics are those of
     metrics.summary_of (over faces found) plus how many rows the dataset reader and the image decoder
-    skipped."""
-    crops = dataset_crops(ds, ckpt.preprocess.cache_size, cache_dir, progress)
-    df = dataset_frame(ckpt, ds, crops, tta)
+    skipped. ``progress(stage, done, total)`` hears both stages in order: first_stage(ds.geometry) over the
+    records (at once where the crops are cached), then SCORING over the faces found."""
+    stage = first_stage(ds.geometry)
+    crops = dataset_crops(ds, ckpt.preprocess.cache_size, cache_dir,
+                          (lambda done, total: progress(stage, done, total)) if progress else None)
+    df = dataset_frame(ckpt, ds, crops, tta, progress)
     return df, {**summary_of(df), "skipped_labels": ds.skipped, "unreadable": len(crops.unreadable),
                 "format": ds.format, "geometry": ds.geometry, "dataset_fingerprint": ds.fingerprint}
 

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -45,6 +46,9 @@ from .fairness import (
 from .meta import atomic_write, atomic_write_text, read_meta
 from .predictions import load_predictions, metric_columns, predictions_path, write_predictions
 from .tables import COUNT, PERCENT, format_value, interval_text, metric_text
+
+if TYPE_CHECKING:  # evalset imports torch; this module stays without it
+    from .evalset import Progress
 
 log = logging.getLogger(__name__)
 
@@ -290,12 +294,12 @@ def lookup(checkpoint_path: str | os.PathLike, set_name: str, tta: bool = True) 
     return None if metrics is None else Result(es.name, folder, csv, metrics, True)
 
 
-def evaluate(checkpoint_path: str | os.PathLike, set_name: str, progress: Callable[[int, int], None] | None = None,
+def evaluate(checkpoint_path: str | os.PathLike, set_name: str, progress: Progress | None = None,
              save_into_checkpoint: bool = False, tta: bool = True, load: Callable | None = None) -> Result:
     """The checkpoint's predictions and metrics on a registered set: from the results cache when there,
-    else computed (``progress(done, total)`` while faces are detected) and cached. Written into the
-    checkpoint folder, as predictions-<set>.csv, only with ``save_into_checkpoint``. ``load`` loads a
-    checkpoint (default agegender.checkpoint.load_checkpoint; the dashboard passes its cached loader).
+    else computed (``progress(stage, done, total)`` through both stages, evaluate.evaluate_dataset) and
+    cached. Written into the checkpoint folder, as predictions-<set>.csv, only with ``save_into_checkpoint``.
+    ``load`` loads a checkpoint (default agegender.checkpoint.load_checkpoint; the dashboard passes its cached loader).
     Raises DatasetError, CheckpointError or ResultsError with a one-line message."""
     folder = Path(checkpoint_path)
     es = get_set(set_name)
@@ -307,8 +311,6 @@ def evaluate(checkpoint_path: str | os.PathLike, set_name: str, progress: Callab
     reused = metrics is not None
     if not reused:
         metrics = _compute(folder, es, ds, sha, tta, progress, load, csv, js)
-    elif progress:
-        progress(len(ds.records), len(ds.records))
     saved = _save_into(folder, es.name, csv) if save_into_checkpoint else None
     return Result(es.name, folder, csv, metrics, reused, saved)
 

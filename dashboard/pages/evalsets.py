@@ -139,12 +139,15 @@ else:
                        help="Writes predictions-<set>.csv into each checkpoint folder too; the results cache "
                             f"({results.results_dir()}) always keeps them.")
     if c3.button("Evaluate", key="es_go"):
+        from agegender.evalset import overall_fraction  # imports torch, as evaluating does anyway
+
         for p in picked:
             label = Path(p).name
-            bar = st.progress(0.0, text=f"{label} on {set_name}: reading the faces…")
+            bar = st.progress(0.0, text=f"{label} on {set_name}: reading the set…")
 
-            def progress(done: int, total: int, bar=bar, label=label) -> None:
-                bar.progress(done / max(total, 1), text=f"{label} on {set_name}: {done:,} of {total:,} images")
+            def progress(stage: str, done: int, total: int, bar=bar, label=label) -> None:
+                bar.progress(overall_fraction(stage, done, total),
+                             text=f"{label} on {set_name}: {stage} {done:,} of {total:,}")
 
             try:
                 res = results.evaluate(p, set_name, progress=progress, save_into_checkpoint=save,
