@@ -22,8 +22,9 @@ $(STAMP): $(LOCK) pyproject.toml
 
 setup: $(STAMP)
 
+# python -m dashboard: streamlit run dashboard/app.py, warming the first page's caches while the server starts
 dashboard: setup
-	$(BIN)/streamlit run dashboard/app.py
+	$(BIN)/python -m dashboard
 
 lint: setup
 	$(BIN)/ruff check .

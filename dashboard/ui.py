@@ -135,6 +135,40 @@ def get_detector() -> FaceDetector:
     return FaceDetector()
 
 
+def example_photo() -> tuple[str, bytes]:
+    """The predict page's example: grace_hopper.jpg, shipped with matplotlib."""
+    import matplotlib.cbook
+
+    with open(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False), "rb") as f:
+        return "grace_hopper.jpg", f.read()
+
+
+def warm_up() -> None:
+    """What a fresh session's first page computes, done ahead into the shared caches: torch and grad-cam
+    imported, the face detector and the default checkpoint loaded, and the example photo found, predicted
+    and explained with the predict page's default options (so the first page reads it from the cache).
+    Called by ``python -m dashboard`` while the server starts and the browser connects."""
+    from agegender.explain import layer_names
+    from agegender.predict import default_maps
+
+    get_detector()
+    name, data = example_photo()
+    ckpt_allowed, _ = allow_lists()
+    for path in default_pick(pickable(ckpt_allowed, default_root())):
+        ckpt = get_checkpoint(path)
+        opt = Options(layer=layer_names([ckpt.model])[0])
+        result = analyse(data, name, path, opt.cropped, opt.whole_if_no_face, opt.min_confidence)
+        for i, face in enumerate(f for f in result.faces if f.predicted):
+            cams_cached(str(path), checkpoint_stamp(path), result_key(data, opt), i, result,
+                        default_maps(face.p_female, opt.other_gender), opt.method, opt.layer, opt.aug_smooth,
+                        opt.eigen_smooth, opt.faithfulness)
+
+
+def result_key(data: bytes, opt: Options) -> str:
+    """Names a photo and the options that found and predicted its faces (face_view's ``result_key``)."""
+    return f"{data_key(data)}-{opt.cropped}-{opt.whole_if_no_face}-{opt.min_confidence}"
+
+
 def run_page(page) -> None:
     """The error boundary: an unexpected error in a page is logged with its traceback on the
     server and shown as one short line; the other pages keep working."""

@@ -116,3 +116,21 @@ def test_the_face_view_names_a_whole_image_input_and_draws_its_maps(monkeypatch)
     # a failed check is said in words under the maps, one warning per failing map
     failing = [c for c in captions[1:] if c.endswith("(fails the check)")]
     assert len([w for w in at.warning if "faithfulness check" in w.value]) == len(failing)
+
+
+def test_warm_up_leaves_the_first_page_nothing_to_compute(monkeypatch):
+    import agegender.predict
+
+    monkeypatch.setenv("AGEGENDER_CHECKPOINTS", str(SHIPPED))
+    monkeypatch.delenv("AGEGENDER_ALLOWED_ROOTS", raising=False)
+    ui.warm_up()  # what `python -m dashboard` runs while the server starts
+
+    def computed(*args, **kw):
+        raise AssertionError("the first page computed what warm_up should have cached")
+
+    monkeypatch.setattr(agegender.predict, "analyse", computed)
+    monkeypatch.setattr(agegender.predict, "explain_face", computed)
+    at = AppTest.from_file(APP, default_timeout=120).run()  # a fresh session on the default checkpoint
+    assert not at.exception and not at.error
+    captions = image_captions(at)
+    assert all(sum(c.startswith(t) for c in captions) == 1 for t in MAP_CAPTIONS), captions

@@ -14,13 +14,10 @@ from agegender import charts, tables
 from agegender.compare import TRAINING_NOISE, agreement, gaps, pair, paired_deltas
 from agegender.fairness import METRICS, MIN_COUNT, groupings_for
 
-ui.pick_pair()
 ckpts = ui.selected_checkpoints()
-note = ui.pair_note()
-if note:
-    st.info(note)
 if len(ckpts) < 2:
     st.info("Pick two or more checkpoints in the sidebar to compare them.")
+    ui.offer_pair(st)
     st.stop()
 
 
@@ -109,13 +106,15 @@ for other in [c for c in ckpts if c is not base]:
 st.header("One photo through each checkpoint")
 up = st.file_uploader("Photo", type=["jpg", "jpeg", "png", "webp", "bmp"], key="cmp_upload")
 if up is not None:
-    data, opt = up.getvalue(), ui.Options()
-    results = {c.name: ui.analyse(data, up.name, c.path, False, True, opt.min_confidence) for c in ckpts}
+    # the predict page's CAM options; a photo with no face found is taken whole (and the view says so)
+    data, opt = up.getvalue(), ui.kept_options(whole_if_no_face=True)
+    results = {c.name: ui.analyse(data, up.name, c.path, opt.cropped, opt.whole_if_no_face, opt.min_confidence)
+               for c in ckpts}
     first = results[ckpts[0].name]
     if first.error:
         st.error(first.error)
     else:
-        key = f"{ui.data_key(data)}-False-True-{opt.min_confidence}"
+        key = ui.result_key(data, opt)
         for i in range(sum(f.predicted for f in first.faces)):
             st.markdown(f"#### Face {i + 1}")
             for c in ckpts:

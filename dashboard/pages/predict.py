@@ -9,8 +9,6 @@ from dashboard import ui
 st.title("Predict & explain")
 
 # heavy imports after the title, so the page shows while they load
-import matplotlib.cbook
-
 from agegender import tables
 from agegender.checkpoint import CheckpointError
 from agegender.explain import METHODS, layer_names
@@ -18,7 +16,6 @@ from agegender.intervals import NO_INTERVAL, calibration_of
 from agegender.predict import WHOLE
 from agegender.visual import draw_faces, results_frame, zip_bytes
 
-EXAMPLE = matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
 TYPES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 # with MIME types in the list Streamlit leaves the check to the browser's file dialog and to this page,
 # so a file of another type that gets past the browser is refused alone, not with the whole upload
@@ -42,8 +39,7 @@ elif source == "Camera":
     shot = st.camera_input("Take a photo")
     files = [("camera.jpg", shot.getvalue())] if shot else []
 else:
-    with open(EXAMPLE, "rb") as f:
-        files = [("grace_hopper.jpg", f.read())]
+    files = [ui.example_photo()]
     st.caption("Example: Grace Hopper (female, photographed in her late seventies), shipped with matplotlib.")
 
 ui.keep_options()
@@ -113,7 +109,7 @@ for file_index, (name, data) in enumerate(files):
     if skipped:
         st.caption(f"Listed but not predicted (confidence under {opt.min_confidence:.2f}): face(s) "
                    + ", ".join(map(str, skipped)))
-    key = f"{ui.data_key(data)}-{opt.cropped}-{opt.whole_if_no_face}-{opt.min_confidence}"
+    key = ui.result_key(data, opt)
     numbers = [j + 1 for j, f in enumerate(first.faces) if f.predicted]
     if not numbers:
         continue
