@@ -30,7 +30,7 @@ if not flagged.empty:
 if not table.empty:
     st.dataframe(
         tables.styled(table.dropna(axis="columns", how="all"), metrics=SUMMARY_METRICS),
-        hide_index=True,
+        hide_index=True, placeholder=tables.MISSING,
         column_config={"health": st.column_config.TextColumn(width="medium")},
     )
 

@@ -94,12 +94,12 @@ for other in [c for c in ckpts if c is not base]:
     metric = st.selectbox("Per-group delta of", [card_metrics(exact)[0], "gender_accuracy", card_metrics(exact)[1]],
                           key=f"cmp_m_{other.name}", format_func=lambda k: METRICS[k].label)
     st.plotly_chart(charts.delta_bars(groups, metric, grouping, base.name, other.name), width="stretch")
-    st.dataframe(tables.styled(groups), hide_index=True)
+    st.dataframe(tables.styled(groups), hide_index=True, placeholder=tables.MISSING)
     agree = agreement(m, grouping)
     left, right = st.columns(2)
     left.metric("Gender labels disagree on",
                 f"{tables.metric_text('gender_disagreement', agree['gender_disagreement'])} of images")
-    left.dataframe(tables.styled(agree["by_group"]), hide_index=True)
+    left.dataframe(tables.styled(agree["by_group"]), hide_index=True, placeholder=tables.MISSING)
     right.plotly_chart(px.histogram(x=agree["age_diff"], nbins=60, title="Predicted age difference (years)",
                                     labels={"x": f"{other.name} − {base.name}"}), width="stretch")
 

@@ -174,7 +174,7 @@ else:
         rows.append(results.headline_row(p, res))
     if rows:
         table = pd.DataFrame(rows).astype(dict.fromkeys(results.HEADLINE_FIGURES, float))
-        st.dataframe(tables.styled(table), hide_index=True)
+        st.dataframe(tables.styled(table), hide_index=True, placeholder=tables.MISSING)
         with st.expander(SHIFT_TITLE):
             st.caption(shift.EXPLAINED + " (python -m agegender.shift)")
             for p in picked:
@@ -184,7 +184,7 @@ else:
                     st.info(f"{Path(p).name}: {e}")
                     continue
                 st.markdown(f"**{Path(p).name}**")
-                st.dataframe(explained, hide_index=True)
+                st.dataframe(explained, hide_index=True, placeholder=tables.MISSING)
                 for note in notes:
                     st.caption(note)
 
@@ -201,7 +201,7 @@ if picked:
                f"figure against the worst's, among {grouping} groups with at least {results.MIN_COUNT} faces. "
                "The age gap is in years where a set has exact ages (MAE), in percentage points of bin "
                "accuracy where it has age bins only. Cells not evaluated yet are left empty: evaluate above.")
-    st.dataframe(results.cross_display(cross), hide_index=True)
+    st.dataframe(results.cross_display(cross), hide_index=True, placeholder=tables.MISSING)
     st.download_button("Table (CSV)", cross.to_csv(index=False), "cross-dataset.csv", "text/csv", key="es_csv")
 else:
     st.info(NO_PICK)

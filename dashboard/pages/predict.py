@@ -131,7 +131,7 @@ for file_index, (name, data) in enumerate(files):
 table = results_frame(results, opt.band)
 if not table.empty:
     st.divider()
-    st.dataframe(tables.styled(table), hide_index=True)
+    st.dataframe(tables.styled(table), hide_index=True, placeholder=tables.MISSING)
     d1, d2, d3 = st.columns(3)
     d1.download_button("Predictions (CSV)", table.to_csv(index=False), "predictions.csv", "text/csv")
     d2.download_button("Predictions (JSON)", json.dumps({k: [r.to_json() for r in v] for k, v in results.items()},

@@ -10,7 +10,7 @@ st.title("Training")
 # heavy imports after the title, so the page shows while they load
 import pandas as pd
 
-from agegender import charts
+from agegender import charts, tables
 from agegender.meta import soup_runs
 from agegender.runstate import EXTERNAL_FIELDS, HISTORY
 from agegender.soup import run_histories
@@ -40,7 +40,7 @@ def show(h: pd.DataFrame, meta: dict, key: str) -> None:
         scored = h.loc[pd.to_numeric(h["ext_n_found"], errors="coerce").notna(),
                        ["epoch", *[c for c in EXTERNAL_FIELDS if c in h]]]
         with st.expander("external check, per scored epoch (gender gap: best to worst group, groups of 30+ faces)"):
-            st.dataframe(scored, hide_index=True)
+            st.dataframe(scored, hide_index=True, placeholder=tables.MISSING)
 
 
 for ckpt in ui.selected_checkpoints():
