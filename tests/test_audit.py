@@ -25,6 +25,7 @@ from agegender.predictions import LABEL_TAIL, label_tails, load_predictions, wri
 from .conftest import ROOT, make_dataset, tiny_config
 
 RACES = ("White", "Black", "Asian")
+FLOAT32 = 1e-5  # a figure recomputed by the model matches the stored one to float32 rounding, not bit for bit
 
 
 def fake_table(n=600, flips=20, seed=0):
@@ -371,7 +372,8 @@ def test_the_label_tail_column_is_the_audits_computation(folds, tiny_data):
     where = {s.member: i for i, s in enumerate(images.samples)}
     probs = A.age_distributions(ckpt, images.pixels[[where[f] for f in table["file"]]])
     lo, hi, _ = A.label_years(table)
-    np.testing.assert_allclose(table[LABEL_TAIL], A.age_tail(probs, lo, hi), rtol=1e-9, atol=1e-15)
+    # the same computation, in float32 on batches of another size (other kernels): equal to float32 rounding
+    np.testing.assert_allclose(table[LABEL_TAIL], A.age_tail(probs, lo, hi), rtol=FLOAT32, atol=1e-12)
 
 
 def test_the_audit_from_predictions_loads_no_model_and_ranks_as_with_it(folds, tiny_data, tmp_path, capsys,
@@ -394,7 +396,7 @@ def test_the_audit_from_predictions_loads_no_model_and_ranks_as_with_it(folds, t
     report_ = json.loads(out.read_text())
     assert (report_["age_method"], report_["age_source"]) == ("distribution", "predictions")
     assert list(pd.read_csv(csv)["file"]) == list(with_model["file"])
-    np.testing.assert_allclose(pd.read_csv(csv)["p_label"], with_model["p_label"], rtol=1e-9)
+    np.testing.assert_allclose(pd.read_csv(csv)["p_label"], with_model["p_label"], rtol=FLOAT32)
     # the error explorer's entry point reads no face either
     faces = A.audit_faces(load_checkpoint(path), table, no_model)  # this module's loader is the real one
     assert list(faces["file"]) == list(with_model["file"])
@@ -410,7 +412,7 @@ def test_an_old_table_falls_back_on_the_model_with_a_note(folds, tiny_data, tmp_
                        "--cache-dir", folds[0][0].parent / "cache"], capsys)
     assert rc == 0 and err == "note: " + A.NOTE_NO_TAILS.format(what="the predictions", path=ck)
     got = pd.read_csv(csv).set_index("file")
-    np.testing.assert_allclose(got.loc[fresh["file"], "age_tail"], fresh[LABEL_TAIL], rtol=1e-9, atol=1e-15)
+    np.testing.assert_allclose(got.loc[fresh["file"], "age_tail"], fresh[LABEL_TAIL], rtol=FLOAT32, atol=1e-12)
 
 
 def test_split_all_audits_a_folder_of_unseen_images_and_leaves_out_what_the_checkpoint_trained_on(
