@@ -1,11 +1,15 @@
 """A reviewer's verdicts on suspected label errors ("label confirmed", "label wrong"): kept in a review file
-beside the predictions (label-review-<source>.csv: the checkpoint folder for UTKFace val / test, the set's
-results folder for an evaluation set; never the dataset) and read back by image and label, so a verdict
-survives a re-audit and lapses once the label itself is changed. The audit (agegender.audit) ranks the
+beside the evaluation results (review_path: one file per checkpoint folder and source, outside the repository
+and never in the dataset) and read back by image and label, so a verdict survives a re-audit and lapses once the
+label itself is changed. The audit (agegender.audit) ranks the
 suspects; the reports read the verdicts to leave the wrong labels out and keep the confirmed ones."""
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import os
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -15,27 +19,58 @@ import pandas as pd
 
 from .meta import atomic_write
 from .predictions import IMAGE_KEYS
+from .results import results_dir, set_folder
 
 CONFIRMED, WRONG = "label confirmed", "label wrong"  # a reviewer's verdicts
 REVIEW_COLUMNS = (*IMAGE_KEYS, "verdict", "suspect", "score", "reviewed_at")
-OWN_SPLITS = ("val", "test")  # a checkpoint's own predictions: the review file goes in its folder
+OWN_SPLITS = ("val", "test")  # a checkpoint's own predictions (the others are evaluation sets)
+REVIEWS_FOLDER = "reviews"  # <results>/reviews/<checkpoint key>/label-review-<source>.csv
+IN_CHECKPOINT_ENV = "AGEGENDER_REVIEW_IN_CHECKPOINT"  # 1: keep verdicts in the checkpoint folder (to ship them)
 ERR_REVIEW_UNREADABLE = "cannot read the review file {path} ({detail}): fix it or delete it"
 ERR_REVIEW_WRITE = "cannot write the review file {path} ({detail})"
 
 _REVIEW_LOCK = threading.Lock()  # dashboard sessions are threads of one process: no verdict lost between two
+log = logging.getLogger(__name__)
 
 
 class ReviewError(ValueError):
     """A review file that cannot be read or written; the message says which and why."""
 
 
-def review_path(checkpoint: str | Path, source: str) -> Path:
-    """Where a source's verdicts are kept: beside its predictions, never in the dataset."""
-    if source in OWN_SPLITS:
-        return Path(checkpoint) / f"label-review-{source}.csv"
-    from .results import set_folder
+def review_path(checkpoint: str | Path, source: str, in_checkpoint: bool | None = None) -> Path:
+    """Where a checkpoint's verdicts on a source (val, test or an evaluation set) are kept: beside the evaluation
+    results (agegender.results.results_dir: $AGEGENDER_RESULTS, else the cache), in a folder of this checkpoint
+    folder's own (checkpoint_key), so two checkpoints or two sources never share a file and the repository's
+    checkpoints stay as shipped. In the checkpoint folder instead when asked: ``in_checkpoint``, else
+    $AGEGENDER_REVIEW_IN_CHECKPOINT=1.
 
-    return set_folder(source) / f"label-review-{source}.csv"
+    Verdicts recorded where earlier versions kept them (the checkpoint folder for val / test, the set's results
+    folder for an evaluation set) are copied here the first time, so none is lost; that old file is left as it was.
+    Where the copy cannot be written, the old file is returned, so its verdicts are still read."""
+    folder = Path(checkpoint)
+    if in_checkpoint is None:
+        in_checkpoint = os.environ.get(IN_CHECKPOINT_ENV, "").strip().lower() in ("1", "true", "yes")
+    name = f"label-review-{source}.csv"
+    path = folder / name if in_checkpoint else results_dir() / REVIEWS_FOLDER / checkpoint_key(folder) / name
+    old = folder / name if source in OWN_SPLITS else set_folder(source) / name  # where earlier versions kept it
+    with _REVIEW_LOCK:  # mark() holds it too: a verdict written meanwhile is never overwritten by the copy
+        if path.exists() or path == old or not old.is_file():
+            return path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_write(path) as tmp:
+                shutil.copyfile(old, tmp)
+        except OSError as e:
+            log.warning("cannot copy the verdicts of %s to %s (%s): reading them where they are", old, path, e)
+            return old
+    return path
+
+
+def checkpoint_key(checkpoint: str | Path) -> str:
+    """A checkpoint folder's name and a digest of its absolute path: readable, and distinct for two folders of
+    one name."""
+    where = Path(checkpoint).expanduser().resolve()
+    return f"{where.name}-{hashlib.sha256(str(where).encode()).hexdigest()[:12]}"
 
 
 def label_keys(df: pd.DataFrame) -> pd.Series:
@@ -68,7 +103,7 @@ def mark(path: str | Path, rows: pd.DataFrame, verdict: str | None) -> None:
     if verdict not in (CONFIRMED, WRONG, None):
         raise ValueError(f"verdict must be {CONFIRMED!r}, {WRONG!r} or None, not {verdict!r}")
     path = Path(path)
-    with _REVIEW_LOCK:
+    with _REVIEW_LOCK:  # review_path copies an earlier file under it too
         old = read_review(path)
         keep = old[~label_keys(old).isin(set(label_keys(rows)))] if len(old) else old
         new = pd.DataFrame(columns=list(REVIEW_COLUMNS))
