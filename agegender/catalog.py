@@ -7,12 +7,14 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
-from .meta import META, WEIGHTS, CheckpointError, read_meta  # noqa: F401 - WEIGHTS re-exported for the dashboard
+from .meta import META, WEIGHTS, CheckpointError, read_meta, soup_runs  # noqa: F401 - WEIGHTS re-exported for the dashboard
 
 REPO_CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
 DATA_ENV = "AGEGENDER_UTKFACE"
+DATA_FIELD = "UTKFace dataset (error explorer)"  # the sidebar field where a reviewer types the UTKFace path
 
 # Health: what the validation figures in meta.json say about a checkpoint (see health()).
 MIN_VAL_N = 100  # at 100 images chance accuracy (0.5) is 2 standard errors below GENDER_CHANCE
@@ -87,9 +89,32 @@ def _by_age(paths: list[Path]) -> list[Path]:
     return sorted(paths, key=lambda p: (trained_at(p), p.name))
 
 
-def default_data_path() -> str:
-    """$AGEGENDER_UTKFACE, or empty."""
-    return os.environ.get(DATA_ENV, "")
+def default_data_path(checkpoints: Iterable[str | os.PathLike] = ()) -> str:
+    """Where the UTKFace images are: $AGEGENDER_UTKFACE, else the first of ``checkpoints``' training data
+    (trained_on) found on this machine, else empty."""
+    if os.environ.get(DATA_ENV):
+        return os.environ[DATA_ENV]
+    for folder in checkpoints:
+        for path in trained_on(folder):
+            if Path(path).expanduser().exists():
+                return path
+    return ""
+
+
+def trained_on(checkpoint: str | os.PathLike) -> list[str]:
+    """The data paths a checkpoint's meta.json records (its training run's, and each souped run's), those
+    recorded with the fingerprint its val predictions were scored on first; [] when meta.json cannot be read.
+    A relative path is as recorded, relative to where training ran."""
+    try:
+        meta = read_meta(checkpoint)
+    except CheckpointError:
+        return []
+    runs = [meta, *soup_runs(meta)]
+    scored = ((meta.get("metrics") or {}).get("val") or {}).get("dataset_fingerprint")
+    recorded = [(str(r["train_config"]["data"]), r.get("dataset_fingerprint")) for r in runs
+                if isinstance(r.get("train_config"), dict) and r["train_config"].get("data")]
+    first = sorted(recorded, key=lambda r: not (scored and r[1] == scored))  # stable: else as recorded
+    return list(dict.fromkeys(path for path, _ in first))
 
 
 def default_root() -> Path:

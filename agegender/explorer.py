@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
 from .audit import label_keys, suspects
+from .catalog import DATA_ENV, DATA_FIELD
 from .checkpoint import Checkpoint
 from .data import Scan, evenly_spaced, iter_bytes
 from .evalset import Crops
@@ -20,6 +22,20 @@ from .fairness import value_order
 from .labels import DECISION, parse_age_bin
 from .predict import FaceResult, ImageResult
 from .predictions import complete, metric_columns
+
+# What the reviewer can do, in the app, when the UTKFace images are not found (never a command-line flag).
+NO_DATA = (f"The error explorer shows UTKFace val / test faces from the UTKFace images, and found none: type their "
+           f"folder, .zip or .tar.gz into the sidebar's \"{DATA_FIELD}\" field, or set ${DATA_ENV} before starting "
+           f"the app. An evaluation set (the Evaluation set picker) needs no UTKFace.")
+NO_DATA_AT = (f"No UTKFace images at {{path}}: type their folder, .zip or .tar.gz into the sidebar's "
+              f"\"{DATA_FIELD}\" field, or set ${DATA_ENV} before starting the app.")
+
+
+def data_problem(path: str) -> str | None:
+    """Why the UTKFace images cannot be read from ``path`` (NO_DATA, NO_DATA_AT), or None when it exists."""
+    if not path.strip():
+        return NO_DATA
+    return None if Path(path.strip()).expanduser().exists() else NO_DATA_AT.format(path=path.strip())
 
 
 def years_outside(pred_age, age_bin) -> np.ndarray:

@@ -7,13 +7,16 @@ from dashboard import ui
 st.title("Error explorer")
 
 # heavy imports after the title, so the page shows while they load
+import pandas as pd
 from PIL import Image
 
-from agegender.audit import AuditError, audit_faces, chip_faces, counts
+from agegender.audit import AuditError, audit_faces, chip_faces, counts, label_keys
+from agegender.catalog import default_data_path
 from agegender.data import DatasetError
 from agegender.explain import overlay
 from agegender.explorer import (
     chip_result,
+    data_problem,
     group_mean_cams,
     group_values,
     in_group,
@@ -32,6 +35,8 @@ from agegender.review import CONFIRMED, WRONG, ReviewError, mark, read_review, r
 SUSPECTS = "Suspected label errors"
 MODES = {"Worst age errors": worst_age_errors, "Misgendered": misgendered, SUSPECTS: None}
 VERDICTS = {"Label confirmed": CONFIRMED, "Label wrong": WRONG, "Clear the verdict": None}
+PICKED_IN = "ex_picked_in"  # the list (checkpoint, source, Show, group) the Explain pick was made in
+REVIEW_ERROR = "ex_review_error"  # a verdict's callback cannot draw where the buttons are: it leaves its error here
 
 
 @st.cache_resource(max_entries=4, show_spinner="Reading the evaluation set's aligned faces…")
@@ -49,8 +54,15 @@ source = ui.source_picker(c1, "ex_split")
 mode = c2.radio("Show", list(MODES), key="ex_mode")
 if source in ui.OWN_SPLITS:  # UTKFace val / test: the chips are in the UTKFace dataset
     data_path = st.session_state.get(ui.DATASET, "")
-    if not data_path:
-        st.info(ui.NO_DATA)
+    if not data_path:  # the sidebar's field is empty: the data this checkpoint was trained on, when it is here
+        data_path = default_data_path([ckpt.path])
+        if data_path and ui.allow_lists()[1].allows(data_path):
+            st.caption(f"UTKFace images from {data_path}, the data {ckpt.name} was trained on (type another "
+                       "path in the sidebar).")
+        else:
+            data_path = ""
+    if problem := data_problem(data_path):
+        st.info(problem)
         st.stop()
     try:
         sc = ui.dataset(data_path)
@@ -66,8 +78,10 @@ if df is None:
 df = prepare(df)
 group_col = c3.selectbox("Group", ["(all)", *grouping_columns(df)], key="ex_group_col")
 n = c4.slider("Faces", 6, 60, 18, 6, key="ex_n")
+group_value = None
 if group_col != "(all)":
-    df = in_group(df, group_col, st.selectbox(group_col, group_values(df, group_col), key="ex_group_value"))
+    group_value = st.selectbox(group_col, group_values(df, group_col), key="ex_group_value")
+    df = in_group(df, group_col, group_value)
 
 
 @st.cache_data(max_entries=4, show_spinner="Auditing the labels: each face through the model once…")
@@ -121,17 +135,37 @@ def caption(r, i: int) -> str:
     return f"#{i + 1} true {truth(r)} {r['gender']} · pred {r['pred_age']:.0f} P(f)={r['p_female']:.2f}"
 
 
-def review(row) -> None:
-    """The picked suspect's reason, and the buttons that record a verdict on its label."""
+def record(path, face: pd.DataFrame, verdict: str | None) -> None:
+    """A verdict button's callback, with the face bound when the button was drawn: whatever the pick is by the
+    time the click reaches the server, the verdict goes to the face shown beside the button."""
+    try:
+        mark(path, face, verdict)
+    except ReviewError as e:
+        st.session_state[REVIEW_ERROR] = str(e)
+
+
+def review(face: pd.DataFrame) -> None:
+    """The picked suspect's reason, and the buttons that record a verdict on its label (``face``: its audit row)."""
+    row = face.iloc[0]
     st.markdown(f"**Why suspect:** {row['reason']}" + (f" — **{row['verdict']}**" if row["verdict"] else ""))
+    st.caption(f"A verdict is recorded for {row['file']}, labelled {truth(row)} {row['gender']}.")
+    key = label_keys(face).iloc[0]
     for col, (label, verdict) in zip(st.columns(len(VERDICTS)), VERDICTS.items(), strict=True):
-        if col.button(label, key=f"ex_verdict_{label}"):
-            try:
-                mark(review_file, rows[rows["file"] == row["file"]], verdict)
-            except ReviewError as e:
-                st.error(str(e))
-                return
-            st.rerun()
+        col.button(label, key=f"ex_verdict|{label}|{key}", on_click=record, args=(review_file, face, verdict))
+    if error := st.session_state.pop(REVIEW_ERROR, None):
+        st.error(error)
+
+
+def pick_face(options: list[str], where: tuple) -> str | None:
+    """The face to explain, among ``options`` of the list ``where`` names; a new list starts at its first face.
+    A pick kept from another list is shown by the browser under its rank there ("#1 ..."), a label this list
+    does not hold, and the browser sends that label back with the next click, which the server then reads as
+    this list's first face: so the server moves the pick itself, and the browser follows."""
+    if st.session_state.get(PICKED_IN) != where:
+        st.session_state[PICKED_IN] = where
+        if options:
+            st.session_state["ex_pick"] = options[0]
+    return st.selectbox("Explain", options, key="ex_pick", format_func=lambda f: f"#{options.index(f) + 1} {f}")
 
 
 def show_errors(rows) -> None:
@@ -144,9 +178,9 @@ def show_errors(rows) -> None:
     for i, (_, r) in enumerate(rows[rows["file"].isin(chips)].iterrows()):
         cols[i % 6].image(chips[r["file"]], width="stretch", caption=caption(r, i))
     options = [f for f in rows["file"] if f in chips]
-    pick = st.selectbox("Explain", options, key="ex_pick", format_func=lambda f: f"#{options.index(f) + 1} {f}")
+    pick = pick_face(options, (str(ckpt.path), source, mode, group_col, group_value))
     if pick and mode == SUSPECTS:
-        review(rows[rows["file"] == pick].iloc[0])
+        review(rows[rows["file"] == pick].head(1))
     if pick:
         result = chip_result(ckpt, pick, chips[pick], rows[rows["file"] == pick].iloc[0])
         ui.face_view(ckpt, result, 0, f"explorer-{pick}", ui.Options(other_gender=True), {})
