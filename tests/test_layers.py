@@ -7,7 +7,7 @@ from graphlib import CycleError, TopologicalSorter
 from .conftest import ROOT
 
 LAYERS = {
-    "base": ["meta", "labels", "preprocess", "degrade", "faces", "runtime", "model", "quality", "dlibnet"],
+    "base": ["meta", "labels", "preprocess", "degrade", "turn", "faces", "runtime", "model", "quality", "dlibnet"],
     "parts": ["predictions", "fairness", "metrics", "charts", "visual", "catalog", "access", "checkpoint",
               "inference", "explain", "data", "balance", "config", "distributed", "runstate", "datasets",
               "evalset", "tables", "slices", "intervals", "genderband", "chippose"],
