@@ -1,7 +1,7 @@
 """A reviewer's verdicts on suspected label errors ("label confirmed", "label wrong"): kept in a review file
-beside the evaluation results (review_path: one file per checkpoint folder and source, outside the repository
-and never in the dataset) and read back by image and label, so a verdict survives a re-audit and lapses once the
-label itself is changed. The audit (agegender.audit) ranks the
+beside the evaluation results (review_path: one file per evaluation set, or per checkpoint folder and own
+split; outside the repository and never in the dataset) and read back by image and label, so a verdict
+survives a re-audit and lapses once the label itself is changed. The audit (agegender.audit) ranks the
 suspects; the reports read the verdicts to leave the wrong labels out and keep the confirmed ones."""
 
 from __future__ import annotations
@@ -38,21 +38,26 @@ class ReviewError(ValueError):
 
 
 def review_path(checkpoint: str | Path, source: str, in_checkpoint: bool | None = None) -> Path:
-    """Where a checkpoint's verdicts on a source (val, test or an evaluation set) are kept: beside the evaluation
-    results (agegender.results.results_dir: $AGEGENDER_RESULTS, else the cache), in a folder of this checkpoint
-    folder's own (checkpoint_key), so two checkpoints or two sources never share a file and the repository's
-    checkpoints stay as shipped. In the checkpoint folder instead when asked: ``in_checkpoint``, else
-    $AGEGENDER_REVIEW_IN_CHECKPOINT=1.
+    """Where verdicts on a source's labels are kept, beside the evaluation results (agegender.results.results_dir:
+    $AGEGENDER_RESULTS, else the cache), never in the repository or the dataset:
 
-    Verdicts recorded where earlier versions kept them (the checkpoint folder for val / test, the set's results
-    folder for an evaluation set) are copied here the first time, so none is lost; that old file is left as it was.
-    Where the copy cannot be written, the old file is returned, so its verdicts are still read."""
+    - an evaluation set: its results folder, one file for every checkpoint reviewed on it (a verdict is on the
+      set's label, so a label judged once counts for each checkpoint);
+    - a checkpoint's own val / test: a folder of this checkpoint folder's own (checkpoint_key), since its split
+      is its own; in the checkpoint folder instead when asked (``in_checkpoint``, else
+      $AGEGENDER_REVIEW_IN_CHECKPOINT=1), to ship the verdicts with it.
+
+    Verdicts recorded in the checkpoint folder by earlier versions are copied to the new place the first time, so
+    none is lost; that old file is left as it was. Where the copy cannot be written, the old file is returned, so
+    its verdicts are still read."""
+    name = f"label-review-{source}.csv"
+    if source not in OWN_SPLITS:
+        return set_folder(source) / name
     folder = Path(checkpoint)
     if in_checkpoint is None:
         in_checkpoint = os.environ.get(IN_CHECKPOINT_ENV, "").strip().lower() in ("1", "true", "yes")
-    name = f"label-review-{source}.csv"
     path = folder / name if in_checkpoint else results_dir() / REVIEWS_FOLDER / checkpoint_key(folder) / name
-    old = folder / name if source in OWN_SPLITS else set_folder(source) / name  # where earlier versions kept it
+    old = folder / name  # where earlier versions kept it
     with _REVIEW_LOCK:  # mark() holds it too: a verdict written meanwhile is never overwritten by the copy
         if path.exists() or path == old or not old.is_file():
             return path

@@ -28,6 +28,7 @@ from agegender.access import (
 )
 from agegender.catalog import (
     DATA_ENV,
+    DATA_FIELD,
     FLAGGED,
     META,
     WEIGHTS,
@@ -66,8 +67,6 @@ KEPT = {"cropped": False, "whole": False, "min_conf": MIN_CONFIDENCE, "band": DE
         "aug_smooth": False, "eigen_smooth": False, "other_gender": False, "faith": False, "opacity": 0.5}
 GRID_COLUMNS = 6  # face thumbnails per row on the predict page
 LESS_RELIABLE = "Less reliable: this face is {notes}, unlike most faces the model was trained on."
-NO_DATA = (f"The error explorer needs the UTKFace images: set the dataset path in the sidebar, "
-           f"or the environment variable {DATA_ENV}.")
 
 
 def stamp(*paths: str | Path) -> tuple:
@@ -241,9 +240,11 @@ def sidebar() -> None:
                                      "diverged (the Checkpoints page says why).")
         extra = typed_path(st.text_input("…or a checkpoint folder", key="picker_path",
                                          placeholder="/path/to/checkpoint"), ckpt_allowed)
-        data = typed_path(st.text_input("UTKFace dataset (error explorer)", value=default_data_path(),
+        # the value counts on the first run only (the field is keyed): the data the default checkpoint was trained on
+        data = typed_path(st.text_input(DATA_FIELD, value=default_data_path([labels[c] for c in default]),
                                         key="data_path", placeholder="/path/to/UTKFace",
-                                        help=f"Folder, .zip or .tar.gz; default ${DATA_ENV}"), data_allowed)
+                                        help=f"Folder, .zip or .tar.gz; default ${DATA_ENV}, else the data the "
+                                             "checkpoint was trained on, where it is on this machine"), data_allowed)
     # plain keys, not widget keys: pages read these
     st.session_state[SELECTED] = [str(labels[c]) for c in chosen if c in labels] + ([extra] if extra else [])
     st.session_state[DATASET] = data
@@ -324,9 +325,10 @@ def keep_options() -> None:
 def kept_options(**changes) -> Options:
     """The CAM options last chosen on the predict page (ui.KEPT), for the other pages that explain a face."""
     kept = {key: st.session_state.get(KEEP + key, value) for key, value in KEPT.items()}
-    return Options(band=tuple(kept["band"]), method=kept["method"], aug_smooth=kept["aug_smooth"],
-                   eigen_smooth=kept["eigen_smooth"], other_gender=kept["other_gender"],
-                   faithfulness=kept["faith"], opacity=kept["opacity"], **changes)
+    chosen = dict(band=tuple(kept["band"]), method=kept["method"], aug_smooth=kept["aug_smooth"],
+                  eigen_smooth=kept["eigen_smooth"], other_gender=kept["other_gender"], faithfulness=kept["faith"],
+                  opacity=kept["opacity"])
+    return Options(**{**chosen, **changes})
 
 
 @st.cache_data(max_entries=64, show_spinner="Finding faces…")
@@ -393,9 +395,10 @@ def cam_caption(m: CamMap) -> str:
 
 
 def face_view(ckpt: Checkpoint, result: ImageResult, face_index: int, result_key: str, opt: Options,
-              overlays: dict[str, bytes]) -> None:
+              overlays: dict[str, bytes] | None = None) -> None:
     """One face (the face_index-th predicted one) through one checkpoint: prediction, then the CAMs
-    per head. ``result_key`` names the image and the options that produced ``result``."""
+    per head. ``result_key`` names the image and the options that produced ``result``; ``overlays``, when given,
+    collects each map as a PNG for a download."""
     from agegender.explain import overlay
     from agegender.predict import default_maps, display_crop
     from agegender.visual import png_bytes
@@ -422,7 +425,9 @@ def face_view(ckpt: Checkpoint, result: ImageResult, face_index: int, result_key
     for col, m in zip(cols[1:], cams, strict=True):
         img = overlay(crop, m.heat, opt.opacity)
         col.image(img, caption=cam_caption(m), width="stretch")
-        overlays[f"{Path(result.image).stem}-face{face_index + 1}-{ckpt.name}-{m.head}-{m.name}.png"] = png_bytes(img)
+        if overlays is not None:  # PNG-encoding each map costs ~40 ms: only for a page that offers the download
+            name = f"{Path(result.image).stem}-face{face_index + 1}-{ckpt.name}-{m.head}-{m.name}.png"
+            overlays[name] = png_bytes(img)
     for note in filter(None, (m.faithfulness_note() for m in cams)):
         st.warning(note)
 

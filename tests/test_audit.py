@@ -299,13 +299,6 @@ def test_verdicts_round_trip_survive_a_reaudit_and_lapse_with_a_new_label(tmp_pa
     assert str(e.value) == R.ERR_REVIEW_UNREADABLE.format(path=tmp_path / "bad.csv", detail=no_columns)
 
 
-def test_review_files_live_beside_the_predictions(tmp_path):
-    from agegender.results import set_folder
-
-    assert R.review_path(tmp_path, "val") == tmp_path / "label-review-val.csv"
-    assert R.review_path(tmp_path, "ff") == set_folder("ff") / "label-review-ff.csv"
-
-
 def reviewed(table):
     """An audit with a confirmed suspect and a non-suspect reviewed wrong."""
     audit = A.audit_table(table)
@@ -336,7 +329,7 @@ def test_without_suspects_against_a_direct_computation(threshold):
 
 def test_the_explorer_shows_suspects_and_records_a_verdict(folds, tiny_data, tmp_path, monkeypatch):
     """The page's new view on a DLDL checkpoint: thumbnails with score and reason, and a verdict written to
-    the checkpoint's review file, shown on the next run."""
+    the checkpoint's review file (agegender.review.review_path), shown on the next run."""
     ck = tmp_path / "ck" / "fold0"
     shutil.copytree(folds[0][0], ck)
     pred = pd.read_csv(ck / "predictions-val.csv")
@@ -353,9 +346,9 @@ def test_the_explorer_shows_suspects_and_records_a_verdict(folds, tiny_data, tmp
     pick = at.selectbox(key="ex_pick").value
     assert pick in set(pred["file"][:2])
     assert "Why suspect:" in " ".join(m.value for m in at.markdown)
-    at.button(key="ex_verdict_Label wrong").click().run()
+    next(b for b in at.button if b.label == "Label wrong").click().run()
     assert not at.exception and not at.error
-    review = pd.read_csv(ck / "label-review-val.csv")
+    review = pd.read_csv(R.review_path(ck, "val"))
     assert review.set_index("file")["verdict"].to_dict() == {pick: R.WRONG}
     assert f"— **{R.WRONG}**" in " ".join(m.value for m in at.markdown)
 

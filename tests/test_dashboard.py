@@ -1,3 +1,4 @@
+import json
 import shutil
 
 import numpy as np
@@ -131,12 +132,17 @@ def test_compare_page_needs_two(predict_app):
 
 
 def test_explorer_page_without_data_says_how_to_set_it(app, tiny_checkpoint, tmp_path, monkeypatch):
+    from agegender.explorer import NO_DATA
+    from agegender.meta import META
+
     monkeypatch.delenv("AGEGENDER_UTKFACE", raising=False)
     shutil.copytree(tiny_checkpoint, tmp_path / "ck" / "tiny")
+    meta = json.loads((tmp_path / "ck" / "tiny" / META).read_text())
+    meta["train_config"]["data"] = str(tmp_path / "gone")  # the data it was trained on is not on this machine
+    (tmp_path / "ck" / "tiny" / META).write_text(json.dumps(meta))
     at = app(tmp_path / "ck").switch_page("pages/explorer.py").run()
-    assert not at.exception and "needs the UTKFace images" in at.info[0].value
-    assert "AGEGENDER_UTKFACE" in at.info[0].value
-    assert at.info[0].value == ui.NO_DATA
+    assert not at.exception and at.info[0].value == NO_DATA
+    assert "AGEGENDER_UTKFACE" in NO_DATA and "--data" not in NO_DATA
 
 
 def test_explorer_page(app, tiny_checkpoint, tiny_data, tmp_path, monkeypatch):

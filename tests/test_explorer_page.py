@@ -295,7 +295,7 @@ def cut(tmp_path):
     return ck, audit[audit["flagged"]]
 
 
-def test_verdicts_live_outside_the_repository_and_one_file_per_checkpoint_and_source(tmp_path, monkeypatch):
+def test_verdicts_live_outside_the_repository_one_file_per_checkpoint_split_and_per_set(tmp_path, monkeypatch):
     for env in ("AGEGENDER_RESULTS", "AGEGENDER_CACHE", R.IN_CHECKPOINT_ENV):
         monkeypatch.delenv(env, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # the default cache is ~/.cache/agegender
@@ -305,10 +305,13 @@ def test_verdicts_live_outside_the_repository_and_one_file_per_checkpoint_and_so
     assert path.is_relative_to(results_dir()) and results_dir().is_relative_to(tmp_path / "home")
     (tmp_path / "a" / "ck").mkdir(parents=True)
     (tmp_path / "b" / "ck").mkdir(parents=True)
-    paths = [R.review_path(ck, source) for ck in (BASELINE, SHIPPED / "dlib-resnet29-balanced", tmp_path / "a" / "ck",
-                                                 tmp_path / "b" / "ck") for source in ("val", "test", "ff")]
+    folders = (BASELINE, SHIPPED / "dlib-resnet29-balanced", tmp_path / "a" / "ck", tmp_path / "b" / "ck")
+    paths = [R.review_path(ck, source) for ck in folders for source in ("val", "test")]
     assert len(set(paths)) == len(paths)  # two folders of one name included
-    assert sorted(p.name for p in BASELINE.iterdir()) == shipped and not any(p.exists() for p in paths)
+    # a set's labels are the set's: every checkpoint reviewed on it shares its verdicts
+    shared = {R.review_path(ck, "ff") for ck in folders}
+    assert shared == {set_folder("ff") / "label-review-ff.csv"} and not shared & set(paths)
+    assert sorted(p.name for p in BASELINE.iterdir()) == shipped and not any(p.exists() for p in [*paths, *shared])
 
 
 def test_verdicts_go_into_the_checkpoint_only_when_asked(tmp_path, monkeypatch):
@@ -316,7 +319,7 @@ def test_verdicts_go_into_the_checkpoint_only_when_asked(tmp_path, monkeypatch):
     ck = tmp_path / "ck"
     assert R.review_path(ck, "val").parent != ck
     assert R.review_path(ck, "val", in_checkpoint=True) == ck / "label-review-val.csv"
-    assert R.review_path(ck, "ff", in_checkpoint=True) == ck / "label-review-ff.csv"
+    assert R.review_path(ck, "ff", in_checkpoint=True) == set_folder("ff") / "label-review-ff.csv"  # the set's
     monkeypatch.setenv(R.IN_CHECKPOINT_ENV, "1")
     assert R.review_path(ck, "val") == ck / "label-review-val.csv"
 

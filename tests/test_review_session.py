@@ -103,7 +103,7 @@ def _face_view_of_a_blank_photo():
     ckpt = load_checkpoint(os.environ["SHIPPED_CKPT"])
     photo = Image.fromarray(np.full((240, 320, 3), 128, np.uint8))
     result = analyse(photo, "grey.png", ckpt, [], whole_if_no_face=True)
-    ui.face_view(ckpt, result, 0, "grey", ui.Options(faithfulness=True), {})
+    ui.face_view(ckpt, result, 0, "grey", ui.Options(faithfulness=True))
 
 
 def test_the_face_view_names_a_whole_image_input_and_draws_its_maps(monkeypatch):
@@ -134,3 +134,21 @@ def test_warm_up_leaves_the_first_page_nothing_to_compute(monkeypatch):
     assert not at.exception and not at.error
     captions = image_captions(at)
     assert all(sum(c.startswith(t) for c in captions) == 1 for t in MAP_CAPTIONS), captions
+
+
+def _kept_options_shown():
+    import streamlit as st
+
+    from dashboard import ui
+
+    st.session_state[ui.KEEP + "method"] = "GradCAM++"
+    st.session_state[ui.KEEP + "faith"] = True
+    st.text(repr(ui.kept_options(other_gender=True)))
+
+
+def test_the_other_pages_explain_with_the_predict_pages_options():
+    at = AppTest.from_function(_kept_options_shown).run()
+    assert not at.exception
+    shown = at.text[0].value
+    assert "method='GradCAM++'" in shown and "faithfulness=True" in shown and "other_gender=True" in shown
+    assert "layer=None" in shown  # the checkpoint's own default layer

@@ -118,4 +118,4 @@ if up is not None:
         for i in range(sum(f.predicted for f in first.faces)):
             st.markdown(f"#### Face {i + 1}")
             for c in ckpts:
-                ui.face_view(c, results[c.name], i, key, opt, {})
+                ui.face_view(c, results[c.name], i, key, opt)

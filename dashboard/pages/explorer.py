@@ -11,7 +11,7 @@ import pandas as pd
 from PIL import Image
 
 from agegender.audit import AuditError, audit_faces, chip_faces, counts, label_keys
-from agegender.catalog import default_data_path
+from agegender.catalog import default_data_path, trained_on
 from agegender.data import DatasetError
 from agegender.explain import overlay
 from agegender.explorer import (
@@ -56,11 +56,10 @@ if source in ui.OWN_SPLITS:  # UTKFace val / test: the chips are in the UTKFace 
     data_path = st.session_state.get(ui.DATASET, "")
     if not data_path:  # the sidebar's field is empty: the data this checkpoint was trained on, when it is here
         data_path = default_data_path([ckpt.path])
-        if data_path and ui.allow_lists()[1].allows(data_path):
-            st.caption(f"UTKFace images from {data_path}, the data {ckpt.name} was trained on (type another "
-                       "path in the sidebar).")
-        else:
-            data_path = ""
+        data_path = data_path if data_path and ui.allow_lists()[1].allows(data_path) else ""
+    if data_path and data_path in trained_on(ckpt.path):  # the sidebar fills in the default checkpoint's data
+        st.caption(f"UTKFace images from {data_path}, the data {ckpt.name} was trained on (type another "
+                   "path in the sidebar).")
     if problem := data_problem(data_path):
         st.info(problem)
         st.stop()
@@ -183,7 +182,7 @@ def show_errors(rows) -> None:
         review(rows[rows["file"] == pick].head(1))
     if pick:
         result = chip_result(ckpt, pick, chips[pick], rows[rows["file"] == pick].iloc[0])
-        ui.face_view(ckpt, result, 0, f"explorer-{pick}", ui.Options(other_gender=True), {})
+        ui.face_view(ckpt, result, 0, f"explorer-{pick}", ui.kept_options(other_gender=True))
 
 
 if rows.empty:
