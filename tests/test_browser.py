@@ -30,13 +30,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def server(tmp_path):
-    """The dashboard on the shipped checkpoints, with its results cache, crop cache and evaluation sets in
-    tmp_path (no FairFace sample seeded), served by streamlit run."""
+def serve(tmp_path, fairface: str):
+    """The dashboard on the shipped checkpoints, served by streamlit run, with its results cache, crop cache
+    and evaluation sets in tmp_path and the FairFace sample looked for at ``fairface``. Yields its URL."""
     port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "AGEGENDER_RESULTS": str(tmp_path / "results"),
-           "AGEGENDER_CACHE": str(tmp_path / "cache"), "AGEGENDER_FAIRFACE": str(tmp_path / "no-sample")}
+           "AGEGENDER_CACHE": str(tmp_path / "cache"), "AGEGENDER_FAIRFACE": fairface}
     log = open(tmp_path / "streamlit.log", "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", str(ROOT / "dashboard" / "app.py"),
@@ -58,6 +57,12 @@ def server(tmp_path):
     proc.terminate()
     proc.wait(timeout=20)
     log.close()
+
+
+@pytest.fixture
+def server(tmp_path):
+    """No FairFace sample seeded."""
+    yield from serve(tmp_path, str(tmp_path / "no-sample"))
 
 
 def launch(p):
