@@ -31,7 +31,7 @@ lint: setup
 
 # AGEGENDER_LOCKED: tests/test_install.py checks the environment holds exactly the locked versions
 test: lint
-	AGEGENDER_LOCKED=$(LOCK) $(BIN)/python -m pytest
+	AGEGENDER_LOCKED=$(LOCK) $(BIN)/python -m pytest --durations=15
 
 bench: setup
 	$(BIN)/python -m benchmarks.train
