@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
-from . import quality
+from . import quality, stats
 from .labels import AGE_BUCKET_EDGES, age_bucket, parse_age_bin
 from .predictions import DERIVED_GROUP, KNOWN, complete, group_columns, metric_columns
 
@@ -37,6 +37,11 @@ ECE_BINS = 10
 # table gives the same intervals wherever it is shown (the model card is checked byte for byte).
 N_BOOT = 1000
 SEED = 0
+# AUC's test of "all groups equal" is Cochran's Q on its bootstrap standard errors: ranking every permutation
+# would cost as much as the bootstrap again (0.4 s a grouping of 2,114 faces); AUC is unbiased in small groups,
+# unlike ECE or a median, which are permuted
+WALD_TESTED = ("gender_auc",)
+N_PERM = stats.N_PERM  # permutations of the groups per test of "all groups equal"
 MIN_COUNT = 30  # smaller groups are flagged too small to judge, and left out of disparities and gaps
 Z95 = 1.959963984540054  # the normal quantile of a two-sided 95% interval
 
@@ -44,6 +49,10 @@ Z95 = 1.959963984540054  # the normal quantile of a two-sided 95% interval
 # best is closest to zero, higher_is_better None: a mean signed error): a ratio of signed quantities (9.13, -6.54)
 # has no meaning. Every other metric is a non-negative error, rate or score.
 RATIO_NOTE = "ratio = worst / best; left empty for signed metrics (mean signed errors), where a ratio means nothing"
+
+# disparity()'s columns: the gap, its 95% interval, the test of "all groups equal" and what the data could detect
+DISPARITY_COLUMNS = ("metric", "label", "best_group", "best", "worst_group", "worst", "gap", "gap_lo", "gap_hi",
+                     "ratio", "overall", "p_value", "q_value", "within_noise", "detectable")
 
 ERR_BAD_GROUPING = "unknown grouping {grouping!r}: use {known}, or two joined by ':' (e.g. age_bucket:gender)"
 
@@ -55,6 +64,9 @@ class Metric:
     higher_is_better: bool | None  # None: closest to zero is best (signed error)
     fn: Callable[[dict[str, np.ndarray]], np.ndarray]  # columns -> value per row of resamples
     unit: str = ""
+    # a share: the rows it is a share of (columns -> bool mask); tested for "all groups equal" by chi-square.
+    # None: any other figure (a mean error, a median, AUC, ECE), tested by permuting the groups.
+    among: Callable[[dict[str, np.ndarray]], np.ndarray] | None = None
 
 
 def _mean(x: np.ndarray) -> np.ndarray:
@@ -97,6 +109,10 @@ def _binned(c: dict[str, np.ndarray]) -> np.ndarray:
     return np.isfinite(c["bin_err"])
 
 
+def _every(c: dict[str, np.ndarray]) -> np.ndarray:
+    return np.ones(np.shape(c["correct"]), bool)
+
+
 def _rate(hit: np.ndarray, among: np.ndarray) -> np.ndarray:
     n = among.sum(axis=-1)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -132,15 +148,19 @@ def _ece(c: dict[str, np.ndarray]) -> np.ndarray:
 METRICS: dict[str, Metric] = {m.name: m for m in [
     Metric("age_mae", "age MAE", False, lambda c: _mean_over(np.abs(c["err"]), _exact(c)), "y"),
     Metric("age_medae", "age median abs. error", False, lambda c: _median_over(np.abs(c["err"]), _exact(c)), "y"),
-    Metric("age_cs5", "age CS@5", True, lambda c: _mean_over(np.abs(c["err"]) <= 5, _exact(c))),
+    Metric("age_cs5", "age CS@5", True, lambda c: _mean_over(np.abs(c["err"]) <= 5, _exact(c)), among=_exact),
     Metric("age_bias", "age mean signed error", None, lambda c: _mean_over(c["err"], _exact(c)), "y"),
-    Metric("age_bin_accuracy", "age bin accuracy", True, lambda c: _mean_over(c["bin_err"] == 0, _binned(c))),
-    Metric("age_bin_within1", "age within one bin", True, lambda c: _mean_over(np.abs(c["bin_err"]) <= 1, _binned(c))),
+    Metric("age_bin_accuracy", "age bin accuracy", True, lambda c: _mean_over(c["bin_err"] == 0, _binned(c)),
+           among=_binned),
+    Metric("age_bin_within1", "age within one bin", True, lambda c: _mean_over(np.abs(c["bin_err"]) <= 1, _binned(c)),
+           among=_binned),
     Metric("age_bin_error", "age mean signed bin error", None, lambda c: _mean_over(c["bin_err"], _binned(c)), "bins"),
-    Metric("gender_accuracy", "gender accuracy", True, lambda c: _mean(c["correct"])),
+    Metric("gender_accuracy", "gender accuracy", True, lambda c: _mean(c["correct"]), among=_every),
     Metric("gender_auc", "gender AUC", True, _auc),
-    Metric("female_as_male", "female read as male", False, lambda c: _rate(~c["correct"], c["female"])),
-    Metric("male_as_female", "male read as female", False, lambda c: _rate(~c["correct"], ~c["female"])),
+    Metric("female_as_male", "female read as male", False, lambda c: _rate(~c["correct"], c["female"]),
+           among=lambda c: c["female"]),
+    Metric("male_as_female", "male read as female", False, lambda c: _rate(~c["correct"], ~c["female"]),
+           among=lambda c: ~c["female"]),
     Metric("gender_ece", "gender calibration error (ECE)", False, _ece),
 ]}
 
@@ -275,34 +295,27 @@ def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
 
 
 def _estimate(cols: dict[str, np.ndarray], n_boot: int, rng: np.random.Generator, exact_n: int,
-              metrics: list[Metric]) -> dict[str, tuple[float, float, float]]:
+              metrics: list[Metric]) -> tuple[dict[str, tuple[float, float, float]], dict[str, tuple]]:
+    """({metric: (value, lo, hi)}, {metric: (its resampled values, sqrt(m / n))}) of one group: every metric
+    on the same draws; a group over ``exact_n`` faces drawn at exact_n and the spread rescaled (m-out-of-n)."""
     n = len(cols["err"])
     if n == 0:  # a group whose every face was missed: nothing to measure, nothing drawn
-        return {m.name: (np.nan, np.nan, np.nan) for m in metrics}
+        return {m.name: (np.nan, np.nan, np.nan) for m in metrics}, {}
     point = {m.name: float(m.fn(cols)) for m in metrics}
     if n_boot == 0:
-        return {k: (v, np.nan, np.nan) for k, v in point.items()}
+        return {k: (v, np.nan, np.nan) for k, v in point.items()}, {}
     m_size = min(n, exact_n)
-    idx = rng.integers(0, n, size=(n_boot, m_size))
-    sample = {k: v[idx] for k, v in cols.items()}
-    out = {}
+    scale = 1.0 if m_size == n else float(np.sqrt(m_size / n))
+    sample = stats.resample(cols, stats.draws(n, n_boot, rng, m_size))
+    out, boots = {}, {}
     for m in metrics:
         if not np.isfinite(point[m.name]):  # undefined here (ages given as bins): no interval either
             out[m.name] = (point[m.name], np.nan, np.nan)
             continue
-        boots = m.fn(sample)
-        boots = boots[np.isfinite(boots)]
-        if len(boots) < n_boot // 2:
-            out[m.name] = (point[m.name], np.nan, np.nan)
-            continue
-        if m_size == n:
-            lo, hi = np.percentile(boots, [2.5, 97.5])
-        else:  # m-out-of-n: the spread around the subsample centre, scaled to n
-            centre = np.median(boots)
-            q_lo, q_hi = np.percentile(boots - centre, [2.5, 97.5]) * np.sqrt(m_size / n)
-            lo, hi = point[m.name] + q_lo, point[m.name] + q_hi
-        out[m.name] = (point[m.name], float(lo), float(hi))
-    return out
+        boots[m.name] = (m.fn(sample), scale)
+        lo, hi = stats.interval(boots[m.name][0], point[m.name], scale=scale, min_finite=n_boot // 2)
+        out[m.name] = (point[m.name], lo, hi)
+    return out, boots
 
 
 def parse_grouping(grouping: str, known: list[str] | tuple[str, ...] | None = None) -> list[str]:
@@ -326,11 +339,12 @@ def group_names(by_group: pd.DataFrame, columns: list[str]) -> pd.Series:
 class GroupReport:
     """Overall and per-group metrics with bootstrap 95% intervals for one grouping of a table, on the faces
     found (``n``), with the share of images without a face found (``n_images``, ``n_missed``,
-    ``missed_rate`` and its Wilson interval)."""
+    ``missed_rate`` and its Wilson interval); disparity() per metric, with the gap's interval and the test
+    of "all groups equal" (agegender.stats), over the groups with at least ``min_count`` faces."""
 
     def __init__(self, df: pd.DataFrame, grouping: str | None = None, n_boot: int = N_BOOT, seed: int = SEED,
                  min_count: int = MIN_COUNT, exact_n: int = 4000, metrics: list[str] | None = None,
-                 overall: dict | None = None):
+                 overall: dict | None = None, n_perm: int | None = None):
         df = _prepared(df)
         self.grouping = grouping
         self.columns = parse_grouping(grouping, grouping_columns(df)) if grouping else []
@@ -338,20 +352,28 @@ class GroupReport:
         self.metrics = [METRICS[m] for m in (metrics or METRICS)]
         rng = np.random.default_rng(seed)
         cols, found = metric_columns(df), found_mask(df)
+        self._boots: dict[str, dict] = {}  # per group name: each metric's resampled values (the gap's interval)
+        self._among: dict[str, dict] = {}  # per group name: the faces each share is of (the chi-square test)
         # ``overall`` from another grouping of the same table saves recomputing it
-        self.overall = overall or self._measure(cols, found, np.arange(len(df)), n_boot, rng, exact_n)
-        rows = []
+        self.overall = overall or self._measure(cols, found, np.arange(len(df)), n_boot, rng, exact_n)[0]
+        rows, hits = [], {}
         if self.columns:
             for key, where in group_positions(df, self.columns):
-                rows.append({**dict(zip(self.columns, map(str, key), strict=True)),
-                             **self._measure(cols, found, where, n_boot, rng, exact_n)})
+                row, boots, hit = self._measure(cols, found, where, n_boot, rng, exact_n)
+                rows.append({**dict(zip(self.columns, map(str, key), strict=True)), **row})
+                name = " · ".join(map(str, key))
+                self._boots[name], hits[name] = boots, hit
+                self._among[name] = {m.name: int(m.among(take(cols, hit)).sum()) for m in self.metrics if m.among}
         self.by_group = pd.DataFrame(rows)
+        perms = (N_PERM if n_boot else 0) if n_perm is None else n_perm
+        self._tested = self._permutation_tests(cols, hits, perms, seed)
 
     def _measure(self, cols: dict, found: np.ndarray, where: np.ndarray, n_boot: int, rng: np.random.Generator,
-                 exact_n: int) -> dict:
-        """The row of a group (positions ``where``): metrics on its faces found, the miss rate on all of it."""
+                 exact_n: int) -> tuple[dict, dict, np.ndarray]:
+        """The row of a group (positions ``where``): metrics on its faces found, the miss rate on all of it;
+        with the metrics' resampled values and the positions of the faces found."""
         hit = where[found[where]]
-        est = _estimate(take(cols, hit), n_boot, rng, exact_n, self.metrics)
+        est, boots = _estimate(take(cols, hit), n_boot, rng, exact_n, self.metrics)
         n_images, n = len(where), len(hit)
         row = {"n": n, "n_images": n_images, "n_missed": n_images - n, "too_small": n < self.min_count}
         for name, (v, lo, hi) in est.items():
@@ -359,7 +381,18 @@ class GroupReport:
         lo, hi = wilson(n_images - n, n_images)
         row["missed_rate"] = (n_images - n) / n_images if n_images else np.nan
         row["missed_rate_lo"], row["missed_rate_hi"] = lo, hi
-        return row
+        return row, boots, hit
+
+    def _permutation_tests(self, cols: dict, hits: dict[str, np.ndarray], n_perm: int, seed: int) -> dict:
+        """Per metric that is not a share: (the groups tested, p) of the permutation test over the groups big
+        enough to judge. Its own random stream, so the intervals stay those of the seed whether tested or not."""
+        judged = {k: h for k, h in hits.items() if len(h) >= self.min_count}
+        others = {m.name: (m.fn, m.higher_is_better is None) for m in self.metrics
+                  if m.among is None and m.name not in WALD_TESTED}
+        if n_perm <= 0 or len(judged) < 2 or not others:
+            return {}
+        p = stats.permutation_p(cols, list(judged.values()), others, np.random.default_rng([seed, 1]), n_perm)
+        return {name: (frozenset(judged), v) for name, v in p.items()}
 
     def with_groups(self, by_group: pd.DataFrame) -> GroupReport:
         """The same report restricted to some of its groups (a filter in the dashboard)."""
@@ -379,7 +412,10 @@ class GroupReport:
         """Per metric: the best and worst group (among groups big enough to judge), gap and ratio (NaN for a
         signed metric, RATIO_NOTE, and where the best is 0); the miss rate too when any face was missed, judged
         on groups with enough images (a group whose every face was missed has no face to judge the other
-        metrics on, but is the detector's worst)."""
+        metrics on, but is the detector's worst). With each gap: its 95% interval (gap_lo, gap_hi:
+        simultaneous intervals over the groups, stats.gap), the p-value of "all groups equal" (chi-square for
+        a share, else permutations of the groups), its q over this table's metrics (Benjamini-Hochberg), the
+        smallest gap the groups could show at 80% power (detectable) and in words what it means (reading)."""
         names = self.group_names
         rows = []
         for m in self.metrics + ([MISSED_RATE] if self.any_missed else []):
@@ -397,10 +433,39 @@ class GroupReport:
                 "metric": m.name, "label": m.label, "best_group": names[best_i], "best": best,
                 "worst_group": names[worst_i], "worst": worst, "gap": abs(worst - best),
                 "ratio": worst / best if m.higher_is_better is not None and best != 0 else np.nan,
-                "overall": self.overall[m.name],
+                "overall": self.overall[m.name], **self._gap_test(m, judged.loc[vals.index], names[vals.index]),
             })
-        return pd.DataFrame(rows, columns=["metric", "label", "best_group", "best", "worst_group", "worst", "gap",
-                                           "ratio", "overall"])
+        out = pd.DataFrame(rows, columns=[*DISPARITY_COLUMNS, "reading"])
+        out["q_value"] = stats.bh(out["p_value"].to_numpy(np.float64))
+        out["within_noise"] = [bool(q >= stats.ALPHA) if np.isfinite(q) else None for q in out["q_value"]]
+        out["reading"] = [stats.reading(q, _detectable_text(m, d)) for m, q, d in
+                          zip(out["metric"], out["q_value"], out["detectable"], strict=True)]
+        return out[[*DISPARITY_COLUMNS, "reading"]]
+
+    def _gap_test(self, m: Metric, judged: pd.DataFrame, names: pd.Series) -> dict:
+        """gap_lo, gap_hi, p_value, detectable of metric ``m`` over the ``judged`` rows (group ``names``)."""
+        vals = judged[m.name].to_numpy(np.float64)
+        if m is MISSED_RATE:
+            k, n = judged["n_missed"].to_numpy(), judged["n_images"].to_numpy()
+            lo, hi = stats.wilson_simultaneous(k, n)
+            g_lo, g_hi = stats.gap_interval(lo, hi)
+            return {"gap_lo": g_lo, "gap_hi": g_hi, "p_value": stats.shares_p(k, n),
+                    "detectable": _share_detectable(k, n)}
+        boots = [self._boots.get(g, {}).get(m.name, (np.full(1, np.nan), 1.0)) for g in names]
+        fit = stats.gap(vals, [b for b, _ in boots], m.higher_is_better, scales=[s for _, s in boots],
+                        bounds=(0.0, 1.0) if m.among else (-np.inf, np.inf))
+        sd = [float(np.nanstd(b, ddof=1) * s) if np.isfinite(b).sum() > 1 else np.nan for b, s in boots]
+        if m.among is not None:
+            n = np.array([self._among.get(g, {}).get(m.name, 0) for g in names])
+            k = np.round(vals * n)
+            p, detectable = stats.shares_p(k, n), _share_detectable(k, n)
+        else:
+            tested, p = self._tested.get(m.name, (None, np.nan))
+            p = p if tested == frozenset(names) else np.nan  # a filtered view was not tested as it is
+            p = stats.wald_p(vals, np.array(sd)) if m.name in WALD_TESTED else p
+            big = sorted((x for x in sd if np.isfinite(x)), reverse=True)
+            detectable = stats.detectable_gap(big[0], big[1]) if len(big) >= 2 else np.nan
+        return {"gap_lo": fit["gap_lo"], "gap_hi": fit["gap_hi"], "p_value": p, "detectable": detectable}
 
     def to_json(self) -> dict:
         def clean(d: dict) -> dict:
@@ -413,3 +478,20 @@ class GroupReport:
             "groups": [clean(r) for r in self.by_group.to_dict("records")],
             "disparity": [clean(r) for r in self.disparity().to_dict("records")],
         }
+
+
+def _share_detectable(k: np.ndarray, n: np.ndarray) -> float:
+    """detectable_gap between the two groups with the fewest faces a share is of, at the pooled share."""
+    n = np.asarray(n, np.float64)
+    if (n > 0).sum() < 2:
+        return np.nan
+    p = float(np.sum(k) / n.sum())
+    small = np.sort(n[n > 0])[:2]
+    return stats.detectable_gap(stats.share_se(p, small[0]), stats.share_se(p, small[1]))
+
+
+def _detectable_text(metric: str, value: float) -> str:
+    m = METRICS.get(metric, MISSED_RATE)
+    if not np.isfinite(value):
+        return "no figure"
+    return f"{value * 100:.1f} pp" if not m.unit else f"{value:.2f} {m.unit}"

@@ -30,13 +30,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from . import stats
 from .fairness import (
     METRICS,
     MIN_COUNT,
     N_BOOT,
     SEED,
+    GroupReport,
     found_mask,
-    group_positions,
     grouping_columns,
     headline_age_metric,
     parse_grouping,
@@ -53,12 +54,15 @@ if TYPE_CHECKING:  # evalset imports torch; this module stays without it
 log = logging.getLogger(__name__)
 
 RESULTS_ENV = "AGEGENDER_RESULTS"
-CACHE_ENV = "AGEGENDER_CACHE"  # agegender.data.default_cache_dir reads it; data imports torch, so not imported
+CACHE_ENV = "AGEGENDER_CACHE"  # as agegender.data.default_cache_dir reads it (data reads images: not imported here)
 FAIRFACE_ENV = "AGEGENDER_FAIRFACE"
 REGISTRY = "evalsets.json"
 SETS_FOLDER = "sets"  # results/sets/<name>/: one folder of results per evaluation set
 FAIRFACE_SAMPLE = "fairface-sample"  # the name the FairFace sample is registered under when found
-SHARED_FAIRFACE = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "FairFace-sample"
+# Where the FairFace sample is, when $AGEGENDER_FAIRFACE is unset: this key of the dashboard's own config file
+# (.streamlit/secrets.toml in the folder it runs from, as Streamlit reads it), never a path built in here
+FAIRFACE_KEY = "fairface_sample"
+CONFIG_FILE = Path(".streamlit") / "secrets.toml"
 OWN_SPLITS = {"val": "UTKFace val", "test": "UTKFace test"}  # a checkpoint's own predictions files
 # Also reserved: 'all' (the split of a dataset without splits), since predictions-<name>.csv in a checkpoint
 # folder must never stand for one of its own splits.
@@ -68,10 +72,12 @@ CROSS_DISPLAY = ("checkpoint", "set", "images", "faces found", "gender accuracy"
                  "gender accuracy gap", "age gap", "note")
 HEADLINE = ("gender_accuracy", "age_mae", "age_bin_accuracy")  # with a bootstrap interval each
 GAP_METRICS = ("gender_accuracy", "age_mae", "age_bin_accuracy")  # best-to-worst group gap, with an interval
+# per gap metric, cross_dataset's column suffix -> the disparity table's column (p, q: the test of "all equal")
+GAP_FIGURES = {"gap": "gap", "gap_lo": "gap_lo", "gap_hi": "gap_hi", "gap_p": "p_value", "gap_q": "q_value"}
 # cross_dataset's columns: figures with _lo / _hi (95% interval); per gap metric its gap, interval and groups
 CROSS_COLUMNS = ("checkpoint", "checkpoint_path", "source", "set", "evaluated", "n", "n_found", "found_rate",
                  "age_metric", *(f"{m}{end}" for m in HEADLINE for end in ("", "_lo", "_hi")), "groups",
-                 *(f"{m}_{part}" for m in GAP_METRICS for part in ("gap", "gap_lo", "gap_hi", "best", "worst")), "note")
+                 *(f"{m}_{part}" for m in GAP_METRICS for part in (*GAP_FIGURES, "best", "worst")), "note")
 
 # Messages are constants so tests can assert them word for word.
 ERR_NAME = ("cannot use {name!r} as an evaluation set name: use 1 to 64 letters, digits, '.', '_' or '-', "
@@ -220,11 +226,23 @@ def remove(name: str, delete_results: bool = False) -> None:
         shutil.rmtree(set_folder(name), ignore_errors=True)
 
 
-def fairface_sample() -> Path | None:
-    """$AGEGENDER_FAIRFACE when set (None when it is not a folder), else ../shared/datasets/FairFace-sample."""
+def fairface_sample(config: str | os.PathLike = CONFIG_FILE) -> Path | None:
+    """The FairFace sample's folder: $AGEGENDER_FAIRFACE when set, else ``fairface_sample`` in the TOML file
+    ``config``; None when neither names a folder (a config file that cannot be read is logged and ignored)."""
     env = os.environ.get(FAIRFACE_ENV)
-    p = Path(env).expanduser() if env else SHARED_FAIRFACE
-    return p if p.is_dir() else None
+    if env is None:
+        try:
+            import tomllib  # Python 3.11+; older ones set $AGEGENDER_FAIRFACE
+
+            with open(config, "rb") as f:
+                env = tomllib.load(f).get(FAIRFACE_KEY)
+        except FileNotFoundError:
+            return None
+        except (ImportError, OSError, ValueError) as e:  # tomllib.TOMLDecodeError is a ValueError
+            log.warning("not reading %s for %s: %s", config, FAIRFACE_KEY, e)
+            return None
+    p = Path(str(env)).expanduser() if env else None
+    return p if p is not None and p.is_dir() else None
 
 
 def seed_registry() -> None:
@@ -385,84 +403,56 @@ def load_result(checkpoint_path: str | os.PathLike, source: str, tta: bool = Tru
 
 # ---- the cross-dataset view -------------------------------------------------------------------------------
 
-def _interval(values: np.ndarray) -> tuple[float, float]:
-    values = values[np.isfinite(values)]
-    if len(values) < 2:
-        return np.nan, np.nan
-    lo, hi = np.percentile(values, [2.5, 97.5])
-    return float(lo), float(hi)
-
-
-def _spread(v: np.ndarray) -> np.ndarray:
-    """Best-to-worst gap along the first axis over the groups where the figure is defined; NaN with fewer
-    than two."""
-    ok = np.isfinite(v)
-    with np.errstate(invalid="ignore"):
-        gap = np.where(ok, v, -np.inf).max(axis=0) - np.where(ok, v, np.inf).min(axis=0)
-    return np.where(ok.sum(axis=0) >= 2, gap, np.nan)
-
-
 def _headline(cols: dict, hit: np.ndarray, rng: np.random.Generator, n_boot: int) -> dict:
-    """The headline metrics over the faces found, with a bootstrap 95% interval."""
+    """The headline metrics over the faces found, with a bootstrap 95% interval (the same draws for each)."""
     out = {}
     c = take(cols, hit)
-    idx = rng.integers(0, len(hit), size=(n_boot, len(hit))) if len(hit) else None
+    sample = stats.resample(c, stats.draws(len(hit), n_boot, rng)) if len(hit) else None
     for name in HEADLINE:
         fn = METRICS[name].fn
         v = float(fn(c)) if len(hit) else np.nan
-        lo, hi = _interval(fn({k: x[idx] for k, x in c.items()})) if idx is not None and np.isfinite(v) \
+        lo, hi = stats.interval(fn(sample), min_finite=2) if sample is not None and np.isfinite(v) \
             else (np.nan, np.nan)
         out.update({name: v, f"{name}_lo": lo, f"{name}_hi": hi})
     return out
 
 
-def _gaps(t: pd.DataFrame, cols: dict, found: np.ndarray, grouping: str, rng: np.random.Generator, n_boot: int,
-          min_count: int) -> dict:
-    """Per GAP_METRICS: the gap between the best and the worst group (groups with ``min_count`` faces found
-    or more, as in GroupReport.disparity), its bootstrap 95% interval (faces resampled within each group)
-    and the two groups' names; with why there is none in ``note``."""
+def _gaps(t: pd.DataFrame, headline: dict, grouping: str, n_boot: int, seed: int, min_count: int) -> dict:
+    """Per GAP_METRICS: the bias report's disparity (GroupReport.disparity, groups with ``min_count`` faces
+    found or more): the gap between the best and the worst group, its 95% interval (simultaneous over the
+    groups, agegender.stats.gap), the test of "all groups equal" (p, and q over the gap metrics) and the
+    two groups' names; with why there is none in ``note``."""
     out: dict = {"groups": 0, "note": ""}
     for name in GAP_METRICS:
-        out.update({f"{name}_gap": np.nan, f"{name}_gap_lo": np.nan, f"{name}_gap_hi": np.nan,
-                    f"{name}_best": "", f"{name}_worst": ""})
+        out.update({f"{name}_{part}": np.nan for part in GAP_FIGURES} | {f"{name}_best": "", f"{name}_worst": ""})
     try:
-        columns = parse_grouping(grouping, grouping_columns(t))
+        parse_grouping(grouping, grouping_columns(t))
     except ValueError:
         return {**out, "note": NO_GROUPING.format(grouping=grouping)}
-    groups = [(" · ".join(map(str, key)), where[found[where]]) for key, where in group_positions(t, columns)]
-    groups = [(g, hit) for g, hit in groups if len(hit) >= min_count]
-    out["groups"] = len(groups)
-    if len(groups) < 2:
+    rep = GroupReport(t, grouping, n_boot=n_boot, seed=seed, min_count=min_count, metrics=list(GAP_METRICS),
+                      overall=headline)
+    out["groups"] = int((rep.by_group["n"] >= min_count).sum()) if len(rep.by_group) else 0
+    if out["groups"] < 2:
         return {**out, "note": FEW_GROUPS.format(grouping=grouping, min_count=min_count)}
-    parts = [take(cols, hit) for _, hit in groups]
-    draws = [rng.integers(0, len(hit), size=(n_boot, len(hit))) for _, hit in groups]
-    for name in GAP_METRICS:
-        m = METRICS[name]
-        point = np.array([float(m.fn(c)) for c in parts])
-        ok = np.flatnonzero(np.isfinite(point))
-        if len(ok) < 2:
-            continue
-        best = ok[np.argmax(point[ok])] if m.higher_is_better else ok[np.argmin(point[ok])]
-        worst = ok[np.argmin(point[ok])] if m.higher_is_better else ok[np.argmax(point[ok])]
-        boots = np.stack([m.fn({k: x[draws[g]] for k, x in parts[g].items()}) for g in ok])
-        lo, hi = _interval(_spread(boots))
-        out.update({f"{name}_gap": float(abs(point[worst] - point[best])), f"{name}_gap_lo": lo,
-                    f"{name}_gap_hi": hi, f"{name}_best": groups[best][0], f"{name}_worst": groups[worst][0]})
+    for r in rep.disparity().to_dict("records"):
+        name = r["metric"]
+        out.update({f"{name}_{part}": r[column] for part, column in GAP_FIGURES.items()}
+                   | {f"{name}_best": r["best_group"], f"{name}_worst": r["worst_group"]})
     return out
 
 
 def cell_figures(df: pd.DataFrame, grouping: str = "race", min_count: int = MIN_COUNT, n_boot: int = N_BOOT,
                  seed: int = SEED) -> dict:
     """One predictions table's row of the cross-dataset view: images, faces found, the headline metrics
-    and the best-to-worst group gaps, each with a bootstrap 95% interval."""
+    with a bootstrap 95% interval and the best-to-worst group gaps with theirs and the test of "all equal"."""
     t = prepare(df)
     found = found_mask(t)
     cols = metric_columns(t)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed)  # the headline's draws; the gaps draw from their own (GroupReport's)
     n, n_found = len(t), int(found.sum())
+    headline = _headline(cols, np.flatnonzero(found), rng, n_boot)
     return {"n": n, "n_found": n_found, "found_rate": n_found / n if n else np.nan,
-            "age_metric": headline_age_metric(t), **_headline(cols, np.flatnonzero(found), rng, n_boot),
-            **_gaps(t, cols, found, grouping, rng, n_boot, min_count)}
+            "age_metric": headline_age_metric(t), **headline, **_gaps(t, headline, grouping, n_boot, seed, min_count)}
 
 
 def cross_dataset(checkpoint_paths: list[str | os.PathLike], set_names: list[str] | None = None,
@@ -520,13 +510,17 @@ def _gap_text(r: dict, name: str) -> str:
     if not isinstance(name, str) or gap is None or not np.isfinite(gap):
         return format_value(None)
     lo, hi = (metric_text(name, r[f"{name}_gap_{end}"], delta=True, signed=False) for end in ("lo", "hi"))
-    return (f"{metric_text(name, gap, delta=True, signed=False)} [{lo}, {hi}]: "
+    q = r.get(f"{name}_gap_q")
+    test = "" if q is None or not np.isfinite(q) else \
+        f", q = {q:.2g}" + (" (within noise)" if q >= stats.ALPHA else "")
+    return (f"{metric_text(name, gap, delta=True, signed=False)} [{lo}, {hi}]{test}: "
             f"worst {r[f'{name}_worst']}, best {r[f'{name}_best']}")
 
 
 def cross_display(df: pd.DataFrame) -> pd.DataFrame:
     """cross_dataset's table as a reader sees it: rates as percentages and ages in years, each figure with
-    its 95% interval, each gap with its worst and best group; the age gap is on the set's headline age
+    its 95% interval, each gap with its interval, its q (the test of "all groups equal"; "within noise" when
+    q >= 0.05) and its worst and best group; the age gap is on the set's headline age
     metric (MAE where it has exact ages, bin accuracy where it has bins only)."""
     rows = []
     for r in df.to_dict("records"):
