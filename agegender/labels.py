@@ -16,6 +16,7 @@ DEFAULT_BAND = (0.45, 0.55)  # P(female) inside this band reads "Uncertain"
 # FairFace bin and an age bucket carry the same label.
 FAIRFACE_BINS = ((0, 2), (3, 9), (10, 19), (20, 29), (30, 39), (40, 49), (50, 59), (60, 69), (70, None))
 
+ERR_BAND = "the Uncertain band {lo} {hi} must be two numbers LO <= HI, each from 0 to 1"
 ERR_BIN = "age bin {text!r}: write LOW-HIGH (20-29), LOW+ (70+) or 'more than LOW'"
 ERR_BIN_OF = "age {age} falls in none of the bins {bins}"
 
@@ -91,6 +92,14 @@ def gender_label(p_female: float, band: tuple[float, float] = DEFAULT_BAND) -> s
     if p_female > hi:
         return "Female"
     return "Uncertain"
+
+
+def check_band(band) -> tuple[float, float]:
+    """(lo, hi) as floats when 0 <= lo <= hi <= 1; ValueError(ERR_BAND) otherwise."""
+    lo, hi = (float(v) for v in band)
+    if not 0.0 <= lo <= hi <= 1.0:
+        raise ValueError(ERR_BAND.format(lo=lo, hi=hi))
+    return lo, hi
 
 
 def parse_age_bin(text: str) -> tuple[int, int | None]:

@@ -1,6 +1,6 @@
 """Predict age and gender for every face in photos, with Grad-CAM per head.
 
-    python -m agegender.predict IMAGE... --checkpoint DIR [--json] [--cam-dir DIR] [--cropped]
+    python -m agegender.predict IMAGE... --checkpoint DIR [--json] [--cam-dir DIR] [--cropped] [--band LO HI]
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from .faces import (
     load_photo,
 )
 from .intervals import NO_INTERVAL, age_text, calibration_of, predict_with_interval
-from .labels import DEFAULT_BAND, called_female, gender_label
+from .labels import DEFAULT_BAND, called_female, check_band, gender_label
 from .preprocess import centre_crop
 
 ERR_NO_FACE = "no face found in {name}"
@@ -57,7 +57,6 @@ class FaceResult:
     age_hi: float | None = None
     age_coverage: float | None = None  # the interval's stated coverage, 0.8 for an 80% interval
     p_female: float | None = None
-    label: str | None = None
     maps: list[CamMap] = field(default_factory=list)
     quality: dict[str, float] = field(default_factory=dict)  # agegender.quality.COLUMNS of a detected face
     notes: list[str] = field(default_factory=list)  # why it is less reliable (quality.reliability_notes)
@@ -67,14 +66,19 @@ class FaceResult:
     def input_text(self) -> str:
         return INPUT_KINDS[self.kind]
 
-    def to_json(self) -> dict:
+    def gender_call(self, band: tuple[float, float]) -> str | None:
+        """Male, Female or Uncertain (inside ``band``); None for a face not predicted. The band is the request's,
+        not the face's: a result is computed once and read with whatever band the reader picks."""
+        return None if self.p_female is None else gender_label(self.p_female, band)
+
+    def to_json(self, band: tuple[float, float]) -> dict:
         return {"box": [round(v, 1) for v in self.box],
                 "confidence": None if self.confidence is None else round(self.confidence, 4),
                 "predicted": self.predicted,
                 "age": None if self.age is None else round(self.age, 1),
                 "age_lo": self.age_lo, "age_hi": self.age_hi, "age_coverage": self.age_coverage,
                 "p_female": None if self.p_female is None else round(self.p_female, 4),
-                "label": self.label,
+                "label": self.gender_call(band),
                 "quality": {k: (None if not np.isfinite(v) else v) for k, v in self.quality.items()},
                 "less_reliable": self.notes, "input": self.kind}
 
@@ -90,8 +94,8 @@ class ImageResult:
     error: str | None = None
     size: tuple[int, int] | None = None
 
-    def to_json(self) -> dict:
-        return {"image": self.image, "faces": [f.to_json() for f in self.faces], "error": self.error}
+    def to_json(self, band: tuple[float, float]) -> dict:
+        return {"image": self.image, "faces": [f.to_json(band) for f in self.faces], "error": self.error}
 
 
 def _whole_image_face(photo: Image.Image, size: int, kind: str) -> FaceResult:
@@ -109,11 +113,11 @@ def analyse(
     cropped: bool = False,
     whole_if_no_face: bool = False,
     min_confidence: float = DEFAULT_MIN_CONFIDENCE,
-    band: tuple[float, float] = DEFAULT_BAND,
     tta: bool = True,
 ) -> ImageResult:
     """Align and predict every detected face of one photo (``faces`` from FaceDetector.detect);
-    ``cropped`` takes the photo itself as the face."""
+    ``cropped`` takes the photo itself as the face. No gender call: each output reads one with its request's
+    band (FaceResult.gender_call), so a table and a JSON of one request cannot disagree."""
     result = ImageResult(name, size=photo.size)
     size = ckpt.preprocess.cache_size
     if cropped:
@@ -135,7 +139,7 @@ def analyse(
     ages, pf, lo, hi = predict_with_interval(ckpt, np.stack([f.pixels for f in todo]), tta)
     cal = calibration_of(ckpt.meta, ckpt.path)
     for f, a, p, a_lo, a_hi in zip(todo, ages, pf, lo, hi, strict=True):
-        f.age, f.p_female, f.label = float(a), float(p), gender_label(float(p), band)
+        f.age, f.p_female = float(a), float(p)
         if np.isfinite(a_lo):
             f.age_lo, f.age_hi, f.age_coverage = float(a_lo), float(a_hi), cal.coverage
     return result
@@ -217,7 +221,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cropped", action="store_true", help="the images are already cropped faces")
     p.add_argument("--min-confidence", type=float, default=DEFAULT_MIN_CONFIDENCE)
     p.add_argument("--method", default="GradCAM", choices=list(METHODS))  # a typo is a usage error, not a per-image one
+    p.add_argument("--band", type=float, nargs=2, default=DEFAULT_BAND, metavar=("LO", "HI"),
+                   help="P(female) in [LO, HI] reads Uncertain, in the text and the JSON alike "
+                        f"(default {DEFAULT_BAND[0]} {DEFAULT_BAND[1]})")
     args = p.parse_args(argv)
+    try:
+        band = check_band(args.band)
+    except ValueError as e:
+        p.error(str(e))
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:
         ckpt = load_checkpoint(args.checkpoint)
@@ -238,11 +249,12 @@ def main(argv: list[str] | None = None) -> int:
             for i, f in enumerate(r.faces):
                 conf = "" if f.confidence is None else f" (detection {f.confidence:.2f})"
                 if f.predicted:
-                    print(f"{path} face {i + 1}{conf}: age {f.age_text()}, P(female) {f.p_female:.2f} -> {f.label}")
+                    print(f"{path} face {i + 1}{conf}: age {f.age_text()}, P(female) {f.p_female:.2f} "
+                          f"-> {f.gender_call(band)}")
                 else:
                     print(f"{path} face {i + 1}{conf}: below --min-confidence, not predicted")
     if args.json:
-        print(json.dumps([r.to_json() for r in results], indent=2))
+        print(json.dumps([r.to_json(band) for r in results], indent=2))
     return 2 if any(r.error for r in results) else 0
 
 

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import io
+import json
 import zipfile
 
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
-
-from .labels import gender_label
 
 OK_COLOUR, SKIPPED_COLOUR = (0, 200, 120), (230, 160, 0)
 
@@ -32,7 +31,8 @@ def draw_faces(photo: Image.Image, faces) -> Image.Image:
 
 
 def results_frame(results: dict[str, list], band: tuple[float, float]) -> pd.DataFrame:
-    """One row per image x face x checkpoint; ``results`` maps checkpoint name -> ImageResults."""
+    """One row per image x face x checkpoint; ``results`` maps checkpoint name -> ImageResults. ``band`` is the
+    request's Uncertain band: pass the one results_json gets, so the table, its CSV and the JSON agree."""
     rows = []
     for ckpt, image_results in results.items():
         for r in image_results:
@@ -46,10 +46,15 @@ def results_frame(results: dict[str, list], band: tuple[float, float]) -> pd.Dat
                     "predicted": f.predicted,
                     "age": None if f.age is None else round(f.age, 1),
                     "p_female": None if f.p_female is None else round(f.p_female, 4),
-                    "label": None if f.p_female is None else gender_label(f.p_female, band),
+                    "label": f.gender_call(band),
                     "error": None,
                 })
     return pd.DataFrame(rows)
+
+
+def results_json(results: dict[str, list], band: tuple[float, float]) -> str:
+    """The JSON download of ``results`` (checkpoint name -> ImageResults), labelled with the request's ``band``."""
+    return json.dumps({k: [r.to_json(band) for r in v] for k, v in results.items()}, indent=2)
 
 
 def png_bytes(image: np.ndarray | Image.Image) -> bytes:

@@ -1,7 +1,5 @@
 """Predict & explain: every face in a photo, its age and gender, and what each head looked at."""
 
-import json
-
 import streamlit as st
 
 from dashboard import ui
@@ -14,7 +12,7 @@ from agegender.checkpoint import CheckpointError
 from agegender.explain import METHODS, layer_names
 from agegender.intervals import NO_INTERVAL, calibration_of
 from agegender.predict import WHOLE
-from agegender.visual import draw_faces, results_frame, zip_bytes
+from agegender.visual import draw_faces, results_frame, results_json, zip_bytes
 
 TYPES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 # with MIME types in the list Streamlit leaves the check to the browser's file dialog and to this page,
@@ -128,14 +126,13 @@ for file_index, (name, data) in enumerate(files):
             st.markdown(f"**{c.name}** — age **{face.age_text()}** · {calibrations[c.name].caption()}")
         ui.face_view(c, per_ckpt[c.name], numbers.index(number), key, opt, overlays)
 
-table = results_frame(results, opt.band)
+table = results_frame(results, opt.band)  # the one band of this request: the table, CSV and JSON read it alike
 if not table.empty:
     st.divider()
     st.dataframe(tables.styled(table), hide_index=True, placeholder=tables.MISSING)
     d1, d2, d3 = st.columns(3)
     d1.download_button("Predictions (CSV)", table.to_csv(index=False), "predictions.csv", "text/csv")
-    d2.download_button("Predictions (JSON)", json.dumps({k: [r.to_json() for r in v] for k, v in results.items()},
-                                                        indent=2), "predictions.json", "application/json")
+    d2.download_button("Predictions (JSON)", results_json(results, opt.band), "predictions.json", "application/json")
     if overlays:
         d3.download_button("Overlays of the faces shown (PNG, zip)", zip_bytes(overlays), "overlays.zip",
                            "application/zip")
