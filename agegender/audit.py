@@ -4,55 +4,11 @@
         [--split val|test|train|all] [--predictions CSV] [--folds DIR1,DIR2,...] --json OUT.json [--csv OUT.csv]
         [--top N]
 
-The worst "errors" of a model on UTKFace are often errors of the labels ("true age 1" on an elderly face).
-Each image with a prediction gets the model's probability that its label is right, ``p_label``, and the
-``score`` 1 - p_label; it is a suspect when the rule of its kind says so:
-
-- gender, confident learning (Northcutt, Jiang & Chuang, JAIR 2021): the per-class threshold t_j is the mean
-  predicted P(j) over the images labelled j; an image labelled i is a suspect when P(j) >= t_j for the other
-  class j (and j is then the likelier class). p_label is P(i); the margin P(j) - t_j is in the reason.
-- age, the label far outside the model's own age distribution. The DLDL head's softmax over whole years is
-  that distribution (averaged over the image and its mirror, like the predictions); p_label is its tail
-  probability: the mass at least as far from its median as the label (for an age bin such as FairFace's,
-  as the bin's nearest year: 1 for a bin holding the median). Not the bin's own mass, which would punish
-  narrow bins and cannot tell "just outside" from "far outside". A suspect at p_label <= ``level`` (1%): were
-  the model's spread calibrated, one correct label in a hundred would fall there, so the report gives that
-  expected count beside the count found, and how often tails of 10% and 50% occur (10% and 50% if calibrated).
-  A regression head has no distribution: its fallback is a Gaussian tail of the residual (prediction to the
-  label, or to a bin's middle) over the robust spread (1.4826 x median absolute residual) of the set's faces
-  predicted in the same age bucket. Real errors have heavier tails than a Gaussian: it flags more.
-
-From the predictions alone: evaluation writes each image's age p_label into the predictions table
-(``age_label_tail``, agegender.predictions.label_tails, the same arithmetic), so the audit reads the table and
-runs no model (seconds for a split). A table written before that column existed gets its distributions from the
-model, with a note; a regression head's column is empty, and its fallback needs no model either. --predictions
-names the table of a folder evaluated with ``python -m agegender.evaluate --split all --out CSV``.
-
-One list ranks both kinds, suspects first, by ``p_set``: the share of the audited faces whose label of the
-same kind is at least as unlikely under the model (an empirical p-value within the set). The two kinds' p_label
-are not on one scale: the DLDL distribution is over-confident in its tails (a label 15 years off the median
-gets 1e-4; on UTKFace test 14 unplanted faces have an age tail under 0.0025 and 22 a gender p_label under 0.045),
-so ranking by p_label filled the top of the list with ages (planted errors, benchmarks.audit, seed 0: 62% of
-the gender flips in the top 5%, 87% of the moved ages); ranked within the set, each kind is judged against its
-own spread (79% and 74%). ``score`` stays 1 - p_label, the model's own probability that the label is wrong. The
-rules see the model, not the face: a face the model gets badly wrong looks like a wrong label. The list is
-for a person to review; the verdicts ("label confirmed", "label wrong") go to a review file beside the
-predictions, never into the dataset (agegender.review). leave_out recomputes a report's figures without the labels
-reviewed wrong (CONFIRMED_ERRORS), or, as a what-if, without every suspect not confirmed (ALL_SUSPECTS);
-suspect_share_by_group counts per group what each leaves out. The default keeps every face (ALL_FACES).
-
-Training images: a network trained on an image has learnt its label, wrong or not (40 epochs from scratch
-memorise UTKFace's train split), so scoring train images with the checkpoint trained on them is not an audit.
-Which images it trained on is in its manifest.csv (training writes every image with its split): --split train
-is refused without --folds, and --split all audits every image not in the manifest as train (a folder of
-unseen chips whole, whatever the split rule says of each name) and says how many it left out as trained on
-(without a manifest: those the split rule puts in train). Out of fold: train k checkpoints with
-``--holdout-fold f --folds k`` (f = 0..k-1; agegender.data.fold_of, a hash of the image name like the split,
-so each fold holds a k-th of the train split); each train image is scored by the checkpoint that never saw
-it. The cost is k training runs (k = 5 at the shipped 40-epoch schedule: about five times its 91 minutes
-here). A cheaper equivalent: k = 2 with a shorter schedule (--folds 2 --epochs 14: two runs on 40% of the
-data each, about one 14-epoch run of the whole split); weaker models flag more faces they merely get wrong,
-but the top of the list, which is what gets reviewed, holds.
+Gender by confident learning (per-class thresholds on P(female)), age by the label's tail probability under the
+model's own age distribution (a Gaussian tail of the residual for a regression head); both kinds ranked in one
+list by their p-value within the set (``p_set``). From a predictions table with its ``age_label_tail`` the audit
+runs no model. Train images are audited only out of fold (--folds). The rules, why the ranking is within the set,
+and the measured figures: docs/audit.md.
 """
 
 from __future__ import annotations
@@ -65,19 +21,20 @@ import time
 from collections.abc import Callable
 from math import sqrt
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from scipy.special import erfc
 
-from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, read_meta
+# torch-free at import: the bias report audits a predictions table through this module without loading a
+# model, so what needs torch (checkpoint, evaluate, runtime) is imported by the functions that run one
 from .data import FOLD_RULE, DatasetError, cached_images, fold_of, load_images, scan, trained_on
 from .datasets import read_dataset, resolve
 from .evalset import dataset_crops
-from .evaluate import age_distributions as _age_distributions
-from .evaluate import dataset_frame, has_distribution, predictions_frame, scored_fingerprint, with_label_tails
 from .fairness import wilson
 from .labels import AGE_BUCKET_EDGES, GENDERS, image_key
+from .meta import CheckpointError, read_meta
 from .predictions import (
     LABEL_TAIL,
     age_tail,
@@ -89,7 +46,9 @@ from .predictions import (
     year_quantile,
 )
 from .review import CONFIRMED, OWN_SPLITS, WRONG, label_keys, read_review, review_path, with_reviews
-from .runtime import set_threads
+
+if TYPE_CHECKING:
+    from .checkpoint import Checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -150,10 +109,13 @@ def age_distributions(ckpt: Checkpoint, pixels: np.ndarray, tta: bool = True, ba
                       precision: str = "auto") -> np.ndarray:
     """N x bins float64: the DLDL head's distribution over whole years for each face (agegender.evaluate's, the
     one evaluation writes the label tails with); AuditError for a regression head."""
+    from .evaluate import age_distributions as model_distributions
+    from .evaluate import has_distribution
+
     if not has_distribution(ckpt):
         loss = ckpt.meta.get("train_config", {}).get("age_loss", "smooth_l1")
         raise AuditError(ERR_NO_DISTRIBUTION.format(path=ckpt.path, loss=loss))
-    return _age_distributions(ckpt, pixels, tta, batch_size, precision)
+    return model_distributions(ckpt, pixels, tta, batch_size, precision)
 
 
 def distribution_head(folder: str | Path) -> bool:
@@ -385,6 +347,8 @@ def audit_faces(ckpt: Checkpoint, table: pd.DataFrame, faces: Callable[[list[str
     a checkpoint without a distribution (the fallback) needs no face; an older table of a DLDL checkpoint gets
     its age distributions from ``faces(files)``: (the files it found, their faces at the checkpoint's cache
     size), e.g. chip_faces; a row whose face it did not find is left out."""
+    from .evaluate import has_distribution
+
     if has_label_tails(table) or not has_distribution(ckpt):
         return audit_table(table, None, level)
     log.warning(NOTE_NO_TAILS.format(what="the predictions", path=ckpt.path))
@@ -443,6 +407,9 @@ def _score(jobs: list[tuple[str | Path, list[str], pd.DataFrame | None]], sc, ca
     ``known`` predictions (_known) takes its images' rows from them, the model loaded only for a table written
     before label tails existed (a note says so); images without a row are left out with a note. A job without
     goes through its checkpoint, which writes the label tails as evaluation does."""
+    from .checkpoint import load_checkpoint
+    from .evaluate import predictions_frame, with_label_tails
+
     distribution = _heads([folder for folder, _, _ in jobs])
     tables, notes, decoded = [], [], {}
 
@@ -479,6 +446,8 @@ def _known(args, sc, splits: tuple[str, ...]) -> pd.DataFrame | None:
     """The predictions the checkpoint's images are read from: --predictions; else its own files for ``splits``
     when it has them and the data is the data they were scored on (the same fingerprint); else None: score the
     images through the model."""
+    from .evaluate import scored_fingerprint
+
     if args.predictions:
         return load_predictions(path=args.predictions)
     meta = read_meta(args.checkpoint)
@@ -524,6 +493,9 @@ def _utkface(args) -> tuple[pd.DataFrame, list[str], int]:
 
 
 def _labelled(args, fmt: str) -> tuple[pd.DataFrame, list[str], int]:
+    from .checkpoint import load_checkpoint
+    from .evaluate import dataset_frame
+
     if args.split not in (None, "all"):
         raise AuditError(ERR_NO_SPLITS.format(path=args.data, format=fmt))
     if args.folds:
@@ -577,6 +549,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--threads", type=int, default=0)
     args = p.parse_args(argv)
+    from .runtime import set_threads
+
     set_threads(args.threads)
     t0 = time.perf_counter()
     try:

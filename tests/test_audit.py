@@ -11,7 +11,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from agegender import audit as A
-from agegender import report, training
+from agegender import checkpoint, report, training
 from agegender import review as R
 from agegender.checkpoint import load_checkpoint
 from agegender.data import cached_images, fold_of, scan, split_of
@@ -381,7 +381,7 @@ def test_the_audit_from_predictions_loads_no_model_and_ranks_as_with_it(folds, t
     def no_model(*a, **k):
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr(A, "load_checkpoint", no_model)
+    monkeypatch.setattr(checkpoint, "load_checkpoint", no_model)  # audit imports it where it loads a model
     monkeypatch.setattr(A, "cached_images", no_model)
     out, csv = tmp_path / "a.json", tmp_path / "a.csv"
     rc, err = run_cli(["--checkpoint", path, "--data", tiny_data, "--json", out, "--csv", csv], capsys)

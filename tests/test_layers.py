@@ -64,3 +64,58 @@ def imports_text(text: str) -> str:
 
 def layer_of(module: str) -> str:
     return next(name for name, mods in LAYERS.items() if module in mods)
+
+
+# Importing these must not import torch: the contracts, the statistics and what the bias report of a predictions
+# file runs (report itself included). Checked over everything each imports at module level, not module by module:
+# report imported audit, which imported checkpoint, and a per-module check saw neither.
+TORCH_FREE = ("meta", "labels", "predictions", "fairness", "slices", "shift", "genderband", "compare", "tables",
+              "report")
+TORCH = ("torch", "torchvision", "facenet_pytorch", "pytorch_grad_cam", "safetensors.torch")
+
+
+def module_level(path) -> tuple[set[str], bool]:
+    """(the agegender modules a file imports when it is imported, whether it imports torch then): the statements
+    Python runs at import (inside if/try/with and class bodies too), not function bodies or `if TYPE_CHECKING:`."""
+    deps, torch = set(), False
+
+    def visit(nodes):
+        nonlocal torch
+        for n in nodes:
+            if isinstance(n, ast.ImportFrom) and n.level == 1:
+                deps.update([n.module.split(".")[0]] if n.module else [a.name for a in n.names])
+            elif isinstance(n, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in n.names] if isinstance(n, ast.Import) else [n.module or ""]
+                torch |= any(x == t or x.startswith(t + ".") for x in names for t in TORCH)
+                deps.update(x.split(".")[1] for x in names if x.startswith("agegender."))
+            elif isinstance(n, ast.If) and "TYPE_CHECKING" not in ast.unparse(n.test):
+                visit(n.body + n.orelse)
+            elif isinstance(n, ast.Try):
+                visit(n.body + n.orelse + n.finalbody + [s for h in n.handlers for s in h.body])
+            elif isinstance(n, (ast.With, ast.ClassDef)):
+                visit(n.body)
+
+    visit(ast.parse(path.read_text()).body)
+    return deps - {"__version__"}, torch
+
+
+def torch_chain(module: str, loaded: dict[str, tuple[set[str], bool]]) -> list[str]:
+    """The shortest chain of module-level imports from ``module`` to one that imports torch; [] if none."""
+    paths, todo = {module: [module]}, [module]
+    while todo:
+        m = todo.pop(0)
+        if loaded[m][1]:
+            return paths[m]
+        for d in sorted(loaded[m][0] - paths.keys()):
+            paths[d] = paths[m] + [d]
+            todo.append(d)
+    return []
+
+
+def test_the_torch_free_modules_import_no_torch_through_any_chain():
+    loaded = {p.stem: module_level(p) for p in (ROOT / "agegender").glob("*.py") if p.stem != "__init__"}
+    chains = [" -> ".join(c) for c in (torch_chain(m, loaded) for m in TORCH_FREE) if c]
+    assert not chains, chains
+    # not blind: a chain through a module that imports torch is found, and a TYPE_CHECKING import is no import
+    assert torch_chain("inference", loaded)[-1] in {"inference", "checkpoint", "model"}
+    assert torch_chain("audit", loaded) == [] and "checkpoint" in imports(ROOT / "agegender" / "audit.py")
