@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from . import stats
 from .fairness import (
     LABEL_GROUPS,
     METRICS,
@@ -115,16 +116,15 @@ def paired_deltas(m: pd.DataFrame, grouping: str | None = None, metrics: tuple[s
     rows = []
     for key, where in groups:
         ca, cb = take(side["a"], where), take(side["b"], where)
-        idx = rng.integers(0, len(where), size=(n_boot, len(where)))
+        idx = stats.draws(len(where), n_boot, rng)  # the same rows for a and b: paired
+        sa, sb = stats.resample(ca, idx), stats.resample(cb, idx)
         row = {**dict(zip(cols, map(str, key), strict=True)), "n": len(where), "too_small": len(where) < min_count}
         for name in metrics:
             fn = METRICS[name].fn
             va, vb = float(fn(ca)), float(fn(cb))
-            boots = fn({k: v[idx] for k, v in cb.items()}) - fn({k: v[idx] for k, v in ca.items()})
-            boots = boots[np.isfinite(boots)]
-            lo, hi = np.percentile(boots, [2.5, 97.5]) if len(boots) else (np.nan, np.nan)
+            lo, hi = stats.interval(fn(sb) - fn(sa))
             row.update({f"{name}_a": va, f"{name}_b": vb, f"{name}_delta": vb - va,
-                        f"{name}_delta_lo": float(lo), f"{name}_delta_hi": float(hi)})
+                        f"{name}_delta_lo": lo, f"{name}_delta_hi": hi})
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -141,15 +141,6 @@ def agreement(m: pd.DataFrame, grouping: str | None = "race") -> dict:
                            .agg(["size", "mean"]).rename(columns={"size": "n", "mean": "gender_disagreement"})
                            .reset_index())
     return out
-
-
-def _spread(v: np.ndarray) -> np.ndarray:
-    """Best-to-worst gap along the first axis over the groups where a figure is defined; NaN with fewer than
-    two (a metric the labels do not allow, such as age MAE on bins, gives none; np.nanmax would warn)."""
-    ok = np.isfinite(v)
-    with np.errstate(invalid="ignore"):  # inf - inf where a column has no figure: replaced by NaN below
-        gap = np.where(ok, v, -np.inf).max(axis=0) - np.where(ok, v, np.inf).min(axis=0)
-    return np.where(ok.sum(axis=0) >= 2, gap, np.nan)
 
 
 def _strata(m: pd.DataFrame, groups: list[np.ndarray], standardise: str | None) -> list[list[tuple[float, np.ndarray]]]:
@@ -182,29 +173,53 @@ def gap_change(m: pd.DataFrame, grouping: str = "race", metrics: tuple[str, ...]
     if len(groups) < 2:
         raise ValueError(ERR_FEW_GROUPS.format(grouping=grouping, min_count=min_count))
     strata = _strata(m, groups, standardise)
-    draws = [[rng.integers(0, len(c), size=(n_boot, len(c))) for _, c in parts] for parts in strata]
+    draws = [stats.stratified_draws([len(c) for _, c in parts], n_boot, rng) for parts in strata]
     side = {s: _side(m, s) for s in SIDES}
     rows = []
     for name in metrics:
-        fn = METRICS[name].fn
-        point, boot = {}, {}
+        point, boot, fit = {}, {}, {}
         for s in SIDES:
-            v, bv = [], []
-            for parts, idx in zip(strata, draws, strict=True):
-                w = np.array([share for share, _ in parts]) / sum(share for share, _ in parts)
-                sides = [take(side[s], c) for _, c in parts]
-                v.append(sum(wi * float(fn(c)) for wi, c in zip(w, sides, strict=True)))
-                bv.append(sum(wi * fn({k: x[i] for k, x in c.items()}) for wi, c, i in zip(w, sides, idx, strict=True)))
-            point[s], boot[s] = float(_spread(np.array(v))), _spread(np.stack(bv))
+            v, bv = _group_figures(METRICS[name].fn, side[s], strata, draws)
+            point[s], boot[s] = float(stats.spread(v)), stats.spread(bv)
+            fit[s] = _gap_fit(METRICS[name], v, bv, side[s], groups, standardise)
         with np.errstate(divide="ignore", invalid="ignore"):  # a gap of zero has no relative change
             rel = boot["b"] / boot["a"] - 1
             change = point["b"] / point["a"] - 1 if point["a"] > 0 else np.nan
-        rel = rel[np.isfinite(rel)]
-        lo, hi = np.percentile(rel, [2.5, 97.5]) if len(rel) else (np.nan, np.nan)
+        lo, hi = stats.interval(rel)
         rows.append({"metric": name, "label": METRICS[name].label, "groups": len(groups),
-                     "gap_a": point["a"], "gap_b": point["b"], "change": change,
-                     "change_lo": float(lo), "change_hi": float(hi)})
-    return pd.DataFrame(rows)
+                     "gap_a": point["a"], "gap_b": point["b"], "change": change, "change_lo": lo, "change_hi": hi,
+                     **{f"{k}_{s}": fit[s][k] for s in SIDES for k in GAP_FIT}})
+    out = pd.DataFrame(rows)
+    for s in SIDES:  # q over the metrics of one side's gaps, as the bias report's disparity has it
+        out[f"q_{s}"] = stats.bh(out[f"p_{s}"].to_numpy(np.float64)) if len(out) else []
+    return out
+
+
+GAP_FIT = ("gap_lo", "gap_hi", "p")  # per side: the gap's 95% interval and the test of "all groups equal"
+
+
+def _group_figures(fn, cols: dict, strata: list, draws: list) -> tuple[np.ndarray, np.ndarray]:
+    """Per group, its figure and its resampled figures (n_boot): the strata's weighted by their shares."""
+    v, bv = [], []
+    for parts, idx in zip(strata, draws, strict=True):
+        w = np.array([share for share, _ in parts]) / sum(share for share, _ in parts)
+        sides = [take(cols, c) for _, c in parts]
+        v.append(sum(wi * float(fn(c)) for wi, c in zip(w, sides, strict=True)))
+        bv.append(sum(wi * fn(stats.resample(c, i)) for wi, c, i in zip(w, sides, idx, strict=True)))
+    return np.array(v), np.stack(bv)
+
+
+def _gap_fit(metric, v: np.ndarray, bv: np.ndarray, cols: dict, groups: list, standardise: str | None) -> dict:
+    """gap_lo, gap_hi (stats.gap over the groups' resampled figures) and p: chi-square for a share's plain
+    gap, else Cochran's Q on the bootstrap standard errors (a standardised figure has no count to test)."""
+    share = metric.among is not None
+    fit = stats.gap(v, list(bv), metric.higher_is_better, bounds=(0.0, 1.0) if share else (-np.inf, np.inf))
+    if share and not standardise:
+        n = np.array([int(metric.among(take(cols, where)).sum()) for where in groups])
+        p = stats.shares_p(np.round(v * n), n)
+    else:
+        p = stats.wald_p(v, np.array([np.nanstd(b, ddof=1) if np.isfinite(b).sum() > 1 else np.nan for b in bv]))
+    return {"gap_lo": fit["gap_lo"], "gap_hi": fit["gap_hi"], "p": p}
 
 
 def gaps(m: pd.DataFrame, grouping: str, metrics: tuple[str, ...] | None = None,
