@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
+from . import stats
 from .fairness import (
     MIN_COUNT,
     Z95,
@@ -56,7 +57,8 @@ RELIABILITY_BINS = 10
 FORMATS = {**{f"abstained{e}": "share" for e in ("", "_lo", "_hi")},
            **{f"share_female{e}": "share" for e in ("", "_lo", "_hi")},
            "threshold": "p_female", "band_lo": "p_female", "band_hi": "p_female",
-           "lowest": "share", "highest": "share", "gap": "share"}
+           "lowest": "share", "highest": "share", "gap": "share", "gap_lo": "share", "gap_hi": "share",
+           "detectable": "share"}
 # band_what_if's settings, in the order listed.
 PLAIN, BANDED, LOWER_EDGE, UPPER_EDGE = "threshold", "band", "lower edge", "upper edge"
 
@@ -303,17 +305,28 @@ def _banded(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def _abstention_gap(banded: pd.DataFrame, min_count: int) -> dict:
-    """The groups the band abstains on most and least among those with n >= min_count, and the difference."""
+    """The groups the band abstains on most and least among those with n >= min_count, and the difference
+    with its 95% interval (agegender.stats: simultaneous Wilson intervals over the groups), the p-value of
+    "every group abstains as often" (chi-square) and the smallest gap the groups could show at 80% power."""
     judged = banded[~banded["too_small"]]
     out = {"min_count": min_count, "groups_judged": len(judged)}
     if len(judged) < 2:
         return {**out, **{f"{end}{e}": np.nan for end in ("highest", "lowest") for e in ("", "_lo", "_hi")},
-                "highest_group": None, "lowest_group": None, "gap": np.nan}
+                "highest_group": None, "lowest_group": None, "gap": np.nan,
+                **dict.fromkeys(("gap_lo", "gap_hi", "p_value", "detectable"), np.nan), "reading": stats.UNTESTED_WORDS}
     top, bottom = judged.loc[judged["abstained"].idxmax()], judged.loc[judged["abstained"].idxmin()]
     for end, row in (("highest", top), ("lowest", bottom)):
         out.update({f"{end}_group": row["group"], **{f"{end}{e}": float(row[f"abstained{e}"])
                                                      for e in ("", "_lo", "_hi")}})
-    return {**out, "gap": out["highest"] - out["lowest"]}
+    n = judged["n"].to_numpy(np.float64)
+    k = np.round(judged["abstained"].to_numpy(np.float64) * n)
+    lo, hi = stats.gap_interval(*stats.wilson_simultaneous(k, n))
+    p = stats.shares_p(k, n)
+    small = np.sort(n)[:2]
+    share = float(k.sum() / n.sum())
+    detectable = stats.detectable_gap(stats.share_se(share, small[0]), stats.share_se(share, small[1]))
+    return {**out, "gap": out["highest"] - out["lowest"], "gap_lo": lo, "gap_hi": hi, "p_value": p,
+            "detectable": detectable, "reading": stats.reading(p, f"{detectable * 100:.1f} pp")}
 
 
 def abstention(what_if: WhatIf) -> pd.DataFrame:

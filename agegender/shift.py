@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import quality
+from . import quality, stats
 from .fairness import wilson
 from .labels import bin_label, called_female, nearest_bin
 from .predictions import FEMALE, bin_scale, found_rows, load_predictions, pred_bins
@@ -117,8 +117,7 @@ def standardised(correct: np.ndarray, cells: np.ndarray, mix: pd.Series, n_boot:
     if len(c) == 0:
         return {"value": np.nan, "lo": np.nan, "hi": np.nan, "coverage": 0.0, "n": 0}
     point = float(value(np.arange(len(c))[None])[0])
-    boot = value(np.random.default_rng(seed).integers(0, len(c), (n_boot, len(c)))) if n_boot else np.array([])
-    lo, hi = (np.nanpercentile(boot, [2.5, 97.5]) if len(boot) else (np.nan, np.nan))
+    lo, hi = stats.interval(value(stats.draws(len(c), n_boot, np.random.default_rng(seed))))
     present = np.bincount(code, minlength=k) > 0
     return {"value": point, "lo": float(lo), "hi": float(hi), "coverage": float(w[present].sum() / w.sum()),
             "n": int(len(c))}
