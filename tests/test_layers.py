@@ -10,7 +10,7 @@ LAYERS = {
     "base": ["meta", "labels", "preprocess", "degrade", "turn", "faces", "runtime", "model", "quality", "dlibnet"],
     "parts": ["predictions", "fairness", "metrics", "charts", "visual", "catalog", "access", "checkpoint",
               "inference", "explain", "data", "balance", "config", "distributed", "runstate", "datasets",
-              "evalset", "tables", "slices", "intervals", "genderband", "chippose"],
+              "evalset", "tables", "slices", "intervals", "genderband", "chippose", "stats"],
     "commands": ["training", "evaluate", "predict", "report", "compare", "modelcard", "consistency", "template",
                  "explorer", "results", "external", "audit", "review", "dlib_convert", "shift", "pack",
                  "soup"],
@@ -69,8 +69,8 @@ def layer_of(module: str) -> str:
 # Importing these must not import torch: the contracts, the statistics and what the bias report of a predictions
 # file runs (report itself included). Checked over everything each imports at module level, not module by module:
 # report imported audit, which imported checkpoint, and a per-module check saw neither.
-TORCH_FREE = ("meta", "labels", "predictions", "fairness", "slices", "shift", "genderband", "compare", "tables",
-              "report")
+TORCH_FREE = ("meta", "labels", "predictions", "stats", "fairness", "slices", "shift", "genderband", "compare",
+              "tables", "report")
 TORCH = ("torch", "torchvision", "facenet_pytorch", "pytorch_grad_cam", "safetensors.torch")
 
 
