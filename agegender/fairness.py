@@ -167,7 +167,7 @@ METRICS: dict[str, Metric] = {m.name: m for m in [
 
 # Not one of METRICS: computed on every labelled image (METRICS see only the faces found), with a Wilson
 # interval rather than a bootstrap. In the disparity table when any face was missed.
-MISSED_RATE = Metric("missed_rate", "no face found", False, lambda c: _mean(c["missed"]))
+MISSED_RATE = Metric("missed_rate", "no face found", False, lambda c: _mean(c["missed"]), among=_every)
 
 
 def _bucket_of_bin(label: str, edges: tuple[int, ...]) -> str:
@@ -438,7 +438,7 @@ class GroupReport:
         out = pd.DataFrame(rows, columns=[*DISPARITY_COLUMNS, "reading"])
         out["q_value"] = stats.bh(out["p_value"].to_numpy(np.float64))
         out["within_noise"] = [bool(q >= stats.ALPHA) if np.isfinite(q) else None for q in out["q_value"]]
-        out["reading"] = [stats.reading(q, _detectable_text(m, d)) for m, q, d in
+        out["reading"] = [stats.reading(q, detectable_text(m, d)) for m, q, d in
                           zip(out["metric"], out["q_value"], out["detectable"], strict=True)]
         return out[[*DISPARITY_COLUMNS, "reading"]]
 
@@ -490,8 +490,11 @@ def _share_detectable(k: np.ndarray, n: np.ndarray) -> float:
     return stats.detectable_gap(stats.share_se(p, small[0]), stats.share_se(p, small[1]))
 
 
-def _detectable_text(metric: str, value: float) -> str:
+def detectable_text(metric: str, value: float) -> str:
+    """A disparity row's detectable gap as text: points for a share, the unit of a mean, 0.xxx for a score."""
     m = METRICS.get(metric, MISSED_RATE)
     if not np.isfinite(value):
         return "no figure"
-    return f"{value * 100:.1f} pp" if not m.unit else f"{value:.2f} {m.unit}"
+    if m.unit:
+        return f"{value:.2f} {m.unit}"
+    return f"{value * 100:.1f} pp" if m.among is not None or m is MISSED_RATE else f"{value:.3f}"

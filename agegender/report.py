@@ -38,6 +38,7 @@ from .fairness import (
     RATIO_NOTE,
     SEED,
     GroupReport,
+    detectable_text,
     grouping_columns,
     groupings_for,
     headline_age_metric,
@@ -120,11 +121,13 @@ def label_audit(df: pd.DataFrame, audit: pd.DataFrame, groupings, n_boot: int = 
 
 
 def gap_change(with_: pd.DataFrame, without: pd.DataFrame | None) -> list[dict]:
-    """Per metric: the gap (and its worst and best groups) with the suspects and without them."""
-    keep = ["metric", "label", "worst_group", "best_group", "gap"]
+    """Per metric: the gap (its worst and best groups, its interval and the test that all groups are equal) with
+    the suspects and without them."""
+    keep = ["metric", "label", "worst_group", "best_group", "gap", "gap_lo", "gap_hi", "p_value", "q_value"]
     w = with_[keep]
     if without is None:
-        w = w.assign(worst_group_clean=None, best_group_clean=None, gap_clean=np.nan)
+        w = w.assign(**{f"{k}_clean": None for k in ("worst_group", "best_group")},
+                     **{f"{k}_clean": np.nan for k in keep[4:]})
     else:
         w = w.merge(without[keep[:1] + keep[2:]], on="metric", how="left", suffixes=("", "_clean"))
     w = w.assign(change=w["gap_clean"] - w["gap"])
@@ -232,6 +235,25 @@ def _shift_html(section: dict) -> str:
             f"{html.escape(section['reference'])}.</p>" + _table_html(shown) + notes)
 
 
+GAP_NOTE = ("gap_lo, gap_hi: the gap's 95% interval, from intervals that hold every group's figure at once; "
+            "p_value: the test that all groups are equal (chi-square for a share, else permuting the groups; AUC: "
+            "Cochran's Q), q_value: p corrected for the metrics of this table (Benjamini-Hochberg); detectable: the "
+            "smallest difference between the two least measured groups found 80% of the time at the 5% level")
+
+
+def noise_text(disparity: pd.DataFrame) -> str:
+    """In words, which gaps of a disparity table are within what noise alone produces (q >= 0.05)."""
+    noise = disparity[disparity["within_noise"].fillna(False).astype(bool)]
+    if disparity.empty:
+        return ""
+    if noise.empty:
+        return "Every gap here is larger than noise alone makes (q < 0.05)."
+    listed = "; ".join(f"{r['label']} (q = {r['q_value']:.2f}; a gap of "
+                       f"{detectable_text(r['metric'], r['detectable'])} would be found at 80% power)"
+                       for _, r in noise.iterrows())
+    return f"Within what noise alone produces, no evidence that the groups differ: {listed}."
+
+
 def _interval(row: dict, name: str) -> str:
     lo, hi = row[f"{name}_lo"], row[f"{name}_hi"]
     return f"[{lo:.3f}, {hi:.3f}]" if np.isfinite(lo) and np.isfinite(hi) else MISSING
@@ -299,8 +321,9 @@ def to_html(reports: dict[str, GroupReport], df: pd.DataFrame, source: str, sear
         parts.append(_label_audit_html(audit))
     for g, r in reports.items():
         parts.append(f"<h2>By {html.escape(g.replace(':', ' × '))}</h2>")
-        parts.append(f"<h3>Disparity (groups with n ≥ {r.min_count})</h3><p>{html.escape(RATIO_NOTE)}.</p>"
-                     + _table_html(r.disparity()))
+        d = r.disparity()
+        parts.append(f"<h3>Disparity (groups with n ≥ {r.min_count})</h3><p>{html.escape(RATIO_NOTE)}. "
+                     f"{html.escape(GAP_NOTE)}</p><p>{html.escape(noise_text(d))}</p>" + _table_html(d))
         if len(r.columns) == 2:
             parts.append(fig(charts.intersection_heatmap(r, age)))
             parts.append(fig(charts.intersection_heatmap(r, "gender_accuracy")))
@@ -402,9 +425,11 @@ def main(argv: list[str] | None = None) -> int:
         d = r.disparity()
         print(f"\nby {g}: {len(r.by_group)} groups, {int(r.by_group['too_small'].sum())} too small to judge")
         if not d.empty:
-            print(d[["label", "worst_group", "worst", "best_group", "best", "gap"]]
+            print(d[["label", "worst_group", "worst", "best_group", "best", "gap", "gap_lo", "gap_hi", "q_value"]]
                   .to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    print(f"\n{args.n_boot} bootstrap resamples, {len(reports)} grouping(s): {secs:.2f} s")
+            print(noise_text(d))
+    print(f"\n{args.n_boot} bootstrap resamples, {len(reports)} grouping(s): {secs:.2f} s; gap intervals hold every "
+          f"group at once, q: the test that all groups are equal, corrected for each grouping's metrics")
     worst = slices.shown(searched, top=3)
     print(f"\nworst slices, q < {searched.alpha:g} ({sum(searched.tried.values())} tried, {searched.seconds:.2f} s)"
           + (":\n" + slices.display(worst).to_string(index=False) if len(worst) else ": none"))

@@ -147,7 +147,9 @@ def gap_interval(lo: np.ndarray, hi: np.ndarray, signed: bool = False) -> tuple[
     if ok.sum() < 2:
         return np.nan, np.nan
     lo, hi = lo[ok], hi[ok]
-    upper = float(hi.max() - lo.min())
+    pairs = hi[:, None] - lo[None, :]  # one group high, another low: a group cannot be both
+    np.fill_diagonal(pairs, -np.inf)
+    upper = max(0.0, float(pairs.max()))
     if signed:
         near = np.where((lo <= 0) & (hi >= 0), 0.0, np.minimum(np.abs(lo), np.abs(hi)))
         far = np.maximum(np.abs(lo), np.abs(hi))

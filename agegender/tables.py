@@ -49,6 +49,7 @@ SCORE = Kind("score", decimals=3)  # AUC, calibration error, probabilities: 0.xx
 COUNT = Kind("count", decimals=0)
 BINS = Kind("bins", " bins", max_decimals=2)
 PLAIN = Kind("plain")  # anything not known: 3 significant digits
+P_VALUE = Kind("p", digits=2, max_decimals=4)  # a test's p or q: 0.31, 0.0042
 
 # Kinds by the unit a Metric states (agegender.fairness.Metric.unit).
 UNIT_KINDS = {"y": YEARS, "years": YEARS, "%": PERCENT, "bins": BINS}
@@ -59,13 +60,15 @@ KINDS: dict[str, Kind] = {
     "gender_auc": SCORE, "gender_ece": SCORE,
     "gender_disagreement": PERCENT, "share": PERCENT,
     "age": YEARS, "pred_age": YEARS, "p_female": SCORE, "confidence": SCORE,
+    "p_value": P_VALUE, "q_value": P_VALUE, **{f"{p}_{s}": P_VALUE for p in ("p", "q") for s in ("a", "b")},
 }
 # Columns of counts of faces (the label audit's per-group table among them): whole numbers, whatever they count.
 COUNT_COLUMNS = ("n", "suspects", "gender_suspects", "age_suspects", "unreviewed", "wrong", "left_out")
 KINDS.update(dict.fromkeys(COUNT_COLUMNS, COUNT))
 # In a table with one metric per row (a disparity table: a "metric" column naming it), these columns
-# hold that row's metric: "gap" is a difference, unsigned.
-ROW_VALUES = {"best": False, "worst": False, "overall": False, "gap": True}
+# hold that row's metric: "gap", its interval and the gap detectable are differences, unsigned.
+ROW_VALUES = {"best": False, "worst": False, "overall": False, "gap": True, "gap_lo": True, "gap_hi": True,
+              "detectable": True, **{f"{c}_{s}": True for c in ("gap", "gap_lo", "gap_hi") for s in ("a", "b")}}
 
 
 @dataclass(frozen=True)
