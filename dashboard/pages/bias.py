@@ -60,7 +60,7 @@ st.title("Bias report")
 from agegender import charts, slices, tables
 from agegender.audit import ALL_FACES, LEAVE_OUT, MODE_LABELS, audit_needs_model, leave_out
 from agegender.fairness import METRICS, MIN_COUNT, RATIO_NOTE, GroupReport, grouping_columns, groupings_for, prepare
-from agegender.report import leave_out_text, suspect_shares, to_html
+from agegender.report import GAP_NOTE, leave_out_text, noise_text, suspect_shares, to_html
 from agegender.results import source_label
 from agegender.review import review_path
 
@@ -106,11 +106,13 @@ for col, name in zip(cols, (*headline, "gender_accuracy", "gender_auc"), strict=
 st.subheader("Disparity")
 disp = rep.disparity()
 st.caption(f"Worst and best group per metric among groups with n ≥ {int(min_count)}; "
-           f"{int(rep.by_group['too_small'].sum())} smaller group(s) are flagged below, not hidden; {RATIO_NOTE}.")
+           f"{int(rep.by_group['too_small'].sum())} smaller group(s) are flagged below, not hidden; {RATIO_NOTE}. "
+           f"{GAP_NOTE}.")
 if disp.empty:
     st.info(f"Fewer than two groups have n ≥ {int(min_count)}: nothing to compare. Lower the threshold to see more.")
 else:
     st.dataframe(tables.styled(disp), hide_index=True, placeholder=tables.MISSING)
+    st.caption(noise_text(disp))
 
 shown = rep.by_group
 with st.expander("Filter groups"):

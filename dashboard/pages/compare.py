@@ -81,13 +81,17 @@ for other in [c for c in ckpts if c is not base]:
         cols = st.columns(len(table))
         for col, (_, r) in zip(cols, table.iterrows(), strict=True):
             gap_a, gap_b = (tables.metric_text(r["metric"], r[k], delta=True, signed=False) for k in ("gap_a", "gap_b"))
+            gap_in = {s: tables.interval_text(r["metric"], r[f"gap_lo_{s}"], r[f"gap_hi_{s}"], delta=True)
+                      for s in ("a", "b")}
             said = verdict(r["change"], r["change_lo"], r["change_hi"], False)  # a smaller gap is better
             interval = f"[{r['change_lo']:+.0%}, {r['change_hi']:+.0%}]"
             col.metric(f"Gap in {r['label']} between {grouping.replace(':', ' × ')} groups{mix}",
                        gap_b, f"{r['change']:+.0%}", delta_color=COLOURS[said],
                        delta_description=f"95% {interval}: {said}",
-                       help=f"best against worst group of at least {MIN_COUNT} images; {base.name}: {gap_a}; "
-                            f"change interval {interval} (paired bootstrap)"
+                       help=f"best against worst group of at least {MIN_COUNT} images; {other.name}: {gap_b} "
+                            f"{gap_in['b']} (q = {r['q_b']:.2g}), {base.name}: {gap_a} {gap_in['a']} (q = "
+                            f"{r['q_a']:.2g}): gap intervals hold every group at once, q tests that all groups are "
+                            f"equal; change interval {interval} (paired bootstrap)"
                             + ("; age-standardised: a group's figure is its per-age-bucket figures weighted by "
                                "the overall age-bucket mix, so older groups are not judged worse for age alone"
                                if std else ""))

@@ -198,8 +198,10 @@ if picked:
         st.error(str(e))
         st.stop()
     st.caption("Each figure with its bootstrap 95% interval, on the faces found. A gap is the best group's "
-               f"figure against the worst's, among {grouping} groups with at least {results.MIN_COUNT} faces. "
-               "The age gap is in years where a set has exact ages (MAE), in percentage points of bin "
+               f"figure against the worst's, among {grouping} groups with at least {results.MIN_COUNT} faces, "
+               "with a 95% interval that holds every group's figure at once (so it always holds the gap) and q, "
+               "the test that all groups are equal: 'within noise' where q ≥ 0.05. The age gap is in years "
+               "where a set has exact ages (MAE), in percentage points of bin "
                "accuracy where it has age bins only. Cells not evaluated yet are left empty: evaluate above.")
     st.dataframe(results.cross_display(cross), hide_index=True, placeholder=tables.MISSING)
     st.download_button("Table (CSV)", cross.to_csv(index=False), "cross-dataset.csv", "text/csv", key="es_csv")
