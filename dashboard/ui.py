@@ -40,7 +40,7 @@ from agegender.catalog import (
     health_of,
 )
 from agegender.faces import MIN_CONFIDENCE
-from agegender.labels import DEFAULT_BAND, gender_label
+from agegender.labels import DEFAULT_BAND
 from agegender.meta import CheckpointError
 from agegender.predictions import predictions_path
 
@@ -404,7 +404,7 @@ def face_view(ckpt: Checkpoint, result: ImageResult, face_index: int, result_key
     from agegender.visual import png_bytes
 
     face = [f for f in result.faces if f.predicted][face_index]
-    label = gender_label(face.p_female, opt.band)
+    label = face.gender_call(opt.band)
     st.markdown(f"**{ckpt.name}** — age **{face.age:.1f}** y · P(female) **{face.p_female:.2f}** → **{label}**")
     if face.quality:
         q = face.quality
@@ -434,7 +434,7 @@ def face_view(ckpt: Checkpoint, result: ImageResult, face_index: int, result_key
 
 def face_call(face, band: tuple[float, float]) -> str:
     """A face's prediction in a few words: "34 y · Female"."""
-    return f"{face.age:.0f} y · {gender_label(face.p_female, band)}"
+    return f"{face.age:.0f} y · {face.gender_call(band)}"
 
 
 def face_grid(ckpts: list[Checkpoint], results: dict[str, ImageResult], numbers: list[int],

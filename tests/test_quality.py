@@ -7,6 +7,7 @@ import pytest
 from PIL import Image, ImageFilter
 
 from agegender import quality
+from agegender.labels import DEFAULT_BAND
 
 HOPPER = matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
 
@@ -121,7 +122,8 @@ def test_a_predicted_face_carries_its_quality_and_notes(tiny_checkpoint):
     assert abs(face.quality["yaw"]) < 15 and face.quality["face_px"] > 150  # a frontal portrait
     assert face.notes == quality.reliability_notes(face.quality["face_px"], face.quality["yaw"],
                                                    face.quality["sharpness"])
-    assert face.to_json()["quality"] == face.quality and face.to_json()["less_reliable"] == face.notes
+    out = face.to_json(DEFAULT_BAND)
+    assert out["quality"] == face.quality and out["less_reliable"] == face.notes
     small = photo.resize((photo.width // 6, photo.height // 6))  # the face under 60 px
     tiny = analyse(small, "small", load_checkpoint(tiny_checkpoint), FaceDetector().detect(small)).faces[0]
     assert any(n.startswith("small (") for n in tiny.notes)

@@ -8,6 +8,7 @@ from streamlit.testing.v1 import AppTest
 from agegender.checkpoint import load_checkpoint
 from agegender.explain import REMOVED, CamMap
 from agegender.faces import load_photo
+from agegender.labels import DEFAULT_BAND
 from agegender.predict import ALIGNED, CROPPED, INPUT_KINDS, WHOLE, analyse
 from dashboard import ui
 
@@ -85,7 +86,7 @@ def test_the_model_input_is_named_for_what_it_was(tmp_path):
     blank = load_photo(str(no_face_image(tmp_path / "blank.png")))
     whole = analyse(blank, "blank.png", ckpt, [], whole_if_no_face=True)
     assert [f.kind for f in whole.faces] == [WHOLE] and "not aligned" in whole.faces[0].input_text
-    assert whole.to_json()["faces"][0]["input"] == WHOLE
+    assert whole.to_json(DEFAULT_BAND)["faces"][0]["input"] == WHOLE
     cropped = analyse(load_photo(str(HOPPER)), "hopper.jpg", ckpt, None, cropped=True)
     assert [f.kind for f in cropped.faces] == [CROPPED]
 
