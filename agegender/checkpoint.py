@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -19,13 +19,16 @@ from .meta import (  # noqa: F401 - re-exported: the torch-free part of a checkp
     META,
     REQUIRED_META,
     WEIGHTS,
+    Calibration,
     CheckpointError,
+    IntervalError,
     atomic_write,
+    calibration_of,
     sha256_file,
     write_meta,
 )
 from .meta import read_meta as read_meta_json
-from .model import ARCHS, AgeGenderNet, create_model
+from .model import ARCHS, AgeGenderNet, AgeScaling, create_model
 from .preprocess import Preprocess
 
 # Error messages are constants so tests can assert them word for word (the meta.json ones are in meta).
@@ -40,21 +43,59 @@ ERR_CHECKSUM = (
 )
 ERR_ARCH = "{path}/{META} names an unknown architecture {arch!r}; known: {known}"
 ERR_SHAPES = "the weights in {path} do not fit {arch}: {detail}"
+BAD_SCALING = "age_offset and age_scale must be numbers, and age_range two"  # ERR_BAD_META's detail
 
 
 @dataclass
 class Checkpoint:
+    """A model with its meta.json, and the contract meta.json states, parsed once when the checkpoint is made
+    (loaded, or put together by training): the preprocessing, the age head's scaling and age range, and the
+    age interval's calibration. Nothing else reads those keys of ``meta``.
+
+    A calibration record that cannot be used (edited, or made for other weights) does not stop the load: the
+    model still predicts ages. Its IntervalError is kept and raised, word for word, wherever an interval is
+    asked for (``calibration``), as before the record was parsed at load."""
+
     path: Path
     model: AgeGenderNet
     meta: dict
+    scaling: AgeScaling | None = None  # None: parsed from meta (load_checkpoint passes the one it built the model with)
+    preprocess: Preprocess = field(init=False)
+    _calibration: Calibration | None = field(init=False, repr=False)
+    _calibration_error: str | None = field(init=False, repr=False)
 
-    @property
-    def preprocess(self) -> Preprocess:
-        return Preprocess.from_dict(self.meta["preprocess"])
+    def __post_init__(self) -> None:
+        self.preprocess = Preprocess.from_dict(self.meta["preprocess"])
+        if self.scaling is None:
+            self.scaling = parse_scaling(self.meta, self.path)
+        try:
+            self._calibration, self._calibration_error = calibration_of(self.meta, self.path), None
+        except IntervalError as e:
+            self._calibration, self._calibration_error = None, str(e)
 
     @property
     def name(self) -> str:
         return self.path.name
+
+    @property
+    def age_range(self) -> tuple[float, float]:
+        """The youngest and oldest age the checkpoint predicts (agegender.model.age_range)."""
+        return self.scaling.limits
+
+    @property
+    def calibration(self) -> Calibration | None:
+        """The age interval's calibration, None when it has none; IntervalError for a record that cannot be used."""
+        if self._calibration_error is not None:
+            raise IntervalError(self._calibration_error)
+        return self._calibration
+
+
+def parse_scaling(meta: dict, path: Path) -> AgeScaling:
+    """meta.json's age scaling and range; CheckpointError (ERR_BAD_META) where they are not numbers."""
+    try:
+        return AgeScaling.from_meta(meta)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(ERR_BAD_META.format(path=path, META=META, detail=BAD_SCALING)) from e
 
 
 def save_weights(model: torch.nn.Module, path: Path, dtype: torch.dtype = torch.float16) -> str:
@@ -89,8 +130,9 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         raise CheckpointError(ERR_NOT_SAFETENSORS.format(path=path, WEIGHTS=WEIGHTS)) from e
     if sha256_file(weights) != meta["weights_sha256"]:
         raise CheckpointError(ERR_CHECKSUM.format(path=path, WEIGHTS=WEIGHTS, META=META))
+    scaling = parse_scaling(meta, path)
     model = create_model(meta["arch"], dropout=float(meta.get("dropout", 0.0)), age_bins=int(meta.get("age_bins", 0)),
-                         age_offset=float(meta["age_offset"]), age_scale=float(meta["age_scale"]))
+                         age_offset=scaling.offset, age_scale=scaling.scale)
     expected = model.state_dict()
     problems = [f"missing {k}" for k in expected if k not in tensors]
     problems += [f"unexpected {k}" for k in tensors if k not in expected]
@@ -105,4 +147,4 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         )
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()})
     model.to(device).eval()
-    return Checkpoint(path, model, meta)
+    return Checkpoint(path, model, meta, scaling)

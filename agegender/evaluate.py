@@ -36,7 +36,6 @@ from .datasets import FORMATS, Dataset, read_dataset, resolve
 from .distributed import setup as setup_distributed
 from .evalset import SCORING, Crops, Progress, dataset_crops, first_stage
 from .inference import predict_distribution
-from .intervals import KEY as INTERVAL_KEY
 from .intervals import interval_of
 from .labels import GENDERS, RACES, bin_label, nearest_bin
 from .metrics import summary_of
@@ -307,8 +306,8 @@ def _evaluate_into(args) -> int:
         return 2
     for split, m in results.items():
         print(f"{split}: {format_metrics(m)}")
-    cal = read_meta(args.checkpoint).get(INTERVAL_KEY) or {}
-    if cal and cal.get("dataset_fingerprint") != sc.fingerprint:
+    cal = ckpt.calibration  # a record that cannot be used stopped the evaluation above
+    if cal is not None and cal.dataset_fingerprint != sc.fingerprint:
         print("note: " + NOTE_RECALIBRATE.format(path=args.checkpoint, data=args.data), file=sys.stderr)
     print(f"written to {args.checkpoint}")
     return 0

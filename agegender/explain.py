@@ -30,7 +30,7 @@ from pytorch_grad_cam.utils.image import show_cam_on_image
 from torch import nn
 
 from .inference import model_input
-from .model import AgeGenderNet, AgeScaling
+from .model import AgeGenderNet
 
 if TYPE_CHECKING:
     from .checkpoint import Checkpoint
@@ -173,8 +173,7 @@ def explain_checkpoint(ckpt: Checkpoint, pixels: np.ndarray, maps: tuple[str, ..
                        **kw) -> list[CamMap]:
     """CAMs for one aligned face (S x S x 3 uint8 at the checkpoint's cache size), preprocessed the
     checkpoint's way, with age faithfulness in years by its age scaling. ``kw`` as for explain."""
-    scale = AgeScaling.from_meta(ckpt.meta).scale
-    return explain(ckpt.model, model_input(ckpt, pixels), maps=maps, age_scale=scale, **kw)
+    return explain(ckpt.model, model_input(ckpt, pixels), maps=maps, age_scale=ckpt.scaling.scale, **kw)
 
 
 def overlay(face_rgb: np.ndarray, heat: np.ndarray, opacity: float = 0.5) -> np.ndarray:

@@ -89,7 +89,7 @@ def _predict(model: AgeGenderNet, pixels: np.ndarray, pp: Preprocess, scaling: A
 def predict_checkpoint(ckpt: Checkpoint, pixels: np.ndarray, tta: bool = True, **kw) -> tuple[np.ndarray, np.ndarray]:
     """Aligned faces (N x S x S x 3 uint8 at the checkpoint's cache size) -> (age in years, P(female)),
     with the checkpoint's own preprocessing, age scaling and age range. ``kw``: batch_size, precision."""
-    return predict_pixels(ckpt.model, pixels, ckpt.preprocess, AgeScaling.from_meta(ckpt.meta), tta=tta, **kw)
+    return predict_pixels(ckpt.model, pixels, ckpt.preprocess, ckpt.scaling, tta=tta, **kw)
 
 
 def predict_distribution(ckpt: Checkpoint, pixels: np.ndarray, tta: bool = True, batch_size: int = 256,
@@ -97,7 +97,7 @@ def predict_distribution(ckpt: Checkpoint, pixels: np.ndarray, tta: bool = True,
     """predict_checkpoint, plus each face's age distribution over whole years (N x bins float64), or None for
     an age head without one (regression). With ``tta`` the distribution is the mean of the image's and its
     mirror's, whose expectation is the predicted age. One pass: intervals and the label audit both read it."""
-    return _predict(ckpt.model, pixels, ckpt.preprocess, AgeScaling.from_meta(ckpt.meta), tta, batch_size,
+    return _predict(ckpt.model, pixels, ckpt.preprocess, ckpt.scaling, tta, batch_size,
                     precision, True)
 
 
@@ -112,7 +112,7 @@ def predict_quantiles(ckpt: Checkpoint, pixels: np.ndarray, levels: Sequence[flo
 
 def quantiles_in_range(ckpt: Checkpoint, dist: np.ndarray, levels: Sequence[float]) -> np.ndarray:
     """distribution_quantiles of ``dist`` (N x bins) clipped to the checkpoint's age range."""
-    return np.clip(distribution_quantiles(dist, levels), *AgeScaling.from_meta(ckpt.meta).limits)
+    return np.clip(distribution_quantiles(dist, levels), *ckpt.age_range)
 
 
 def model_input(ckpt: Checkpoint, pixels: np.ndarray) -> torch.Tensor:

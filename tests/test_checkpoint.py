@@ -109,3 +109,90 @@ def test_a_fresh_session_starts_on_the_baseline_not_the_mitigated_checkpoint(tmp
     assert [p.name for p in default_pick(paths)] == ["b-plain"]
     assert [p.name for p in default_pick(paths[:1])] == ["a-balanced"]  # no baseline: the first
     assert default_pick([]) == []
+
+
+# ---- the contract meta.json states, parsed once at load -----------------------------------------------------
+
+def test_the_checkpoint_carries_its_scaling_age_range_and_calibration_parsed_at_load(ckpt, monkeypatch):
+    import numpy as np
+
+    from agegender import model as model_module
+    from agegender.explain import explain_checkpoint
+    from agegender.inference import predict_checkpoint, predict_quantiles
+    from agegender.intervals import interval_of
+    from agegender.labels import MAX_AGE
+    from agegender.meta import KEY, Calibration, calibration_of
+
+    meta = json.loads((ckpt / META).read_text())
+    rec = Calibration("residual", 0.8, (), 2.5, 50, "val", "UTKFace", "f" * 64, meta["weights_sha256"], False)
+    set_meta(ckpt, **{KEY: rec.to_json()})
+    c = load_checkpoint(ckpt)
+    assert (c.scaling.offset, c.scaling.scale) == (meta["age_offset"], meta["age_scale"])
+    assert c.age_range == c.scaling.limits == (0.0, float(MAX_AGE))  # a regression head: the labels' range
+    assert c.calibration == rec == calibration_of(c.meta, ckpt)
+    assert c.preprocess.cache_size == meta["preprocess"]["cache_size"]
+
+    def reread(*a, **k):
+        raise AssertionError("meta.json's contract read again after load")
+
+    monkeypatch.setattr(model_module.AgeScaling, "from_meta", reread)
+    monkeypatch.setattr("agegender.meta.calibration_of", reread)
+    monkeypatch.setattr("agegender.intervals.calibration_of", reread)
+    px = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    age, _ = predict_checkpoint(c, px, tta=False, precision="fp32")
+    predict_quantiles(c, px, (0.1, 0.9), tta=False, precision="fp32")
+    lo, hi = interval_of(c, age, None, tta=False)
+    np.testing.assert_allclose(hi - lo, 5.0, atol=0.03)  # the record's t on each side
+    explain_checkpoint(c, px[0], maps=("older",))
+
+
+def test_an_unusable_interval_record_keeps_the_load_and_is_refused_word_for_word_wherever_asked(ckpt):
+    from agegender.intervals import ERR_MALFORMED, ERR_STALE, KEY, IntervalError
+
+    meta = json.loads((ckpt / META).read_text())
+    set_meta(ckpt, **{KEY: {"method": "magic"}})
+    c = load_checkpoint(ckpt)  # the model still predicts ages
+    detail = ("missing coverage, quantiles, t, n_cal, split, data, dataset_fingerprint, weights_sha256, tta")
+    for _ask in range(2):  # each time it is asked, the same message
+        with pytest.raises(IntervalError) as e:
+            _ = c.calibration
+        assert str(e.value) == ERR_MALFORMED.format(path=ckpt, detail=detail)
+    rec = {"method": "residual", "coverage": 0.8, "quantiles": [], "t": 1.0, "n_cal": 9, "split": "val",
+           "data": "UTKFace", "dataset_fingerprint": "f", "weights_sha256": "0" * 64, "tta": True}
+    set_meta(ckpt, **{KEY: rec})
+    with pytest.raises(IntervalError) as e:
+        _ = load_checkpoint(ckpt).calibration
+    assert str(e.value) == ERR_STALE.format(path=ckpt, theirs="0" * 64, ours=meta["weights_sha256"])
+
+
+@pytest.mark.parametrize("changes", [{"age_scale": "wide"}, {"age_offset": None}, {"age_range": 5}])
+def test_an_age_scaling_that_is_not_numbers_is_refused_in_one_line(ckpt, changes):
+    from agegender.checkpoint import BAD_SCALING
+
+    set_meta(ckpt, **changes)
+    expect(ckpt, ERR_BAD_META.format(path=ckpt, META=META, detail=BAD_SCALING))
+
+
+def test_no_module_reads_the_age_scaling_from_meta_by_hand():
+    """age_offset and age_scale are parsed in one place (AgeScaling.from_meta, called by the checkpoint); a
+    loaded checkpoint's readers ask it (Checkpoint.scaling, .age_range). Writing them (training's run_meta),
+    listing them (meta's required keys, soup's keys every run must share) and the catalog's health check of a
+    meta.json no model was loaded for are the only other places the names appear."""
+    import ast
+
+    from .conftest import ROOT
+
+    allowed = {"agegender/model.py", "agegender/meta.py", "agegender/training.py", "agegender/soup.py",
+               "agegender/catalog.py"}
+    found = []
+    for folder in ("agegender", "dashboard", "benchmarks"):
+        for p in sorted((ROOT / folder).rglob("*.py")):
+            rel = p.relative_to(ROOT).as_posix()
+            for node in ast.walk(ast.parse(p.read_text())):
+                named = isinstance(node, ast.Constant) and node.value in ("age_offset", "age_scale")
+                parsed = isinstance(node, ast.Attribute) and node.attr == "from_meta" and \
+                    getattr(node.value, "id", "") == "AgeScaling"
+                if (named and rel not in allowed) or (parsed and rel not in ("agegender/checkpoint.py",
+                                                                             "agegender/model.py")):
+                    found.append(f"{rel}:{node.lineno}")
+    assert found == []

@@ -27,7 +27,9 @@ def predict(ckpt: Checkpoint, px, tta: bool):
 
 
 def fake(model, **meta) -> Checkpoint:
-    return Checkpoint(Path("fake"), model, {"preprocess": PP.to_dict(), **meta})
+    """A checkpoint of ``model`` with no folder; its age scaling the identity unless ``meta`` gives one (a
+    Checkpoint parses its scaling when made, as meta.json always holds one)."""
+    return Checkpoint(Path("fake"), model, {"preprocess": PP.to_dict(), "age_offset": 0.0, "age_scale": 1.0, **meta})
 
 
 def faces(n=6, seed=0):
