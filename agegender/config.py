@@ -14,7 +14,7 @@ from .preprocess import Augment
 class TrainConfig:
     data: str = ""  # UTKFace folder, .zip or .tar.gz
     out: str = ""  # checkpoint folder to write
-    arch: str = "resnet18"  # resnet18 | resnet34 | resnet50
+    arch: str = "resnet18"  # a name in agegender.model.ARCHS: resnet18, resnet34, resnet50 or dlib-resnet29
     pretrained: bool = False  # torchvision ImageNet weights: needs internet, so off by default
     # a converted trunk file (python -m agegender.dlib_convert) the trunk starts from, for an arch without
     # downloadable weights (dlib-resnet29); read at the start only: a resumed run has it in its state
@@ -84,6 +84,11 @@ class TrainConfig:
     # e.g. age_bucket, so that the weights act on ethnicity within each age and not on age itself
     balance_within: str = ""
     resume: bool = False  # continue the run whose state is in --out
+
+    @property
+    def head_bins(self) -> int:
+        """The age head's bins: a DLDL head has one per whole year, a regression head none (0)."""
+        return self.age_bins if self.age_loss == "dldl" else 0
 
     def augment(self) -> Augment:
         """Every Augment field from its aug_ flag: a lever added there cannot be left out here."""

@@ -16,14 +16,19 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from .config import TrainConfig
 from .data import DatasetError
 from .datasets import Dataset, read_dataset
 from .evalset import Crops, dataset_crops
 from .runstate import EXTERNAL_FIELDS
+
+if TYPE_CHECKING:
+    from .checkpoint import Checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -84,20 +89,19 @@ class ExternalCheck:
         """Whether epoch ``epoch`` (1-based) is scored: every ``every``-th, and the run's last."""
         return last or epoch % self.every == 0
 
-    def score(self, model: torch.nn.Module, meta: dict, out: Path, tta: bool) -> dict:
-        """The figures of the weights ``model`` holds now, predicted as evaluation predicts (the checkpoint's
-        preprocessing, flip TTA when ``tta``), with the seconds it took."""
-        from .checkpoint import Checkpoint
+    def score(self, ckpt: Checkpoint, tta: bool) -> dict:
+        """The figures of the weights training's checkpoint ``ckpt`` holds now, predicted as evaluation predicts
+        (its preprocessing, flip TTA when ``tta``), with the seconds it took."""
         from .evaluate import dataset_frame
 
         t = time.perf_counter()
-        was_training = model.training
-        model.eval()
+        was_training = ckpt.model.training
+        ckpt.model.eval()
         try:
             with rng_untouched():
-                df = dataset_frame(Checkpoint(out, model, meta), self.dataset, self.crops, tta)
+                df = dataset_frame(ckpt, self.dataset, self.crops, tta)
         finally:
-            model.train(was_training)
+            ckpt.model.train(was_training)
         return {**figures(df, self.dataset.group_columns), "seconds": time.perf_counter() - t}
 
     def meta(self, history: list[dict], tta: bool) -> dict:
@@ -114,6 +118,25 @@ class ExternalCheck:
             "tta": tta,
             "last": None if last is None else {"epoch": int(last["epoch"]), **from_cells(last)},
         }
+
+
+def open_for_run(cfg: TrainConfig, dd) -> ExternalCheck | None:
+    """--external read at the start, before any epoch: every rank reads the labels (seconds) and fails alike on
+    a missing or unusable set; rank 0 alone aligns the faces and scores them, as it alone writes the history.
+    Scoring on every rank would repeat the same seconds for figures no rank trains on; the others wait for
+    rank 0 at the next collective (the time counts in every rank's budget alike)."""
+    if not cfg.external:
+        return None
+    external = ExternalCheck.open(cfg.external, cfg.external_every, cfg.data)
+    error = None
+    if dd.main:
+        try:
+            external.load_crops(cfg.cache_size, cfg.cache_dir)
+        except DatasetError as e:
+            error = e
+    if dd.any(error is not None):
+        raise error or DatasetError(f"--external {cfg.external}: rank 0 could not read it (see its message)")
+    return external
 
 
 def figures(df, group_columns: tuple[str, ...]) -> dict:

@@ -120,6 +120,16 @@ def load_state(path: Path, model, opt, aug_gen: torch.Generator, cells: CellLoss
     return RunState.from_json(read_info(path), cells)
 
 
+def history_row(epoch: int, state: RunState, lr: float, train: Stats, mae: float, acc: float, score: float,
+                 secs: float) -> dict:
+    """history.csv's row for an epoch; the external check's cells (external.history_cells) are added to it."""
+    loss, train_mae, train_acc = train.means()
+    return {"epoch": epoch + 1, "step": state.global_step, "lr": f"{lr:.6g}", "train_loss": f"{loss:.5f}",
+            "train_age_mae": f"{train_mae:.4f}", "train_gender_acc": f"{train_acc:.5f}",
+            "val_age_mae": f"{mae:.4f}", "val_gender_acc": f"{acc:.5f}", "val_score": f"{score:.4f}",
+            "epoch_seconds": f"{secs:.1f}", "train_img_per_s": f"{train.images / secs:.1f}"}
+
+
 def write_history(path: Path, rows: list[dict]) -> None:
     """history.csv: HISTORY_FIELDS, then EXTERNAL_FIELDS when any row has them (a row without: empty cells)."""
     external = [k for k in EXTERNAL_FIELDS if any(k in r for r in rows)]

@@ -1,6 +1,8 @@
-"""Training: one readable loop, in ``_train``: setup, then for each epoch, for each step, batch ->
-optimiser step -> running figures; at each epoch's end validate, keep the best weights, save the
-resume state (runstate.py). Every file is written atomically, so a kill at any moment can resume."""
+"""Training: ``_setup`` makes all the run reads (the data, the model with its checkpoint's description of
+itself, meta.json's record of the run in ``run_meta``, bias mitigation, the resume state), so a new option lands
+there and not in the loop; then one readable loop, in ``_train``: for each epoch, for each step, batch ->
+optimiser step -> running figures; at each epoch's end (``_end_epoch``) validate, keep the best weights, save
+the resume state (runstate.py). Every file is written atomically, so a kill at any moment can resume."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import logging
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +27,6 @@ from .data import (
     FOLD_RULE,
     MANIFEST,
     SPLIT_RULE,
-    DatasetError,
     Images,
     Scan,
     cached_images,
@@ -34,14 +36,25 @@ from .data import (
     write_manifest,
 )
 from .distributed import setup as setup_distributed
-from .external import ExternalCheck, describe, history_cells
+from .external import ExternalCheck, describe, history_cells, open_for_run
 from .inference import predict_checkpoint
 from .labels import AGE_BUCKET_EDGES, GENDERS, RACES, image_key
 from .meta import sha256_file
 from .metrics import summary
 from .model import AgeScaling, create_model, load_trunk
 from .preprocess import Preprocess, preprocess, to_batch
-from .runstate import HISTORY, STATE, RunState, Stats, load_state, partial_writes, read_info, save_state, write_history
+from .runstate import (
+    HISTORY,
+    STATE,
+    RunState,
+    Stats,
+    history_row,
+    load_state,
+    partial_writes,
+    read_info,
+    save_state,
+    write_history,
+)
 from .runtime import autocast, set_threads
 
 log = logging.getLogger(__name__)
@@ -121,10 +134,19 @@ def _init_trunk(model, cfg: TrainConfig) -> dict:
 ERR_INIT_FROM = "--init-from {path} cannot start this run: {why}"
 
 
-def _init_from(cfg: TrainConfig, meta: dict, images: Images) -> tuple[dict, dict]:
-    """The checkpoint --init-from names, checked against this run: (its weights, what meta.json records of it).
-    Its age scaling replaces this run's (the age head decodes with it), and a start that trained on this run's
-    val or test images is refused: its validation figures would be scores on training data."""
+@dataclass(frozen=True)
+class Start:
+    """The checkpoint --init-from names: every weight of this run starts from it, and its age head's scaling
+    replaces this run's (the head decodes with it)."""
+
+    weights: dict
+    record: dict  # what meta.json records of it
+    scaling: AgeScaling
+
+
+def _init_from(cfg: TrainConfig, images: Images) -> Start:
+    """The checkpoint --init-from names, checked against this run. A start that trained on this run's val or test
+    images is refused: its validation figures would be scores on training data."""
     from .checkpoint import CheckpointError, load_checkpoint
 
     path = Path(cfg.init_from)
@@ -132,9 +154,8 @@ def _init_from(cfg: TrainConfig, meta: dict, images: Images) -> tuple[dict, dict
         src = load_checkpoint(path)
     except CheckpointError as e:
         raise TrainingError(ERR_INIT_FROM.format(path=path, why=e)) from e
-    theirs = (src.meta["arch"], int(src.meta.get("age_bins", 0)), src.meta["preprocess"]["cache_size"],
-              src.meta["preprocess"]["input_size"])
-    ours = (cfg.arch, int(meta.get("age_bins", 0)), cfg.cache_size, cfg.input_size)
+    theirs = (src.meta["arch"], int(src.meta.get("age_bins", 0)), src.preprocess.cache_size, src.preprocess.input_size)
+    ours = (cfg.arch, cfg.head_bins, cfg.cache_size, cfg.input_size)
     if theirs != ours:
         raise TrainingError(ERR_INIT_FROM.format(path=path, why=(
             f"it is {theirs[0]}, {theirs[1]} age bins, {theirs[2]}/{theirs[3]} px; this run is "
@@ -149,10 +170,9 @@ def _init_from(cfg: TrainConfig, meta: dict, images: Images) -> tuple[dict, dict
         raise TrainingError(ERR_INIT_FROM.format(path=path, why=(
             f"it trained on {len(held)} of this run's val/test images (e.g. {held[0]}): start from a checkpoint "
             "trained on the same split")))
-    meta["age_offset"], meta["age_scale"] = float(src.meta["age_offset"]), float(src.meta["age_scale"])
     record = {"name": path.name, "weights_sha256": src.meta["weights_sha256"],
               "epochs": src.meta.get("train_config", {}).get("epochs")}
-    return src.model.state_dict(), record
+    return Start(src.model.state_dict(), record, src.scaling)
 
 
 def val_score(mae: float, acc: float, cfg: TrainConfig) -> float:
@@ -181,28 +201,38 @@ def _check_out(out: Path, resume: bool) -> None:
         raise TrainingError(f"cannot write to --out {out}: {e}") from e
 
 
-def base_meta(cfg: TrainConfig, pp: Preprocess, age_offset: float, age_scale: float, fingerprint: str) -> dict:
-    return {
+def run_meta(cfg: TrainConfig, pp: Preprocess, scaling: tuple[float, float], fingerprint: str, train_images: int,
+             **records: dict | None) -> dict:
+    """meta.json as the run knows it before its first step: the checkpoint's description of itself (architecture,
+    preprocessing, the age head's scaling, labels), the config and the data, then what the options on record
+    (``records``: init_from, init_trunk, balance; None where an option is off). A new option records itself here;
+    _finish adds what the run itself produced."""
+    meta = {
         "arch": cfg.arch,
         "dropout": cfg.dropout,
         "preprocess": pp.to_dict(),
-        "age_offset": age_offset,
-        "age_scale": age_scale,
+        "age_offset": scaling[0],
+        "age_scale": scaling[1],
         "labels": {"gender": list(GENDERS), "race": list(RACES), "age_bucket_edges": list(AGE_BUCKET_EDGES),
                    "gender_head": "logit of P(female)"},
         "train_config": dataclasses.asdict(cfg),
         "dataset_fingerprint": fingerprint,
         "split_rule": SPLIT_RULE,
     }
+    if cfg.head_bins:
+        meta["age_bins"] = cfg.head_bins
+    if cfg.holdout_fold >= 0:
+        meta["holdout"] = {"fold": cfg.holdout_fold, "folds": cfg.folds, "rule": FOLD_RULE,
+                           "train_images": train_images}
+    return {**meta, **{k: v for k, v in records.items() if v is not None}}
 
 
-def _validate(model, images: Images, idx: np.ndarray, meta: dict, cfg: TrainConfig) -> tuple[float, float]:
+def _validate(ckpt: Checkpoint, images: Images, idx: np.ndarray, cfg: TrainConfig) -> tuple[float, float]:
     """Val age MAE and gender accuracy, predicted as any reader will predict from the checkpoint this
     run is writing (without TTA: cheaper, and the choice of the best epoch needs no more)."""
-    model.eval()
-    ages, pf = predict_checkpoint(Checkpoint(Path(cfg.out), model, meta), images.pixels[idx], tta=False,
-                                  precision=cfg.precision)
-    model.train()
+    ckpt.model.eval()
+    ages, pf = predict_checkpoint(ckpt, images.pixels[idx], tta=False, precision=cfg.precision)
+    ckpt.model.train()
     labels = images.labels(idx)
     m = summary(labels["age"], ages, labels["gender"], pf)
     return m["age_mae"], m["gender_accuracy"]
@@ -273,25 +303,6 @@ def train_indices(images: Images, cfg: TrainConfig) -> np.ndarray:
     return np.array([i for i in idx if fold_of(images.samples[i].name, cfg.folds) != cfg.holdout_fold], np.int64)
 
 
-def _open_external(cfg: TrainConfig, dd) -> ExternalCheck | None:
-    """--external read at the start, before any epoch: every rank reads the labels (seconds) and fails alike on
-    a missing or unusable set; rank 0 alone aligns the faces and scores them, as it alone writes the history.
-    Scoring on every rank would repeat the same seconds for figures no rank trains on; the others wait for
-    rank 0 at the next collective (the time counts in every rank's budget alike)."""
-    if not cfg.external:
-        return None
-    external = ExternalCheck.open(cfg.external, cfg.external_every, cfg.data)
-    error = None
-    if dd.main:
-        try:
-            external.load_crops(cfg.cache_size, cfg.cache_dir)
-        except DatasetError as e:
-            error = e
-    if dd.any(error is not None):
-        raise error or DatasetError(f"--external {cfg.external}: rank 0 could not read it (see its message)")
-    return external
-
-
 def _epoch_order(cfg: TrainConfig, epoch: int, n: int, draw: torch.Tensor | None) -> torch.Tensor:
     """The epoch's sequence of training images (positions in the train split): a permutation, or
     with balanced sampling as many draws as images, with replacement, by the balancing weights."""
@@ -304,192 +315,224 @@ def _aug_seed(cfg: TrainConfig, epoch: int, rank: int) -> int:
     return cfg.seed * 7919 + epoch + rank * 1_000_003
 
 
-def _history_row(epoch: int, state: RunState, lr: float, train: Stats, mae: float, acc: float, score: float,
-                 secs: float) -> dict:
-    """history.csv's row for an epoch; the external check's cells (external.history_cells) are added to it."""
-    loss, train_mae, train_acc = train.means()
-    return {"epoch": epoch + 1, "step": state.global_step, "lr": f"{lr:.6g}", "train_loss": f"{loss:.5f}",
-            "train_age_mae": f"{train_mae:.4f}", "train_gender_acc": f"{train_acc:.5f}",
-            "val_age_mae": f"{mae:.4f}", "val_gender_acc": f"{acc:.5f}", "val_score": f"{score:.4f}",
-            "epoch_seconds": f"{secs:.1f}", "train_img_per_s": f"{train.images / secs:.1f}"}
+@dataclass
+class Balancing:
+    """Bias mitigation: each training image's cell, drawn more often (--balance sampling: ``draw``) or weighted
+    by its cell's last-epoch error (loss: the run state's CellLosses). An unbalanced run groups by the default
+    cells, which need no pose measured."""
+
+    cfg: TrainConfig
+    by: tuple
+    cell: np.ndarray
+    names: list[str]
+    strata: np.ndarray | None = None  # --balance-within: each cell's stratum
+    draw: torch.Tensor | None = None  # sampling: each image's weight
+    record: dict | None = None  # sampling: meta.json's balance
+
+    @classmethod
+    def of(cls, cfg: TrainConfig, labels: dict) -> Balancing:
+        by = parse_by(cfg.balance_by) if cfg.balance != "none" else parse_by(TrainConfig.balance_by)
+        cell, names = groups(labels, by)
+        b = cls(cfg, by, cell, names, strata_of_cells(labels, by, cfg.balance_within) if cfg.balance_within else None)
+        if cfg.balance == "sampling":
+            weights, b.record = sampling_weights(cell, names, by, cfg.balance_power)
+            b.draw = torch.as_tensor(weights)
+        return b
+
+    def loss_record(self, cells: CellLosses) -> dict:
+        """meta.json's balance for --balance loss: the last weights of each cell."""
+        return describe_loss_weights(cells.weights, np.bincount(self.cell, minlength=len(self.names)), self.names,
+                                     self.by, self.cfg.balance_power, self.cfg.balance_within)
 
 
-def _train(cfg: TrainConfig, dd, device: torch.device) -> Path:
+@dataclass
+class Run:
+    """What _setup makes and the loop reads: a training option takes effect here, not in the loop."""
+
+    cfg: TrainConfig
+    out: Path
+    images: Images
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    ckpt: Checkpoint  # the model being trained and meta.json so far: validation reads it as any reader would
+    opt: torch.optim.AdamW
+    step_model: torch.nn.Module  # the model, or its DDP wrapper
+    balancing: Balancing
+    external: ExternalCheck | None
+    aug_gen: torch.Generator
+    state: RunState
+    start: float = 0.0  # when this process began training (time.monotonic)
+
+    def save(self) -> None:
+        """The resume state, with the time trained so far."""
+        elapsed = self.state.elapsed + time.monotonic() - self.start
+        save_state(self.out / STATE, self.ckpt.model, self.opt, self.aug_gen, self.state.to_json(self.cfg, elapsed))
+
+
+def _setup(cfg: TrainConfig, dd, device: torch.device) -> Run:
+    """The data, the model with its checkpoint's description of itself, the optimiser, bias mitigation and the
+    resume state. Under DDP every rank starts from rank 0's weights."""
     cfg = _run_config(cfg, dd)
     out = Path(cfg.out)
     set_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-
-    # data, and the checkpoint's description of itself: preprocessing and the age head's scaling
-    external = _open_external(cfg, dd)  # the development check's faces (report only), before the heavy part
+    external = open_for_run(cfg, dd)  # the development check's faces (report only), before the heavy part
     images, sc = _load_data(cfg, dd)
-    train_idx, val_idx = train_indices(images, cfg), images.indices("val")
-    train_labels = images.labels(train_idx)
-    _add_pose(cfg, dd, sc, images, train_idx, train_labels)
-    pp = Preprocess(cache_size=cfg.cache_size, input_size=cfg.input_size)
-    meta = base_meta(cfg, pp, float(train_labels["age"].mean()), float(train_labels["age"].std()), sc.fingerprint)
-    if cfg.age_loss == "dldl":
-        meta["age_bins"] = cfg.age_bins
-    if cfg.holdout_fold >= 0:
-        meta["holdout"] = {"fold": cfg.holdout_fold, "folds": cfg.folds, "rule": FOLD_RULE,
-                           "train_images": len(train_idx)}
-    start_weights = None
-    if cfg.init_from and not cfg.resume:  # a resumed run has every weight in its state
-        start_weights, meta["init_from"] = _init_from(cfg, meta, images)
-    scaling = AgeScaling.from_meta(meta)
+    train_idx = train_indices(images, cfg)
+    labels = images.labels(train_idx)
+    _add_pose(cfg, dd, sc, images, train_idx, labels)
+    start = _init_from(cfg, images) if cfg.init_from and not cfg.resume else None  # a resumed run has its state
+    scaling = ((start.scaling.offset, start.scaling.scale) if start else
+               (float(labels["age"].mean()), float(labels["age"].std())))
     if dd.main:
         write_manifest(images, out / MANIFEST)
-
-    # model and optimiser; under DDP every rank starts from rank 0's weights
-    model = create_model(cfg.arch, cfg.pretrained, cfg.dropout, meta.get("age_bins", 0), scaling.offset,
-                         scaling.scale).to(device)
-    if cfg.init_trunk:
-        meta["init_trunk"] = _init_trunk(model, cfg)
-    if start_weights is not None:
-        model.load_state_dict(start_weights)
+    model = create_model(cfg.arch, cfg.pretrained, cfg.dropout, cfg.head_bins, *scaling).to(device)
+    trunk = _init_trunk(model, cfg) if cfg.init_trunk else None
+    if start is not None:
+        model.load_state_dict(start.weights)
     model = model.to(memory_format=torch.channels_last)
+    balancing = Balancing.of(cfg, labels)
+    pp = Preprocess(cache_size=cfg.cache_size, input_size=cfg.input_size)
+    meta = run_meta(cfg, pp, scaling, sc.fingerprint, len(train_idx), init_from=start.record if start else None,
+                    init_trunk=trunk, balance=balancing.record)
     opt = build_optimizer(model, cfg)
     step_model = model
     if dd.active:
         step_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda"
                                                                else None)
-
-    # bias mitigation: each training image's cell, drawn more often (sampling) or weighted (loss)
-    # an unbalanced run uses no cells and measured no pose, so --balance-by pose must not ask for it there
-    by = parse_by(cfg.balance_by) if cfg.balance != "none" else parse_by(TrainConfig.balance_by)
-    cell, cell_names = groups(train_labels, by)
-    strata = strata_of_cells(train_labels, by, cfg.balance_within) if cfg.balance_within else None
-    draw = None
-    if cfg.balance == "sampling":
-        weights, meta["balance"] = sampling_weights(cell, cell_names, by, cfg.balance_power)
-        draw = torch.as_tensor(weights)
-
-    aug, aug_gen = cfg.augment(), torch.Generator()
-    state = RunState(cells=CellLosses(len(cell_names)))
+    aug_gen = torch.Generator()
+    state = RunState(cells=CellLosses(len(balancing.names)))
     if cfg.resume:
         state = load_state(out / STATE, model, opt, aug_gen, state.cells)
         if dd.rank > 0:  # the state holds rank 0's augmentation stream; the others restart theirs
             aug_gen.manual_seed(_aug_seed(cfg, state.epoch, dd.rank) + state.step_in_epoch)
         log.info("resuming at epoch %d step %d", state.epoch + 1, state.step_in_epoch)
+    return Run(cfg, out, images, train_idx, images.indices("val"), Checkpoint(out, model, meta), opt, step_model,
+               balancing, external, aug_gen, state)
 
+
+def _train(cfg: TrainConfig, dd, device: torch.device) -> Path:
+    run = _setup(cfg, dd, device)
+    cfg, out, state, opt, model = run.cfg, run.out, run.state, run.opt, run.ckpt.model
+    pp, scaling, aug, loss_cells = run.ckpt.preprocess, run.ckpt.scaling, cfg.augment(), cfg.balance == "loss"
     local_bs = cfg.batch_size // dd.world
-    steps_per_epoch = len(train_idx) // cfg.batch_size
+    steps_per_epoch = len(run.train_idx) // cfg.batch_size
     total_steps = steps_per_epoch * cfg.epochs
-    pixels = torch.from_numpy(images.pixels)
-    age_t, gender_t = torch.as_tensor(images.labels()["age"]), torch.as_tensor(images.labels()["gender"])
-    cell_t = torch.as_tensor(cell)
-    start = last_save = time.monotonic()
+    pixels = torch.from_numpy(run.images.pixels)
+    age_t, gender_t = torch.as_tensor(run.images.labels()["age"]), torch.as_tensor(run.images.labels()["gender"])
+    cell_t = torch.as_tensor(run.balancing.cell)
+    run.start = last_save = time.monotonic()
     budget_s = cfg.max_minutes * 60 if cfg.max_minutes > 0 else math.inf
     out_of_time = False
-
-    def save_run() -> None:  # the resume state, with the time trained so far
-        save_state(out / STATE, model, opt, aug_gen, state.to_json(cfg, state.elapsed + time.monotonic() - start))
 
     model.train()
     for epoch in range(state.epoch, cfg.epochs):
         if state.stopped_early or out_of_time:
             break
         if state.step_in_epoch == 0:  # a fresh epoch, not the rest of one a resume picks up
-            aug_gen.manual_seed(_aug_seed(cfg, epoch, dd.rank))
+            run.aug_gen.manual_seed(_aug_seed(cfg, epoch, dd.rank))
             state.train = Stats()
             state.cells.start_epoch()
-        order = _epoch_order(cfg, epoch, len(train_idx), draw)
+        order = _epoch_order(cfg, epoch, len(run.train_idx), run.balancing.draw)
         epoch_start = time.monotonic()
         bar = tqdm(range(state.step_in_epoch, steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    unit="step", dynamic_ncols=True, disable=not dd.main)
         for step in bar:
             whole = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
             chunk = whole[dd.rank * local_bs:(dd.rank + 1) * local_bs]  # this rank's share of the batch
-            batch = torch.as_tensor(train_idx[chunk.numpy()])
-            x = preprocess(to_batch(pixels[batch]).to(device), pp, aug, aug_gen)
+            batch = torch.as_tensor(run.train_idx[chunk.numpy()])
+            x = preprocess(to_batch(pixels[batch]).to(device), pp, aug, run.aug_gen)
             age, female, cells = age_t[batch].to(device), gender_t[batch].to(device), cell_t[chunk]
-            image_w = state.cells.image_weights(cells, device) if cfg.balance == "loss" else ()
+            image_w = state.cells.image_weights(cells, device) if loss_cells else ()
             for g in opt.param_groups:
                 g["lr"] = lr_at(state.global_step, total_steps, cfg) * g.get("lr_scale", 1.0)
-            loss, age_raw, logit = compute_step(step_model, opt, x, scaling.encode(age), female, cfg, device, *image_w)
+            loss, age_raw, logit = compute_step(run.step_model, opt, x, scaling.encode(age), female, cfg, device,
+                                                *image_w)
             state.global_step += 1
             state.step_in_epoch = step + 1
             with torch.no_grad():
                 pred_age = scaling.decode(age_raw)
                 state.train.add(loss, pred_age, age, logit, female)
-                if cfg.balance == "loss":
+                if loss_cells:
                     state.cells.add(cells, (pred_age - age).abs(),
                                     F.binary_cross_entropy_with_logits(logit, female, reduction="none"))
             mean_loss, mae, acc = state.train.means()
             bar.set_postfix(loss=f"{mean_loss:.3f}", mae=f"{mae:.2f}", acc=f"{acc:.3f}")
             now = time.monotonic()
-            if dd.any(now - start > budget_s):
+            if dd.any(now - run.start > budget_s):
                 out_of_time = True
                 break
             if dd.main and now - last_save > cfg.save_every_minutes * 60:
-                save_run()
+                run.save()
                 last_save = now
         bar.close()
         if out_of_time and state.step_in_epoch < steps_per_epoch:
             log.info("time budget of %.1f min reached mid-epoch; state saved for --resume", cfg.max_minutes)
             if dd.main:
-                save_run()
+                run.save()
             break
-
-        # end of the epoch: validate, keep the best weights, write the history and the resume state
-        dd.sync_buffers(model)
-        mae, acc = _validate(model, images, val_idx, meta, cfg)  # every rank: same weights, same answer
-        score = val_score(mae, acc, cfg)
-        epoch_stats = Stats(*dd.sum(state.train.to_list()))  # every rank's images
-        if cfg.balance == "loss":  # next epoch's weights, from every rank's images
-            state.cells.end_epoch(cfg.balance_power, strata, dd.sum)
-        if state.best_score is None or score < state.best_score:
-            state.best_sha256 = save_weights(model, out / WEIGHTS) if dd.main else None
-            state.best_score, state.best_epoch, state.bad_epochs = score, epoch + 1, 0
-        else:
-            state.bad_epochs += 1
-            if state.bad_epochs >= cfg.patience:
-                state.stopped_early = True
-        # the external check, after every decision above: it reads the weights and decides nothing
-        ext = None
-        if external is not None and dd.main and external.due(epoch + 1, epoch + 1 == cfg.epochs or state.stopped_early):
-            ext = external.score(model, meta, out, cfg.tta)
-            log.info("epoch %d external check (report only): %s", epoch + 1, describe(ext))
-        secs = time.monotonic() - epoch_start  # the external check's seconds included
-        row = _history_row(epoch, state, opt.param_groups[0]["lr"], epoch_stats, mae, acc, score, secs)
-        state.history.append({**row, **(history_cells(ext) if external is not None else {})})
-        log.info("epoch %d: train loss %.4f mae %.2f | val mae %.3f acc %.4f score %.3f | %.0f s",
-                 epoch + 1, *epoch_stats.means()[:2], mae, acc, score, secs)
-        if state.stopped_early:
-            log.info("early stop: no better val score for %d epochs", cfg.patience)
-        state.epoch, state.step_in_epoch = epoch + 1, 0
-        if dd.main:
-            write_history(out / HISTORY, state.history)
-            save_run()
+        _end_epoch(run, dd, epoch, epoch_start)
         last_save = time.monotonic()
 
-    state.elapsed += time.monotonic() - start
+    state.elapsed += time.monotonic() - run.start
     if state.best_epoch is None:
         raise TrainingError(f"the time budget ran out before the first epoch finished; run again with --resume "
                             f"--out {out} and a larger --max-minutes")
-    if not dd.main:
-        dd.barrier()  # wait for rank 0's final evaluation, then leave together
-        return out
-    if external is not None:
-        meta["external"] = external.meta(state.history, cfg.tta)
-    if cfg.balance == "loss":
-        meta["balance"] = describe_loss_weights(state.cells.weights, np.bincount(cell, minlength=len(cell_names)),
-                                                cell_names, by, cfg.balance_power, cfg.balance_within)
-    _finish(out, cfg, meta, state, images)
-    dd.barrier()
+    if dd.main:
+        _finish(run)
+    dd.barrier()  # the other ranks wait for rank 0's final evaluation, then all leave together
     return out
 
 
-def _finish(out: Path, cfg: TrainConfig, meta: dict, state: RunState, images: Images) -> None:
-    """meta.json, then the final evaluation through the checkpoint loader, like any user's; the resume
-    state goes only once the run has nothing left to do."""
+def _end_epoch(run: Run, dd, epoch: int, epoch_start: float) -> None:
+    """Validate, keep the best weights, score the external check, write the history and the resume state."""
+    cfg, state, model = run.cfg, run.state, run.ckpt.model
+    dd.sync_buffers(model)
+    mae, acc = _validate(run.ckpt, run.images, run.val_idx, cfg)  # every rank: same weights, same answer
+    score = val_score(mae, acc, cfg)
+    epoch_stats = Stats(*dd.sum(state.train.to_list()))  # every rank's images
+    if cfg.balance == "loss":  # next epoch's weights, from every rank's images
+        state.cells.end_epoch(cfg.balance_power, run.balancing.strata, dd.sum)
+    if state.best_score is None or score < state.best_score:
+        state.best_sha256 = save_weights(model, run.out / WEIGHTS) if dd.main else None
+        state.best_score, state.best_epoch, state.bad_epochs = score, epoch + 1, 0
+    else:
+        state.bad_epochs += 1
+        if state.bad_epochs >= cfg.patience:
+            state.stopped_early = True
+    # the external check, after every decision above: it reads the weights and decides nothing
+    ext = None
+    if run.external is not None and dd.main and run.external.due(epoch + 1,
+                                                                 epoch + 1 == cfg.epochs or state.stopped_early):
+        ext = run.external.score(run.ckpt, cfg.tta)
+        log.info("epoch %d external check (report only): %s", epoch + 1, describe(ext))
+    secs = time.monotonic() - epoch_start  # the external check's seconds included
+    row = history_row(epoch, state, run.opt.param_groups[0]["lr"], epoch_stats, mae, acc, score, secs)
+    state.history.append({**row, **(history_cells(ext) if run.external is not None else {})})
+    log.info("epoch %d: train loss %.4f mae %.2f | val mae %.3f acc %.4f score %.3f | %.0f s",
+             epoch + 1, *epoch_stats.means()[:2], mae, acc, score, secs)
+    if state.stopped_early:
+        log.info("early stop: no better val score for %d epochs", cfg.patience)
+    state.epoch, state.step_in_epoch = epoch + 1, 0
+    if dd.main:
+        write_history(run.out / HISTORY, state.history)
+        run.save()
+
+
+def _finish(run: Run) -> None:
+    """meta.json (the run's description, then what the run produced), then the final evaluation through the
+    checkpoint loader, like any user's; the resume state goes only once the run has nothing left to do."""
+    cfg, state, out = run.cfg, run.state, run.out
     finished = state.epoch >= cfg.epochs or state.stopped_early
+    produced = {"external": run.external.meta(state.history, cfg.tta) if run.external is not None else None,
+                "balance": run.balancing.loss_record(state.cells) if cfg.balance == "loss" else None}
+    meta = {**run.ckpt.meta, **{k: v for k, v in produced.items() if v is not None}}
     meta.update(best_epoch=state.best_epoch, epochs_run=state.epoch, finished=finished,
                 train_minutes=round(state.elapsed / 60, 1), weights_sha256=state.best_sha256)
     write_meta(out, meta)
     from .evaluate import evaluate_into_checkpoint  # evaluation loads the checkpoint like any user would
 
-    evaluate_into_checkpoint(out, images, meta["dataset_fingerprint"], tta=cfg.tta)
+    evaluate_into_checkpoint(out, run.images, meta["dataset_fingerprint"], tta=cfg.tta)
     if finished:
         (out / STATE).unlink(missing_ok=True)
     else:

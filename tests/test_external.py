@@ -202,7 +202,7 @@ def test_scoring_draws_no_random_number_and_keeps_the_mode(ext_run, chips):
     np.random.seed(7)
     before = torch.get_rng_state(), np.random.get_state()[1].copy()
     buffers = {k: v.clone() for k, v in ckpt.model.state_dict().items()}
-    f = check.score(ckpt.model, ckpt.meta, ext_run, tta=True)
+    f = check.score(ckpt, tta=True)
     assert torch.equal(torch.get_rng_state(), before[0]) and np.array_equal(np.random.get_state()[1], before[1])
     assert ckpt.model.training  # back in the mode it was in
     assert all(torch.equal(v, buffers[k]) for k, v in ckpt.model.state_dict().items())  # BatchNorm untouched

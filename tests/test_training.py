@@ -461,3 +461,53 @@ def test_init_from_refuses_another_geometry_and_a_start_that_trained_on_this_run
                        "--epochs", "1", "--cache-dir", str(tmp_path / "c")]) == 2
     err = capsys.readouterr().err
     assert "nope is not a checkpoint folder" in err and "Traceback" not in err
+
+
+def test_meta_json_describes_the_run_key_by_key(tiny_data, tmp_path):
+    """Every key meta.json gets, in its order, with the values the run's options and data call for (apart from
+    the measured ones): the options' records come from setup, the run's outcome last."""
+    from agegender.data import FOLD_RULE, SPLIT_RULE, fold_of, scan
+    from agegender.labels import AGE_BUCKET_EDGES, GENDERS, RACES
+    from agegender.meta import FORMAT, sha256_file
+    from agegender.preprocess import Preprocess
+
+    cfg = tiny_config(tiny_data, tmp_path / "m", age_loss="dldl", holdout_fold=1, folds=3, balance="sampling")
+    out = train(cfg)
+    meta = json.loads((out / "meta.json").read_text())
+    assert list(meta) == ["format", "code_version", "arch", "dropout", "preprocess", "age_offset", "age_scale",
+                          "labels", "train_config", "dataset_fingerprint", "split_rule", "age_bins", "holdout",
+                          "balance", "best_epoch", "epochs_run", "finished", "train_minutes", "weights_sha256",
+                          "metrics"]
+    manifest = pd.read_csv(out / "manifest.csv")
+    trained = manifest[(manifest["split"] == "train") & (manifest["file"].map(lambda f: fold_of(f, 3)) != 1)]
+    assert 0 < len(trained) < (manifest["split"] == "train").sum()
+    assert meta["age_offset"] == pytest.approx(trained["age"].mean(), rel=1e-6)  # the labels are float32
+    assert meta["age_scale"] == pytest.approx(trained["age"].std(ddof=0), rel=1e-6)
+    cfg.validate()
+    assert {k: meta[k] for k in ("format", "arch", "dropout", "preprocess", "labels", "train_config",
+                                 "dataset_fingerprint", "split_rule", "age_bins", "holdout")} == {
+        "format": FORMAT, "arch": "resnet18", "dropout": 0.0,
+        "preprocess": json.loads(json.dumps(Preprocess(cache_size=32, input_size=28).to_dict())),
+        "labels": {"gender": list(GENDERS), "race": list(RACES), "age_bucket_edges": list(AGE_BUCKET_EDGES),
+                   "gender_head": "logit of P(female)"},
+        "train_config": json.loads(json.dumps(dataclasses.asdict(cfg))),
+        "dataset_fingerprint": scan(tiny_data).fingerprint, "split_rule": SPLIT_RULE, "age_bins": 121,
+        "holdout": {"fold": 1, "folds": 3, "rule": FOLD_RULE, "train_images": len(trained)}}
+    assert meta["balance"]["method"] == "sampling"
+    assert (meta["best_epoch"], meta["epochs_run"], meta["finished"]) == (1, 1, True)
+    assert meta["weights_sha256"] == sha256_file(out / "model.safetensors")
+
+
+def test_a_run_records_its_external_check_then_its_loss_weights(tiny_data, tmp_path):
+    """What only the run's end knows comes after setup's keys: the external check, then --balance loss's weights."""
+    from .conftest import make_dataset
+
+    chips = tmp_path / "chips"
+    make_dataset(chips, n=40, seed=3)
+    out = train(tiny_config(tiny_data, tmp_path / "m", balance="loss", balance_by="gender", external=str(chips),
+                            external_every=1))
+    meta = json.loads((out / "meta.json").read_text())
+    assert list(meta)[list(meta).index("split_rule"):] == ["split_rule", "external", "balance", "best_epoch",
+                                                           "epochs_run", "finished", "train_minutes",
+                                                           "weights_sha256", "metrics"]
+    assert meta["external"]["last"]["epoch"] == 1 and meta["balance"]["cells"] == "gender"
