@@ -27,7 +27,7 @@ from .faces import (
     face_pixels,
     load_photo,
 )
-from .intervals import NO_INTERVAL, age_text, calibration_of, predict_with_interval
+from .intervals import NO_INTERVAL, age_text, predict_with_interval
 from .labels import DEFAULT_BAND, called_female, check_band, gender_label
 from .preprocess import centre_crop
 
@@ -137,7 +137,7 @@ def analyse(
             result.faces.append(_whole_image_face(photo, size, WHOLE))
     todo = [f for f in result.faces if f.predicted]
     ages, pf, lo, hi = predict_with_interval(ckpt, np.stack([f.pixels for f in todo]), tta)
-    cal = calibration_of(ckpt.meta, ckpt.path)
+    cal = ckpt.calibration
     for f, a, p, a_lo, a_hi in zip(todo, ages, pf, lo, hi, strict=True):
         f.age, f.p_female = float(a), float(p)
         if np.isfinite(a_lo):
@@ -148,7 +148,7 @@ def analyse(
 def interval_note(ckpt: Checkpoint) -> str:
     """Where a checkpoint's age intervals come from ("80% interval, calibrated on UTKFace val"), or how to get
     them; IntervalError (a CheckpointError) for a record that cannot be used."""
-    cal = calibration_of(ckpt.meta, ckpt.path)
+    cal = ckpt.calibration
     return NO_INTERVAL.format(path=ckpt.path) if cal is None else cal.caption()
 
 

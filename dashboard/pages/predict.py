@@ -10,7 +10,7 @@ st.title("Predict & explain")
 from agegender import tables
 from agegender.checkpoint import CheckpointError
 from agegender.explain import METHODS, layer_names
-from agegender.intervals import NO_INTERVAL, calibration_of
+from agegender.intervals import NO_INTERVAL
 from agegender.predict import WHOLE
 from agegender.visual import draw_faces, results_frame, results_json, zip_bytes
 
@@ -73,7 +73,7 @@ if not files:
 calibrations = {}  # each checkpoint's age interval calibration (agegender.intervals), None: not calibrated
 for c in ckpts:
     try:
-        calibrations[c.name] = calibration_of(c.meta, c.path)
+        calibrations[c.name] = c.calibration
     except CheckpointError as e:  # a record made for other weights, or edited: the message says how to redo it
         st.error(str(e))
         st.stop()
