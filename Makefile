@@ -22,9 +22,14 @@ $(STAMP): $(LOCK) pyproject.toml
 
 setup: $(STAMP)
 
+# Where this checkout's machines keep the FairFace sample; the dashboard registers it as an evaluation set
+# ($AGEGENDER_FAIRFACE, when set, wins; elsewhere set fairface_sample in .streamlit/secrets.toml)
+FAIRFACE_SAMPLE := $(wildcard ../shared/datasets/FairFace-sample)
+
 # python -m dashboard: streamlit run dashboard/app.py, warming the first page's caches while the server starts
 dashboard: setup
-	$(BIN)/python -m dashboard
+	$(if $(FAIRFACE_SAMPLE),AGEGENDER_FAIRFACE="$${AGEGENDER_FAIRFACE:-$(abspath $(FAIRFACE_SAMPLE))}") \
+		$(BIN)/python -m dashboard
 
 lint: setup
 	$(BIN)/ruff check .

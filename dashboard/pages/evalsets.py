@@ -13,6 +13,7 @@ st.title("Evaluation sets")
 # after the title, so the page shows while they load
 from agegender import results, shift, tables
 from agegender.access import NotAllowed
+from agegender.data import DatasetError
 from agegender.meta import CheckpointError
 
 FORMATS = ("auto", "utkface", "fairface", "csv")
@@ -28,8 +29,6 @@ NOT_ALLOWED_SETS = "Not offered here, being outside the folders this dashboard m
 
 def failures() -> tuple[type[Exception], ...]:
     """What evaluating or registering may raise, each with a one-line message for the reader."""
-    from agegender.data import DatasetError  # imports torch: not before the title
-
     return DatasetError, CheckpointError, results.ResultsError, NotAllowed
 
 
