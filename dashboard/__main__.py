@@ -1,7 +1,7 @@
 """``python -m dashboard [streamlit options]``: ``streamlit run dashboard/app.py``, with what the first page
 computes (torch and grad-cam imported, the face detector and the default checkpoint loaded, the example
 photo explained) done in the background while the server starts and the browser connects, rather than
-after the first page is asked for (ui.warm_up). `make dashboard` runs this."""
+after the first page is asked for (faceview.warm_up). `make dashboard` runs this."""
 
 import logging
 import sys
@@ -13,9 +13,9 @@ log = logging.getLogger("agegender.dashboard")
 
 def warm() -> None:
     try:
-        from dashboard import ui
+        from dashboard import faceview
 
-        ui.warm_up()
+        faceview.warm_up()
     except Exception:  # noqa: BLE001 - only a head start: the page meets the same problem and reports it itself
         log.warning("warming the caches failed; the first page will compute what it needs", exc_info=True)
 

@@ -2,12 +2,12 @@
 
 import streamlit as st
 
-from dashboard import ui
+from dashboard import state, ui
 
 # an emoji icon becomes an inline SVG; a ":material/...:" page icon makes the browser fetch the favicon from
 # fonts.gstatic.com on every load, and a face-review tool makes no outside request (the browser test checks)
 st.set_page_config(page_title="agegender", page_icon="🙂", layout="wide")
-ui.sidebar()
+state.sidebar()
 page = st.navigation([
     st.Page("pages/predict.py", title="Predict & explain", icon=":material/center_focus_strong:", default=True),
     st.Page("pages/bias.py", title="Bias report", icon=":material/balance:"),

@@ -307,11 +307,11 @@ def picker_app():
     """The shared sidebar and what a page gets from it (AppTest reruns all of this, unlike app.py)."""
     import streamlit as st
 
-    from dashboard import ui
+    from dashboard import state
 
-    ui.sidebar()
-    st.write(f"dataset: {st.session_state[ui.DATASET]!r}")
-    for ckpt in ui.selected_checkpoints():
+    state.sidebar()
+    st.write(f"dataset: {st.session_state[state.DATASET]!r}")
+    for ckpt in state.selected_checkpoints():
         st.write(f"loaded {ckpt.name}")
 
 

@@ -15,7 +15,7 @@ from agegender import predict
 from agegender.labels import DEFAULT_BAND, ERR_BAND, check_band
 from agegender.predict import FaceResult, ImageResult
 from agegender.visual import results_frame, results_json
-from dashboard import ui
+from dashboard import state
 
 from .conftest import ROOT
 from .test_predict import HOPPER
@@ -112,7 +112,7 @@ def test_the_predict_pages_table_csv_and_json_read_the_sliders_band(monkeypatch)
     monkeypatch.setenv("AGEGENDER_CHECKPOINTS", str(SHIPPED))
     monkeypatch.delenv("AGEGENDER_ALLOWED_ROOTS", raising=False)
     at = AppTest.from_file(APP, default_timeout=180)
-    at.session_state[ui.PICKER] = PAIR
+    at.session_state[state.PICKER] = PAIR
     at.run()
     assert not at.exception and not at.error
     p = at.dataframe[-1].value["p_female"]

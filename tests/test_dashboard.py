@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from dashboard import ui
+from dashboard import caches
 
 from .conftest import ROOT
 
@@ -311,11 +311,11 @@ def test_caches_follow_a_checkpoint_rewritten_in_place(tiny_checkpoint, tmp_path
     monkeypatch.setattr(predict, "explain_face", explain_face)
 
     def now():
-        r = ui.analyse(data, "face.png", folder, True, False, 0.9)
-        ui.cams_cached(str(folder), ui.checkpoint_stamp(folder), "face.png-cropped", 0, r, ("older",),
+        r = caches.analyse(data, "face.png", folder, True, False, 0.9)
+        caches.cams_cached(str(folder), caches.checkpoint_stamp(folder), "face.png-cropped", 0, r, ("older",),
                        "GradCAM", "layer4", False, False, False)
-        preds = ui.predictions_cached(str(folder), "val", ui.predictions_stamp(folder, "val"))
-        return r.faces[0], preds, ui.get_checkpoint(folder)
+        preds = caches.predictions_cached(str(folder), "val", caches.predictions_stamp(folder, "val"))
+        return r.faces[0], preds, caches.get_checkpoint(folder)
 
     face, preds, ckpt = now()
     again = now()
@@ -331,5 +331,5 @@ def test_caches_follow_a_checkpoint_rewritten_in_place(tiny_checkpoint, tmp_path
 
 def test_a_bad_upload_is_an_error_result_not_an_exception(tiny_checkpoint, tmp_path):
     shutil.copytree(tiny_checkpoint, tmp_path / "tiny")
-    r = ui.analyse(b"not an image", "broken.jpg", tmp_path / "tiny", False, False, 0.9)
+    r = caches.analyse(b"not an image", "broken.jpg", tmp_path / "tiny", False, False, 0.9)
     assert r.error.startswith("cannot read broken.jpg as an image") and not r.faces

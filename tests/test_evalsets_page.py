@@ -10,7 +10,7 @@ from streamlit.testing.v1 import AppTest
 
 from agegender import results, shift
 from agegender.datasets import ERR_LABELS_MISSING, ERR_NOT_FOUND
-from dashboard import ui
+from dashboard import caches, state
 
 from .conftest import ROOT
 from .test_evalset import blank, fairface_like
@@ -33,7 +33,7 @@ def page(tiny_checkpoint, tmp_path, monkeypatch):
     at = AppTest.from_file(APP, default_timeout=300)
     at.session_state["picker_names"] = []  # no prediction on the first page: it is not under test
     at.run()
-    at.session_state[ui.SELECTED] = [str(ck)]  # AppTest runs the sidebar once: what it would have stored
+    at.session_state[state.SELECTED] = [str(ck)]  # AppTest runs the sidebar once: what it would have stored
     return at.switch_page(PAGE).run(), ck
 
 
@@ -142,7 +142,7 @@ def test_review_pages_read_an_evaluation_set(page, tmp_path):
     at, ck = page
     other = ck.parent / "tiny2"
     shutil.copytree(ck, other)
-    at.session_state[ui.SELECTED] = [str(ck), str(other)]
+    at.session_state[state.SELECTED] = [str(ck), str(other)]
     fairface_like(tmp_path / "ff")
     register(at, "ff", tmp_path / "ff")
     at.button(key="es_go").click().run()
@@ -180,7 +180,7 @@ def test_a_set_not_evaluated_yet_points_to_the_evaluation_sets_page(page, tmp_pa
 
 
 def test_the_pages_and_the_results_cache_name_the_same_own_splits():
-    assert ui.OWN_SPLITS == tuple(results.OWN_SPLITS)
+    assert caches.OWN_SPLITS == tuple(results.OWN_SPLITS)
 
 
 def test_a_set_evaluated_after_a_page_looked_for_it_is_seen_at_once(page, tmp_path):

@@ -15,7 +15,7 @@ from streamlit.testing.v1 import AppTest
 from agegender import catalog, charts, tables
 from agegender.catalog import SUMMARY_METRICS, compare_pick, most_recent, trained_at
 from agegender.meta import META, WEIGHTS
-from dashboard import ui
+from dashboard.state import PAIR_BUTTON, PICKER, SELECTED
 
 from .conftest import ROOT
 
@@ -257,7 +257,7 @@ def app(monkeypatch):
         at = AppTest.from_file(APP, default_timeout=90)
         # AppTest runs only the page after switch_page, not app.py's sidebar: preset the picker instead
         if picks is not None:
-            at.session_state[ui.PICKER] = picks
+            at.session_state[PICKER] = picks
         for k, v in (state or {}).items():
             at.session_state[k] = v
         return at.run()
@@ -278,23 +278,23 @@ def copies(tiny_checkpoint, root, ages: dict[str, float]):
 
 
 def picked(at) -> list[str]:
-    return [os.path.basename(p) for p in at.session_state[ui.SELECTED]]
+    return [os.path.basename(p) for p in at.session_state[SELECTED]]
 
 
 def test_compare_page_offers_the_two_most_recent_and_leaves_the_picker_alone(app, tiny_checkpoint, tmp_path, caplog):
     root = tmp_path / "three"
     copies(tiny_checkpoint, root, {"a-old": 300, "b-new": 100, "c-mid": 200})
     at = app(root)  # a fresh session: the predict page on its one default checkpoint
-    assert at.session_state[ui.PICKER] == ["a-old"]
+    assert at.session_state[PICKER] == ["a-old"]
     at.switch_page("pages/compare.py").run()
     assert not at.exception
     assert picked(at) == ["a-old"]  # visiting the page changes nothing by itself
     assert "two or more" in at.info[0].value
     offer = at.button(key="offer_pair")
-    assert offer.label == ui.PAIR_BUTTON.format(names="c-mid and b-new")
+    assert offer.label == PAIR_BUTTON.format(names="c-mid and b-new")
     offer.click().run()
     assert not at.exception
-    assert picked(at) == ["c-mid", "b-new"] and at.session_state[ui.PICKER] == ["c-mid", "b-new"]
+    assert picked(at) == ["c-mid", "b-new"] and at.session_state[PICKER] == ["c-mid", "b-new"]
     assert [h.value for h in at.header][0] == "b-new against c-mid"  # the older one is the baseline
     assert "Session State" not in caplog.text  # no "default value and Session State API" clash
 
@@ -345,7 +345,7 @@ def test_bias_and_checkpoints_tables_show_units(app, tiny_checkpoint, tmp_path):
     table, text = at.dataframe[0].value, shown(at.dataframe[0])
     assert table["test gender acc"].between(0, 1).all()  # raw underneath
     assert text["test gender acc"].str.endswith("%").all() and text["test age MAE"].str.endswith(" y").all()
-    at.session_state[ui.SELECTED] = [str(tmp_path / "ck" / "tiny")]  # what the picker would hold
+    at.session_state[SELECTED] = [str(tmp_path / "ck" / "tiny")]  # what the picker would hold
     at.switch_page("pages/bias.py").run()
     at.number_input(key="bias_min").set_value(1).run()
     assert not at.exception
@@ -419,9 +419,9 @@ def test_predict_page_one_face_stays_as_it_was(app, tiny_checkpoint, tmp_path):
 COMPARE_FIRST = """
 import streamlit as st
 
-from dashboard import ui
+from dashboard import state, ui
 
-ui.sidebar()
+state.sidebar()
 ui.run_page(st.navigation([st.Page({page!r}, title="Compare checkpoints", default=True)]))
 """
 
@@ -436,7 +436,7 @@ def test_compare_pages_pair_button_fills_the_picker_itself(tiny_checkpoint, tmp_
     script = tmp_path / "compare_first.py"
     script.write_text(COMPARE_FIRST.format(page=str(ROOT / "dashboard" / "pages" / "compare.py")))
     at = AppTest.from_file(str(script), default_timeout=90).run()
-    assert not at.exception and at.multiselect(key=ui.PICKER).value == ["a-old"]
+    assert not at.exception and at.multiselect(key=PICKER).value == ["a-old"]
     at.button(key="offer_pair").click().run()
-    assert at.multiselect(key=ui.PICKER).value == ["c-mid", "b-new"]
+    assert at.multiselect(key=PICKER).value == ["c-mid", "b-new"]
     assert picked(at) == ["c-mid", "b-new"] and [h.value for h in at.header][0] == "b-new against c-mid"

@@ -10,7 +10,7 @@ from agegender.explain import REMOVED, CamMap
 from agegender.faces import load_photo
 from agegender.labels import DEFAULT_BAND
 from agegender.predict import ALIGNED, CROPPED, INPUT_KINDS, WHOLE, analyse
-from dashboard import ui
+from dashboard import faceview, state
 
 from .conftest import ROOT
 from .test_predict import HOPPER, no_face_image
@@ -30,7 +30,7 @@ def shipped_app(monkeypatch):
     monkeypatch.setenv("AGEGENDER_CHECKPOINTS", str(SHIPPED))
     monkeypatch.delenv("AGEGENDER_ALLOWED_ROOTS", raising=False)
     at = AppTest.from_file(APP, default_timeout=180)
-    at.session_state[ui.PICKER] = PAIR
+    at.session_state[state.PICKER] = PAIR
     return at.run()
 
 
@@ -49,18 +49,18 @@ def test_the_cam_method_outlives_a_page_switch(shipped_app):
     at = shipped_app
     at.selectbox(key="method").set_value("GradCAM++").run()
     at.switch_page("pages/bias.py").run()
-    assert at.session_state[ui.KEEP + "method"] == "GradCAM++"  # what the compare and explorer pages read
+    assert at.session_state[state.KEEP + "method"] == "GradCAM++"  # what the compare and explorer pages read
     at.switch_page("pages/predict.py").run()
     assert not at.exception and at.selectbox(key="method").value == "GradCAM++"
 
 
 def test_a_layer_of_another_architecture_falls_back_to_the_checkpoints_own(shipped_app, tiny_checkpoint):
     at = shipped_app
-    at.session_state[ui.SELECTED] = [str(tiny_checkpoint)]  # a ResNet: its layers are layer4 and layer3
+    at.session_state[state.SELECTED] = [str(tiny_checkpoint)]  # a ResNet: its layers are layer4 and layer3
     at.run()
     at.selectbox(key="layer").set_value("layer3").run()
     assert not at.exception and at.selectbox(key="layer").value == "layer3"
-    at.session_state[ui.SELECTED] = [str(SHIPPED / PAIR[0])]  # the dlib trunk has neither
+    at.session_state[state.SELECTED] = [str(SHIPPED / PAIR[0])]  # the dlib trunk has neither
     at.run()
     assert not at.exception and not at.error
     layer = at.selectbox(key="layer")
@@ -75,9 +75,9 @@ def test_a_map_that_fails_roads_check_says_so(gap, fails):
     assert (note is not None) == fails
     if fails:
         assert f"{gap:+.2f} y" in note and f"{100 - REMOVED}%" in note and "does not show what the model used" in note
-        assert ui.cam_caption(m).endswith("(fails the check)")
+        assert faceview.cam_caption(m).endswith("(fails the check)")
     else:
-        assert ui.cam_caption(m).endswith("(passes)")
+        assert faceview.cam_caption(m).endswith("(passes)")
     assert CamMap("older", "age", m.heat).faithfulness_note() is None  # not checked: nothing to say
 
 
@@ -99,12 +99,12 @@ def _face_view_of_a_blank_photo():
 
     from agegender.checkpoint import load_checkpoint
     from agegender.predict import analyse
-    from dashboard import ui
+    from dashboard import faceview, state
 
     ckpt = load_checkpoint(os.environ["SHIPPED_CKPT"])
     photo = Image.fromarray(np.full((240, 320, 3), 128, np.uint8))
     result = analyse(photo, "grey.png", ckpt, [], whole_if_no_face=True)
-    ui.face_view(ckpt, result, 0, "grey", ui.Options(faithfulness=True))
+    faceview.face_view(ckpt, result, 0, "grey", state.Options(faithfulness=True))
 
 
 def test_the_face_view_names_a_whole_image_input_and_draws_its_maps(monkeypatch):
@@ -124,7 +124,7 @@ def test_warm_up_leaves_the_first_page_nothing_to_compute(monkeypatch):
 
     monkeypatch.setenv("AGEGENDER_CHECKPOINTS", str(SHIPPED))
     monkeypatch.delenv("AGEGENDER_ALLOWED_ROOTS", raising=False)
-    ui.warm_up()  # what `python -m dashboard` runs while the server starts
+    faceview.warm_up()  # what `python -m dashboard` runs while the server starts
 
     def computed(*args, **kw):
         raise AssertionError("the first page computed what warm_up should have cached")
@@ -140,11 +140,11 @@ def test_warm_up_leaves_the_first_page_nothing_to_compute(monkeypatch):
 def _kept_options_shown():
     import streamlit as st
 
-    from dashboard import ui
+    from dashboard import state
 
-    st.session_state[ui.KEEP + "method"] = "GradCAM++"
-    st.session_state[ui.KEEP + "faith"] = True
-    st.text(repr(ui.kept_options(other_gender=True)))
+    st.session_state[state.KEEP + "method"] = "GradCAM++"
+    st.session_state[state.KEEP + "faith"] = True
+    st.text(repr(state.kept_options(other_gender=True)))
 
 
 def test_the_other_pages_explain_with_the_predict_pages_options():

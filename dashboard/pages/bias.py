@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from dashboard import ui
+from dashboard import caches, state
 
 
 # cache_resource: shared and never mutated (the audit is read, leave_out filters a copy)
@@ -10,13 +10,13 @@ from dashboard import ui
 def audit_cached(ckpt_path: str, source: str, stamp: tuple, review_stamp: tuple):
     from agegender.report import audit_for
 
-    return audit_for(ui.predictions_cached(ckpt_path, source, stamp), ckpt_path, source, None, None)[0]
+    return audit_for(caches.predictions_cached(ckpt_path, source, stamp), ckpt_path, source, None, None)[0]
 
 
 def source_table(ckpt_path: str, source: str, stamp: tuple, leave: tuple | None):
     """The predictions; with ``leave`` (a leave-out mode, the review file's stamp) without what that mode leaves
     out."""
-    df = ui.predictions_cached(ckpt_path, source, stamp)
+    df = caches.predictions_cached(ckpt_path, source, stamp)
     return df if leave is None else leave_out(df, audit_cached(ckpt_path, source, stamp, leave[1]), leave[0])
 
 
@@ -47,7 +47,7 @@ def slices_cached(ckpt_path: str, source: str, stamp: tuple, leave: tuple | None
 @st.cache_data(max_entries=16)
 def shares_cached(ckpt_path: str, source: str, stamp: tuple, leave: tuple, grouping: str | None):
     """(what the mode left out, in words; per group of ``grouping`` the suspects and what left, or None)."""
-    df = ui.predictions_cached(ckpt_path, source, stamp)
+    df = caches.predictions_cached(ckpt_path, source, stamp)
     audit = audit_cached(ckpt_path, source, stamp, leave[1])
     text = leave_out_text(audit, leave[0], len(df), len(source_table(ckpt_path, source, stamp, leave)))
     return text, suspect_shares(prepare(df), audit, grouping, leave[0]) if grouping else None
@@ -64,10 +64,10 @@ from agegender.report import GAP_NOTE, leave_out_text, noise_text, suspect_share
 from agegender.results import source_label
 from agegender.review import review_path
 
-ckpt = ui.checkpoint_choice(ui.selected_checkpoints())
+ckpt = state.checkpoint_choice(state.selected_checkpoints())
 c1, c2, c3, c4 = st.columns(4)
-source = ui.source_picker(c1, "bias_split")
-df = ui.predictions(ckpt, source)
+source = state.source_picker(c1, "bias_split")
+df = caches.predictions(ckpt, source)
 if df is None:
     st.stop()
 # the table's own groupings: FairFace's seven groups, a user's extra columns, pose and face size of photos
@@ -77,7 +77,7 @@ exact = df["age"].notna().any()  # exact ages (UTKFace), or only bins (FairFace)
 offered = [m for m in METRICS if exact or not m.startswith("age_") or m.startswith("age_bin")]
 metric = c3.selectbox("Metric", offered, key="bias_metric", format_func=lambda m: METRICS[m].label)
 min_count = c4.number_input("Too small below n =", 1, 10_000, MIN_COUNT, key="bias_min")
-stamp = ui.predictions_stamp(ckpt.path, source)
+stamp = caches.predictions_stamp(ckpt.path, source)
 needs_model = audit_needs_model(df, ckpt.path)
 mode = st.radio("Faces in the figures", LEAVE_OUT, key="bias_leave_out", format_func=MODE_LABELS.get,
                 horizontal=True, disabled=bool(needs_model),
@@ -85,7 +85,7 @@ mode = st.radio("Faces in the figures", LEAVE_OUT, key="bias_leave_out", format_
                 "a reviewer's verdicts are recorded on the Error explorer. Without confirmed label errors: only the "
                 "faces reviewed 'label wrong' leave. Without all suspects: a what-if that leaves out unreviewed "
                 "suspects too (often faces the model gets wrong): does the gap survive cleaning?")
-leave = None if needs_model or mode == ALL_FACES else (mode, ui.stamp(review_path(ckpt.path, source)))
+leave = None if needs_model or mode == ALL_FACES else (mode, caches.stamp(review_path(ckpt.path, source)))
 if leave is not None:
     text, shares = shares_cached(str(ckpt.path), source, stamp, leave, grouping)
     st.caption(text)
@@ -144,7 +144,7 @@ d1.download_button("Groups (CSV)", shown.to_csv(index=False), f"bias-{ckpt.name}
 if d2.button("Prepare the HTML report (all groupings)", key="bias_html"):
     d2.download_button("Download the HTML report", html_cached(str(ckpt.path), source, stamp, int(min_count), leave),
                        f"bias-{ckpt.name}-{source}{f'-without-{mode}' if leave else ''}.html", "text/html")
-cli = (f"--checkpoint {ckpt.path} --split {source}" if source in ui.OWN_SPLITS else "--predictions PREDICTIONS.csv")
+cli = (f"--checkpoint {ckpt.path} --split {source}" if source in caches.OWN_SPLITS else "--predictions PREDICTIONS.csv")
 st.caption(f"Groupings available: {', '.join(grouping_columns(table))} and their pairs. The command line gives the "
            f"same: `python -m agegender.report {cli} --html report.html`")
 

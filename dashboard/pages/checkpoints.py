@@ -10,11 +10,11 @@ from agegender.access import pickable
 from agegender.catalog import SUMMARY_METRICS, default_root, health_of, summary_table
 from agegender.meta import META, CheckpointError
 from agegender.predictions import predictions_path
-from dashboard import ui
+from dashboard import caches, state
 
 st.title("Checkpoints")
 root = default_root()
-allowed, _ = ui.allow_lists()
+allowed, _ = state.allow_lists()
 paths = pickable(allowed, root)
 table = summary_table(paths=paths)
 where = f"`{root}`" if allowed.roots is None else ", ".join(f"`{r}`" for r in allowed.roots) or "no folder"
@@ -43,16 +43,16 @@ def card_cached(path: str, stamp: tuple) -> str:
 
 
 st.header("One checkpoint")
-labels = ui.pick_labels(paths)
+labels = state.pick_labels(paths)
 c1, c2 = st.columns(2)
 chosen = c1.selectbox("Checkpoint", list(labels), key="ck_pick", index=None if not labels else 0,
                       placeholder="none here: type a folder")
-typed = ui.typed_path(c2.text_input("…or a checkpoint folder", key="ck_path", placeholder="/path/to/checkpoint",
+typed = state.typed_path(c2.text_input("…or a checkpoint folder", key="ck_path", placeholder="/path/to/checkpoint",
                                     help="Any folder the dashboard may read; it is loaded as the app loads "
                                          "checkpoints, so a folder that is not one says why."), allowed)
 if typed:
     try:  # the one loader: meta.json, the weights' checksum and their shapes
-        path = ui.get_checkpoint(typed).path
+        path = caches.get_checkpoint(typed).path
     except CheckpointError as e:
         st.error(f"Not a readable checkpoint: {e}")
         st.stop()
@@ -69,7 +69,7 @@ if problem:
 else:
     st.success("Health: ok (the validation figures say it learnt)")
 try:
-    card = card_cached(str(path), ui.stamp(Path(path) / META, predictions_path(path, "test")))
+    card = card_cached(str(path), caches.stamp(Path(path) / META, predictions_path(path, "test")))
 except CheckpointError as e:
     st.error(str(e))
     st.stop()

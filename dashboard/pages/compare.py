@@ -3,7 +3,7 @@ through each checkpoint with the Grad-CAMs side by side."""
 
 import streamlit as st
 
-from dashboard import ui
+from dashboard import caches, faceview, state
 
 st.title("Compare checkpoints")
 
@@ -14,10 +14,10 @@ from agegender import charts, tables
 from agegender.compare import TRAINING_NOISE, agreement, gaps, pair, paired_deltas
 from agegender.fairness import METRICS, MIN_COUNT, groupings_for
 
-ckpts = ui.selected_checkpoints()
+ckpts = state.selected_checkpoints()
 if len(ckpts) < 2:
     st.info("Pick two or more checkpoints in the sidebar to compare them.")
-    ui.offer_pair(st)
+    state.offer_pair(st)
     st.stop()
 
 
@@ -36,16 +36,16 @@ def card_metrics(exact: bool) -> tuple[str, ...]:
 
 @st.cache_data(max_entries=16, show_spinner="Paired bootstrap…")
 def deltas_cached(a: str, b: str, source: str, stamps: tuple, grouping: str):
-    m = pair(ui.predictions_cached(a, source, stamps[0]), ui.predictions_cached(b, source, stamps[1]))
+    m = pair(caches.predictions_cached(a, source, stamps[0]), caches.predictions_cached(b, source, stamps[1]))
     metrics = card_metrics(m["age"].notna().any())
     return m, paired_deltas(m, None, metrics), paired_deltas(m, grouping, metrics), gaps(m, grouping)
 
 
 c1, c2, c3 = st.columns(3)
-source = ui.source_picker(c1, "cmp_split")
+source = state.source_picker(c1, "cmp_split")
 base_name = c2.selectbox("Baseline", [c.name for c in ckpts], key="cmp_base")
 base = next(c for c in ckpts if c.name == base_name)
-frames = [ui.predictions(c, source) for c in ckpts]
+frames = [caches.predictions(c, source) for c in ckpts]
 if any(f is None for f in frames):
     st.stop()
 grouping = c3.selectbox("Grouping", groupings_for(frames[0]), key="cmp_grouping",
@@ -54,7 +54,7 @@ exact = frames[0]["age"].notna().any()
 
 for other in [c for c in ckpts if c is not base]:
     st.header(f"{other.name} against {base.name}")
-    stamps = (ui.predictions_stamp(base.path, source), ui.predictions_stamp(other.path, source))
+    stamps = (caches.predictions_stamp(base.path, source), caches.predictions_stamp(other.path, source))
     try:
         m, overall, groups, gap_tables = deltas_cached(str(base.path), str(other.path), source, stamps, grouping)
     except ValueError as e:
@@ -111,15 +111,15 @@ st.header("One photo through each checkpoint")
 up = st.file_uploader("Photo", type=["jpg", "jpeg", "png", "webp", "bmp"], key="cmp_upload")
 if up is not None:
     # the predict page's CAM options; a photo with no face found is taken whole (and the view says so)
-    data, opt = up.getvalue(), ui.kept_options(whole_if_no_face=True)
-    results = {c.name: ui.analyse(data, up.name, c.path, opt.cropped, opt.whole_if_no_face, opt.min_confidence)
+    data, opt = up.getvalue(), state.kept_options(whole_if_no_face=True)
+    results = {c.name: caches.analyse(data, up.name, c.path, opt.cropped, opt.whole_if_no_face, opt.min_confidence)
                for c in ckpts}
     first = results[ckpts[0].name]
     if first.error:
         st.error(first.error)
     else:
-        key = ui.result_key(data, opt)
+        key = faceview.result_key(data, opt)
         for i in range(sum(f.predicted for f in first.faces)):
             st.markdown(f"#### Face {i + 1}")
             for c in ckpts:
-                ui.face_view(c, results[c.name], i, key, opt)
+                faceview.face_view(c, results[c.name], i, key, opt)

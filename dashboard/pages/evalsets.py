@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from dashboard import ui
+from dashboard import caches, state
 
 st.title("Evaluation sets")
 
@@ -47,7 +47,7 @@ def cross_stamp(paths: list[str], names: list[str]) -> tuple:
     files = [results.registry_path(), *(results.set_folder(n) for n in names if n not in results.OWN_SPLITS)]
     for p in paths:
         files += [f"{p}/meta.json", *(f"{p}/predictions-{s}.csv" for s in results.OWN_SPLITS)]
-    return ui.stamp(*files)
+    return caches.stamp(*files)
 
 
 @st.cache_data(max_entries=16, ttl=600, show_spinner="Standardising (bootstrap)…")
@@ -59,10 +59,10 @@ def shift_cached(checkpoint: str, set_name: str, stamp: tuple):
 
 def shift_stamp(checkpoint: str, set_name: str) -> tuple:
     found = results.predictions_file(checkpoint, set_name)
-    return ui.stamp(*(f"{checkpoint}/predictions-{s}.csv" for s in results.OWN_SPLITS), *([found] if found else []))
+    return caches.stamp(*(f"{checkpoint}/predictions-{s}.csv" for s in results.OWN_SPLITS), *([found] if found else []))
 
 
-_, data_allowed = ui.allow_lists()
+_, data_allowed = state.allow_lists()
 fail = failures()
 
 def nothing_registered() -> bool:
@@ -125,7 +125,7 @@ else:
             st.error(str(e))
 
 st.subheader("Evaluate")
-picked = list(st.session_state.get(ui.SELECTED, []))
+picked = list(st.session_state.get(state.SELECTED, []))
 set_name = None
 if not offered:
     st.info(NO_OFFERED if sets else NO_SETS)
@@ -150,7 +150,7 @@ else:
 
             try:
                 res = results.evaluate(p, set_name, progress=progress, save_into_checkpoint=save,
-                                       load=ui.get_checkpoint)
+                                       load=caches.get_checkpoint)
             except fail as e:
                 bar.empty()
                 st.error(str(e))

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from dashboard import ui
+from dashboard import caches, faceview, state
 
 st.title("Error explorer")
 
@@ -48,15 +48,15 @@ def set_crops(set_name: str, size: int, stamp: tuple):
     return dataset_crops(get_set(set_name).read(), size)
 
 
-ckpt = ui.checkpoint_choice(ui.selected_checkpoints())
+ckpt = state.checkpoint_choice(state.selected_checkpoints())
 c1, c2, c3, c4 = st.columns(4)
-source = ui.source_picker(c1, "ex_split")
+source = state.source_picker(c1, "ex_split")
 mode = c2.radio("Show", list(MODES), key="ex_mode")
-if source in ui.OWN_SPLITS:  # UTKFace val / test: the chips are in the UTKFace dataset
-    data_path = st.session_state.get(ui.DATASET, "")
+if source in caches.OWN_SPLITS:  # UTKFace val / test: the chips are in the UTKFace dataset
+    data_path = st.session_state.get(state.DATASET, "")
     if not data_path:  # the sidebar's field is empty: the data this checkpoint was trained on, when it is here
         data_path = default_data_path([ckpt.path])
-        data_path = data_path if data_path and ui.allow_lists()[1].allows(data_path) else ""
+        data_path = data_path if data_path and state.allow_lists()[1].allows(data_path) else ""
     if data_path and data_path in trained_on(ckpt.path):  # the sidebar fills in the default checkpoint's data
         st.caption(f"UTKFace images from {data_path}, the data {ckpt.name} was trained on (type another "
                    "path in the sidebar).")
@@ -64,14 +64,14 @@ if source in ui.OWN_SPLITS:  # UTKFace val / test: the chips are in the UTKFace 
         st.info(problem)
         st.stop()
     try:
-        sc = ui.dataset(data_path)
+        sc = caches.dataset(data_path)
     except DatasetError as e:
         st.error(str(e))
         st.stop()
-    data_stamp = ui.stamp(data_path)
+    data_stamp = caches.stamp(data_path)
 else:  # an evaluation set: the aligned faces its evaluation cached
-    data_path, data_stamp = source, ui.predictions_stamp(ckpt.path, source)
-df = ui.predictions(ckpt, source)
+    data_path, data_stamp = source, caches.predictions_stamp(ckpt.path, source)
+df = caches.predictions(ckpt, source)
 if df is None:
     st.stop()
 df = prepare(df)
@@ -86,11 +86,11 @@ if group_col != "(all)":
 @st.cache_data(max_entries=4, show_spinner="Auditing the labels: each face through the model once…")
 def label_audit(ckpt_path: str, source: str, data_path: str, stamps: tuple):
     """The audit of the whole source (agegender.audit), as of the checkpoint, predictions and data stamps."""
-    ckpt = ui.get_checkpoint(ckpt_path)
+    ckpt = caches.get_checkpoint(ckpt_path)
     size = ckpt.preprocess.cache_size
-    table = ui.predictions_cached(ckpt_path, source, stamps[1])
-    if source in ui.OWN_SPLITS:
-        return audit_faces(ckpt, table, lambda files: chip_faces(ui.dataset(data_path), files, size))
+    table = caches.predictions_cached(ckpt_path, source, stamps[1])
+    if source in caches.OWN_SPLITS:
+        return audit_faces(ckpt, table, lambda files: chip_faces(caches.dataset(data_path), files, size))
     return audit_faces(ckpt, table, lambda files: set_faces(set_crops(source, size, stamps[2]), files))
 
 
@@ -98,7 +98,7 @@ review_file = review_path(ckpt.path, source)
 if mode == SUSPECTS:
     try:
         audit = with_reviews(label_audit(str(ckpt.path), source, data_path, (
-            ui.checkpoint_stamp(ckpt.path), ui.predictions_stamp(ckpt.path, source), data_stamp)),
+            caches.checkpoint_stamp(ckpt.path), caches.predictions_stamp(ckpt.path, source), data_stamp)),
             read_review(review_file))
     except (AuditError, ReviewError) as e:
         st.error(str(e))
@@ -115,7 +115,7 @@ else:
 
 def read(files: list[str]) -> dict:
     """The faces of these files, from wherever this source keeps them."""
-    if source in ui.OWN_SPLITS:
+    if source in caches.OWN_SPLITS:
         return read_chips(sc, files)
     try:
         return set_chips(set_crops(source, ckpt.preprocess.cache_size, data_stamp), files)
@@ -182,7 +182,7 @@ def show_errors(rows) -> None:
         review(rows[rows["file"] == pick].head(1))
     if pick:
         result = chip_result(ckpt, pick, chips[pick], rows[rows["file"] == pick].iloc[0])
-        ui.face_view(ckpt, result, 0, f"explorer-{pick}", ui.kept_options(other_gender=True))
+        faceview.face_view(ckpt, result, 0, f"explorer-{pick}", state.kept_options(other_gender=True))
 
 
 if rows.empty:
@@ -200,12 +200,12 @@ per_group = g2.slider("Faces per group", 4, 64, 16, 4, key="ex_avg_n")
 @st.cache_data(max_entries=8, show_spinner="Averaging Grad-CAMs…")
 def group_means(ckpt_path: str, source: str, by: str, per_group: int, data_path: str, stamps: tuple):
     ckpt_stamp, predictions_stamp, data_stamp = stamps
-    table = prepare(ui.predictions_cached(ckpt_path, source, predictions_stamp))
-    return group_mean_cams(ui.get_checkpoint(ckpt_path), read, table, by, per_group)
+    table = prepare(caches.predictions_cached(ckpt_path, source, predictions_stamp))
+    return group_mean_cams(caches.get_checkpoint(ckpt_path), read, table, by, per_group)
 
 
 if st.button("Compute the group averages", key="ex_avg_go"):
-    stamps = (ui.checkpoint_stamp(ckpt.path), ui.predictions_stamp(ckpt.path, source), data_stamp)
+    stamps = (caches.checkpoint_stamp(ckpt.path), caches.predictions_stamp(ckpt.path, source), data_stamp)
     means = group_means(str(ckpt.path), source, by, per_group, data_path, stamps)
     cols = st.columns(max(1, len(means)))
     for col, (name, (count, mean_face, maps)) in zip(cols, means.items(), strict=False):

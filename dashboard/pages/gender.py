@@ -3,7 +3,7 @@ group's error rates against the threshold."""
 
 import streamlit as st
 
-from dashboard import ui
+from dashboard import caches, state
 
 THRESHOLD, BAND = "gender_threshold", "gender_band"
 SHOWN = "gender_threshold_shown"  # the threshold of the last run: where the band moves from
@@ -12,7 +12,7 @@ MOVED = "gender_moved"  # what a slider's callback moved in the other, said once
 
 @st.cache_data(max_entries=16, show_spinner="Reading predictions…")
 def prepared_cached(ckpt_path: str, source: str, stamp: tuple):
-    return prepare(ui.predictions_cached(ckpt_path, source, stamp))
+    return prepare(caches.predictions_cached(ckpt_path, source, stamp))
 
 
 @st.cache_data(max_entries=32, show_spinner="Computing ROC curves and reliability…")
@@ -36,21 +36,21 @@ def sweep_cached(ckpt_path: str, source: str, stamp: tuple, grouping: str, thres
 # A widget's value cannot change once it is drawn in a run: one slider moves the other in its callback, which runs
 # before the next run draws them, so every run has a band that holds the threshold.
 def threshold_moved():
-    state = st.session_state
-    was = tuple(state[BAND])
-    band = genderband.band_following(state[THRESHOLD], was, state.get(SHOWN), decimals=2)
+    session = st.session_state
+    was = tuple(session[BAND])
+    band = genderband.band_following(session[THRESHOLD], was, session.get(SHOWN), decimals=2)
     if band != was:
-        state[BAND] = band
-        state[MOVED] = genderband.BAND_MOVED.format(lo=band[0], hi=band[1], was_lo=was[0], was_hi=was[1])
+        session[BAND] = band
+        session[MOVED] = genderband.BAND_MOVED.format(lo=band[0], hi=band[1], was_lo=was[0], was_hi=was[1])
 
 
 def band_moved():
-    state = st.session_state
-    was = state[THRESHOLD]
-    threshold = genderband.threshold_within(was, state[BAND])
+    session = st.session_state
+    was = session[THRESHOLD]
+    threshold = genderband.threshold_within(was, session[BAND])
     if threshold != was:
-        state[THRESHOLD] = threshold
-        state[MOVED] = genderband.THRESHOLD_MOVED.format(threshold=threshold, was=was)
+        session[THRESHOLD] = threshold
+        session[MOVED] = genderband.THRESHOLD_MOVED.format(threshold=threshold, was=was)
 
 
 st.title("Gender threshold")
@@ -61,12 +61,12 @@ from agegender.fairness import grouping_columns, prepare
 from agegender.labels import DECISION, DEFAULT_BAND
 from agegender.predictions import group_columns
 
-ckpt = ui.checkpoint_choice(ui.selected_checkpoints())
+ckpt = state.checkpoint_choice(state.selected_checkpoints())
 c1, c2, c3, c4 = st.columns(4)
-source = ui.source_picker(c1, "gender_split")
-if ui.predictions(ckpt, source) is None:
+source = state.source_picker(c1, "gender_split")
+if caches.predictions(ckpt, source) is None:
     st.stop()
-stamp = ui.predictions_stamp(ckpt.path, source)
+stamp = caches.predictions_stamp(ckpt.path, source)
 table = prepared_cached(str(ckpt.path), source, stamp)
 n_scored = int(genderband.scored_mask(table).sum())
 if n_scored == 0:

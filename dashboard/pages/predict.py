@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from dashboard import ui
+from dashboard import caches, faceview, state
 
 st.title("Predict & explain")
 
@@ -20,7 +20,7 @@ TYPES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 MIME_TYPES = ("image/jpeg", "image/png", "image/webp", "image/bmp")
 EXPLAIN = "Grad-CAMs of"
 
-ckpts = ui.selected_checkpoints(limit=3)
+ckpts = state.selected_checkpoints(limit=3)
 
 source = st.radio("Photo", ["Example", "Upload", "Camera"], horizontal=True, key="source")
 files: list[tuple[str, bytes]] = []
@@ -30,24 +30,24 @@ if source == "Upload":
     for name in [n for n, _ in files if not n.lower().endswith(TYPES)]:
         st.error(f"{name} is not a type this page reads: upload JPEG, PNG, WebP or BMP.")
     files = [(n, d) for n, d in files if n.lower().endswith(TYPES)]
-    for name in [n for n, d in files if ui.too_large(d)]:
+    for name in [n for n, d in files if faceview.too_large(d)]:
         st.error(f"{name} is larger than {st.get_option('server.maxUploadSize')} MB: downscale it first.")
-    files = [(n, d) for n, d in files if not ui.too_large(d)]
+    files = [(n, d) for n, d in files if not faceview.too_large(d)]
 elif source == "Camera":
     shot = st.camera_input("Take a photo")
     files = [("camera.jpg", shot.getvalue())] if shot else []
 else:
-    files = [ui.example_photo()]
+    files = [faceview.example_photo()]
     st.caption("Example: Grace Hopper (female, photographed in her late seventies), shipped with matplotlib.")
 
-ui.keep_options()
+state.keep_options()
 layers = layer_names([c.model for c in ckpts])
 if st.session_state.get("layer") not in layers:  # a layer of another architecture, picked before a switch
     st.session_state["layer"] = layers[0]
 with st.expander("Options", expanded=False):
     c1, c2, c3 = st.columns(3)
-    # no defaults here: ui.keep_options() gave each key its value, so a page switch does not reset them
-    opt = ui.Options(
+    # no defaults here: state.keep_options() gave each key its value, so a page switch does not reset them
+    opt = state.Options(
         cropped=c1.toggle("This image is already a cropped face", key="cropped"),
         whole_if_no_face=c1.toggle("No face found: use the whole image", key="whole"),
         min_confidence=c1.slider("Detection confidence threshold", 0.5, 1.0, step=0.01, key="min_conf"),
@@ -84,7 +84,7 @@ results = {c.name: [] for c in ckpts}
 overlays: dict[str, bytes] = {}
 for file_index, (name, data) in enumerate(files):
     st.subheader(name)
-    per_ckpt = {c.name: ui.analyse(data, name, c.path, opt.cropped, opt.whole_if_no_face, opt.min_confidence)
+    per_ckpt = {c.name: caches.analyse(data, name, c.path, opt.cropped, opt.whole_if_no_face, opt.min_confidence)
                 for c in ckpts}
     for c in ckpts:
         results[c.name].append(per_ckpt[c.name])
@@ -99,7 +99,7 @@ for file_index, (name, data) in enumerate(files):
         st.warning(f"No face found in {name}: the model was given the whole image's centre, not an aligned face, "
                    "so its figures are less like those on the training chips.")
     elif not opt.cropped:
-        photo, _ = ui.detect_cached(data, name)
+        photo, _ = caches.detect_cached(data, name)
         n_ok = sum(f.predicted for f in first.faces)
         st.image(draw_faces(photo, first.faces), width=min(700, photo.width),
                  caption=f"{len(first.faces)} face(s) found, {n_ok} above the threshold")
@@ -107,7 +107,7 @@ for file_index, (name, data) in enumerate(files):
     if skipped:
         st.caption(f"Listed but not predicted (confidence under {opt.min_confidence:.2f}): face(s) "
                    + ", ".join(map(str, skipped)))
-    key = ui.result_key(data, opt)
+    key = faceview.result_key(data, opt)
     numbers = [j + 1 for j, f in enumerate(first.faces) if f.predicted]
     if not numbers:
         continue
@@ -118,13 +118,13 @@ for file_index, (name, data) in enumerate(files):
         number = st.radio(EXPLAIN, numbers, horizontal=True, key=f"face_pick-{file_index}-{key}",
                           format_func=lambda n: f"Face {n}")
         with grid:
-            ui.face_grid(ckpts, per_ckpt, numbers, opt.band, shown=number)
+            faceview.face_grid(ckpts, per_ckpt, numbers, opt.band, shown=number)
     st.markdown(f"#### Face {number}")
     for c in ckpts:
         face = [f for f in per_ckpt[c.name].faces if f.predicted][numbers.index(number)]
         if face.age_lo is not None:
             st.markdown(f"**{c.name}** — age **{face.age_text()}** · {calibrations[c.name].caption()}")
-        ui.face_view(c, per_ckpt[c.name], numbers.index(number), key, opt, overlays)
+        faceview.face_view(c, per_ckpt[c.name], numbers.index(number), key, opt, overlays)
 
 table = results_frame(results, opt.band)  # the one band of this request: the table, CSV and JSON read it alike
 if not table.empty:

@@ -3,7 +3,7 @@ age MAE and gender accuracy, and the external development check (--external) whe
 
 import streamlit as st
 
-from dashboard import ui
+from dashboard import state
 
 st.title("Training")
 
@@ -43,7 +43,7 @@ def show(h: pd.DataFrame, meta: dict, key: str) -> None:
             st.dataframe(scored, hide_index=True, placeholder=tables.MISSING)
 
 
-for ckpt in ui.selected_checkpoints():
+for ckpt in state.selected_checkpoints():
     st.subheader(ckpt.name)
     path = ckpt.path / HISTORY
     runs = run_histories(ckpt.path, ckpt.meta)
