@@ -25,7 +25,18 @@ from scipy.stats import rankdata
 
 from . import quality, stats
 from .labels import AGE_BUCKET_EDGES, age_bucket, parse_age_bin
-from .predictions import DERIVED_GROUP, KNOWN, complete, group_columns, metric_columns
+from .predictions import (
+    BIN_INDEX,
+    DERIVED_GROUP,
+    IS_FEMALE,
+    KNOWN,
+    complete,
+    group_columns,
+    metric_columns,
+    parsed_bins,
+    pred_bin_columns,
+    with_typed,
+)
 
 # UTKFace's groups and default groupings, kept for the pages that offer them; any other table:
 # grouping_columns(df) and groupings_for(df), which give these on a UTKFace table.
@@ -53,6 +64,8 @@ RATIO_NOTE = "ratio = worst / best; left empty for signed metrics (mean signed e
 # disparity()'s columns: the gap, its 95% interval, the test of "all groups equal" and what the data could detect
 DISPARITY_COLUMNS = ("metric", "label", "best_group", "best", "worst_group", "worst", "gap", "gap_lo", "gap_hi",
                      "ratio", "overall", "p_value", "q_value", "within_noise", "detectable")
+
+PREPARED_EDGES = "prepared_edges"  # the attrs key prepare() leaves: the age bucket edges it used
 
 ERR_BAD_GROUPING = "unknown grouping {grouping!r}: use {known}, or two joined by ':' (e.g. age_bucket:gender)"
 
@@ -170,10 +183,10 @@ METRICS: dict[str, Metric] = {m.name: m for m in [
 MISSED_RATE = Metric("missed_rate", "no face found", False, lambda c: _mean(c["missed"]), among=_every)
 
 
-def _bucket_of_bin(label: str, edges: tuple[int, ...]) -> str:
+def _bucket_of_bin(label: str, edges: tuple[int, ...], parsed: dict | None = None) -> str:
     """The age bucket an age bin lies in (a FairFace bin is its own bucket: they share the edges); a bin
     that straddles buckets (a user's 25-34) or starts below the first edge keeps its own label."""
-    lo, hi = parse_age_bin(label)
+    lo, hi = parsed[label] if parsed and label in parsed else parse_age_bin(label)
     if lo < edges[0]:
         return label
     first = age_bucket(lo, edges)
@@ -181,9 +194,11 @@ def _bucket_of_bin(label: str, edges: tuple[int, ...]) -> str:
     return first if inside else label
 
 
-def age_buckets(age, age_bin, edges: tuple[int, ...] = AGE_BUCKET_EDGES) -> pd.Categorical:
+def age_buckets(age, age_bin, edges: tuple[int, ...] = AGE_BUCKET_EDGES, parsed: dict | None = None
+                ) -> pd.Categorical:
     """Each row's age bucket: from the exact age where there is one, else from the age bin (see
-    _bucket_of_bin); missing where neither is known. Ordered by age (by lower bound, then upper)."""
+    _bucket_of_bin); missing where neither is known. Ordered by age (by lower bound, then upper).
+    ``parsed``: {label: bin} of the labels already parsed (predictions.parsed_bins), not parsed again."""
     labels = [age_bucket(lo, edges) for lo in edges]
     age = np.asarray(age, np.float64)
     exact = np.isfinite(age)
@@ -193,15 +208,31 @@ def age_buckets(age, age_bin, edges: tuple[int, ...] = AGE_BUCKET_EDGES) -> pd.C
     out[exact] = np.asarray(labels, dtype=object)[np.searchsorted(edges, age[exact], side="right") - 1]
     bins = pd.Series(age_bin, dtype=object).fillna("").astype(str).to_numpy()
     for label in set(bins[~exact]) - {""}:
-        out[~exact & (bins == label)] = _bucket_of_bin(label, edges)
+        out[~exact & (bins == label)] = _bucket_of_bin(label, edges, parsed)
     extra = {b for b in out if b is not None} - set(labels)
-    return pd.Categorical(out, categories=sorted(labels + sorted(extra), key=_bin_order), ordered=True)
+    order = _bucket_order(edges, parsed)
+    return pd.Categorical(out, categories=sorted(labels + sorted(extra), key=order), ordered=True)
+
+
+def _bucket_order(edges: tuple[int, ...], parsed: dict | None):
+    """_bin_order of a bucket label, the buckets' own read from the edges rather than parsed."""
+    known = {age_bucket(lo, edges): (lo, np.inf if i == len(edges) - 1 else edges[i + 1] - 1)
+             for i, lo in enumerate(edges)}
+    for label, (lo, hi) in (parsed or {}).items():
+        known.setdefault(label, (lo, np.inf if hi is None else hi))
+    return lambda label: known[label] if label in known else _bin_order(label)
 
 
 def prepare(df: pd.DataFrame, edges: tuple[int, ...] = AGE_BUCKET_EDGES) -> pd.DataFrame:
-    """A predictions table (agegender.predictions), completed to every column, with its age bucket added."""
+    """A predictions table (agegender.predictions), completed to every column, with its age bucket and typed
+    columns (predictions.with_typed: a boolean female, age bins as numbers) added, every bin label parsed
+    once. A command prepares its table once, at its entry, and passes it down: functions that take a table
+    call prepared(), which returns a prepared one as it is."""
     out = complete(df)
-    out[DERIVED_GROUP] = age_buckets(out["age"], out["age_bin"], edges)
+    parsed = parsed_bins(out["age_bin"], *(out[c] for c in pred_bin_columns(out)))
+    out[DERIVED_GROUP] = age_buckets(out["age"], out["age_bin"], edges, parsed)
+    with_typed(out, parsed)
+    out.attrs[PREPARED_EDGES] = tuple(edges)
     if "yaw" in out:  # photos: how the face was taken, as groups ("turned over 30°", "under 60 px")
         out[quality.POSE] = pd.Categorical(quality.pose_group(out["yaw"]), [*quality.POSE_LABELS, quality.UNKNOWN])
     if "face_px" in out:
@@ -209,9 +240,22 @@ def prepare(df: pd.DataFrame, edges: tuple[int, ...] = AGE_BUCKET_EDGES) -> pd.D
     return out
 
 
-def _prepared(df: pd.DataFrame) -> pd.DataFrame:
-    """``df`` when prepare() made it, else prepare(df): a report takes either."""
-    return df if DERIVED_GROUP in df and all(c in df for c in KNOWN) else prepare(df)
+def is_prepared(df: pd.DataFrame, edges: tuple[int, ...] | None = None) -> bool:
+    """Whether prepare() made ``df`` (its typed columns are there), with ``edges`` when given and recorded."""
+    made = df.attrs.get(PREPARED_EDGES)
+    same = edges is None or made is None or tuple(made) == tuple(edges)
+    return same and DERIVED_GROUP in df and IS_FEMALE in df and BIN_INDEX in df
+
+
+def prepared(df: pd.DataFrame, edges: tuple[int, ...] | None = None) -> pd.DataFrame:
+    """``df`` when prepare() made it (with ``edges``, when given), else prepare(df, edges): a report takes
+    either. A table with its own age bucket but no typed columns keeps its buckets and gains the columns."""
+    if is_prepared(df, edges):
+        return df
+    if edges is None and DERIVED_GROUP in df and all(c in df for c in KNOWN):
+        return with_typed(df.copy())
+    return prepare(df, AGE_BUCKET_EDGES if edges is None else edges)
+
 
 
 def grouping_columns(df: pd.DataFrame) -> list[str]:
@@ -345,7 +389,7 @@ class GroupReport:
     def __init__(self, df: pd.DataFrame, grouping: str | None = None, n_boot: int = N_BOOT, seed: int = SEED,
                  min_count: int = MIN_COUNT, exact_n: int = 4000, metrics: list[str] | None = None,
                  overall: dict | None = None, n_perm: int | None = None):
-        df = _prepared(df)
+        df = prepared(df)
         self.grouping = grouping
         self.columns = parse_grouping(grouping, grouping_columns(df)) if grouping else []
         self.min_count = min_count

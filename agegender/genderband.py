@@ -49,7 +49,7 @@ from .fairness import (
     wilson,
 )
 from .labels import DECISION, DEFAULT_BAND, GENDERS
-from .predictions import DERIVED_GROUP, is_female
+from .predictions import DERIVED_GROUP, IS_FEMALE, is_female
 
 OVERALL = "overall"  # the group name of the whole table, listed first
 RELIABILITY_BINS = 10
@@ -102,7 +102,8 @@ def scored(df: pd.DataFrame, grouping: str | None) -> Scored:
         listed = group_positions(t, columns)
         names = group_names(pd.DataFrame([k for k, _ in listed], columns=columns), columns)
         groups += [(name, where) for name, (_, where) in zip(names, listed, strict=True)]
-    return Scored(is_female(t["gender"]), t["p_female"].to_numpy(np.float64), groups, columns)
+    female = t[IS_FEMALE].to_numpy(bool) if IS_FEMALE in t else is_female(t["gender"])
+    return Scored(female, t["p_female"].to_numpy(np.float64), groups, columns)
 
 
 # ---- ROC and AUC -------------------------------------------------------------------------------------------

@@ -42,6 +42,14 @@ QUALITY_GROUPS = (quality.POSE, quality.SIZE)  # their groups, derived by agegen
 # a prediction's own extras, or one side's of a paired table
 PER_SIDE = ("pred_", "p_female_", "found_", f"{LABEL_TAIL}_")
 DERIVED_GROUP = "age_bucket"  # added from the age by agegender.fairness.prepare: not one of the dataset's groups
+# Typed columns agegender.fairness.prepare adds (with_typed), so that the labels are parsed once per table, not
+# once per metric, group or resample: the true gender as a boolean; the true age bin's index on the table's bin
+# scale (bin_scale) and its inclusive bounds (hi inf for an open bin; NaN where the label is empty); and each
+# predicted bin's index on the same scale (pred_age_bin_index, or pred_age_bin_index_a/_b on a paired table).
+IS_FEMALE = "is_female"
+BIN_INDEX, BIN_LO, BIN_HI = "age_bin_index", "age_bin_lo", "age_bin_hi"
+PRED_BIN_INDEX = "pred_age_bin_index"
+TYPED = (IS_FEMALE, BIN_INDEX, BIN_LO, BIN_HI)
 
 # Error messages are constants so tests can assert them word for word.
 ERR_NO_PREDICTIONS = "{path} has no predictions-{split}.csv: run python -m agegender.evaluate --checkpoint {path} " \
@@ -72,7 +80,7 @@ def validate(df: pd.DataFrame, needed: tuple[str, ...] = REQUIRED) -> pd.DataFra
 
 def group_columns(df: pd.DataFrame) -> list[str]:
     """The dataset's own group columns, in table order (UTKFace and FairFace: race)."""
-    derived = (DERIVED_GROUP, *QUALITY, *QUALITY_GROUPS)
+    derived = (DERIVED_GROUP, *QUALITY, *QUALITY_GROUPS, *TYPED)
     return [c for c in df.columns if c not in KNOWN and c not in derived and not c.startswith(PER_SIDE)]
 
 
@@ -82,11 +90,20 @@ def age_bins(labels) -> list[tuple[int, int | None]]:
     return sorted(found, key=lambda b: b[0])
 
 
-def bin_scale(labels) -> list[tuple[int, int | None]]:
+def bin_scale(labels, parsed: dict | None = None) -> list[tuple[int, int | None]]:
     """The bins a predicted age is put in: FairFace's when the labels use only FairFace bins (or none: exact
-    ages), else the labels' own. A sample of FairFace without children still has a 10-19 bin to miss into."""
-    named = age_bins(labels)
+    ages), else the labels' own. A sample of FairFace without children still has a 10-19 bin to miss into.
+    ``parsed``: {label: bin} of labels already parsed (parsed_bins), so none is parsed again."""
+    named = age_bins(labels) if parsed is None else sorted(set(parsed.values()), key=lambda b: b[0])
     return list(FAIRFACE_BINS) if set(named) <= set(FAIRFACE_BINS) else named
+
+
+def parsed_bins(*columns) -> dict[str, tuple[int, int | None]]:
+    """{label: (lo, hi)} of every non-empty bin label in ``columns``: each distinct label parsed once."""
+    labels = set()
+    for c in columns:
+        labels.update(pd.Series(c).dropna().astype(str).unique())
+    return {t: parse_age_bin(t) for t in labels if t.strip()}
 
 
 def pred_bins(pred_age, scale) -> list[str]:
@@ -150,6 +167,7 @@ def write_predictions(df: pd.DataFrame, path: str | os.PathLike) -> None:
     """Write a table completed to every column of KNOWN, in order (labels, groups, predictions),
     atomically: a reader, or the dashboard's cache, never sees half a file."""
     out = complete(df)
+    out = out.drop(columns=[c for c in out.columns if c in TYPED or c.startswith(PRED_BIN_INDEX)])
     with atomic_write(path) as tmp:
         out.to_csv(tmp, index=False)
 
@@ -191,11 +209,43 @@ def bin_errors(true_bins: pd.Series, pred_bins: pd.Series) -> np.ndarray:
     return index(pred_bins) - index(true_bins)
 
 
+def pred_bin_columns(df: pd.DataFrame) -> list[str]:
+    """The predicted age bin labels of a table: pred_age_bin, or each side's (pred_age_bin_a) of a paired one."""
+    return [c for c in df.columns if c.startswith("pred_age_bin") and not c.startswith(PRED_BIN_INDEX)]
+
+
+def with_typed(df: pd.DataFrame, parsed: dict | None = None) -> pd.DataFrame:
+    """A completed table with the TYPED columns and each side's PRED_BIN_INDEX added (in place, and returned):
+    the scale is bin_scale of every bin label the table names, as bin_errors counts it. ``parsed``: parsed_bins
+    of those labels, when the caller has them."""
+    sides = pred_bin_columns(df)
+    parsed = parsed_bins(df["age_bin"], *(df[c] for c in sides)) if parsed is None else parsed
+    index = {b: i for i, b in enumerate(bin_scale(None, parsed))}
+
+    def column(labels: pd.Series, pick) -> np.ndarray:
+        values = {t: pick(b) for t, b in parsed.items()}
+        return np.array([values.get(t, np.nan) for t in labels.fillna("").astype(str)], np.float64)
+
+    df[IS_FEMALE] = is_female(df["gender"])
+    df[BIN_INDEX] = column(df["age_bin"], lambda b: index[b])
+    df[BIN_LO] = column(df["age_bin"], lambda b: b[0])
+    df[BIN_HI] = column(df["age_bin"], lambda b: np.inf if b[1] is None else b[1])
+    for c in sides:
+        df[PRED_BIN_INDEX + c[len("pred_age_bin"):]] = column(df[c], lambda b: index[b])
+    return df
+
+
 def metric_columns(df: pd.DataFrame, suffix: str = "") -> dict[str, np.ndarray]:
     """metric_arrays of a table (completed: see complete()); ``suffix`` picks one side of a paired table
-    (pred_age_a, p_female_a). Rows without a face found are the caller's to drop (found_rows)."""
-    bins = bin_errors(df["age_bin"], df[f"pred_age_bin{suffix}"]) if "age_bin" in df else None
-    return metric_arrays(df["age"], df[f"pred_age{suffix}"], is_female(df["gender"]), df[f"p_female{suffix}"], bins)
+    (pred_age_a, p_female_a). Rows without a face found are the caller's to drop (found_rows). A prepared
+    table's typed columns (with_typed) are read as they are; any other table's labels are parsed here."""
+    if BIN_INDEX in df and PRED_BIN_INDEX + suffix in df:
+        bins = df[PRED_BIN_INDEX + suffix].to_numpy(np.float64) - df[BIN_INDEX].to_numpy(np.float64)
+        female = df[IS_FEMALE].to_numpy(bool)
+    else:
+        bins = bin_errors(df["age_bin"], df[f"pred_age_bin{suffix}"]) if "age_bin" in df else None
+        female = is_female(df["gender"])
+    return metric_arrays(df["age"], df[f"pred_age{suffix}"], female, df[f"p_female{suffix}"], bins)
 
 
 # ---- the label audit's age tail (agegender.audit): pure NumPy, so evaluation writes it and the audit reads it ----

@@ -44,6 +44,7 @@ from .fairness import (
     headline_age_metric,
     parse_grouping,
     prepare,
+    prepared,
 )
 from .intervals import coverage_by_group
 from .labels import AGE_BUCKET_EDGES
@@ -61,8 +62,9 @@ MISSED_COLUMNS = ("n_images", "n_missed", "missed_rate", "missed_rate_lo", "miss
 def build(df: pd.DataFrame, groupings: list[str] | None = None, n_boot: int = N_BOOT, seed: int = SEED,
           min_count: int = MIN_COUNT, edges: tuple[int, ...] = AGE_BUCKET_EDGES) -> dict[str, GroupReport]:
     """One report per grouping (default: the table's own, groupings_for), all sharing the overall row.
-    Raises ValueError, naming what the table can be grouped by, for a grouping it cannot."""
-    df = prepare(df, edges)
+    Raises ValueError, naming what the table can be grouped by, for a grouping it cannot. ``df``: prepared
+    (fairness.prepare with ``edges``) or not; a prepared one is used as it is."""
+    df = prepared(df, edges)
     groupings = groupings or groupings_for(df)
     for g in groupings:  # every grouping checked before any bootstrap runs
         parse_grouping(g, grouping_columns(df))
@@ -75,7 +77,8 @@ def build(df: pd.DataFrame, groupings: list[str] | None = None, n_boot: int = N_
 
 def interval_coverage(df: pd.DataFrame, groupings) -> dict[str, pd.DataFrame]:
     """The age intervals' coverage overall ("overall") and per grouping, each a coverage_by_group table; empty
-    when the table has no interval on an exact age (an uncalibrated checkpoint, or age bins only)."""
+    when the table has no interval on an exact age (an uncalibrated checkpoint, or age bins only). ``df``: prepared or
+    not (coverage_by_group prepares one that is not, with the default age buckets)."""
     overall = coverage_by_group(df)
     if overall.empty:
         return {}
@@ -84,7 +87,8 @@ def interval_coverage(df: pd.DataFrame, groupings) -> dict[str, pd.DataFrame]:
 
 def gender_threshold(df: pd.DataFrame, groupings) -> dict[str, dict]:
     """Per single-column grouping but gender (one class per group: no ROC), genderband.summary: per-group ROC
-    AUC, calibration, and what the Uncertain band does to each group; empty where no face has a P(female)."""
+    AUC, calibration, and what the Uncertain band does to each group; empty where no face has a P(female).
+    ``df``: prepared or not; a prepared one is used as it is."""
     if not genderband.scored_mask(df).any():
         return {}
     return {g: genderband.summary(df, g) for g in groupings if ":" not in g and g != "gender"}
@@ -98,10 +102,11 @@ def label_audit(df: pd.DataFrame, audit: pd.DataFrame, groupings, n_boot: int = 
     those groupings' disparities recomputed on the table without them (audit.leave_out) beside the gaps with
     them: by default (ALL_SUSPECTS) a what-if that leaves out unreviewed suspects too, with CONFIRMED_ERRORS
     only the labels reviewed wrong. The report's own figures keep every face. ``audit``: with its verdicts
-    (review.with_reviews); ``reports``: build()'s, reused for the gaps with the suspects."""
+    (review.with_reviews); ``reports``: build()'s, reused for the gaps with the suspects. ``df``: prepared with
+    ``edges`` or not; a prepared one is used as it is, and so are its rows without the suspects."""
+    pdf = prepared(df, edges)
     singles = [g for g in groupings if ":" not in g]
-    clean = label_audit_.leave_out(df, audit, mode)
-    pdf = prepare(df, edges)
+    clean = label_audit_.leave_out(pdf, audit, mode)
     verdicts = audit["verdict"].value_counts().to_dict() if "verdict" in audit else {}
     shares = label_audit_.suspect_share_by_group(pdf, audit, singles, mode=mode)
     out = {"n_audited": len(audit), "age_method": audit.attrs.get("age_method"),
@@ -287,7 +292,8 @@ def to_html(reports: dict[str, GroupReport], df: pd.DataFrame, source: str, sear
             audit: dict | None = None, shift: dict | None = None) -> str:
     """One self-contained file: plotly.js is inlined once, no network needed to open it. ``searched``: the slice
     search to show (default: find_slices of ``df`` with its defaults); ``audit``: the label audit's section
-    (label_audit), if any; ``shift``: the set at the training data's mix (shift_section), if any."""
+    (label_audit), if any; ``shift``: the set at the training data's mix (shift_section), if any. ``df``: prepared
+    (fairness.prepare, as main passes it) or not; a prepared one is used as it is."""
     first = next(iter(reports.values()))
     parts, js = [], "inline"
 
@@ -305,7 +311,7 @@ def to_html(reports: dict[str, GroupReport], df: pd.DataFrame, source: str, sear
     parts.append(f"<h2>Overall (n = {o['n']}{found})</h2>" + _table_html(overall))
     if shift:
         parts.append(_shift_html(shift))
-    pdf = prepare(df)
+    pdf = prepared(df)
     age = headline_age_metric(pdf)
     if age == "age_mae" and "race" in pdf:  # the charts of exact ages colour by UTKFace's and FairFace's groups
         pdf = pdf[pdf["found"]]
@@ -407,13 +413,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         groupings = [g.strip() for g in (args.by or "").split(",") if g.strip()] or None
         edges = tuple(int(v) for v in args.age_buckets.split(","))
-        df = load_predictions(args.checkpoint, args.split, args.predictions)
+        df = prepare(load_predictions(args.checkpoint, args.split, args.predictions), edges)  # once, for every part
         source = args.predictions or f"{args.checkpoint} ({args.split})"
         t = time.perf_counter()
         reports = build(df, groupings, args.n_boot, args.seed, args.min_count, edges)
         secs = time.perf_counter() - t
-        searched = find_slices(prepare(df, edges), max_order=args.slices_order, min_count=args.min_slice)
-        coverage = interval_coverage(prepare(df, edges), [g for g in reports if ":" not in g])
+        searched = find_slices(df, max_order=args.slices_order, min_count=args.min_slice)
+        coverage = interval_coverage(df, [g for g in reports if ":" not in g])
         audit, note = audit_for(df, args.checkpoint, args.split, args.review, args.label_audit)
         section = None if audit is None else label_audit(df, audit, list(reports), args.n_boot, args.seed,
                                                          args.min_count, edges, reports, args.leave_out)
@@ -454,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
         for n in mix["notes"]:
             print(f"note: {n}")
     if args.json:
-        threshold = gender_threshold(prepare(df, edges), list(reports))
+        threshold = gender_threshold(df, list(reports))
         Path(args.json).write_text(json.dumps(to_json(reports, source, searched, coverage, threshold, section, mix),
                                               indent=1) + "\n")
     if args.html:

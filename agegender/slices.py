@@ -28,7 +28,7 @@ import pandas as pd
 from scipy import stats
 
 from . import tables
-from .fairness import LABEL_GROUPS, Z95, _prepared, found_mask, grouping_columns, headline_age_metric, value_order
+from .fairness import LABEL_GROUPS, Z95, found_mask, grouping_columns, headline_age_metric, prepared, value_order
 from .predictions import DERIVED_GROUP, group_columns, metric_columns
 
 ALPHA = 0.05  # a slice with q below this is a discovery (the false discovery rate BH controls)
@@ -318,7 +318,7 @@ def find_slices(df: pd.DataFrame, metrics: list[str] | None = None, max_order: i
     default_metrics(df), ``columns`` to slice_columns(df). Raises ValueError naming the fix for an unknown
     metric or column, a min_count below MIN_FLOOR or a max_order below 1."""
     start = time.perf_counter()
-    df = _prepared(df)
+    df = prepared(df)
     metrics = metrics or default_metrics(df)
     unknown = [m for m in metrics if m not in SLICE_METRICS]
     if unknown:
