@@ -257,7 +257,6 @@ def prepared(df: pd.DataFrame, edges: tuple[int, ...] | None = None) -> pd.DataF
     return prepare(df, AGE_BUCKET_EDGES if edges is None else edges)
 
 
-
 def grouping_columns(df: pd.DataFrame) -> list[str]:
     """The columns a table can be grouped by: age bucket, gender, age bin, the dataset's groups, and pose and
     face size where the faces were measured (photos)."""
