@@ -128,3 +128,13 @@ def test_a_written_prepared_table_reads_back_without_its_typed_columns(tmp_path)
     back = pd.read_csv(tmp_path / "p.csv")
     assert not {IS_FEMALE, BIN_INDEX, BIN_LO, BIN_HI, "pred_age_bin_index"} & set(back.columns)
     assert predictions.group_columns(t) == ["race"]
+
+
+@pytest.mark.skipif(not (CHECKPOINT.parent / "dlib-resnet29-balanced" / "predictions-val.csv").is_file(),
+                    reason="the shipped checkpoints are missing")
+def test_one_comparison_prepares_its_paired_table_once(monkeypatch):
+    from agegender.compare import main as compare_main
+
+    calls = count_prepares(monkeypatch)
+    assert compare_main([str(CHECKPOINT), str(CHECKPOINT.parent / "dlib-resnet29-balanced"), "--n-boot", "20"]) == 0
+    assert calls["prepare"] == 1
