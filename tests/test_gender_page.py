@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from agegender import charts
+from agegender import charts, tables
 from agegender import genderband as gb
 from agegender.predictions import load_predictions
 
@@ -71,6 +71,11 @@ def assert_section_drawn(at, threshold: float, val: pd.DataFrame):
     shown = what_if_table(at)
     expected = gb.band_what_if(val, "race", threshold, (lo, hi)).by_group
     pd.testing.assert_frame_equal(shown.reset_index(drop=True), expected, check_dtype=False)
+    gap = gb.band_what_if(val, "race", threshold, (lo, hi)).gap
+    if gap["groups_judged"] >= 2:  # the abstention gap is said with its interval, which holds it, and read in words
+        said = next(c.value for c in at.caption if c.value.startswith("The band leaves"))
+        assert gap["gap_lo"] <= gap["gap"] <= gap["gap_hi"] and gap["reading"] in said
+        assert tables.metric_text("share", gap["gap_hi"], delta=True, signed=False) + "] among" in said
     return lo, hi
 
 

@@ -20,10 +20,17 @@ def source_table(ckpt_path: str, source: str, stamp: tuple, leave: tuple | None)
     return df if leave is None else leave_out(df, audit_cached(ckpt_path, source, stamp, leave[1]), leave[0])
 
 
+# cache_resource: prepared once per source and leave-out mode, shared by the report, the HTML, the slice search
+# and the suspects table (each takes a prepared table as it is), never mutated
+@st.cache_resource(max_entries=16, show_spinner="Preparing the predictions…")
+def prepared_cached(ckpt_path: str, source: str, stamp: tuple, leave: tuple | None):
+    return prepare(source_table(ckpt_path, source, stamp, leave))
+
+
 # cache_resource: the report holds metric functions (not picklable); it is never mutated
 @st.cache_resource(max_entries=32, show_spinner="Computing the report (bootstrap)…")
 def report_cached(ckpt_path: str, source: str, stamp: tuple, grouping: str, min_count: int, leave: tuple | None):
-    table = prepare(source_table(ckpt_path, source, stamp, leave))
+    table = prepared_cached(ckpt_path, source, stamp, leave)
     return table, GroupReport(table, grouping, min_count=min_count)
 
 
@@ -31,9 +38,10 @@ def report_cached(ckpt_path: str, source: str, stamp: tuple, grouping: str, min_
 def html_cached(ckpt_path: str, source: str, stamp: tuple, min_count: int, leave: tuple | None) -> str:
     from agegender.report import build
 
-    df = source_table(ckpt_path, source, stamp, leave)
+    df = prepared_cached(ckpt_path, source, stamp, leave)
     note = f" · {shares_cached(ckpt_path, source, stamp, leave, None)[0]}" if leave is not None else ""
-    return to_html(build(df, groupings_for(df), min_count=min_count), df,
+    groupings = groupings_for(source_table(ckpt_path, source, stamp, leave))  # as the page offers them
+    return to_html(build(df, groupings, min_count=min_count), df,
                    f"{ckpt_path} ({source_label(source)}){note}")
 
 
@@ -41,7 +49,7 @@ def html_cached(ckpt_path: str, source: str, stamp: tuple, min_count: int, leave
 def slices_cached(ckpt_path: str, source: str, stamp: tuple, leave: tuple | None):
     from agegender.slices import find_slices
 
-    return find_slices(source_table(ckpt_path, source, stamp, leave))
+    return find_slices(prepared_cached(ckpt_path, source, stamp, leave))
 
 
 @st.cache_data(max_entries=16)
@@ -50,7 +58,8 @@ def shares_cached(ckpt_path: str, source: str, stamp: tuple, leave: tuple, group
     df = caches.predictions_cached(ckpt_path, source, stamp)
     audit = audit_cached(ckpt_path, source, stamp, leave[1])
     text = leave_out_text(audit, leave[0], len(df), len(source_table(ckpt_path, source, stamp, leave)))
-    return text, suspect_shares(prepare(df), audit, grouping, leave[0]) if grouping else None
+    table = prepared_cached(ckpt_path, source, stamp, None)
+    return text, suspect_shares(table, audit, grouping, leave[0]) if grouping else None
 
 
 st.title("Bias report")

@@ -110,8 +110,10 @@ gap = what_if.gap
 if gap["groups_judged"] >= 2:
     st.caption(f"The band leaves {tables.metric_text('share', gap['highest'])} of {gap['highest_group']}'s faces "
                f"undecided and {tables.metric_text('share', gap['lowest'])} of {gap['lowest_group']}'s: a gap of "
-               f"{tables.metric_text('share', gap['gap'], delta=True, signed=False)} among the "
-               f"{gap['groups_judged']} groups with n ≥ {gap['min_count']}.")
+               f"{tables.metric_text('share', gap['gap'], delta=True, signed=False)} "
+               f"[{tables.metric_text('share', gap['gap_lo'], delta=True, signed=False)}, "
+               f"{tables.metric_text('share', gap['gap_hi'], delta=True, signed=False)}] among the "
+               f"{gap['groups_judged']} groups with n ≥ {gap['min_count']} ({gap['reading']}).")
 else:
     st.caption(f"Fewer than two groups have n ≥ {gap['min_count']}: no abstention gap to state.")
 overall = what_if.by_group[(what_if.by_group["group"] == genderband.OVERALL)
