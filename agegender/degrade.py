@@ -271,11 +271,16 @@ def realign(t: torch.Tensor) -> torch.Tensor:
     head does. The eyes close up as the head turns, so it zooms in (scale below 1 here) and slides towards
     the nearer side, as the photos' crops do; the face is then framed like a photo's, not like a chip's."""
     src = _template()
-    dst = unturn_points(src.expand(len(t), -1, -1), t.to(torch.float64))
+    return similarity_fit(src, unturn_points(src.expand(len(t), -1, -1), t.to(torch.float64)))
+
+
+def similarity_fit(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+    """The N x 2 x 3 float32 similarities (least squares, no reflection) taking the K points ``src`` (K x 2) to
+    each of the N point sets ``dst`` (N x K x 2): the 2-D Umeyama fit, as one complex ratio."""
     z = torch.complex(src[:, 0], src[:, 1])
     w = torch.complex(dst[..., 0], dst[..., 1])
     zc, wc = z - z.mean(), w - w.mean(-1, keepdim=True)
-    a = (zc.conj() * wc).sum(-1) / (zc.abs() ** 2).sum()  # the 2-D Umeyama fit, as one complex ratio
+    a = (zc.conj() * wc).sum(-1) / (zc.abs() ** 2).sum()
     b = w.mean(-1) - a * z.mean()
     m = torch.stack((torch.stack((a.real, -a.imag, b.real), -1), torch.stack((a.imag, a.real, b.imag), -1)), 1)
     return m.to(torch.float32)

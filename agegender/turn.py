@@ -35,6 +35,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .degrade import similarity_fit
+
 DEPTH_FILE = Path(__file__).with_name("face_depth.json")
 # The turn fades out between these |x| (half chip widths) so the chip's borders stay where they are: the
 # mesh is 1.1 half widths wide at the ears, so the face itself (|x| < 0.75) turns fully.
@@ -92,15 +94,7 @@ def realign(degrees: torch.Tensor) -> torch.Tensor:
     """Per turn, the N x 2 x 3 similarity (least squares, no reflection, as the 5-point alignment of a photo)
     from the template's landmarks to the turned ones: output point q of the aligned chip lies at A q + b in
     the turned image. Identity at 0 degrees."""
-    src = _load()[1].double()
-    dst = turned_landmarks(degrees).double()
-    z = torch.complex(src[:, 0], src[:, 1])
-    w = torch.complex(dst[..., 0], dst[..., 1])
-    zc, wc = z - z.mean(), w - w.mean(-1, keepdim=True)
-    a = (zc.conj() * wc).sum(-1) / (zc.abs() ** 2).sum()  # the 2-D Umeyama fit, as one complex ratio
-    b = w.mean(-1) - a * z.mean()
-    m = torch.stack((torch.stack((a.real, -a.imag, b.real), -1), torch.stack((a.imag, a.real, b.imag), -1)), 1)
-    return m.float()
+    return similarity_fit(_load()[1].double(), turned_landmarks(degrees).double())
 
 
 def _centres(n: int, device, dtype) -> torch.Tensor:
