@@ -3,10 +3,10 @@
 import logging
 import sys
 
-from agegender.config import TrainConfig, config_from_args
-from agegender.data import DatasetError
-from agegender.model import PretrainedUnavailable
-from agegender.training import TrainingError, train
+from agegender.data.utkface import DatasetError
+from agegender.models.model import PretrainedUnavailable
+from agegender.train.config import TrainConfig, config_from_args
+from agegender.train.loop import TrainingError, train
 
 
 def main(argv=None) -> int:

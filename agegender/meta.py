@@ -1,6 +1,6 @@
 """A checkpoint's meta.json and its file names, and the one way files are written here (atomically); and
 the records in meta.json that more than one module parses: the age interval's calibration (Calibration,
-calibration_of; agegender.intervals makes and applies it, agegender.checkpoint parses it once at load).
+calibration_of; evaluation.intervals makes and applies it, agegender.models.checkpoint parses it once at load).
 Imports no torch: the catalog, the dashboard shell and the model card read checkpoints through it
 before, or without, loading a model."""
 
@@ -68,7 +68,7 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 
 def soup_runs(meta: dict) -> list[dict]:
-    """The records of the runs a soup averages (agegender.soup writes them); [] for a checkpoint trained as one run."""
+    """The records of the runs a soup averages (train.soup writes them); [] for a checkpoint trained as one run."""
     return list((meta.get("soup") or {}).get("runs") or [])
 
 
@@ -79,7 +79,7 @@ def write_meta(folder: str | os.PathLike, meta: dict) -> None:
 
 def read_meta(path: str | os.PathLike) -> dict:
     """A checkpoint's meta.json with its required keys checked. The architecture is checked by
-    agegender.checkpoint.read_meta, which knows the model registry (and so imports torch)."""
+    agegender.models.checkpoint.read_meta, which knows the model registry (and so imports torch)."""
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(ERR_NO_FOLDER.format(path=path))
@@ -97,7 +97,7 @@ def read_meta(path: str | os.PathLike) -> dict:
     return meta
 
 
-# ---- meta.json's age_interval: the calibration agegender.intervals makes and applies -------------------------
+# ---- meta.json's age_interval: the calibration evaluation.intervals makes and applies -------------------------
 
 KEY = "age_interval"  # meta.json's key
 CQR, RESIDUAL = "cqr", "residual"  # a distribution's quantiles conformalised; a regression head's |error|
@@ -139,7 +139,7 @@ class Calibration:
     n_cal: int  # validation faces it was computed on
     split: str  # which split of the checkpoint's manifest
     data: str  # the dataset's folder name, as captions say it: "UTKFace"
-    dataset_fingerprint: str  # agegender.data.Scan.fingerprint of the data calibrated on
+    dataset_fingerprint: str  # agegender.data.utkface.Scan.fingerprint of the data calibrated on
     weights_sha256: str  # the weights it holds for
     tta: bool  # whether the predictions were averaged with the mirror image
     edges: tuple[float, ...] = ()  # by predicted age: each bucket's lower edge in years, from 0, the last open

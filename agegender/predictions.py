@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import quality
+from .faces import quality
 from .labels import FAIRFACE_BINS, GENDERS, bin_label, called_female, nearest_bin, parse_age_bin
 from .meta import atomic_write, read_meta
 
@@ -23,9 +23,9 @@ from .meta import atomic_write, read_meta
 # a user's labels file: any): every column not named here is a group column.
 LABELS = ("file", "split", "age", "age_bin", "gender")  # age: exact years, empty where only the bin is known
 # found: a face was found (photos); else empty. pred_age_lo, pred_age_hi: the age's calibrated interval
-# (agegender.intervals), empty where the checkpoint has none or in a table written before intervals existed.
+# (agegender.evaluation.intervals), empty where the checkpoint has none or in a table written before intervals existed.
 INTERVAL = ("pred_age_lo", "pred_age_hi")
-# age_label_tail: the label audit's age p_label (agegender.audit), written at evaluation so the audit needs no model:
+# age_label_tail: the label audit's age p_label (review.audit), written at evaluation so the audit needs no model:
 # the mass of the model's age distribution at least as far from its median as the label (label_tails). Empty for
 # a regression head (the audit's residual fallback needs no model) and in a table written before it existed.
 LABEL_TAIL = "age_label_tail"
@@ -38,11 +38,11 @@ REQUIRED = ("gender", "pred_age", "p_female")  # plus age or age_bin: what the m
 FEMALE = GENDERS[1]  # the gender column holds label names; the gender head predicts P(female)
 SPLIT_ALL = "all"  # the split column of a dataset that has no splits
 QUALITY = quality.COLUMNS  # how each face was photographed (pose, size, sharpness): figures, not groups
-QUALITY_GROUPS = (quality.POSE, quality.SIZE)  # their groups, derived by agegender.fairness.prepare
+QUALITY_GROUPS = (quality.POSE, quality.SIZE)  # their groups, derived by agegender.fairness.groups.prepare
 # a prediction's own extras, or one side's of a paired table
 PER_SIDE = ("pred_", "p_female_", "found_", f"{LABEL_TAIL}_")
-DERIVED_GROUP = "age_bucket"  # added from the age by agegender.fairness.prepare: not one of the dataset's groups
-# Typed columns agegender.fairness.prepare adds (with_typed), so that the labels are parsed once per table, not
+DERIVED_GROUP = "age_bucket"  # added from the age by agegender.fairness.groups.prepare: not one of the dataset's groups
+# Typed columns agegender.fairness.groups.prepare adds (with_typed), so that the labels are parsed once per table, not
 # once per metric, group or resample: the true gender as a boolean; the true age bin's index on the table's bin
 # scale (bin_scale) and its inclusive bounds (hi inf for an open bin; NaN where the label is empty); and each
 # predicted bin's index on the same scale (pred_age_bin_index, or pred_age_bin_index_a/_b on a paired table).
@@ -178,7 +178,7 @@ def found_rows(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def metric_arrays(age, pred_age, female, p_female, bin_err=None) -> dict[str, np.ndarray]:
-    """The arrays every metric in agegender.fairness.METRICS reads: signed age error (NaN where only a bin
+    """The arrays every metric in agegender.fairness.groups.METRICS reads: signed age error (NaN where only a bin
     is known), signed error in age bins (predicted bin index minus true, on the table's bins), the true
     gender as a boolean (True = female), P(female) and whether the gender call was right."""
     female = np.asarray(female, bool)
@@ -248,7 +248,7 @@ def metric_columns(df: pd.DataFrame, suffix: str = "") -> dict[str, np.ndarray]:
     return metric_arrays(df["age"], df[f"pred_age{suffix}"], female, df[f"p_female{suffix}"], bins)
 
 
-# ---- the label audit's age tail (agegender.audit): pure NumPy, so evaluation writes it and the audit reads it ----
+# ---- the label audit's age tail (review.audit): pure NumPy, so evaluation writes it and the audit reads it ----
 
 def year_quantile(probs: np.ndarray, q: float) -> np.ndarray:
     """Each row's q-quantile of a distribution over whole years 0..bins-1: the first year whose cumulative

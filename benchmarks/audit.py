@@ -3,7 +3,7 @@ predictions exist.
 
     python -m benchmarks.audit [--checkpoint DIR] [--data UTKFACE] [--runs 3] [--seed 0] [--share 0.03]
 
-UTKFace's test split (agegender.data.split_of) is copied into a temporary folder, and errors are planted by
+UTKFace's test split (agegender.data.utkface.split_of) is copied into a temporary folder, and errors are planted by
 renaming files (the labels are in the names: age_gender_race_date.jpg.chip.jpg): the gender flipped on a
 ``--share`` of the adult faces (age >= 18), the age moved by 20 to 40 years (either way, within 1..100) on a
 ``--share`` of the others. A renamed file hashes to another split (the split rule hashes the whole name), so
@@ -29,9 +29,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from agegender import audit, evaluate
-from agegender.data import scan
+from agegender.data.utkface import scan
+from agegender.evaluation import evaluate
 from agegender.labels import parse_name
+from agegender.review import audit
 
 from .common import checkpoint_path, median_s, parser
 

@@ -1,5 +1,5 @@
 """The pose mix of a folder of face chips: MTCNN's five landmarks on each chip, the yaw they give
-(agegender.quality.yaw), and the share of each pose group. Measures quality.UTKFACE_POSE_MIX.
+(agegender.faces.quality.yaw), and the share of each pose group. Measures quality.UTKFACE_POSE_MIX.
 
     python -m benchmarks.chip_pose [--data UTKFACE] [--out yaw.csv]
 
@@ -16,10 +16,11 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from agegender import chippose, quality
-from agegender.data import list_images, read_chip
-from agegender.faces import FaceDetector
-from agegender.runtime import set_threads
+from agegender.data.utkface import list_images, read_chip
+from agegender.faces import quality
+from agegender.faces.detect import FaceDetector
+from agegender.models.runtime import set_threads
+from agegender.train import chippose
 
 from .common import parser
 

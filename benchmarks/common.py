@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import dashboard
-from agegender.catalog import default_root
+from agegender.models.catalog import default_root
 
 # the shipped baseline: the figures in the README's Benchmarks table are measured on it
 DEFAULT_CHECKPOINT = "dlib-resnet29-utkface"

@@ -1,4 +1,4 @@
-"""Is the converted trunk dlib's face-recognition network? Checks agegender.dlib_convert + agegender.dlibnet:
+"""Is the converted trunk dlib's face-recognition network? Checks models.dlib_convert + agegender.models.dlibnet:
 
     python -m benchmarks.dlib_check --dat dlib_face_recognition_resnet_model_v1.dat \\
         [--dlib-python /work/dlibenv/bin/python] [--data UTKFACE] [--compare 64] [--chips 200] [--threads 2]
@@ -30,10 +30,10 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from agegender.catalog import default_data_path
-from agegender.dlib_convert import DlibFormatError, convert
-from agegender.dlibnet import DLIB_SIZE, DlibResNet
-from agegender.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from agegender.models.catalog import default_data_path
+from agegender.models.dlib_convert import DlibFormatError, convert
+from agegender.models.dlibnet import DLIB_SIZE, DlibResNet
+from agegender.models.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 from .common import median_s, parser
 

@@ -14,10 +14,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from agegender.checkpoint import load_checkpoint
-from agegender.datasets import read_dataset
-from agegender.evaluate import evaluate_dataset, format_metrics
-from agegender.runtime import set_threads
+from agegender.data.datasets import read_dataset
+from agegender.evaluation.evaluate import evaluate_dataset, format_metrics
+from agegender.models.checkpoint import load_checkpoint
+from agegender.models.runtime import set_threads
 
 from .common import checkpoint_path, parser
 
@@ -32,7 +32,7 @@ def once(ckpt, data: str, cache: str) -> tuple[float, dict]:
 
 def main(argv: list[str] | None = None) -> int:
     p = parser("evalset", __doc__)
-    p.add_argument("--data", default=str(DEFAULT_DATA), help="a labelled dataset agegender.datasets reads")
+    p.add_argument("--data", default=str(DEFAULT_DATA), help="a labelled dataset agegender.data.datasets reads")
     p.add_argument("--first-runs", type=int, default=3, help="runs with an empty crop cache")
     p.add_argument("--cached-runs", type=int, default=5, help="runs from the crop cache")
     args = p.parse_args(argv)

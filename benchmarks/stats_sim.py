@@ -5,7 +5,7 @@ its own estimate, and its mean width.
 
     python -m benchmarks.stats_sim [--reps 1000] [--n-boot 1000] [--bca-reps 200]
 
-Methods: agegender.stats.gap (simultaneous max-t intervals over the groups, the product's), the percentile
+Methods: agegender.fairness.stats.gap (simultaneous max-t intervals over the groups, the product's), the percentile
 bootstrap of max - min (what the product showed before), and scipy.stats.bootstrap's BCa of max - min (each
 group resampled within itself; fewer repetitions: its jackknife is slow).
 
@@ -30,7 +30,7 @@ import time
 import numpy as np
 from scipy import stats as sps
 
-from agegender import stats
+from agegender.fairness import stats
 
 GROUPS, SIZE, ACCURACY, DROP = 7, 80, 0.85, 0.15
 

@@ -6,7 +6,7 @@ tensors and (b) a plain torchvision DataLoader + PIL transforms + fp32 pipeline;
 
 The dataset is --data, else $AGEGENDER_UTKFACE; --generated times 4 batches of random JPEGs instead
 (the same work per image, for a machine without the data). --augment times the batch augmentation
-alone instead, today's and with the photo degradations of agegender.degrade, one lever at a time and
+alone instead, today's and with the photo degradations of agegender.models.degrade, one lever at a time and
 all together, beside the compute step:
 
     python -m benchmarks.train --generated --augment --cache-size 144 --input-size 128
@@ -24,13 +24,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agegender.catalog import DATA_ENV, default_data_path
-from agegender.config import TrainConfig
-from agegender.data import DatasetError, cached_images, scan
-from agegender.model import create_model
-from agegender.preprocess import Preprocess, preprocess, to_batch
-from agegender.runtime import cpu_has_bf16, pick_device, set_threads
-from agegender.training import build_optimizer, compute_step
+from agegender.data.utkface import DatasetError, cached_images, scan
+from agegender.models.catalog import DATA_ENV, default_data_path
+from agegender.models.model import create_model
+from agegender.models.preprocess import Preprocess, preprocess, to_batch
+from agegender.models.runtime import cpu_has_bf16, pick_device, set_threads
+from agegender.train.config import TrainConfig
+from agegender.train.loop import build_optimizer, compute_step
 
 from .common import median_rate, parser, peak_rss_mb
 

@@ -1,5 +1,5 @@
 """What the depth-aware head turn costs: one batch of 128 chips at 128 px turned by angles drawn in
-[-60, 60] degrees (agegender.turn), as chips and realigned by their landmarks, median seconds per batch.
+[-60, 60] degrees (agegender.models.turn), as chips and realigned by their landmarks, median seconds per batch.
 
     python -m benchmarks.turn_cost [--batch 128] [--size 128] [--runs 15] [--threads 2]
 """
@@ -10,8 +10,8 @@ import sys
 
 import torch
 
-from agegender import turn
-from agegender.runtime import set_threads
+from agegender.models import turn
+from agegender.models.runtime import set_threads
 
 from .common import median_s, parser
 

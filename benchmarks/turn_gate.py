@@ -4,15 +4,15 @@ make the shipped model call women men, as real turns do on FairFace-sample?
     python -m benchmarks.turn_gate [--checkpoint DIR] [--data UTKFACE] [--n 2000] [--grid /tmp/turn_grid.png]
 
 The faces: the shipped checkpoint's val split (predictions-val.csv), adults (age >= 20), evenly spaced up to
-``--n`` (val holds 1,714). Each is turned by 0, 30, 45 and 60 degrees (agegender.turn on the 200 px chip), one
+``--n`` (val holds 1,714). Each is turned by 0, 30, 45 and 60 degrees (agegender.models.turn on the 200 px chip), one
 random direction per face (seeded, the same for its three angles; the model's mirror TTA sees both anyway),
 and scored two ways:
 
 - chip: the turned chip as it is, through the checkpoint's preprocessing (the frame stays the chip's);
 - photo: the turned chip through the photo path, MTCNN's five landmarks, the labelled face, the 5-point
-  alignment (agegender.faces.face_pixels), as FairFace's photos are; the chip sits in a blurred margin
+  alignment (agegender.faces.detect.face_pixels), as FairFace's photos are; the chip sits in a blurred margin
   (as_photo) so that the alignment's zoom and slide find soft surroundings. Faces MTCNN does not find are counted
-  and left out. The landmarks give each face's measured yaw (agegender.quality.yaw).
+  and left out. The landmarks give each face's measured yaw (agegender.faces.quality.yaw).
 
 Printed per angle: gender accuracy, women right, men right, women called men, age MAE, each with n and a 95%
 interval (Wilson for shares, normal for the mean error); the measured |yaw|; and on the photo path women right
@@ -31,14 +31,15 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from agegender import quality, turn
-from agegender.checkpoint import load_checkpoint
-from agegender.data import evenly_spaced, read_chip
-from agegender.evalset import labelled_face
-from agegender.faces import CHIP_SIZE, FaceDetector, face_pixels, resize_image
-from agegender.fairness import Z95, wilson
-from agegender.inference import predict_checkpoint
-from agegender.runtime import set_threads
+from agegender.data.utkface import evenly_spaced, read_chip
+from agegender.evaluation.evalset import labelled_face
+from agegender.faces import quality
+from agegender.faces.detect import CHIP_SIZE, FaceDetector, face_pixels, resize_image
+from agegender.fairness.groups import Z95, wilson
+from agegender.models import turn
+from agegender.models.checkpoint import load_checkpoint
+from agegender.models.inference import predict_checkpoint
+from agegender.models.runtime import set_threads
 
 from .common import checkpoint_path, parser
 
@@ -67,7 +68,7 @@ def read_chips(folder: Path, files: list[str]) -> np.ndarray:
 
 
 def turned(chips: np.ndarray, degrees: np.ndarray, batch: int = 64) -> np.ndarray:
-    """uint8 chips turned by ``degrees`` each (agegender.turn, not realigned)."""
+    """uint8 chips turned by ``degrees`` each (agegender.models.turn, not realigned)."""
     out = np.empty_like(chips)
     for i in range(0, len(chips), batch):
         x = torch.from_numpy(chips[i:i + batch]).permute(0, 3, 1, 2).float() / 255

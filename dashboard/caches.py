@@ -14,16 +14,16 @@ from typing import TYPE_CHECKING
 
 import streamlit as st
 
-from agegender.catalog import META, WEIGHTS
 from agegender.meta import CheckpointError
+from agegender.models.catalog import META, WEIGHTS
 from agegender.predictions import predictions_path
 
 if TYPE_CHECKING:
-    from agegender.checkpoint import Checkpoint
-    from agegender.data import Scan
-    from agegender.explain import CamMap
-    from agegender.faces import FaceDetector
-    from agegender.predict import ImageResult
+    from agegender.data.utkface import Scan
+    from agegender.explain.gradcam import CamMap
+    from agegender.explain.predict import ImageResult
+    from agegender.faces.detect import FaceDetector
+    from agegender.models.checkpoint import Checkpoint
 
 OWN_SPLITS = ("val", "test")  # a checkpoint's own predictions files; anything else is an evaluation set
 
@@ -53,7 +53,7 @@ def predictions_stamp(path: str | Path, source: str) -> tuple:
     in the stamp, so a new result, or a dataset changed under a set, is a new key)."""
     if source in OWN_SPLITS:
         return stamp(Path(path) / META, predictions_path(path, source))
-    from agegender.results import set_folder
+    from agegender.evaluation.results import set_folder
 
     # the set's results folder changes when a result is written: a set evaluated a moment ago is seen at once
     f = set_result_file(str(path), source, checkpoint_stamp(path), stamp(set_folder(source)))
@@ -65,8 +65,8 @@ def set_result_file(ckpt_path: str, source: str, ckpt_stamp: tuple, results_stam
     """Where an evaluation set's result for a checkpoint is cached (None: not evaluated, or an error the
     reader shows). Finding it re-reads the set's labels for their fingerprint, so a rerun within 30 s
     reuses the answer: a bias-page filter change stays fast on a large set."""
-    from agegender.data import DatasetError
-    from agegender.results import ResultsError, predictions_file
+    from agegender.data.utkface import DatasetError
+    from agegender.evaluation.results import ResultsError, predictions_file
 
     try:
         return predictions_file(ckpt_path, source)
@@ -77,7 +77,7 @@ def set_result_file(ckpt_path: str, source: str, ckpt_stamp: tuple, results_stam
 @st.cache_resource(show_spinner="Loading checkpoint…", max_entries=8)
 def _load(path: str, stamp: tuple) -> Checkpoint:
     # shared by every session: never mutated after loading
-    from agegender.checkpoint import load_checkpoint
+    from agegender.models.checkpoint import load_checkpoint
 
     return load_checkpoint(path)
 
@@ -88,7 +88,7 @@ def get_checkpoint(path: str | Path) -> Checkpoint:
 
 @st.cache_resource(show_spinner="Loading the face detector…")
 def get_detector() -> FaceDetector:
-    from agegender.faces import FaceDetector
+    from agegender.faces.detect import FaceDetector
 
     return FaceDetector()
 
@@ -97,8 +97,8 @@ def get_detector() -> FaceDetector:
 def detect_cached(data: bytes, name: str):
     """(photo, faces) or (None, error message) for one uploaded file: a bad upload never raises,
     so the other uploads keep their results."""
-    from agegender.faces import load_photo
-    from agegender.predict import image_error
+    from agegender.explain.predict import image_error
+    from agegender.faces.detect import load_photo
 
     try:
         photo = load_photo(data, name)
@@ -112,8 +112,8 @@ def analyse_cached(data: bytes, name: str, ckpt_path: str, stamp: tuple, cropped
                    min_conf: float) -> ImageResult:
     """One upload through one checkpoint (as of its checkpoint_stamp); a bad upload comes back as a
     result with its error."""
-    from agegender.faces import load_photo
-    from agegender.predict import ImageResult, analyse, image_error
+    from agegender.explain.predict import ImageResult, analyse, image_error
+    from agegender.faces.detect import load_photo
 
     try:
         if cropped:
@@ -136,7 +136,7 @@ def analyse(data: bytes, name: str, ckpt_path: str | Path, cropped: bool, whole:
 @st.cache_data(max_entries=256, show_spinner="Computing Grad-CAM…")
 def cams_cached(ckpt_path: str, stamp: tuple, result_key: str, face_index: int, _result: ImageResult,
                 maps: tuple[str, ...], method: str, layer: str, aug: bool, eigen: bool, faith: bool) -> list[CamMap]:
-    from agegender.predict import explain_face
+    from agegender.explain.predict import explain_face
 
     face = [f for f in _result.faces if f.predicted][face_index]
     return explain_face(_load(ckpt_path, stamp), face, maps, method=method, layer=layer, aug_smooth=aug,
@@ -151,8 +151,8 @@ def data_key(data: bytes) -> str:
 def predictions_cached(ckpt_path: str, source: str, stamp: tuple):
     """The checkpoint's predictions for a source (val, test or an evaluation set's name), as of the files'
     predictions_stamp. Raises ValueError (ResultsError among them) or CheckpointError saying why not."""
+    from agegender.evaluation.results import load_result
     from agegender.predictions import load_predictions
-    from agegender.results import load_result
 
     return load_predictions(ckpt_path, source) if source in OWN_SPLITS else load_result(ckpt_path, source)
 
@@ -160,7 +160,7 @@ def predictions_cached(ckpt_path: str, source: str, stamp: tuple):
 def predictions(ckpt: Checkpoint, source: str):
     """The checkpoint's predictions for a source, or None after showing why they are missing (a set not
     evaluated yet points to the Evaluation sets page)."""
-    from agegender.data import DatasetError
+    from agegender.data.utkface import DatasetError
 
     try:
         return predictions_cached(str(ckpt.path), source, predictions_stamp(ckpt.path, source))
@@ -172,7 +172,7 @@ def predictions(ckpt: Checkpoint, source: str):
 # cache_resource: a listing of 20,000 samples is read, never mutated, and need not be copied per rerun
 @st.cache_resource(show_spinner="Listing the dataset…", max_entries=4)
 def scan_cached(path: str, stamp: tuple) -> Scan:
-    from agegender.data import scan
+    from agegender.data.utkface import scan
 
     return scan(path)
 

@@ -9,15 +9,15 @@ from typing import TYPE_CHECKING
 
 import streamlit as st
 
-from agegender.access import pickable
-from agegender.catalog import default_pick, default_root
+from agegender.models.catalog import default_pick, default_root
+from dashboard.access import pickable
 from dashboard.caches import analyse, cams_cached, checkpoint_stamp, data_key, get_checkpoint, get_detector
 from dashboard.state import Options, allow_lists
 
 if TYPE_CHECKING:
-    from agegender.checkpoint import Checkpoint
-    from agegender.explain import CamMap
-    from agegender.predict import ImageResult
+    from agegender.explain.gradcam import CamMap
+    from agegender.explain.predict import ImageResult
+    from agegender.models.checkpoint import Checkpoint
 
 GRID_COLUMNS = 6  # face thumbnails per row on the predict page
 LESS_RELIABLE = "Less reliable: this face is {notes}, unlike most faces the model was trained on."
@@ -45,8 +45,8 @@ def warm_up() -> None:
     imported, the face detector and the default checkpoint loaded, and the example photo found, predicted
     and explained with the predict page's default options (so the first page reads it from the cache).
     Called by ``python -m dashboard`` while the server starts and the browser connects."""
-    from agegender.explain import layer_names
-    from agegender.predict import default_maps
+    from agegender.explain.gradcam import layer_names
+    from agegender.explain.predict import default_maps
 
     get_detector()
     name, data = example_photo()
@@ -75,9 +75,9 @@ def face_view(ckpt: Checkpoint, result: ImageResult, face_index: int, result_key
     """One face (the face_index-th predicted one) through one checkpoint: prediction, then the CAMs
     per head. ``result_key`` names the image and the options that produced ``result``; ``overlays``, when given,
     collects each map as a PNG for a download."""
-    from agegender.explain import overlay
-    from agegender.predict import default_maps, display_crop
-    from agegender.visual import png_bytes
+    from agegender.explain.gradcam import overlay
+    from agegender.explain.predict import default_maps, display_crop
+    from dashboard.visual import png_bytes
 
     face = [f for f in result.faces if f.predicted][face_index]
     label = face.gender_call(opt.band)
@@ -119,7 +119,7 @@ def face_grid(ckpts: list[Checkpoint], results: dict[str, ImageResult], numbers:
     photo, with each checkpoint's age and gender call: a photo of many faces reads at a glance, and
     face_view explains the one picked. ``numbers`` are the predicted faces' numbers; ``shown`` the one
     explained below, marked ▶."""
-    from agegender.predict import display_crop
+    from agegender.explain.predict import display_crop
 
     predicted = {c.name: [f for f in results[c.name].faces if f.predicted] for c in ckpts}
     cols = st.columns(GRID_COLUMNS)

@@ -10,16 +10,10 @@ from typing import TYPE_CHECKING
 
 import streamlit as st
 
-from agegender.access import (
-    CHECKPOINT_SECRET,
-    DATA_SECRET,
-    AllowList,
-    NotAllowed,
-    checkpoint_allow_list,
-    data_allow_list,
-    pickable,
-)
-from agegender.catalog import (
+from agegender.faces.detect import MIN_CONFIDENCE
+from agegender.labels import DEFAULT_BAND
+from agegender.meta import CheckpointError
+from agegender.models.catalog import (
     DATA_ENV,
     DATA_FIELD,
     FLAGGED,
@@ -30,13 +24,19 @@ from agegender.catalog import (
     health,
     health_of,
 )
-from agegender.faces import MIN_CONFIDENCE
-from agegender.labels import DEFAULT_BAND
-from agegender.meta import CheckpointError
+from dashboard.access import (
+    CHECKPOINT_SECRET,
+    DATA_SECRET,
+    AllowList,
+    NotAllowed,
+    checkpoint_allow_list,
+    data_allow_list,
+    pickable,
+)
 from dashboard.caches import OWN_SPLITS, get_checkpoint
 
 if TYPE_CHECKING:
-    from agegender.checkpoint import Checkpoint
+    from agegender.models.checkpoint import Checkpoint
 
 SELECTED = "selected_checkpoints"
 DATASET = "dataset_path"
@@ -86,8 +86,8 @@ def typed_path(text: str, allowed: AllowList) -> str:
 
 def sidebar() -> None:
     """The checkpoint picker every page shares; choices live in session state. It offers, and
-    reads, only folders the allow-lists allow (agegender.access); ⚠ marks a checkpoint whose
-    validation figures say it is untrained or diverged (agegender.catalog.health)."""
+    reads, only folders the allow-lists allow (dashboard.access); ⚠ marks a checkpoint whose
+    validation figures say it is untrained or diverged (agegender.models.catalog.health)."""
     ckpt_allowed, data_allowed = allow_lists()
     root = default_root()
     paths = pickable(ckpt_allowed, root)
@@ -122,7 +122,7 @@ def sidebar() -> None:
 
 def offer_pair(container) -> bool:
     """With fewer than two checkpoints picked, a button that puts two in the picker
-    (agegender.catalog.compare_pick: the two most recently trained while the picker holds what a fresh
+    (agegender.models.catalog.compare_pick: the two most recently trained while the picker holds what a fresh
     session starts on, else the pick plus the most recent other). The sidebar's choice changes only when
     the user presses it. False when there is nothing to offer."""
     offered: dict[str, Path] = st.session_state.get(OFFERED, {})
@@ -174,7 +174,7 @@ def checkpoint_choice(ckpts: list[Checkpoint], label: str = "Checkpoint", key: s
 def source_picker(container, key: str) -> str:
     """The evaluation-set picker of the review pages: the checkpoints' own UTKFace val and test, then every
     registered evaluation set whose images the data allow-list allows."""
-    from agegender.results import list_sets, source_label
+    from agegender.evaluation.results import list_sets, source_label
 
     _, data_allowed = allow_lists()
     names = [s.name for s in list_sets() if data_allowed.allows(s.path)]

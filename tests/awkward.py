@@ -14,7 +14,8 @@ import matplotlib.cbook
 import numpy as np
 from PIL import Image
 
-from agegender.faces import (
+from agegender.explain.predict import ERR_NO_FACE, ERR_TOO_SMALL
+from agegender.faces.detect import (
     ERR_TOO_LARGE,
     ERR_UNREADABLE,
     MIN_FACE_SIZE,
@@ -23,7 +24,6 @@ from agegender.faces import (
     WHY_EMPTY,
     WHY_NOT_IMAGE,
 )
-from agegender.predict import ERR_NO_FACE, ERR_TOO_SMALL
 
 HOPPER = matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
 UPLOAD_TYPES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")  # the predict page's uploader

@@ -13,7 +13,7 @@ step: its network's state, the step's loss, learning rate, inputs and targets (a
 steps on from the files already there). With ``--record-val DIR`` it appends each validation's
 (age MAE, gender accuracy) to ``DIR/rank{R}-val.jsonl``; that works with any architecture.
 Registering the architecture happens in ``main`` (or through ``register``), never on import, so importing
-this module leaves ``agegender.model.ARCHS`` as it is.
+this module leaves ``agegender.models.model.ARCHS`` as it is.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from agegender import model as model_module
-from agegender import training
+from agegender.models import model as model_module
+from agegender.train import loop as training
 
 NAME = "bnfree"
 FEATURES = 16

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from agegender.config import TrainConfig
+from agegender.train.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 MALFORMED = ["61_1_20170109150557335.jpg.chip.jpg", "notes.jpg", "7_2_0_20170109150557335.jpg"]
@@ -17,7 +17,7 @@ MALFORMED = ["61_1_20170109150557335.jpg.chip.jpg", "notes.jpg", "7_2_0_20170109
 
 @pytest.fixture(scope="session", autouse=True)
 def _results_outside_home(tmp_path_factory):
-    """The dashboard's evaluation-set registry and results cache (agegender.results) live under the user's
+    """The dashboard's evaluation-set registry and results cache (agegender.evaluation.results) live under the user's
     cache folder; a test run keeps its own, so it neither reads a developer's sets nor leaves any behind.
     Tests that need a particular one set AGEGENDER_RESULTS themselves."""
     if "AGEGENDER_RESULTS" in os.environ:
@@ -86,7 +86,7 @@ def tiny_data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tiny_data, tmp_path_factory) -> Path:
-    from agegender.training import train
+    from agegender.train.loop import train
 
     out = tmp_path_factory.mktemp("ckpt") / "tiny"
     return train(tiny_config(tiny_data, out))
@@ -103,7 +103,7 @@ def real_data() -> Path:
 @pytest.fixture(scope="session")
 def uninterrupted(tiny_data, tmp_path_factory) -> Path:
     """A 2-epoch tiny run without interruption, to compare interrupted runs with."""
-    from agegender.training import train
+    from agegender.train.loop import train
 
     return train(tiny_config(tiny_data, tmp_path_factory.mktemp("full") / "run", epochs=2))
 

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from agegender import metrics
-from agegender.compare import _side, pair
+from agegender.fairness import metrics
+from agegender.fairness.compare import _side, pair
 from agegender.labels import FAIRFACE_BINS, GENDERS
 from agegender.meta import ERR_NO_META, META, REQUIRED_META, CheckpointError
 from agegender.predictions import (
@@ -37,7 +37,7 @@ from agegender.predictions import (
 )
 
 from .conftest import ROOT
-from .test_fairness import fake_predictions
+from .fairness.test_fairness import fake_predictions
 
 OLD_COLUMNS = ("file", "split", "age", "gender", "race", "pred_age", "p_female")  # the table before age bins
 

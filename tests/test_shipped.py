@@ -4,12 +4,12 @@ import json
 
 import pytest
 
-from agegender.catalog import REPO_CHECKPOINTS
-from agegender.checkpoint import load_checkpoint
-from agegender.evaluate import main as evaluate_main
+from agegender.evaluation.evaluate import main as evaluate_main
 from agegender.meta import soup_runs
-from agegender.modelcard import main as modelcard_main
-from agegender.soup import run_histories
+from agegender.models.catalog import REPO_CHECKPOINTS
+from agegender.models.checkpoint import load_checkpoint
+from agegender.report.modelcard import main as modelcard_main
+from agegender.train.soup import run_histories
 
 SHIPPED = [REPO_CHECKPOINTS / "dlib-resnet29-utkface", REPO_CHECKPOINTS / "dlib-resnet29-balanced"]
 shipped = pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])

@@ -64,8 +64,8 @@ def test_the_residual_fallback_of_an_old_table_needs_no_torch_either(tmp_path):
 
 def test_the_check_sees_torch_where_it_is_imported():
     """The pattern is not blind: a command that loads a model shows torch in the same table."""
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-c", "import agegender.checkpoint"], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-c", "import agegender.models.checkpoint"], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
     names = [ln.rsplit("|", 1)[-1] for ln in proc.stderr.splitlines() if ln.startswith("import time:")]
     chain = importer_chain(names)
-    assert proc.returncode == 0 and chain[-2:] == ["torch", "agegender.checkpoint"], chain
+    assert proc.returncode == 0 and chain[-2:] == ["torch", "agegender.models.checkpoint"], chain

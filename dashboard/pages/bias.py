@@ -8,7 +8,7 @@ from dashboard import caches, state
 # cache_resource: shared and never mutated (the audit is read, leave_out filters a copy)
 @st.cache_resource(max_entries=8, show_spinner="Auditing the labels (from the predictions)…")
 def audit_cached(ckpt_path: str, source: str, stamp: tuple, review_stamp: tuple):
-    from agegender.report import audit_for
+    from agegender.report.bias import audit_for
 
     return audit_for(caches.predictions_cached(ckpt_path, source, stamp), ckpt_path, source, None, None)[0]
 
@@ -36,7 +36,7 @@ def report_cached(ckpt_path: str, source: str, stamp: tuple, grouping: str, min_
 
 @st.cache_data(max_entries=8, show_spinner="Writing the HTML report…")
 def html_cached(ckpt_path: str, source: str, stamp: tuple, min_count: int, leave: tuple | None) -> str:
-    from agegender.report import build
+    from agegender.report.bias import build
 
     df = prepared_cached(ckpt_path, source, stamp, leave)
     note = f" · {shares_cached(ckpt_path, source, stamp, leave, None)[0]}" if leave is not None else ""
@@ -47,7 +47,7 @@ def html_cached(ckpt_path: str, source: str, stamp: tuple, min_count: int, leave
 
 @st.cache_data(max_entries=16, show_spinner="Searching the worst slices…")
 def slices_cached(ckpt_path: str, source: str, stamp: tuple, leave: tuple | None):
-    from agegender.slices import find_slices
+    from agegender.fairness.slices import find_slices
 
     return find_slices(prepared_cached(ckpt_path, source, stamp, leave))
 
@@ -66,12 +66,21 @@ st.title("Bias report")
 
 # heavy imports after the title, so the page shows while they load. Every table passes placeholder=MISSING:
 # st.dataframe draws a null cell as "None" whatever the Styler says, beside the Styler's "–" elsewhere
-from agegender import charts, slices, tables
-from agegender.audit import ALL_FACES, LEAVE_OUT, MODE_LABELS, audit_needs_model, leave_out
-from agegender.fairness import METRICS, MIN_COUNT, RATIO_NOTE, GroupReport, grouping_columns, groupings_for, prepare
-from agegender.report import GAP_NOTE, leave_out_text, noise_text, suspect_shares, to_html
-from agegender.results import source_label
-from agegender.review import review_path
+from agegender.evaluation.results import source_label
+from agegender.fairness import slices, tables
+from agegender.fairness.groups import (
+    METRICS,
+    MIN_COUNT,
+    RATIO_NOTE,
+    GroupReport,
+    grouping_columns,
+    groupings_for,
+    prepare,
+)
+from agegender.report import charts
+from agegender.report.bias import GAP_NOTE, leave_out_text, noise_text, suspect_shares, to_html
+from agegender.review.audit import ALL_FACES, LEAVE_OUT, MODE_LABELS, audit_needs_model, leave_out
+from agegender.review.verdicts import review_path
 
 ckpt = state.checkpoint_choice(state.selected_checkpoints())
 c1, c2, c3, c4 = st.columns(4)
@@ -90,7 +99,7 @@ stamp = caches.predictions_stamp(ckpt.path, source)
 needs_model = audit_needs_model(df, ckpt.path)
 mode = st.radio("Faces in the figures", LEAVE_OUT, key="bias_leave_out", format_func=MODE_LABELS.get,
                 horizontal=True, disabled=bool(needs_model),
-                help=needs_model or "Suspected label errors (agegender.audit) are faces the model disagrees with; "
+                help=needs_model or "Suspected label errors (review.audit) are faces the model disagrees with; "
                 "a reviewer's verdicts are recorded on the Error explorer. Without confirmed label errors: only the "
                 "faces reviewed 'label wrong' leave. Without all suspects: a what-if that leaves out unreviewed "
                 "suspects too (often faces the model gets wrong): does the gap survive cleaning?")

@@ -5,12 +5,12 @@ from pathlib import Path
 
 import streamlit as st
 
-from agegender import tables
-from agegender.access import pickable
-from agegender.catalog import SUMMARY_METRICS, default_root, health_of, summary_table
+from agegender.fairness import tables
 from agegender.meta import META, CheckpointError
+from agegender.models.catalog import SUMMARY_METRICS, default_root, health_of, summary_table
 from agegender.predictions import predictions_path
 from dashboard import caches, state
+from dashboard.access import pickable
 
 st.title("Checkpoints")
 root = default_root()
@@ -37,7 +37,7 @@ if not table.empty:
 
 @st.cache_data(max_entries=8, show_spinner="Writing the model card (bootstrap)…")
 def card_cached(path: str, stamp: tuple) -> str:
-    from agegender.modelcard import checkpoint_card
+    from agegender.report.modelcard import checkpoint_card
 
     return checkpoint_card(path)
 
@@ -61,7 +61,7 @@ elif chosen is not None:
 else:
     st.stop()
 
-from agegender.modelcard import checkpoint_files
+from agegender.report.modelcard import checkpoint_files
 
 problem = health_of(path)
 if problem:

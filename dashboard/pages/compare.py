@@ -10,9 +10,10 @@ st.title("Compare checkpoints")
 # heavy imports after the title, so the page shows while they load
 import plotly.express as px
 
-from agegender import charts, tables
-from agegender.compare import TRAINING_NOISE, agreement, gaps, pair, paired_deltas
-from agegender.fairness import METRICS, MIN_COUNT, groupings_for
+from agegender.fairness import tables
+from agegender.fairness.compare import TRAINING_NOISE, agreement, gaps, pair, paired_deltas
+from agegender.fairness.groups import METRICS, MIN_COUNT, groupings_for
+from agegender.report import charts
 
 ckpts = state.selected_checkpoints()
 if len(ckpts) < 2:
@@ -22,9 +23,9 @@ if len(ckpts) < 2:
 
 
 # below the pair's block at the top, which is another change's to edit
-from agegender.compare import BETTER, NO_FIGURE, NOISE, WORSE, verdict
+from agegender.fairness.compare import BETTER, NO_FIGURE, NOISE, WORSE, verdict
 
-# a change is coloured only when its paired 95% interval leaves out 0 (agegender.compare.verdict)
+# a change is coloured only when its paired 95% interval leaves out 0 (agegender.fairness.compare.verdict)
 COLOURS = {BETTER: "green", WORSE: "red", NOISE: "gray", NO_FIGURE: "gray"}
 
 

@@ -11,10 +11,11 @@ from dashboard import caches, state
 st.title("Evaluation sets")
 
 # after the title, so the page shows while they load
-from agegender import results, shift, tables
-from agegender.access import NotAllowed
-from agegender.data import DatasetError
+from agegender.data.utkface import DatasetError
+from agegender.evaluation import results
+from agegender.fairness import shift, tables
 from agegender.meta import CheckpointError
+from dashboard.access import NotAllowed
 
 FORMATS = ("auto", "utkface", "fairface", "csv")
 GROUPINGS = ("race", "gender", "age_bucket")
@@ -52,7 +53,7 @@ def cross_stamp(paths: list[str], names: list[str]) -> tuple:
 
 @st.cache_data(max_entries=16, ttl=600, show_spinner="Standardising (bootstrap)…")
 def shift_cached(checkpoint: str, set_name: str, stamp: tuple):
-    """agegender.shift's table of a set's predictions against the checkpoint's own, as of their files' stamp."""
+    """fairness.shift's table of a set's predictions against the checkpoint's own, as of their files' stamp."""
     table, notes = shift.explain(results.load_result(checkpoint, set_name), shift.reference_predictions(checkpoint))
     return shift.display(table), notes
 
@@ -138,7 +139,7 @@ else:
                        help="Writes predictions-<set>.csv into each checkpoint folder too; the results cache "
                             f"({results.results_dir()}) always keeps them.")
     if c3.button("Evaluate", key="es_go"):
-        from agegender.evalset import overall_fraction  # imports torch, as evaluating does anyway
+        from agegender.evaluation.evalset import overall_fraction  # imports torch, as evaluating does anyway
 
         for p in picked:
             label = Path(p).name

@@ -10,11 +10,13 @@ st.title("Error explorer")
 import pandas as pd
 from PIL import Image
 
-from agegender.audit import AuditError, audit_faces, chip_faces, counts, label_keys
-from agegender.catalog import default_data_path, trained_on
-from agegender.data import DatasetError
-from agegender.explain import overlay
-from agegender.explorer import (
+from agegender.data.utkface import DatasetError
+from agegender.explain.gradcam import overlay
+from agegender.explain.predict import display_crop
+from agegender.fairness.groups import grouping_columns, prepare
+from agegender.models.catalog import default_data_path, trained_on
+from agegender.review.audit import AuditError, audit_faces, chip_faces, counts, label_keys
+from agegender.review.explorer import (
     chip_result,
     data_problem,
     group_mean_cams,
@@ -28,9 +30,7 @@ from agegender.explorer import (
     suspected,
     worst_age_errors,
 )
-from agegender.fairness import grouping_columns, prepare
-from agegender.predict import display_crop
-from agegender.review import CONFIRMED, WRONG, ReviewError, mark, read_review, review_path, with_reviews
+from agegender.review.verdicts import CONFIRMED, WRONG, ReviewError, mark, read_review, review_path, with_reviews
 
 SUSPECTS = "Suspected label errors"
 MODES = {"Worst age errors": worst_age_errors, "Misgendered": misgendered, SUSPECTS: None}
@@ -42,8 +42,8 @@ REVIEW_ERROR = "ex_review_error"  # a verdict's callback cannot draw where the b
 @st.cache_resource(max_entries=4, show_spinner="Reading the evaluation set's aligned faces…")
 def set_crops(set_name: str, size: int, stamp: tuple):
     """The set's aligned faces from the crop cache its evaluation wrote (read once, shared, never mutated)."""
-    from agegender.evalset import dataset_crops
-    from agegender.results import get_set
+    from agegender.evaluation.evalset import dataset_crops
+    from agegender.evaluation.results import get_set
 
     return dataset_crops(get_set(set_name).read(), size)
 
@@ -85,7 +85,7 @@ if group_col != "(all)":
 
 @st.cache_data(max_entries=4, show_spinner="Auditing the labels: each face through the model once…")
 def label_audit(ckpt_path: str, source: str, data_path: str, stamps: tuple):
-    """The audit of the whole source (agegender.audit), as of the checkpoint, predictions and data stamps."""
+    """The audit of the whole source (agegender.review.audit), as of the checkpoint, predictions and data stamps."""
     ckpt = caches.get_checkpoint(ckpt_path)
     size = ckpt.preprocess.cache_size
     table = caches.predictions_cached(ckpt_path, source, stamps[1])

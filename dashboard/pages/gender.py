@@ -56,10 +56,11 @@ def band_moved():
 st.title("Gender threshold")
 
 # heavy imports after the title, so the page shows while they load
-from agegender import charts, genderband, tables
-from agegender.fairness import grouping_columns, prepare
+from agegender.fairness import genderband, tables
+from agegender.fairness.groups import grouping_columns, prepare
 from agegender.labels import DECISION, DEFAULT_BAND
 from agegender.predictions import group_columns
+from agegender.report import charts
 
 ckpt = state.checkpoint_choice(state.selected_checkpoints())
 c1, c2, c3, c4 = st.columns(4)

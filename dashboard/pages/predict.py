@@ -7,12 +7,12 @@ from dashboard import caches, faceview, state
 st.title("Predict & explain")
 
 # heavy imports after the title, so the page shows while they load
-from agegender import tables
-from agegender.checkpoint import CheckpointError
-from agegender.explain import METHODS, layer_names
-from agegender.intervals import NO_INTERVAL
-from agegender.predict import WHOLE
-from agegender.visual import draw_faces, results_frame, results_json, zip_bytes
+from agegender.evaluation.intervals import NO_INTERVAL
+from agegender.explain.gradcam import METHODS, layer_names
+from agegender.explain.predict import WHOLE
+from agegender.fairness import tables
+from agegender.models.checkpoint import CheckpointError
+from dashboard.visual import draw_faces, results_frame, results_json, zip_bytes
 
 TYPES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 # with MIME types in the list Streamlit leaves the check to the browser's file dialog and to this page,
@@ -70,7 +70,7 @@ if not files:
     st.info("Upload one or more photos, take one with the camera, or pick the example.")
     st.stop()
 
-calibrations = {}  # each checkpoint's age interval calibration (agegender.intervals), None: not calibrated
+calibrations = {}  # each checkpoint's age interval calibration (agegender.evaluation.intervals), None: not calibrated
 for c in ckpts:
     try:
         calibrations[c.name] = c.calibration

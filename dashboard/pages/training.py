@@ -10,10 +10,11 @@ st.title("Training")
 # heavy imports after the title, so the page shows while they load
 import pandas as pd
 
-from agegender import charts, tables
+from agegender.fairness import tables
 from agegender.meta import soup_runs
-from agegender.runstate import EXTERNAL_FIELDS, HISTORY
-from agegender.soup import run_histories
+from agegender.report import charts
+from agegender.train.runstate import EXTERNAL_FIELDS, HISTORY
+from agegender.train.soup import run_histories
 
 
 def external_caption(h: pd.DataFrame, meta: dict) -> str | None:
@@ -48,7 +49,7 @@ for ckpt in state.selected_checkpoints():
     path = ckpt.path / HISTORY
     runs = run_histories(ckpt.path, ckpt.meta)
     if runs:
-        st.caption(f"The mean of {len(soup_runs(ckpt.meta))} runs' weights (agegender.soup): never trained "
+        st.caption(f"The mean of {len(soup_runs(ckpt.meta))} runs' weights (agegender.train.soup): never trained "
                    "as such, so each run's curves follow; its own figures are on the Checkpoints page.")
         for run, file in runs:
             st.markdown(f"**{run['name']}** ({run['share']:.0%} of the mean)")

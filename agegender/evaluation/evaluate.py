@@ -1,0 +1,359 @@
+"""Evaluate a checkpoint: predictions CSV, summary table, metrics JSON.
+
+    python -m agegender.evaluate --checkpoint DIR --data PATH [--split val|test|all]
+        [--out PREDICTIONS.csv] [--json METRICS.json] [--no-tta] [--limit N]
+    python -m agegender.evaluate --checkpoint DIR --data PATH --labels FILE [--format fairface|csv]
+        [--columns file=COL,age=COL,gender=COL,groups=A,B | MAPPING.toml] --out PREDICTIONS.csv [--json M.json]
+    python -m agegender.evaluate --checkpoint DIR --data UTKFACE --into-checkpoint
+
+UTKFace (labels in the file names) keeps its hash splits; any other dataset (agegender.data.datasets) is
+scored whole, photos through face detection and alignment (agegender.evaluation.evalset). For a DLDL checkpoint each row
+also gets ``age_label_tail``, the label audit's age p_label (agegender.predictions.label_tails), so the audit
+(agegender.review.audit) and the bias report's label section need the predictions alone; it comes from the same pass
+through the model as the predictions and their intervals.
+
+--into-checkpoint is train.py's last step on its own: val and test scored into the checkpoint's predictions files
+and meta.json, with the fingerprint of the data scored. It is how a checkpoint trained on another copy of the data
+(a packed zip, agegender.data.pack) gets the figures of the original images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..data.datasets import FORMATS, Dataset, read_dataset, resolve
+from ..data.utkface import DatasetError, Images, cached_images, evenly_spaced, load_images, scan, split_of
+from ..faces import quality
+from ..fairness.metrics import summary_of
+from ..labels import GENDERS, RACES, bin_label, nearest_bin
+from ..models.checkpoint import CheckpointError, load_checkpoint, read_meta, write_meta
+from ..models.distributed import setup as setup_distributed
+from ..models.inference import predict_distribution
+from ..models.model import DistributionAgeHead
+from ..models.runtime import set_threads
+from ..predictions import (
+    LABEL_TAIL,
+    SPLIT_ALL,
+    bin_scale,
+    file_name,
+    label_tails,
+    pred_bins,
+    predictions_path,
+    write_predictions,
+)
+from .evalset import SCORING, Crops, Progress, dataset_crops, first_stage
+from .intervals import interval_of
+
+log = logging.getLogger(__name__)
+
+SCORE_BATCH = 256  # faces per model pass and per progress report (predict_distribution's own batch)
+
+ERR_NEEDS_OUT = ("a labelled dataset's predictions go where --out says (never into the checkpoint folder): "
+                 "add --out PREDICTIONS.csv")
+ERR_INTO = ("--into-checkpoint scores UTKFace's val and test splits into the checkpoint folder; it takes no "
+            "--labels, --out, --split or --limit")
+NOTE_RECALIBRATE = ("the age intervals in {path} were calibrated on other data than {data}: run python -m "
+                    "agegender.intervals --checkpoint {path} --data {data}, then this command again, so that "
+                    "the stored predictions carry intervals fitted on these images")
+
+
+def scored_fingerprint(meta: dict, split: str) -> str | None:
+    """The fingerprint (agegender.data.utkface.Scan.fingerprint) of the data a checkpoint's stored predictions for
+    ``split`` were scored on. Checkpoints that predate the record scored the data they were trained on."""
+    return (meta.get("metrics") or {}).get(split, {}).get("dataset_fingerprint") or meta.get("dataset_fingerprint")
+
+
+def has_distribution(ckpt) -> bool:
+    """Whether the checkpoint's age head is DLDL's distribution over whole years (else a regression)."""
+    return isinstance(ckpt.model.age_head, DistributionAgeHead)
+
+
+def age_distributions(ckpt, pixels: np.ndarray, tta: bool = True, batch_size: int = 256,
+                      precision: str = "auto") -> np.ndarray:
+    """N x bins float64: the DLDL head's distribution over whole years for each face (N x S x S x 3 uint8 at the
+    checkpoint's cache size), averaged over the face and its mirror (inference.predict_distribution). The
+    caller checks has_distribution (agegender.review.audit.age_distributions says why not)."""
+    return predict_distribution(ckpt, pixels, tta, batch_size, precision)[2]
+
+
+def with_label_tails(ckpt, frame: pd.DataFrame, dist: np.ndarray | None, found: np.ndarray | None = None
+                     ) -> pd.DataFrame:
+    """``frame`` with LABEL_TAIL: the label audit's age tail of each row's label under ``dist``, the age
+    distributions of the found rows' faces in order (predict_distribution); NaN for a regression head (``dist``
+    None) and for rows without a face."""
+    tails = np.full(len(frame), np.nan)
+    if dist is not None and len(frame):
+        found = np.ones(len(frame), bool) if found is None else np.asarray(found, bool)
+        probs = np.full((len(frame), dist.shape[1]), np.nan)
+        probs[found] = dist
+        tails = label_tails(probs, frame)
+    return frame.assign(**{LABEL_TAIL: tails})
+
+
+def predictions_frame(ckpt, images: Images, idx: np.ndarray, tta: bool = True) -> pd.DataFrame:
+    """The predictions table of UTKFace images; the age intervals empty unless the checkpoint is calibrated, the
+    label tails (with_label_tails) unless its age head is a regression."""
+    ages, pf, dist = predict_distribution(ckpt, images.pixels[idx], tta)
+    lo, hi = interval_of(ckpt, ages, dist, tta)
+    ss = [images.samples[i] for i in idx]
+    frame = pd.DataFrame({
+        "file": [s.member for s in ss],
+        "split": [s.split for s in ss],
+        "age": [s.age for s in ss],
+        "gender": [GENDERS[s.gender] for s in ss],
+        "race": [RACES[s.race] for s in ss],
+        "pred_age": np.round(ages, 2),
+        "pred_age_lo": lo,  # already rounded, outward
+        "pred_age_hi": hi,
+        "p_female": np.round(pf, 4),
+    })
+    return with_label_tails(ckpt, frame, dist)
+
+
+def dataset_frame(ckpt, ds: Dataset, crops: Crops, tta: bool = True, progress: Progress | None = None
+                  ) -> pd.DataFrame:
+    """The predictions table of a labelled dataset: one row per readable record, with its group columns and
+    ``found``; the predictions are empty where no face was found, the age intervals also where the checkpoint
+    is not calibrated, the label tails also for a regression head. Predicted ages are put in the dataset's own
+    age bins (FairFace's unless its labels use others). ``progress(SCORING, done, total)`` after each batch."""
+    ages, pf, dist = _scored_in_batches(ckpt, crops.pixels[crops.found], tta, progress)
+    lo, hi = interval_of(ckpt, ages, dist, tta)  # calibrated on UTKFace val: whether it holds here is measured
+    frame = labelled_frame(ds, crops, crops.found, ages, pf, lo, hi)
+    return with_label_tails(ckpt, frame, dist, crops.found)
+
+
+def _scored_in_batches(ckpt, pixels: np.ndarray, tta: bool, progress: Progress | None
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """predict_distribution over ``pixels`` a batch at a time, so that the caller hears of each batch (the
+    model pass of a few hundred faces takes seconds on a CPU); the batches are those predict_distribution
+    would make, so the figures are the same."""
+    n, parts = len(pixels), []
+    for start in range(0, max(n, 1), SCORE_BATCH):  # one empty batch for no faces: the arrays keep their shapes
+        parts.append(predict_distribution(ckpt, pixels[start:start + SCORE_BATCH], tta, SCORE_BATCH))
+        if progress:
+            progress(SCORING, min(start + SCORE_BATCH, n), n)
+    ages, pf = (np.concatenate([p[i] for p in parts]) for i in (0, 1))
+    return ages, pf, None if parts[0][2] is None else np.concatenate([p[2] for p in parts])
+
+
+def labelled_frame(ds: Dataset, crops: Crops, found: np.ndarray, ages: np.ndarray, p_female: np.ndarray,
+                   lo: np.ndarray | None = None, hi: np.ndarray | None = None) -> pd.DataFrame:
+    """A labelled dataset's predictions table from any predictor's outputs: ``found`` per record of ``crops``,
+    and ``ages``, ``p_female`` (and the interval ``lo``, ``hi``) for the found ones, in order. The quality
+    columns come from ``crops``: how our detector saw the labelled face."""
+    by_file = {r.file: r for r in ds.records}
+    records = [by_file[f] for f in crops.files]
+    n = len(records)
+    pred_age, pf = np.full(n, np.nan), np.full(n, np.nan)
+    pred_lo, pred_hi = np.full(n, np.nan), np.full(n, np.nan)
+    pred_age[found], pf[found] = ages, p_female
+    if lo is not None:
+        pred_lo[found], pred_hi[found] = lo, hi
+    pred_age, pf = np.round(pred_age, 2), np.round(pf, 4)  # rounded in float64: no 83.47000122
+    scale = bin_scale([bin_label(r.age_bin) for r in ds.records if r.age_bin is not None])
+    true_bins = [bin_label(r.age_bin) if r.age_bin is not None else bin_label(scale[nearest_bin(r.age, scale)])
+                 for r in records]
+    return pd.DataFrame({
+        "file": [r.file for r in records],
+        "split": SPLIT_ALL,
+        "age": [np.nan if r.age is None else r.age for r in records],
+        "age_bin": true_bins,
+        "gender": [GENDERS[r.gender] for r in records],
+        **{g: [r.groups[g] for r in records] for g in ds.group_columns},
+        "found": found,
+        "pred_age": pred_age,
+        "pred_age_lo": pred_lo,
+        "pred_age_hi": pred_hi,
+        "pred_age_bin": pred_bins(pred_age, scale),
+        "p_female": pf,
+        **_quality(crops),
+    })
+
+
+def _quality(crops: Crops) -> dict[str, np.ndarray]:
+    """Pose, face size and sharpness of each found face (NaN for misses, and pose and size for chips,
+    which carry no detection)."""
+    m = quality.measure(crops.landmarks, crops.box, crops.pixels)
+    m["sharpness"] = np.where(crops.found, m["sharpness"], np.nan)
+    return m
+
+
+def evaluate_dataset(ckpt, ds: Dataset, tta: bool = True, cache_dir=None, progress: Progress | None = None
+                     ) -> tuple[pd.DataFrame, dict]:
+    """A labelled dataset through a checkpoint: (predictions table, metrics). The metrics are those of
+    metrics.summary_of (over faces found) plus how many rows the dataset reader and the image decoder
+    skipped. ``progress(stage, done, total)`` hears both stages in order: first_stage(ds.geometry) over the
+    records (at once where the crops are cached), then SCORING over the faces found."""
+    stage = first_stage(ds.geometry)
+    crops = dataset_crops(ds, ckpt.preprocess.cache_size, cache_dir,
+                          (lambda done, total: progress(stage, done, total)) if progress else None)
+    df = dataset_frame(ckpt, ds, crops, tta, progress)
+    return df, {**summary_of(df), "skipped_labels": ds.skipped, "unreadable": len(crops.unreadable),
+                "format": ds.format, "geometry": ds.geometry, "dataset_fingerprint": ds.fingerprint}
+
+
+def evaluate_into_checkpoint(folder: Path, images: Images, fingerprint: str, tta: bool = True) -> dict:
+    """Write predictions-val.csv and predictions-test.csv and record their metrics in meta.json, with
+    ``fingerprint``, that of the data ``images`` were decoded from."""
+    ckpt = load_checkpoint(folder)
+    results = {}
+    for split in ("val", "test"):  # review.OWN_SPLITS; review sits above evaluate in the layers
+        t = time.perf_counter()
+        df = predictions_frame(ckpt, images, images.indices(split), tta)
+        write_predictions(df, predictions_path(folder, split))
+        results[split] = {**summary_of(df), "tta": tta, "seconds": round(time.perf_counter() - t, 1),
+                          "dataset_fingerprint": fingerprint}
+        log.info("%s: %s", split, format_metrics(results[split]))
+    meta = read_meta(folder)
+    meta["metrics"] = results
+    meta.pop("format", None)
+    write_meta(folder, meta)
+    return results
+
+
+def format_metrics(m: dict) -> str:
+    def f(key, spec):
+        v = m.get(key)
+        return "n/a" if v is None else format(v, spec)
+
+    found = f"  face found {m['n_found']}/{m['n']}" if m.get("n_found", m["n"]) != m["n"] else ""
+    age = (f"MAE {f('age_mae', '.2f')} y  CS@5 {f('age_cs5', '.1%')}  bias {f('age_bias', '+.2f')} y"
+           if m.get("age_mae") is not None else
+           f"age bin acc {f('age_bin_accuracy', '.1%')}  within one bin {f('age_bin_within1', '.1%')}")
+    return (f"n={m['n']}{found}  {age}  gender acc {f('gender_accuracy', '.2%')}  AUC {f('gender_auc', '.4f')}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m agegender.evaluate", description=__doc__.split("\n")[0])
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder")
+    p.add_argument("--data", required=True, help="the images: folder, .zip or .tar.gz (or the labels file)")
+    p.add_argument("--labels", help="labels file (CSV or Parquet); file paths in it are relative to --data")
+    p.add_argument("--format", choices=FORMATS, help="default: utkface without --labels, fairface for "
+                   "FairFace's CSV, csv otherwise")
+    p.add_argument("--columns", help="column mapping for --format csv: file=COL,age=COL (or age_bin=COL),"
+                   "gender=COL[,gender_map=F=1,M=0][,groups=A,B][,geometry=chips|photos], or a .toml file")
+    p.add_argument("--split", default="test", choices=["val", "test", "all"],
+                   help="UTKFace only: all = every parseable image, whatever its split (external test sets)")
+    p.add_argument("--out", help=f"predictions CSV (default: CHECKPOINT/{file_name('SPLIT')})")
+    p.add_argument("--json", help="write the metrics to this file")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
+                   help="average with the mirrored image (default on)")
+    p.add_argument("--limit", type=int, default=0,
+                   help="an evenly spaced sample of N images of the split, decoded without the cache")
+    p.add_argument("--into-checkpoint", action="store_true",
+                   help="UTKFace: score val and test into the checkpoint (its predictions files and meta.json's "
+                        "metrics), as train.py's last step does")
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--threads", type=int, default=0)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    set_threads(args.threads)
+    t0 = time.perf_counter()
+    if args.into_checkpoint:
+        return _evaluate_into(args)
+    dd, device = setup_distributed()  # under torchrun each rank scores its share of the images
+    try:
+        return _evaluate(args, dd, device, t0)
+    finally:
+        dd.close()
+
+
+def _evaluate_labelled(args, dd, device, t0: float) -> int:
+    """--labels, --format fairface|csv: score a whole labelled dataset (one process: photos are detected
+    once and cached, and the rest is seconds)."""
+    if not args.out:
+        print(f"error: {ERR_NEEDS_OUT}", file=sys.stderr)
+        return 2
+    if not dd.main:
+        return 0
+    try:
+        ckpt = load_checkpoint(args.checkpoint, device)
+        ds = read_dataset(args.data, args.labels, args.format, args.columns)
+        df, m = evaluate_dataset(ckpt, ds, args.tta, args.cache_dir)
+    except (CheckpointError, DatasetError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    write_predictions(df, args.out)
+    m = {**m, "tta": args.tta, "checkpoint": str(args.checkpoint), "data": str(args.data),
+         "labels": None if ds.labels is None else str(ds.labels), "seconds": round(time.perf_counter() - t0, 2)}
+    print(format_metrics(m))
+    print(f"predictions: {args.out}   time: {m['seconds']:.1f} s")
+    if args.json:
+        Path(args.json).write_text(json.dumps(m, indent=2) + "\n")
+    return 0
+
+
+def _evaluate_into(args) -> int:
+    """--into-checkpoint: val and test into the checkpoint, in one process."""
+    try:
+        other = args.labels or args.out or args.limit or args.split != "test"
+        if other or resolve(args.data, args.labels, args.format, args.columns)[2] != "utkface":
+            raise DatasetError(ERR_INTO)
+        ckpt = load_checkpoint(args.checkpoint)
+        sc = scan(args.data)
+        images = cached_images(sc, ckpt.preprocess.cache_size, args.cache_dir)
+        results = evaluate_into_checkpoint(Path(args.checkpoint), images, sc.fingerprint, tta=args.tta)
+    except (CheckpointError, DatasetError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for split, m in results.items():
+        print(f"{split}: {format_metrics(m)}")
+    cal = ckpt.calibration  # a record that cannot be used stopped the evaluation above
+    if cal is not None and cal.dataset_fingerprint != sc.fingerprint:
+        print("note: " + NOTE_RECALIBRATE.format(path=args.checkpoint, data=args.data), file=sys.stderr)
+    print(f"written to {args.checkpoint}")
+    return 0
+
+
+def _evaluate(args, dd, device, t0: float) -> int:
+    try:
+        utkface = resolve(args.data, args.labels, args.format, args.columns)[2] == "utkface"
+    except DatasetError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not utkface:
+        return _evaluate_labelled(args, dd, device, t0)
+    try:
+        ckpt = load_checkpoint(args.checkpoint, device)
+        sc = scan(args.data)
+        size = ckpt.preprocess.cache_size
+        if args.limit:
+            picked = [s for s in sc.samples if args.split == "all" or s.split == args.split]
+            picked = evenly_spaced(picked, args.limit)  # spread over all ages
+            images = load_images(sc, picked, size)
+        else:
+            images = cached_images(sc, size, args.cache_dir)
+        idx = images.indices(args.split)
+        if len(idx) == 0:
+            raise DatasetError(f"no images of split {args.split!r} at {args.data}; try --split all")
+        parts = dd.gather(predictions_frame(ckpt, images, idx[dd.rank::dd.world], args.tta))
+    except (CheckpointError, DatasetError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not dd.main:
+        return 0
+    position = np.concatenate([np.arange(len(idx))[r::dd.world] for r in range(dd.world)])
+    df = pd.concat(parts, ignore_index=True).iloc[np.argsort(position, kind="stable")].reset_index(drop=True)
+    out = Path(args.out) if args.out else predictions_path(args.checkpoint, args.split)
+    write_predictions(df, out)
+    # the data module has logged them once with examples; the JSON keeps the count with the metrics
+    skipped = [u for u in images.unreadable if args.split == "all" or split_of(u) == args.split]
+    m = {**summary_of(df), "split": args.split, "tta": args.tta, "checkpoint": str(args.checkpoint),
+         "unreadable": len(skipped), "seconds": round(time.perf_counter() - t0, 2)}
+    print(format_metrics(m))
+    print(f"predictions: {out}   time: {m['seconds']:.1f} s")
+    if args.json:
+        Path(args.json).write_text(json.dumps(m, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""Checkpoint folders: save, load and validate. Nothing here unpickles anything."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ..meta import (  # noqa: F401 - re-exported: the torch-free part of a checkpoint lives there
+    ERR_BAD_META,
+    ERR_NO_FOLDER,
+    ERR_NO_META,
+    FORMAT,
+    META,
+    REQUIRED_META,
+    WEIGHTS,
+    Calibration,
+    CheckpointError,
+    IntervalError,
+    atomic_write,
+    calibration_of,
+    sha256_file,
+    write_meta,
+)
+from ..meta import read_meta as read_meta_json
+from .catalog import list_checkpoints  # noqa: F401 - re-exported
+from .model import ARCHS, AgeGenderNet, AgeScaling, create_model
+from .preprocess import Preprocess
+
+# Error messages are constants so tests can assert them word for word (the meta.json ones are in meta).
+ERR_NO_WEIGHTS = "{path}/{WEIGHTS} is missing; restore the folder or retrain"
+ERR_NOT_SAFETENSORS = (
+    "{path}/{WEIGHTS} is not a safetensors file (a pickle, or a damaged file); "
+    "checkpoints are never unpickled: re-save the weights with safetensors"
+)
+ERR_CHECKSUM = (
+    "{path}/{WEIGHTS} does not match the checksum in {META}: "
+    "the weights were changed or truncated after training"
+)
+ERR_ARCH = "{path}/{META} names an unknown architecture {arch!r}; known: {known}"
+ERR_SHAPES = "the weights in {path} do not fit {arch}: {detail}"
+BAD_SCALING = "age_offset and age_scale must be numbers, and age_range two"  # ERR_BAD_META's detail
+
+
+@dataclass
+class Checkpoint:
+    """A model with its meta.json, and the contract meta.json states, parsed once when the checkpoint is made
+    (loaded, or put together by training): the preprocessing, the age head's scaling and age range, and the
+    age interval's calibration. Nothing else reads those keys of ``meta``.
+
+    A calibration record that cannot be used (edited, or made for other weights) does not stop the load: the
+    model still predicts ages. Its IntervalError is kept and raised, word for word, wherever an interval is
+    asked for (``calibration``), as before the record was parsed at load."""
+
+    path: Path
+    model: AgeGenderNet
+    meta: dict
+    scaling: AgeScaling | None = None  # None: parsed from meta (load_checkpoint passes the one it built the model with)
+    preprocess: Preprocess = field(init=False)
+    _calibration: Calibration | None = field(init=False, repr=False)
+    _calibration_error: str | None = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.preprocess = Preprocess.from_dict(self.meta["preprocess"])
+        if self.scaling is None:
+            self.scaling = parse_scaling(self.meta, self.path)
+        try:
+            self._calibration, self._calibration_error = calibration_of(self.meta, self.path), None
+        except IntervalError as e:
+            self._calibration, self._calibration_error = None, str(e)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def age_range(self) -> tuple[float, float]:
+        """The youngest and oldest age the checkpoint predicts (agegender.models.model.age_range)."""
+        return self.scaling.limits
+
+    @property
+    def calibration(self) -> Calibration | None:
+        """The age interval's calibration, None when it has none; IntervalError for a record that cannot be used."""
+        if self._calibration_error is not None:
+            raise IntervalError(self._calibration_error)
+        return self._calibration
+
+
+def parse_scaling(meta: dict, path: Path) -> AgeScaling:
+    """meta.json's age scaling and range; CheckpointError (ERR_BAD_META) where they are not numbers."""
+    try:
+        return AgeScaling.from_meta(meta)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(ERR_BAD_META.format(path=path, META=META, detail=BAD_SCALING)) from e
+
+
+def save_weights(model: torch.nn.Module, path: Path, dtype: torch.dtype = torch.float16) -> str:
+    """Write the weights atomically (fp16 by default, enough to ship); returns their sha256."""
+    tensors = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
+               for k, v in model.state_dict().items()}
+    with atomic_write(path) as tmp:
+        save_file(tensors, str(tmp))
+        digest = sha256_file(tmp)
+    return digest
+
+
+def read_meta(path: str | os.PathLike) -> dict:
+    """meta.read_meta (meta.json present, JSON, required keys) plus a known architecture."""
+    path = Path(path)
+    meta = read_meta_json(path)
+    if meta["arch"] not in ARCHS:
+        raise CheckpointError(ERR_ARCH.format(path=path, META=META, arch=meta["arch"], known=", ".join(ARCHS)))
+    return meta
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> Checkpoint:
+    """The one loader: validates meta, checksum and tensor shapes; returns an eval-mode fp32 model."""
+    path = Path(path)
+    meta = read_meta(path)
+    weights = path / WEIGHTS
+    if not weights.is_file():
+        raise CheckpointError(ERR_NO_WEIGHTS.format(path=path, WEIGHTS=WEIGHTS))
+    try:
+        tensors = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(ERR_NOT_SAFETENSORS.format(path=path, WEIGHTS=WEIGHTS)) from e
+    if sha256_file(weights) != meta["weights_sha256"]:
+        raise CheckpointError(ERR_CHECKSUM.format(path=path, WEIGHTS=WEIGHTS, META=META))
+    scaling = parse_scaling(meta, path)
+    model = create_model(meta["arch"], dropout=float(meta.get("dropout", 0.0)), age_bins=int(meta.get("age_bins", 0)),
+                         age_offset=scaling.offset, age_scale=scaling.scale)
+    expected = model.state_dict()
+    problems = [f"missing {k}" for k in expected if k not in tensors]
+    problems += [f"unexpected {k}" for k in tensors if k not in expected]
+    problems += [
+        f"{k} is {tuple(tensors[k].shape)}, expected {tuple(v.shape)}"
+        for k, v in expected.items() if k in tensors and tensors[k].shape != v.shape
+    ]
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise CheckpointError(
+            ERR_SHAPES.format(path=path, arch=meta["arch"], detail="; ".join(problems[:3]) + more)
+        )
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()})
+    model.to(device).eval()
+    return Checkpoint(path, model, meta, scaling)
