@@ -58,6 +58,10 @@ ERR_UNREADABLE = "cannot read predictions {path}: {detail}"
 ERR_MISSING_COLUMNS = "the predictions lack column(s) {missing}; expected {expected}"
 ERR_NO_AGE = "the predictions have neither an age nor an age_bin column: one of them holds the true age"
 
+# A checkpoint's own held-out splits: evaluation writes predictions-<split>.csv for each into the checkpoint
+# folder, and every source that is not one of them is a registered evaluation set. Declared here, once.
+OWN_SPLITS = ("val", "test")
+
 
 def file_name(split: str) -> str:
     return f"predictions-{split}.csv"
