@@ -1,6 +1,6 @@
 """A checkpoint's meta.json and its file names, and the one way files are written here (atomically); and
 the records in meta.json that more than one module parses: the age interval's calibration (Calibration,
-calibration_of; evaluation.intervals makes and applies it, agegender.models.checkpoint parses it once at load).
+calibration_of; evaluation.intervals makes it, models.interval applies it, models.checkpoint parses it at load).
 Imports no torch: the catalog, the dashboard shell and the model card read checkpoints through it
 before, or without, loading a model."""
 
@@ -97,7 +97,7 @@ def read_meta(path: str | os.PathLike) -> dict:
     return meta
 
 
-# ---- meta.json's age_interval: the calibration evaluation.intervals makes and applies -------------------------
+# ---- meta.json's age_interval: the calibration evaluation.intervals makes and models.interval applies --------
 
 KEY = "age_interval"  # meta.json's key
 CQR, RESIDUAL = "cqr", "residual"  # a distribution's quantiles conformalised; a regression head's |error|

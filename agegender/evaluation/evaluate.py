@@ -37,6 +37,7 @@ from ..labels import GENDERS, RACES, bin_label, nearest_bin
 from ..models.checkpoint import CheckpointError, load_checkpoint, read_meta, write_meta
 from ..models.distributed import setup as setup_distributed
 from ..models.inference import predict_distribution
+from ..models.interval import interval_of
 from ..models.model import DistributionAgeHead
 from ..models.runtime import set_threads
 from ..predictions import (
@@ -50,7 +51,6 @@ from ..predictions import (
     write_predictions,
 )
 from .evalset import SCORING, Crops, Progress, dataset_crops, first_stage
-from .intervals import interval_of
 
 log = logging.getLogger(__name__)
 

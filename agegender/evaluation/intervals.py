@@ -5,8 +5,8 @@
 
 Calibrates a checkpoint on its own validation split by split conformal prediction (CQR over a DLDL head's
 age distribution, or the residual of a regression head; one shift per predicted-age bucket by default) and
-writes the record into its meta.json (the record itself: agegender.meta.Calibration); applies a record to
-predicted ages (interval_of, predict_with_interval); measures coverage per group (coverage_by_group).
+writes the record into its meta.json (the record itself: agegender.meta.Calibration). Applying a record to
+predicted ages: agegender.models.interval; coverage per group: agegender.fairness.coverage.
 The method, its guarantee and its limits: docs/intervals.md.
 """
 
@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..fairness.groups import group_positions, prepare, wilson
 from ..labels import AGE_BUCKET_EDGES
 from ..meta import (  # noqa: F401 - re-exported: the record itself lives in meta, which the checkpoint loader parses
     BY_AGE,
@@ -48,25 +47,20 @@ from ..meta import (  # noqa: F401 - re-exported: the record itself lives in met
     levels,
     read_meta,
 )
-from ..predictions import DERIVED_GROUP, INTERVAL
-
-log = logging.getLogger(__name__)
+from ..models.interval import apply
 
 DEFAULT_COVERAGE = 0.8
 MIN_PER_BUCKET = 50  # validation faces a predicted-age bucket needs, else it is merged (docs/intervals.md)
 SPLIT = "val"
 MANIFEST = "manifest.csv"  # training's list of the checkpoint's images and their splits
-COVERAGE_COLUMNS = ("n", "covered", "coverage", "coverage_lo", "coverage_hi", "median_width")
 
 # Error messages are constants so tests can assert them word for word.
-NO_INTERVAL = "no calibrated interval: run " + CALIBRATE
 ERR_TOO_FEW = "cannot calibrate a {coverage:.0%} interval on {n} image(s): it needs at least {need}"
 ERR_COVERAGE = "the coverage must lie strictly between 0 and 1, not {coverage}"
 ERR_EDGES = "age bucket edges must be increasing and start at 0, not {edges}"
 ERR_NO_MANIFEST = "{path} has no " + MANIFEST + ", so its validation split is unknown: retrain it, or restore the file"
 ERR_MISSING = ("{data} lacks {n} of the {total} validation images of {path} (e.g. {examples}): pass the UTKFace "
                "the checkpoint was trained on")
-WARN_TTA = "%s/" + META + "'s age interval was calibrated with TTA %s, not %s: predicting no interval"
 
 
 def scores(y, lo, hi) -> np.ndarray:
@@ -141,87 +135,12 @@ def calibrate_by_age(y, lo, hi, age, coverage: float = DEFAULT_COVERAGE, method:
                    n_by_bucket=ns)
 
 
-def apply(cal: Calibration, age, quantiles: np.ndarray | None, limits: tuple[float, float]
-          ) -> tuple[np.ndarray, np.ndarray]:
-    """(lo, hi) in years: the base interval (CQR: ``quantiles``, N x 2 at cal.quantiles; RESIDUAL: the predicted
-    ``age``) moved by t (by predicted age: the bucket of ``age``'s), clipped to the age range ``limits`` and
-    rounded outward to 0.01 y (docs/intervals.md)."""
-    t = cal.shifts(age)
-    if cal.base == CQR:
-        q = np.asarray(quantiles, np.float64)
-        lo, hi = q[:, 0] - t, q[:, 1] + t
-    else:
-        a = np.asarray(age, np.float64)
-        lo, hi = a - t, a + t
-    mid = (lo + hi) / 2
-    lo, hi = np.where(lo > hi, mid, lo), np.where(lo > hi, mid, hi)
-    return (np.clip(np.floor(lo * 100) / 100, *limits), np.clip(np.ceil(hi * 100) / 100, *limits))
-
-
 def write_calibration(folder: str | os.PathLike, cal: Calibration) -> None:
     """Put ``cal`` into the checkpoint's meta.json, atomically; every other key stays as it was."""
     meta = read_meta(folder)
     calibration_of({**meta, KEY: cal.to_json()}, folder)  # refuses a record for other weights
     meta[KEY] = cal.to_json()
     atomic_write_text(Path(folder) / META, json.dumps(meta, indent=2) + "\n")  # write_meta's layout
-
-
-def predict_with_interval(ckpt, pixels: np.ndarray, tta: bool = True, **kw
-                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(age, P(female), lo, hi) of aligned faces through a checkpoint (agegender.models.checkpoint.Checkpoint); lo
-    and hi are NaN when it has no calibration, or one made with the other TTA setting. ``kw``: batch_size,
-    precision."""
-    from ..models.inference import predict_distribution  # here: the report imports this module and no torch
-
-    age, pf, dist = predict_distribution(ckpt, pixels, tta, **kw)
-    return age, pf, *interval_of(ckpt, age, dist, tta)
-
-
-def interval_of(ckpt, age: np.ndarray, dist: np.ndarray | None, tta: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """(lo, hi) of predicted ``age`` and its distribution ``dist`` (inference.predict_distribution; None for a
-    regression head); NaN when the checkpoint has no calibration, or one made with the other TTA setting."""
-    cal = ckpt.calibration
-    if cal is not None and cal.tta != tta:
-        log.warning(WARN_TTA, ckpt.path, "on" if cal.tta else "off", "on" if tta else "off")
-        cal = None
-    if cal is None:
-        return np.full(len(age), np.nan), np.full(len(age), np.nan)
-    from ..models.inference import quantiles_in_range
-
-    q = None if dist is None else quantiles_in_range(ckpt, dist, cal.quantiles)
-    return apply(cal, age, q, ckpt.age_range)
-
-
-def age_text(age: float, lo: float | None = None, hi: float | None = None) -> str:
-    """A predicted age and its interval as a person reads them: "62 y (55-70)", the whole years the interval
-    holds (the labels are whole years); "62 y" without one."""
-    if lo is None or hi is None or not (np.isfinite(lo) and np.isfinite(hi)):
-        return f"{age:.0f} y"
-    a, b = math.ceil(lo), math.floor(hi)
-    return f"{age:.0f} y ({a}-{b})" if a <= b else f"{age:.0f} y ({lo:.1f}-{hi:.1f})"
-
-
-def coverage_by_group(df: pd.DataFrame, columns: Sequence[str] | str = ()) -> pd.DataFrame:
-    """Per group of ``columns`` (a column name, "a:b", or a list; none: the whole table), over the rows with
-    a face found, an exact age and an interval: n, how many intervals hold the age, that share with its
-    Wilson 95% interval, and the median width. Groups are listed as agegender.fairness.groups lists them; a table
-    without such rows (no interval, or age bins only: docs/intervals.md) gives no rows."""
-    cols = columns.split(":") if isinstance(columns, str) else list(columns)
-    cols = [c for c in cols if c]
-    t = prepare(df) if DERIVED_GROUP in cols and DERIVED_GROUP not in df else df
-    lo, hi = (np.asarray(t[c], np.float64) if c in t else np.full(len(t), np.nan) for c in INTERVAL)
-    age = np.asarray(t["age"], np.float64) if "age" in t else np.full(len(t), np.nan)
-    found = t["found"].to_numpy(bool) if "found" in t else np.ones(len(t), bool)
-    keep = found & np.isfinite(age) & np.isfinite(lo) & np.isfinite(hi)
-    t, age, lo, hi = t[keep].reset_index(drop=True), age[keep], lo[keep], hi[keep]
-    covered = (lo <= age) & (age <= hi)
-    rows = []
-    for key, where in (group_positions(t, cols) if len(t) else []):
-        k, n = int(covered[where].sum()), len(where)
-        rows.append({**dict(zip(cols, key, strict=True)), "n": n, "covered": k, "coverage": k / n,
-                     **dict(zip(("coverage_lo", "coverage_hi"), wilson(k, n), strict=True)),
-                     "median_width": float(np.median(hi[where] - lo[where]))})
-    return pd.DataFrame(rows, columns=[*cols, *COVERAGE_COLUMNS])
 
 
 # ---- the command: calibrate a checkpoint on its own validation split --------------------------------------

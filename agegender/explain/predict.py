@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..evaluation.intervals import NO_INTERVAL, age_text, predict_with_interval
 from ..faces import quality
 from ..faces.detect import (
     MIN_CONFIDENCE,
@@ -28,6 +27,7 @@ from ..faces.detect import (
 )
 from ..labels import DEFAULT_BAND, called_female, check_band, gender_label
 from ..models.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from ..models.interval import NO_INTERVAL, age_text, predict_with_interval
 from ..models.preprocess import centre_crop
 from .gradcam import METHODS, CamMap, explain_checkpoint, overlay
 

@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..evaluation.intervals import coverage_by_group
 from ..fairness import genderband, slices
 from ..fairness import shift as dataset_shift
+from ..fairness.coverage import coverage_by_group
 from ..fairness.groups import (
     METRICS,
     MIN_COUNT,

@@ -7,11 +7,11 @@ from dashboard import caches, faceview, state
 st.title("Predict & explain")
 
 # heavy imports after the title, so the page shows while they load
-from agegender.evaluation.intervals import NO_INTERVAL
 from agegender.explain.gradcam import METHODS, layer_names
 from agegender.explain.predict import WHOLE
 from agegender.fairness import tables
 from agegender.models.checkpoint import CheckpointError
+from agegender.models.interval import NO_INTERVAL
 from dashboard.visual import draw_faces, results_frame, results_json, zip_bytes
 
 TYPES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")

@@ -15,9 +15,11 @@ from scipy.stats import norm
 from agegender.evaluation import intervals as iv
 from agegender.evaluation.evaluate import main as evaluate_main
 from agegender.explain.predict import main as predict_main
+from agegender.fairness import coverage
 from agegender.fairness.groups import prepare, wilson
 from agegender.labels import AGE_BUCKET_EDGES
 from agegender.meta import META
+from agegender.models import interval
 from agegender.models.checkpoint import load_checkpoint, read_meta
 from agegender.models.inference import distribution_quantiles
 from agegender.predictions import INTERVAL, load_predictions
@@ -54,7 +56,7 @@ def calibrated_on(y, p, coverage=COVERAGE) -> iv.Calibration:
 
 
 def covered(cal, y, p) -> float:
-    lo, hi = iv.apply(cal, None, distribution_quantiles(p, cal.quantiles), (0, BINS - 1))
+    lo, hi = interval.apply(cal, None, distribution_quantiles(p, cal.quantiles), (0, BINS - 1))
     return float(np.mean((lo <= y) & (y <= hi)))
 
 
@@ -123,7 +125,7 @@ def test_the_residual_interval_of_a_regression_head_is_pred_plus_minus_t():
     y = np.round(pred + rng.normal(0, 6, 500))
     cal = iv.calibrate(y, pred, pred, COVERAGE, iv.RESIDUAL)
     assert cal.t == iv.conformal_quantile(np.abs(y - pred), COVERAGE) and cal.quantiles == ()
-    lo, hi = iv.apply(cal, pred, None, (0, 116))
+    lo, hi = interval.apply(cal, pred, None, (0, 116))
     np.testing.assert_allclose(lo, np.floor((pred - cal.t) * 100) / 100)
     np.testing.assert_allclose(hi, np.ceil((pred + cal.t) * 100) / 100)
 
@@ -131,19 +133,19 @@ def test_the_residual_interval_of_a_regression_head_is_pred_plus_minus_t():
 def test_intervals_are_clipped_to_the_age_range_rounded_outward_and_never_crossed():
     cal = iv.Calibration(iv.CQR, 0.8, (0.1, 0.9), 3.0, 100, "val", "UTKFace", "f", "w", True)
     q = np.array([[1.0, 5.0], [110.0, 119.0], [30.123, 40.001]])
-    lo, hi = iv.apply(cal, None, q, (0.0, 120.0))
+    lo, hi = interval.apply(cal, None, q, (0.0, 120.0))
     np.testing.assert_allclose(lo, [0.0, 107.0, 27.12])  # floor(27.123 * 100) / 100
     np.testing.assert_allclose(hi, [8.0, 120.0, 43.01])  # 43.001 rounded up, not to 43.0
     narrowed = iv.Calibration(iv.CQR, 0.8, (0.1, 0.9), -3.0, 100, "val", "UTKFace", "f", "w", True)
-    lo, hi = iv.apply(narrowed, None, np.array([[40.0, 44.0], [40.0, 50.0]]), (0.0, 120.0))
+    lo, hi = interval.apply(narrowed, None, np.array([[40.0, 44.0], [40.0, 50.0]]), (0.0, 120.0))
     np.testing.assert_allclose(lo, [42.0, 43.0])  # 43 and 41 cross: the middle, 42
     np.testing.assert_allclose(hi, [42.0, 47.0])
 
 
 def test_age_text():
-    assert iv.age_text(62.4, 55.3, 70.6) == "62 y (56-70)"  # the whole years the interval holds
-    assert iv.age_text(62.4) == "62 y" and iv.age_text(62.4, np.nan, np.nan) == "62 y"
-    assert iv.age_text(55.5, 55.2, 55.8) == "56 y (55.2-55.8)"  # holds no whole year
+    assert interval.age_text(62.4, 55.3, 70.6) == "62 y (56-70)"  # the whole years the interval holds
+    assert interval.age_text(62.4) == "62 y" and interval.age_text(62.4, np.nan, np.nan) == "62 y"
+    assert interval.age_text(55.5, 55.2, 55.8) == "56 y (55.2-55.8)"  # holds no whole year
 
 
 # ---- coverage per group -----------------------------------------------------------------------------------
@@ -166,7 +168,7 @@ def intervals_table(n=600, seed=3) -> pd.DataFrame:
 def test_coverage_by_group_is_the_direct_computation_on_each_group():
     df = intervals_table()
     for columns in (["race"], "race:gender", ["age_bucket"], []):
-        got = iv.coverage_by_group(df, columns)
+        got = coverage.coverage_by_group(df, columns)
         cols = columns.split(":") if isinstance(columns, str) else columns
         t = prepare(df)
         t = t[t["found"] & t["age"].notna() & t["pred_age_lo"].notna()]
@@ -181,15 +183,15 @@ def test_coverage_by_group_is_the_direct_computation_on_each_group():
             assert (row["n"], row["covered"]) == (n, k) and row["coverage"] == pytest.approx(k / n)
             assert (row["coverage_lo"], row["coverage_hi"]) == pytest.approx(wilson(k, n))
             assert row["median_width"] == pytest.approx(g["width"].median())
-    assert list(iv.coverage_by_group(df, "age_bucket")["age_bucket"])[:2] == ["0-2", "3-9"]  # age order
+    assert list(coverage.coverage_by_group(df, "age_bucket")["age_bucket"])[:2] == ["0-2", "3-9"]  # age order
 
 
 def test_no_coverage_without_intervals_or_exact_ages():
     df = intervals_table()
-    assert iv.coverage_by_group(df.drop(columns=list(INTERVAL)), "race").empty
+    assert coverage.coverage_by_group(df.drop(columns=list(INTERVAL)), "race").empty
     bins_only = df.assign(age=np.nan, age_bin="20-29")
-    assert list(iv.coverage_by_group(bins_only, "race").columns) == ["race", *iv.COVERAGE_COLUMNS]
-    assert iv.coverage_by_group(bins_only, "race").empty
+    assert list(coverage.coverage_by_group(bins_only, "race").columns) == ["race", *coverage.COVERAGE_COLUMNS]
+    assert coverage.coverage_by_group(bins_only, "race").empty
 
 
 def test_the_report_gives_the_coverage_per_group_and_says_nothing_without_intervals(tmp_path, capsys):
@@ -200,8 +202,8 @@ def test_the_report_gives_the_coverage_per_group_and_says_nothing_without_interv
                         "--json", str(tmp_path / "r.json"), "--html", str(tmp_path / "r.html")]) == 0
     got = json.loads((tmp_path / "r.json").read_text())["age_interval_coverage"]
     assert set(got) == {"overall", "race"}  # single columns only: intersections are the slice search's job
-    pd.testing.assert_frame_equal(pd.DataFrame(got["race"]), iv.coverage_by_group(df, "race"), rtol=1e-6)
-    assert got["overall"][0]["n"] == iv.coverage_by_group(df)["n"].iloc[0]
+    pd.testing.assert_frame_equal(pd.DataFrame(got["race"]), coverage.coverage_by_group(df, "race"), rtol=1e-6)
+    assert got["overall"][0]["n"] == coverage.coverage_by_group(df)["n"].iloc[0]
     assert "age interval coverage, race" in capsys.readouterr().out
     assert "Age interval coverage" in (tmp_path / "r.html").read_text()
     df.drop(columns=list(INTERVAL)).to_csv(csv, index=False)
@@ -224,7 +226,7 @@ def growing(n: int, rng: np.random.Generator, model_sd: float = 4.0):
 
 
 def coverage_by_bucket(cal, y, p, age, edges) -> tuple[np.ndarray, np.ndarray]:
-    lo, hi = iv.apply(cal, age, distribution_quantiles(p, iv.levels(COVERAGE)), (0, BINS - 1))
+    lo, hi = interval.apply(cal, age, distribution_quantiles(p, iv.levels(COVERAGE)), (0, BINS - 1))
     b = iv.bucket_of(age, edges)
     hit = (lo <= y) & (y <= hi)
     return np.array([hit[b == i].mean() for i in range(len(edges))]), np.bincount(b, minlength=len(edges))
@@ -262,12 +264,12 @@ def test_each_bucket_gets_the_conformal_quantile_of_its_own_scores_by_hand():
     assert (cal.method, cal.edges, cal.t_by_bucket, cal.n_by_bucket) == (iv.BY_AGE[iv.RESIDUAL], (0, 10),
                                                                         (8.0, 1.0), (9, 4))
     assert iv.calibrate(y, pred, pred, COVERAGE, iv.RESIDUAL).t == 8.0  # one t: the 12th of 13, 8 for all
-    lo, hi = iv.apply(cal, np.array([5.0, 9.5, 10.0, 60.0]), None, (0, 116))
+    lo, hi = interval.apply(cal, np.array([5.0, 9.5, 10.0, 60.0]), None, (0, 116))
     np.testing.assert_allclose(lo, [0.0, 1.5, 9.0, 59.0])  # 5 - 8 clipped to 0
     np.testing.assert_allclose(hi, [13.0, 17.5, 11.0, 61.0])
     q = np.array([[2.0, 6.0], [30.0, 40.0]])  # CQR: the quantiles moved by their predicted age's bucket's t
     cqr = replace(cal, method=iv.BY_AGE[iv.CQR], quantiles=(0.1, 0.9))
-    lo, hi = iv.apply(cqr, np.array([4.0, 35.0]), q, (0, 120))
+    lo, hi = interval.apply(cqr, np.array([4.0, 35.0]), q, (0, 120))
     np.testing.assert_allclose(lo, [0.0, 29.0])  # 2 - 8 clipped; 30 - 1
     np.testing.assert_allclose(hi, [14.0, 41.0])
 
@@ -310,14 +312,14 @@ def test_a_single_t_record_still_loads_and_gives_the_same_intervals():
     rng = np.random.default_rng(6)
     q = np.sort(rng.uniform(-0.5, 120, (500, 2)), axis=1)
     age = q.mean(1)
-    lo, hi = iv.apply(cal, age, q, (0.0, 120.0))
+    lo, hi = interval.apply(cal, age, q, (0.0, 120.0))
     t = SHIPPED["t"]  # the intervals as they were computed before buckets
     old_lo, old_hi = q[:, 0] - t, q[:, 1] + t
     mid = (old_lo + old_hi) / 2
     old_lo, old_hi = np.where(old_lo > old_hi, mid, old_lo), np.where(old_lo > old_hi, mid, old_hi)
     np.testing.assert_array_equal(lo, np.clip(np.floor(old_lo * 100) / 100, 0, 120))
     np.testing.assert_array_equal(hi, np.clip(np.ceil(old_hi * 100) / 100, 0, 120))
-    np.testing.assert_array_equal(lo, iv.apply(cal, None, q, (0.0, 120.0))[0])  # the age plays no part
+    np.testing.assert_array_equal(lo, interval.apply(cal, None, q, (0.0, 120.0))[0])  # the age plays no part
 
 
 # ---- the record in meta.json ------------------------------------------------------------------------------
@@ -551,7 +553,7 @@ def test_without_a_calibration_the_columns_are_empty_and_the_command_says_how_on
     crop = str(no_face_image(tmp_path / "crop.png"))
     assert predict_main([crop, crop, "--checkpoint", str(tiny_checkpoint), "--cropped"]) == 0
     out = capsys.readouterr().out
-    note = f"age: {iv.NO_INTERVAL.format(path=tiny_checkpoint)}"
+    note = f"age: {interval.NO_INTERVAL.format(path=tiny_checkpoint)}"
     assert out.splitlines()[0] == note and out.count("no calibrated interval") == 1 and len(out.splitlines()) == 3
     assert predict_main([crop, "--checkpoint", str(tiny_checkpoint), "--cropped", "--json"]) == 0
     [face] = json.loads(capsys.readouterr().out)[0]["faces"]
@@ -575,7 +577,7 @@ def test_the_predict_page_shows_the_interval_or_says_how_to_get_one(dldl, tiny_d
     shutil.copytree(dldl, root / "plain")
     at = predict_page(monkeypatch, root)
     assert not at.exception
-    assert [i.value for i in at.info] == [f"plain: {iv.NO_INTERVAL.format(path=root / 'plain')}"]
+    assert [i.value for i in at.info] == [f"plain: {interval.NO_INTERVAL.format(path=root / 'plain')}"]
 
     assert calibrate_cli(root / "plain", tiny_data, cache=tmp_path / "cache") == 0
     time.sleep(0.01)
@@ -616,7 +618,7 @@ def test_the_shipped_checkpoint_covers_80_percent_of_test_faces(real_data):
     y = ys["val"]
     cal = iv.calibrate(y, qs["val"][2][:, 0], qs["val"][2][:, 1], COVERAGE, tta=False)
     assert abs(cal.t) < 3  # the DLDL distribution is close to calibrated already
-    lo, hi = iv.apply(cal, qs["test"][0], qs["test"][2], age_range(ckpt.meta))
+    lo, hi = interval.apply(cal, qs["test"][0], qs["test"][2], age_range(ckpt.meta))
     c = np.mean((lo <= ys["test"]) & (ys["test"] <= hi))
     m = len(ys["test"])
     assert COVERAGE - 3 * se(len(y), m) <= c <= COVERAGE + 1 / (len(y) + 1) + 3 * se(len(y), m), c

@@ -116,12 +116,12 @@ def test_a_fresh_session_starts_on_the_baseline_not_the_mitigated_checkpoint(tmp
 def test_the_checkpoint_carries_its_scaling_age_range_and_calibration_parsed_at_load(ckpt, monkeypatch):
     import numpy as np
 
-    from agegender.evaluation.intervals import interval_of
     from agegender.explain.gradcam import explain_checkpoint
     from agegender.labels import MAX_AGE
     from agegender.meta import KEY, Calibration, calibration_of
     from agegender.models import model as model_module
     from agegender.models.inference import predict_checkpoint, predict_quantiles
+    from agegender.models.interval import interval_of
 
     meta = json.loads((ckpt / META).read_text())
     rec = Calibration("residual", 0.8, (), 2.5, 50, "val", "UTKFace", "f" * 64, meta["weights_sha256"], False)
