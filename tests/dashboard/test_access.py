@@ -272,7 +272,8 @@ def test_the_tiny_checkpoint_is_flagged(tiny_checkpoint, tmp_path):
 
 
 def test_the_catalog_imports_no_torch():
-    code = ("import sys; from agegender.models import catalog; from dashboard import access; t = catalog.summary_table(); "
+    code = ("import sys; from agegender.models import catalog; from dashboard import access; "
+            "t = catalog.summary_table(); "
             "assert len(t) >= 2 and (t['health'] == 'ok').all(), t; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision')))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
