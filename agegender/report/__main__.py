@@ -1,7 +1,7 @@
-"""python -m agegender.report: the bias report (agegender.report.bias)."""
+"""python -m agegender.report: the bias report (agegender.report.command)."""
 
 import sys
 
-from .bias import main
+from .command import main
 
 sys.exit(main())

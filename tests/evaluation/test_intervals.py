@@ -23,7 +23,7 @@ from agegender.models import interval
 from agegender.models.checkpoint import load_checkpoint, read_meta
 from agegender.models.inference import distribution_quantiles
 from agegender.predictions import INTERVAL, load_predictions
-from agegender.report.bias import main as report_main
+from agegender.report.command import main as report_main
 
 from ..conftest import tiny_config
 from ..explain.test_predict import HOPPER, no_face_image

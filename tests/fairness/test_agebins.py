@@ -25,8 +25,8 @@ from agegender.fairness.groups import (
 from agegender.labels import FAIRFACE_BINS, bin_label
 from agegender.predictions import load_predictions, write_predictions
 from agegender.report.bias import build, to_html
-from agegender.report.bias import main as report_main
 from agegender.report.bias import to_json as report_json
+from agegender.report.command import main as report_main
 
 from ..conftest import ROOT
 

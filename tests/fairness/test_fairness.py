@@ -17,7 +17,7 @@ from agegender.fairness.groups import (
 )
 from agegender.labels import RACES
 from agegender.predictions import ERR_MISSING_COLUMNS
-from agegender.report.bias import main as report_main
+from agegender.report.command import main as report_main
 
 
 def fake_predictions(n: int, seed: int = 0) -> pd.DataFrame:

@@ -134,7 +134,7 @@ def test_cli(tiny_checkpoint, tmp_path, capsys):
 
 
 def test_report_carries_the_set_at_the_training_mix(tiny_checkpoint, tmp_path, capsys):
-    from agegender.report import bias as report
+    from agegender.report import command as report
 
     folder = tmp_path / "ckpt"
     shutil.copytree(tiny_checkpoint, folder)

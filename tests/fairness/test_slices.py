@@ -25,7 +25,7 @@ from agegender.fairness.slices import (
     find_slices,
 )
 from agegender.predictions import predictions_path, write_predictions
-from agegender.report.bias import main as report_main
+from agegender.report.command import main as report_main
 
 from ..conftest import ROOT
 

@@ -14,7 +14,7 @@ from agegender.fairness.groups import is_prepared, prepare, prepared
 from agegender.labels import FAIRFACE_BINS, bin_label
 from agegender.predictions import BIN_HI, BIN_INDEX, BIN_LO, IS_FEMALE, bin_errors, metric_columns, pred_bins
 from agegender.report.bias import build
-from agegender.report.bias import main as report_main
+from agegender.report.command import main as report_main
 
 CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "dlib-resnet29-utkface"
 RACES7 = ["White", "Black", "East Asian", "Southeast Asian", "Indian", "Middle Eastern", "Latino_Hispanic"]
