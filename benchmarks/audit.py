@@ -32,7 +32,7 @@ import pandas as pd
 from agegender.data.utkface import scan
 from agegender.evaluation import evaluate
 from agegender.labels import parse_name
-from agegender.review import audit
+from agegender.review import audit_run as audit
 
 from .common import checkpoint_path, median_s, parser
 

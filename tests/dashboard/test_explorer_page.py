@@ -18,6 +18,7 @@ from agegender.models.catalog import DATA_ENV, DATA_FIELD, default_data_path, tr
 from agegender.predictions import load_predictions
 from agegender.report import bias as report
 from agegender.review import audit as A
+from agegender.review import audit_run as AR
 from agegender.review import verdicts as R
 from agegender.review.explorer import NO_DATA, NO_DATA_AT
 
@@ -355,7 +356,7 @@ def test_the_review_flags_of_the_report_and_the_audit_keep_working(cut, real_dat
     verdicts = []
     for extra in ([], ["--review", str(other)]):
         js = tmp_path / "a.json"
-        assert A.main(["--checkpoint", str(ck), "--data", str(real_data), "--split", "val", "--json", str(js),
+        assert AR.main(["--checkpoint", str(ck), "--data", str(real_data), "--split", "val", "--json", str(js),
                        "--top", "0", *extra]) == 0
         verdicts.append({i["file"]: i["verdict"] for i in json.loads(js.read_text())["images"] if i["verdict"]})
     capsys.readouterr()

@@ -86,7 +86,7 @@ def test_into_checkpoint_stores_the_scored_datas_figures_and_the_audit_reuses_th
     from agegender.evaluation.evaluate import ERR_INTO, NOTE_RECALIBRATE, scored_fingerprint
     from agegender.evaluation.intervals import main as intervals_main
     from agegender.models.checkpoint import read_meta
-    from agegender.review import audit
+    from agegender.review import audit_run as audit
 
     ck, copy = tmp_path / "ck", tmp_path / "UTKFace"
     shutil.copytree(tiny_checkpoint, ck)

@@ -21,6 +21,7 @@ from agegender.models.inference import predict_checkpoint
 from agegender.predictions import LABEL_TAIL, label_tails, load_predictions, write_predictions
 from agegender.report import bias as report
 from agegender.review import audit as A
+from agegender.review import audit_run as AR
 from agegender.review import verdicts as R
 from agegender.train import loop as training
 
@@ -163,22 +164,22 @@ def fake_fold(folder, fold, k=2, fingerprint="f" * 64):
 
 def test_fold_sets_must_cover_every_fold_once_on_the_same_data(tmp_path):
     a, b, c = (fake_fold(tmp_path / n, f) for n, f in (("a", 0), ("b", 1), ("c", 1)))
-    assert A.check_folds([b, a], "f" * 64, "D") == {0: tmp_path / "a", 1: tmp_path / "b"}
+    assert AR.check_folds([b, a], "f" * 64, "D") == {0: tmp_path / "a", 1: tmp_path / "b"}
     for folders, held in (([a], "0"), ([a, b, c], "0, 1, 1"), ([b, c], "1, 1")):
         with pytest.raises(A.AuditError) as e:
-            A.check_folds(folders, "f" * 64, "D")
-        assert str(e.value) == A.ERR_FOLD_COVERAGE.format(held=held, k=2, last=1)
+            AR.check_folds(folders, "f" * 64, "D")
+        assert str(e.value) == AR.ERR_FOLD_COVERAGE.format(held=held, k=2, last=1)
     three = fake_fold(tmp_path / "t", 2, k=3)
     with pytest.raises(A.AuditError) as e:
-        A.check_folds([a, three], "f" * 64, "D")
-    assert str(e.value) == A.ERR_FOLD_COUNTS.format(counts="a: 2, t: 3")
+        AR.check_folds([a, three], "f" * 64, "D")
+    assert str(e.value) == AR.ERR_FOLD_COUNTS.format(counts="a: 2, t: 3")
     with pytest.raises(A.AuditError) as e:
-        A.check_folds([a, b], "e" * 64, "D")
-    assert str(e.value) == A.ERR_FOLD_DATA.format(path=tmp_path / "a", theirs="f" * 64, data="D", ours="e" * 64)
+        AR.check_folds([a, b], "e" * 64, "D")
+    assert str(e.value) == AR.ERR_FOLD_DATA.format(path=tmp_path / "a", theirs="f" * 64, data="D", ours="e" * 64)
     none = fake_fold(tmp_path / "n", -1)
     with pytest.raises(A.AuditError) as e:
-        A.check_folds([none, a], "f" * 64, "D")
-    assert str(e.value) == A.ERR_NOT_HELD_OUT.format(path=tmp_path / "n")
+        AR.check_folds([none, a], "f" * 64, "D")
+    assert str(e.value) == AR.ERR_NOT_HELD_OUT.format(path=tmp_path / "n")
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +213,7 @@ def test_a_held_out_fold_is_never_trained_on(folds, tiny_data):
 
 
 def run_cli(args, capsys):
-    rc = A.main([str(a) for a in args])
+    rc = AR.main([str(a) for a in args])
     return rc, capsys.readouterr().err.strip()
 
 
@@ -240,12 +241,12 @@ def test_the_cli_refuses_what_is_no_audit(folds, tiny_data, tiny_checkpoint, tmp
     js = tmp_path / "x.json"
     base = ["--data", tiny_data, "--json", js, "--cache-dir", paths[0].parent / "cache"]
     assert run_cli([*base, "--checkpoint", tiny_checkpoint, "--split", "train"], capsys) == (
-        2, "error: " + A.ERR_TRAIN_NEEDS_FOLDS.format(split="train"))
+        2, "error: " + AR.ERR_TRAIN_NEEDS_FOLDS.format(split="train"))
     assert run_cli([*base, "--split", "train", "--folds", f"{paths[0]},{paths[0]}"], capsys) == (
-        2, "error: " + A.ERR_FOLD_COVERAGE.format(held="0, 0", k=2, last=1))
+        2, "error: " + AR.ERR_FOLD_COVERAGE.format(held="0, 0", k=2, last=1))
     assert run_cli([*base, "--split", "train", "--folds", f"{paths[0]},{tiny_checkpoint}"], capsys) == (
-        2, "error: " + A.ERR_NOT_HELD_OUT.format(path=tiny_checkpoint))
-    assert run_cli([*base, "--split", "val"], capsys) == (2, "error: " + A.ERR_NEEDS_CHECKPOINT.format(split="val"))
+        2, "error: " + AR.ERR_NOT_HELD_OUT.format(path=tiny_checkpoint))
+    assert run_cli([*base, "--split", "val"], capsys) == (2, "error: " + AR.ERR_NEEDS_CHECKPOINT.format(split="val"))
     missing = tmp_path / "nowhere"
     assert run_cli(["--data", missing, "--checkpoint", tiny_checkpoint, "--json", js], capsys) == (
         2, "error: " + ERR_NOT_FOUND.format(path=missing))
@@ -253,19 +254,19 @@ def test_the_cli_refuses_what_is_no_audit(folds, tiny_data, tiny_checkpoint, tmp
     ff.mkdir()
     (ff / "labels.csv").write_text("file,age,gender,race\n")
     assert run_cli(["--data", ff, "--json", js], capsys) == (
-        2, "error: " + A.ERR_NEEDS_CHECKPOINT_SET.format(path=ff, format="fairface"))
+        2, "error: " + AR.ERR_NEEDS_CHECKPOINT_SET.format(path=ff, format="fairface"))
     assert run_cli(["--data", ff, "--checkpoint", tiny_checkpoint, "--split", "val", "--json", js], capsys) == (
-        2, "error: " + A.ERR_NO_SPLITS.format(path=ff, format="fairface"))
+        2, "error: " + AR.ERR_NO_SPLITS.format(path=ff, format="fairface"))
     assert run_cli(["--data", ff, "--checkpoint", tiny_checkpoint, "--folds", paths[0], "--json", js], capsys) == (
-        2, "error: " + A.ERR_FOLDS_UTKFACE.format(path=ff, format="fairface"))
+        2, "error: " + AR.ERR_FOLDS_UTKFACE.format(path=ff, format="fairface"))
     assert not js.exists()
 
 
 def test_a_regression_head_has_no_distribution_and_falls_back(tiny_checkpoint, tiny_data, tmp_path, capsys):
     ckpt = load_checkpoint(tiny_checkpoint)
     with pytest.raises(A.AuditError) as e:
-        A.age_distributions(ckpt, np.zeros((1, 32, 32, 3), np.uint8))
-    assert str(e.value) == A.ERR_NO_DISTRIBUTION.format(path=tiny_checkpoint, loss="smooth_l1")
+        AR.age_distributions(ckpt, np.zeros((1, 32, 32, 3), np.uint8))
+    assert str(e.value) == AR.ERR_NO_DISTRIBUTION.format(path=tiny_checkpoint, loss="smooth_l1")
     out = tmp_path / "r.json"
     rc, err = run_cli(["--checkpoint", tiny_checkpoint, "--data", tiny_data, "--json", out,
                        "--cache-dir", tiny_checkpoint.parent / "cache"], capsys)
@@ -365,7 +366,7 @@ def test_the_label_tail_column_is_the_audits_computation(folds, tiny_data):
     assert table[LABEL_TAIL].notna().all()
     images = cached_images(scan(tiny_data), 32, path.parent / "cache")
     where = {s.member: i for i, s in enumerate(images.samples)}
-    probs = A.age_distributions(ckpt, images.pixels[[where[f] for f in table["file"]]])
+    probs = AR.age_distributions(ckpt, images.pixels[[where[f] for f in table["file"]]])
     lo, hi, _ = A.label_years(table)
     # the same computation, in float32 on batches of another size (other kernels): equal to float32 rounding
     np.testing.assert_allclose(table[LABEL_TAIL], A.age_tail(probs, lo, hi), rtol=FLOAT32, atol=1e-12)
@@ -377,14 +378,14 @@ def test_the_audit_from_predictions_loads_no_model_and_ranks_as_with_it(folds, t
     table = load_predictions(path, "val")
     images = cached_images(scan(tiny_data), 32, path.parent / "cache")
     where = {s.member: i for i, s in enumerate(images.samples)}
-    probs = A.age_distributions(load_checkpoint(path), images.pixels[[where[f] for f in table["file"]]])
+    probs = AR.age_distributions(load_checkpoint(path), images.pixels[[where[f] for f in table["file"]]])
     with_model = A.audit_table(table, probs)
 
     def no_model(*a, **k):
         raise AssertionError("the model was loaded")
 
     monkeypatch.setattr(checkpoint, "load_checkpoint", no_model)  # audit imports it where it loads a model
-    monkeypatch.setattr(A, "cached_images", no_model)
+    monkeypatch.setattr(AR, "cached_images", no_model)
     out, csv = tmp_path / "a.json", tmp_path / "a.csv"
     rc, err = run_cli(["--checkpoint", path, "--data", tiny_data, "--json", out, "--csv", csv], capsys)
     assert rc == 0, err
@@ -393,7 +394,7 @@ def test_the_audit_from_predictions_loads_no_model_and_ranks_as_with_it(folds, t
     assert list(pd.read_csv(csv)["file"]) == list(with_model["file"])
     np.testing.assert_allclose(pd.read_csv(csv)["p_label"], with_model["p_label"], rtol=FLOAT32)
     # the error explorer's entry point reads no face either
-    faces = A.audit_faces(load_checkpoint(path), table, no_model)  # this module's loader is the real one
+    faces = AR.audit_faces(load_checkpoint(path), table, no_model)  # this module's loader is the real one
     assert list(faces["file"]) == list(with_model["file"])
 
 
@@ -428,8 +429,8 @@ def test_split_all_audits_a_folder_of_unseen_images_and_leaves_out_what_the_chec
     rc, err = run_cli(["--checkpoint", tiny_checkpoint, "--data", folder, "--split", "all", "--json", out, "--csv",
                        csv, "--cache-dir", tmp_path / "cache"], capsys)
     assert rc == 0
-    assert err.splitlines()[-1] == "note: " + A.NOTE_TRAINED_ON.format(n=5, total=17, path=tiny_checkpoint,
-                                                                       how=A.MANIFEST_HOW)
+    assert err.splitlines()[-1] == "note: " + AR.NOTE_TRAINED_ON.format(n=5, total=17, path=tiny_checkpoint,
+                                                                       how=AR.MANIFEST_HOW)
     report_ = json.loads(out.read_text())
     assert report_["n"] == 12 and report_["left_out_trained_on"] == 5
     assert sorted(pd.read_csv(csv)["file"]) == sorted(unseen)
@@ -441,7 +442,7 @@ def test_split_all_audits_a_folder_of_unseen_images_and_leaves_out_what_the_chec
 
 def test_a_held_out_fold_is_not_trained_on(folds):
     (_, seen), path = folds, folds[0][0]
-    keys = A.trained_on(path)
+    keys = AR.trained_on(path)
     manifest = pd.read_csv(path / "manifest.csv")
     train = manifest[manifest["split"] == "train"]["file"]
     assert keys == {image_key(f) for f in train if fold_of(f, 2) != 0}
