@@ -11,7 +11,6 @@ from ..predictions import IMAGE_KEYS, LABELS, PREDICTED, complete, found_rows, g
 from . import stats
 from .groups import (
     LABEL_GROUPS,
-    METRICS,
     MIN_COUNT,
     N_BOOT,
     SEED,
@@ -22,6 +21,7 @@ from .groups import (
     prepare,
     take,
 )
+from .measures import METRICS
 
 ERR_NOTHING_SHARED = "the two checkpoints share no scored image: compare predictions of the same split and data"
 ERR_ALREADY_SPLIT = "cannot standardise {grouping} groups over {standardise}, which they already split"

@@ -7,7 +7,8 @@ import pandas as pd
 
 from ..labels import GENDERS
 from ..predictions import complete, metric_columns
-from .groups import METRICS, found_mask, take
+from .groups import found_mask, take
+from .measures import METRICS
 
 # Age in years where the labels give exact ages (None where they give bins: FairFace), age in bins always
 # (an exact age falls in FairFace's bins), gender.

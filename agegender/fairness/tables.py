@@ -1,7 +1,7 @@
 """How a table of figures is shown: years with " y", rates as percentages, scores as 0.xxx, counts with
 thousands separators, deltas signed, each to 2-3 significant digits. Pure functions, no torch.
 
-The rule is read from a column's name: a metric's name (agegender.fairness.groups.METRICS) takes that
+The rule is read from a column's name: a metric's name (agegender.fairness.measures.METRICS) takes that
 metric's kind, from its unit where it states one and from KINDS where it does not; ``_lo`` / ``_hi``
 (an interval's ends) and ``_a`` / ``_b`` (two checkpoints' figures) take the kind of the name they
 end; ``_delta`` and a leading ``d_`` mark a difference, shown signed, and in percentage points (pp)
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from .groups import METRICS
+from .measures import METRICS
 
 MISSING = "–"  # an empty cell: no value, or one that is not finite
 
@@ -51,7 +51,7 @@ BINS = Kind("bins", " bins", max_decimals=2)
 PLAIN = Kind("plain")  # anything not known: 3 significant digits
 P_VALUE = Kind("p", digits=2, max_decimals=4)  # a test's p or q: 0.31, 0.0042
 
-# Kinds by the unit a Metric states (agegender.fairness.groups.Metric.unit).
+# Kinds by the unit a Metric states (agegender.fairness.measures.Metric.unit).
 UNIT_KINDS = {"y": YEARS, "years": YEARS, "%": PERCENT, "bins": BINS}
 # Kinds of figures whose Metric states no unit (rates, scores), and of other columns the dashboard shows.
 KINDS: dict[str, Kind] = {

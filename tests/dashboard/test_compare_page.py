@@ -9,7 +9,7 @@ from streamlit.proto.Metric_pb2 import Metric as MetricProto
 from streamlit.testing.v1 import AppTest
 
 from agegender.fairness.compare import BETTER, NO_FIGURE, NOISE, WORSE, gaps, pair, paired_deltas, verdict
-from agegender.fairness.groups import METRICS
+from agegender.fairness.measures import METRICS
 from agegender.predictions import load_predictions
 
 from ..conftest import ROOT

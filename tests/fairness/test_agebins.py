@@ -14,7 +14,6 @@ from scipy.stats import binomtest
 from agegender.fairness import metrics
 from agegender.fairness.groups import (
     ERR_BAD_GROUPING,
-    METRICS,
     MIN_COUNT,
     GroupReport,
     grouping_columns,
@@ -22,6 +21,7 @@ from agegender.fairness.groups import (
     prepare,
     wilson,
 )
+from agegender.fairness.measures import METRICS
 from agegender.labels import FAIRFACE_BINS, bin_label
 from agegender.predictions import load_predictions, write_predictions
 from agegender.report.bias import build, to_html

@@ -8,13 +8,13 @@ from sklearn.metrics import accuracy_score, mean_absolute_error, median_absolute
 from agegender.fairness.groups import (
     DEFAULT_GROUPINGS,
     ERR_BAD_GROUPING,
-    METRICS,
     GroupReport,
     grouping_columns,
     groupings_for,
     parse_grouping,
     prepare,
 )
+from agegender.fairness.measures import METRICS
 from agegender.labels import RACES
 from agegender.predictions import ERR_MISSING_COLUMNS
 from agegender.report.command import main as report_main

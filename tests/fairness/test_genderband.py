@@ -10,7 +10,8 @@ import pytest
 from scipy.stats import norm
 
 from agegender.fairness import genderband as gb
-from agegender.fairness.groups import METRICS, metric_columns, prepare
+from agegender.fairness.groups import metric_columns, prepare
+from agegender.fairness.measures import METRICS
 from agegender.labels import GENDERS
 
 from ..conftest import ROOT

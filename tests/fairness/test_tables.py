@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from agegender.fairness import tables
-from agegender.fairness.groups import METRICS, RATIO_NOTE, GroupReport, prepare
+from agegender.fairness.groups import RATIO_NOTE, GroupReport, prepare
+from agegender.fairness.measures import METRICS
 from agegender.report import bias as report
 from agegender.review import audit as A
 

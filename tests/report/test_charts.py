@@ -11,7 +11,8 @@ import pytest
 from agegender.fairness import genderband as gb
 from agegender.fairness import tables
 from agegender.fairness.compare import pair, paired_deltas
-from agegender.fairness.groups import METRICS, GroupReport
+from agegender.fairness.groups import GroupReport
+from agegender.fairness.measures import METRICS
 from agegender.predictions import load_predictions
 from agegender.report import charts
 
