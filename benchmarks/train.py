@@ -30,7 +30,8 @@ from agegender.models.model import create_model
 from agegender.models.preprocess import Preprocess, preprocess, to_batch
 from agegender.models.runtime import cpu_has_bf16, pick_device, set_threads
 from agegender.train.config import TrainConfig
-from agegender.train.loop import build_optimizer, compute_step
+from agegender.train.loop import compute_step
+from agegender.train.setup import build_optimizer
 
 from .common import median_rate, parser, peak_rss_mb
 

@@ -15,7 +15,7 @@ from agegender.models.checkpoint import load_checkpoint
 from agegender.train import loop as training
 from agegender.train.config import TrainConfig
 from agegender.train.loop import STATE, TrainingError, lr_at, train
-from agegender.train.runstate import RunState, Stats
+from agegender.train.runstate import RunState, Stats, partial_writes
 from train import main as train_main
 
 from ..conftest import tiny_config
@@ -79,7 +79,7 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tiny_data, tmp_path, 
     leftovers += [out / f".{STATE}.tmp4242", out / ".tmpAb12Cd"]
     for p in leftovers:
         p.write_bytes(b"half a file")
-    assert sorted(training.partial_writes(out)) == sorted(leftovers)
+    assert sorted(partial_writes(out)) == sorted(leftovers)
     monkeypatch.setattr(training, "preprocess", real)
     train(tiny_config(tiny_data, out, resume=True))
     assert not [p for p in leftovers if p.exists()]
