@@ -247,7 +247,7 @@ def test_shipped_checkpoint_by_race():
 
 
 def test_the_report_json_carries_the_summary_per_single_grouping(tmp_path):
-    from agegender.report.bias import main as report_main
+    from agegender.report.command import main as report_main
 
     rng = np.random.default_rng(4)
     female = rng.random(400) < 0.5

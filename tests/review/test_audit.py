@@ -19,7 +19,7 @@ from agegender.models import checkpoint
 from agegender.models.checkpoint import load_checkpoint
 from agegender.models.inference import predict_checkpoint
 from agegender.predictions import LABEL_TAIL, label_tails, load_predictions, write_predictions
-from agegender.report import bias as report
+from agegender.report import command as report
 from agegender.review import audit as A
 from agegender.review import audit_run as AR
 from agegender.review import verdicts as R
