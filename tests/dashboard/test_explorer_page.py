@@ -16,7 +16,7 @@ from streamlit.testing.v1.element_tree import Selectbox
 from agegender.evaluation.results import results_dir, set_folder
 from agegender.models.catalog import DATA_ENV, DATA_FIELD, default_data_path, trained_on
 from agegender.predictions import load_predictions
-from agegender.report import bias as report
+from agegender.report import command as report
 from agegender.review import audit as A
 from agegender.review import audit_run as AR
 from agegender.review import verdicts as R
