@@ -19,6 +19,7 @@ from agegender.fairness.groups import prepare
 from agegender.labels import called_female
 from agegender.predictions import load_predictions, write_predictions
 from agegender.report import bias as report
+from agegender.report import command
 from agegender.review import audit as A
 from agegender.review import verdicts as R
 
@@ -117,19 +118,19 @@ def test_the_report_leaves_out_confirmed_errors_or_all_suspects_as_asked(reviewe
     R.mark(review, audit[audit["file"] == f["wrong"]], R.WRONG)
     base = ["--predictions", str(path), "--json", str(js), "--by", "race", "--n-boot", "20", "--review", str(review),
             "--label-audit"]
-    assert report.main(base) == 0  # the documented default: the what-if, named as one
+    assert command.main(base) == 0  # the documented default: the what-if, named as one
     section = json.loads(js.read_text())["label_audit"]
     assert (section["mode"], section["what_if"]) == (A.ALL_SUSPECTS, True)
     k = A.counts(audit)["total"]
     assert section["left_out"] == k and section["unreviewed_left_out"] == k - 1
     assert "a what-if, not corrected figures" in report.label_audit_text(section)
-    assert report.main([*base, "--leave-out", "confirmed"]) == 0
+    assert command.main([*base, "--leave-out", "confirmed"]) == 0
     section = json.loads(js.read_text())["label_audit"]
     assert (section["mode"], section["what_if"], section["left_out"], section["unreviewed_left_out"]) == \
         (A.CONFIRMED_ERRORS, False, 1, 0)
     assert sum(r["left_out"] for r in section["share_by_group"]["race"]) == 1
     with pytest.raises(SystemExit):  # keeping every face is the report's own figures, not a label-audit choice
-        report.main([*base, "--leave-out", "all"])
+        command.main([*base, "--leave-out", "all"])
 
 
 # ---- the page, on the shipped checkpoint ----------------------------------------------------------------------
