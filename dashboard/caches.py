@@ -1,6 +1,6 @@
-"""The dashboard's caches: checkpoints, the face detector, predictions of an upload and its CAMs, a
-checkpoint's predictions tables and dataset listings, shared by every session (st.cache_resource for
-models and listings, never mutated; st.cache_data for tables and results).
+"""The dashboard's caches: checkpoints, the face detector, predictions of an upload and its CAMs, and a
+checkpoint's predictions tables, shared by every session (st.cache_resource for models, never mutated;
+st.cache_data for tables and results).
 
 Every cache that reads a file is keyed by that file's stamp (stamp()), so a checkpoint retrained,
 or re-evaluated, in place is read again rather than served from memory. torch and the model code are
@@ -14,18 +14,16 @@ from typing import TYPE_CHECKING
 
 import streamlit as st
 
+from agegender.evaluation.sources import source as agegender_source
 from agegender.meta import CheckpointError
 from agegender.models.catalog import META, WEIGHTS
-from agegender.predictions import predictions_path
+from agegender.predictions import OWN_SPLITS as OWN_SPLITS  # the picker's own splits, as pages named them here
 
 if TYPE_CHECKING:
-    from agegender.data.utkface import Scan
     from agegender.explain.gradcam import CamMap
     from agegender.explain.predict import ImageResult
     from agegender.faces.detect import FaceDetector
     from agegender.models.checkpoint import Checkpoint
-
-OWN_SPLITS = ("val", "test")  # a checkpoint's own predictions files; anything else is an evaluation set
 
 
 def stamp(*paths: str | Path) -> tuple:
@@ -48,28 +46,24 @@ def checkpoint_stamp(path: str | Path) -> tuple:
 
 
 def predictions_stamp(path: str | Path, source: str) -> tuple:
-    """The stamp of what reading a checkpoint's predictions for a source reads: its own
-    predictions-<split>.csv for val and test, the results cache's file for an evaluation set (named
-    in the stamp, so a new result, or a dataset changed under a set, is a new key)."""
-    if source in OWN_SPLITS:
-        return stamp(Path(path) / META, predictions_path(path, source))
-    from agegender.evaluation.results import set_folder
-
-    # the set's results folder changes when a result is written: a set evaluated a moment ago is seen at once
-    f = set_result_file(str(path), source, checkpoint_stamp(path), stamp(set_folder(source)))
-    return (*stamp(Path(path) / META, f or Path(path) / "-"), str(f))
+    """The stamp of what reading a checkpoint's predictions for a source reads (its Source's stamp_files) and
+    of the file found (named in the stamp, so a new result, or a dataset changed under a set, is a new key)."""
+    files = agegender_source(path, source).stamp_files()
+    # a set's results folder changes when a result is written: a set evaluated a moment ago is seen at once
+    f = predictions_file(str(path), source, checkpoint_stamp(path), stamp(*files))
+    return (*stamp(*files[:1], f or Path(path) / "-"), str(f))
 
 
 @st.cache_data(ttl=30, show_spinner=False)
-def set_result_file(ckpt_path: str, source: str, ckpt_stamp: tuple, results_stamp: tuple) -> Path | None:
-    """Where an evaluation set's result for a checkpoint is cached (None: not evaluated, or an error the
-    reader shows). Finding it re-reads the set's labels for their fingerprint, so a rerun within 30 s
-    reuses the answer: a bias-page filter change stays fast on a large set."""
+def predictions_file(ckpt_path: str, source: str, ckpt_stamp: tuple, files_stamp: tuple) -> Path | None:
+    """Where a checkpoint's predictions for a source are (None: not evaluated, or an error the reader is shown).
+    Finding a set's re-reads its labels for their fingerprint, so a rerun within 30 s reuses the answer: a
+    bias-page filter change stays fast on a large set."""
     from agegender.data.utkface import DatasetError
-    from agegender.evaluation.results import ResultsError, predictions_file
+    from agegender.evaluation.results import ResultsError
 
     try:
-        return predictions_file(ckpt_path, source)
+        return agegender_source(ckpt_path, source).predictions_path()
     except (ResultsError, DatasetError, CheckpointError):
         return None
 
@@ -151,32 +145,19 @@ def data_key(data: bytes) -> str:
 def predictions_cached(ckpt_path: str, source: str, stamp: tuple):
     """The checkpoint's predictions for a source (val, test or an evaluation set's name), as of the files'
     predictions_stamp. Raises ValueError (ResultsError among them) or CheckpointError saying why not."""
-    from agegender.evaluation.results import load_result
-    from agegender.predictions import load_predictions
-
-    return load_predictions(ckpt_path, source) if source in OWN_SPLITS else load_result(ckpt_path, source)
+    return agegender_source(ckpt_path, source).load()
 
 
 def predictions(ckpt: Checkpoint, source: str):
-    """The checkpoint's predictions for a source, or None after showing why they are missing (a set not
-    evaluated yet points to the Evaluation sets page)."""
+    """The checkpoint's predictions for a source, or None after showing why they are missing: a set not
+    evaluated yet (ResultsError) is a step still to take on the Evaluation sets page, anything else an error."""
     from agegender.data.utkface import DatasetError
+    from agegender.evaluation.results import ResultsError
 
     try:
         return predictions_cached(str(ckpt.path), source, predictions_stamp(ckpt.path, source))
+    except ResultsError as e:
+        st.info(str(e))
     except (ValueError, CheckpointError, DatasetError) as e:
-        st.info(str(e)) if source not in OWN_SPLITS else st.error(str(e))
-        return None
-
-
-# cache_resource: a listing of 20,000 samples is read, never mutated, and need not be copied per rerun
-@st.cache_resource(show_spinner="Listing the dataset…", max_entries=4)
-def scan_cached(path: str, stamp: tuple) -> Scan:
-    from agegender.data.utkface import scan
-
-    return scan(path)
-
-
-def dataset(path: str) -> Scan:
-    """The dataset's listing, read again when the folder (an image added or removed) or archive changes."""
-    return scan_cached(path, stamp(path))
+        st.error(str(e))
+    return None

@@ -23,6 +23,7 @@ from agegender.models.catalog import (
     default_root,
     health,
     health_of,
+    trained_on,
 )
 from dashboard.access import (
     CHECKPOINT_SECRET,
@@ -33,7 +34,7 @@ from dashboard.access import (
     data_allow_list,
     pickable,
 )
-from dashboard.caches import OWN_SPLITS, get_checkpoint
+from dashboard.caches import get_checkpoint
 
 if TYPE_CHECKING:
     from agegender.models.checkpoint import Checkpoint
@@ -174,13 +175,31 @@ def checkpoint_choice(ckpts: list[Checkpoint], label: str = "Checkpoint", key: s
 def source_picker(container, key: str) -> str:
     """The evaluation-set picker of the review pages: the checkpoints' own UTKFace val and test, then every
     registered evaluation set whose images the data allow-list allows."""
-    from agegender.evaluation.results import list_sets, source_label
+    from agegender.evaluation import sources
 
     _, data_allowed = allow_lists()
-    names = [s.name for s in list_sets() if data_allowed.allows(s.path)]
-    return container.selectbox("Evaluation set", [*OWN_SPLITS, *names], key=key, format_func=source_label,
+    return container.selectbox("Evaluation set", sources.names(lambda s: data_allowed.allows(s.path)), key=key,
+                               format_func=sources.label,
                                help="UTKFace val / test: the checkpoint's own held-out splits. Register and "
                                     "evaluate other labelled datasets on the Evaluation sets page.")
+
+
+def utkface_data(ckpt: Checkpoint) -> str:
+    """The UTKFace images a checkpoint's own split is read from: the sidebar's field, else the data the checkpoint
+    was trained on when it is here and allowed. Says what to do, and stops the page, where they are not found."""
+    from agegender.review.explorer import data_problem
+
+    data_path = st.session_state.get(DATASET, "")
+    if not data_path:  # the sidebar's field is empty: the data this checkpoint was trained on, when it is here
+        data_path = default_data_path([ckpt.path])
+        data_path = data_path if data_path and allow_lists()[1].allows(data_path) else ""
+    if data_path and data_path in trained_on(ckpt.path):  # the sidebar fills in the default checkpoint's data
+        st.caption(f"UTKFace images from {data_path}, the data {ckpt.name} was trained on (type another "
+                   "path in the sidebar).")
+    if problem := data_problem(data_path):
+        st.info(problem)
+        st.stop()
+    return data_path
 
 
 @dataclass(frozen=True)

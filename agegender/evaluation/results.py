@@ -1,5 +1,5 @@
-"""Evaluation sets and the results cache: labelled datasets registered by name, each checkpoint's
-predictions on them kept once, and the cross-dataset view (checkpoints x evaluation sets).
+"""Evaluation sets and the results cache: labelled datasets registered by name, and each checkpoint's
+predictions on them kept once.
 
 The registry (evalsets.json) and the results live under the results folder ($AGEGENDER_RESULTS, else
 <cache>/results), never in a checkpoint folder: a shipped checkpoint stays as shipped unless the caller
@@ -7,8 +7,9 @@ asks for a copy there (``save_into_checkpoint``). A result is keyed by what it d
 fingerprint (its labels and files), the weights' sha256 and TTA. A retrained checkpoint or an edited
 labels file is a new key, so a stale result is never served; the old files stay until removed.
 
-A checkpoint's own predictions-val.csv and predictions-test.csv are sources too ("val", "test"), so
-the cross-dataset view sets the in-distribution figures beside the others.
+A checkpoint's own predictions-val.csv and predictions-test.csv are sources too (agegender.evaluation.sources
+owns what differs between the kinds), and agegender.evaluation.crossdata sets each checkpoint's figures on every
+source side by side.
 
 Imports no torch: reading a dataset (agegender.data.datasets reads images through agegender.data.utkface) and
 running a model are imported inside the functions that do them.
@@ -27,26 +28,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-import pandas as pd
-
-from ..fairness import stats
-from ..fairness.groups import (
-    METRICS,
-    MIN_COUNT,
-    N_BOOT,
-    SEED,
-    GroupReport,
-    found_mask,
-    grouping_columns,
-    headline_age_metric,
-    parse_grouping,
-    prepare,
-    take,
-)
-from ..fairness.tables import COUNT, PERCENT, format_value, interval_text, metric_text
 from ..meta import atomic_write, atomic_write_text, read_meta
-from ..predictions import load_predictions, metric_columns, predictions_path, write_predictions
+from ..predictions import OWN_SPLITS, predictions_path, write_predictions
 
 if TYPE_CHECKING:  # evalset imports torch; this module stays without it
     from .evalset import Progress
@@ -63,21 +46,10 @@ FAIRFACE_SAMPLE = "fairface-sample"  # the name the FairFace sample is registere
 # (.streamlit/secrets.toml in the folder it runs from, as Streamlit reads it), never a path built in here
 FAIRFACE_KEY = "fairface_sample"
 CONFIG_FILE = Path(".streamlit") / "secrets.toml"
-OWN_SPLITS = {"val": "UTKFace val", "test": "UTKFace test"}  # a checkpoint's own predictions files
-# Also reserved: 'all' (the split of a dataset without splits), since predictions-<name>.csv in a checkpoint
-# folder must never stand for one of its own splits.
+# Reserved as set names: a checkpoint's own splits, and 'all' (the split of a dataset without splits), since
+# predictions-<name>.csv in a checkpoint folder must never stand for one of its own splits.
 RESERVED = (*OWN_SPLITS, "all")
 NAME_RULE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,62}[A-Za-z0-9_-])?")  # no trailing '.': Windows drops it
-CROSS_DISPLAY = ("checkpoint", "set", "images", "faces found", "gender accuracy", "age MAE", "age bin accuracy",
-                 "gender accuracy gap", "age gap", "note")
-HEADLINE = ("gender_accuracy", "age_mae", "age_bin_accuracy")  # with a bootstrap interval each
-GAP_METRICS = ("gender_accuracy", "age_mae", "age_bin_accuracy")  # best-to-worst group gap, with an interval
-# per gap metric, cross_dataset's column suffix -> the disparity table's column (p, q: the test of "all equal")
-GAP_FIGURES = {"gap": "gap", "gap_lo": "gap_lo", "gap_hi": "gap_hi", "gap_p": "p_value", "gap_q": "q_value"}
-# cross_dataset's columns: figures with _lo / _hi (95% interval); per gap metric its gap, interval and groups
-CROSS_COLUMNS = ("checkpoint", "checkpoint_path", "source", "set", "evaluated", "n", "n_found", "found_rate",
-                 "age_metric", *(f"{m}{end}" for m in HEADLINE for end in ("", "_lo", "_hi")), "groups",
-                 *(f"{m}_{part}" for m in GAP_METRICS for part in (*GAP_FIGURES, "best", "worst")), "note")
 
 # Messages are constants so tests can assert them word for word.
 ERR_NAME = ("cannot use {name!r} as an evaluation set name: use 1 to 64 letters, digits, '.', '_' or '-', "
@@ -91,9 +63,6 @@ ERR_INSIDE_CHECKPOINT = ("the results folder {results} lies inside the checkpoin
 ERR_SAVE = "cannot save the predictions into {path} ({detail})"
 ERR_NOT_EVALUATED = "{checkpoint} has not been evaluated on {source} yet: evaluate it on the Evaluation sets page"
 NO_FACE = "no face found in any of the {n} images of {name}: are these photos of faces?"
-NOT_EVALUATED = "not evaluated yet"
-NO_GROUPING = "no {grouping} column in this set"
-FEW_GROUPS = "fewer than two {grouping} groups with {min_count} or more faces found"
 
 
 class ResultsError(ValueError):
@@ -302,11 +271,13 @@ def _outside(checkpoint: Path) -> None:
         raise ResultsError(ERR_INSIDE_CHECKPOINT.format(results=results, checkpoint=ckpt))
 
 
-def lookup(checkpoint_path: str | os.PathLike, set_name: str, tta: bool = True) -> Result | None:
-    """The cached result of the checkpoint on the set as the dataset is now, or None: never computes."""
+def lookup(checkpoint_path: str | os.PathLike, set_name: str, tta: bool = True,
+           fingerprint: str | None = None) -> Result | None:
+    """The cached result of the checkpoint on the set as the dataset is now (``fingerprint``: the set's, when the
+    caller has read it already), or None: never computes."""
     folder = Path(checkpoint_path)
     es, sha = get_set(set_name), read_meta(folder)["weights_sha256"]
-    fingerprint = es.read().fingerprint
+    fingerprint = fingerprint or es.read().fingerprint
     csv, js = _result_files(es.name, fingerprint, sha, tta)
     metrics = _cached(csv, js, fingerprint, sha, tta)
     return None if metrics is None else Result(es.name, folder, csv, metrics, True)
@@ -357,179 +328,3 @@ def _save_into(folder: Path, name: str, csv: Path) -> Path:
     except OSError as e:
         raise ResultsError(ERR_SAVE.format(path=out, detail=e)) from e
     return out
-
-
-HEADLINE_FIGURES = ("n", "n_found", "gender_accuracy", "age_mae", "age_bin_accuracy")
-
-
-def headline_row(checkpoint_path: str | os.PathLike, res: Result | None) -> dict:
-    """One checkpoint's headline figures on a set (empty, and marked not evaluated, without a result)."""
-    m = res.metrics if res is not None else {}
-    return {"checkpoint": Path(checkpoint_path).name, **{k: m.get(k) for k in HEADLINE_FIGURES},
-            "evaluated": m.get("evaluated_at", NOT_EVALUATED)}
-
-
-def sources() -> list[str]:
-    """What a predictions picker offers: a checkpoint's own val and test, then each registered set."""
-    return [*OWN_SPLITS, *(s.name for s in list_sets())]
-
-
-def source_label(source: str) -> str:
-    """How a source is named to a reader: "UTKFace val", or the set's name."""
-    return OWN_SPLITS.get(source, source)
-
-
-def predictions_file(checkpoint_path: str | os.PathLike, source: str, tta: bool = True) -> Path | None:
-    """Where the checkpoint's predictions table for ``source`` is: its own predictions-val.csv or
-    predictions-test.csv for "val" / "test", else the results cache's for the registered set of that
-    name as the dataset is now; None when the checkpoint has not been evaluated on it yet. Raises
-    ResultsError for an unknown set, DatasetError for a set that can no longer be read, CheckpointError
-    for a folder that is no checkpoint."""
-    if source in OWN_SPLITS:
-        read_meta(checkpoint_path)  # a clear error for a folder that is no checkpoint
-        p = predictions_path(checkpoint_path, source)
-        return p if p.is_file() else None
-    found = lookup(checkpoint_path, source, tta)
-    return None if found is None else found.predictions
-
-
-def load_result(checkpoint_path: str | os.PathLike, source: str, tta: bool = True) -> pd.DataFrame:
-    """The predictions table of predictions_file; ResultsError when not evaluated yet."""
-    p = predictions_file(checkpoint_path, source, tta)
-    if p is None:
-        raise ResultsError(ERR_NOT_EVALUATED.format(checkpoint=Path(checkpoint_path).name, source=source_label(source)))
-    return load_predictions(path=p)
-
-
-# ---- the cross-dataset view -------------------------------------------------------------------------------
-
-def _headline(cols: dict, hit: np.ndarray, rng: np.random.Generator, n_boot: int) -> dict:
-    """The headline metrics over the faces found, with a bootstrap 95% interval (the same draws for each)."""
-    out = {}
-    c = take(cols, hit)
-    sample = stats.resample(c, stats.draws(len(hit), n_boot, rng)) if len(hit) else None
-    for name in HEADLINE:
-        fn = METRICS[name].fn
-        v = float(fn(c)) if len(hit) else np.nan
-        lo, hi = stats.interval(fn(sample), min_finite=2) if sample is not None and np.isfinite(v) \
-            else (np.nan, np.nan)
-        out.update({name: v, f"{name}_lo": lo, f"{name}_hi": hi})
-    return out
-
-
-def _gaps(t: pd.DataFrame, headline: dict, grouping: str, n_boot: int, seed: int, min_count: int) -> dict:
-    """Per GAP_METRICS: the bias report's disparity (GroupReport.disparity, groups with ``min_count`` faces
-    found or more): the gap between the best and the worst group, its 95% interval (simultaneous over the
-    groups, agegender.fairness.stats.gap), the test of "all groups equal" (p, and q over the gap metrics) and the
-    two groups' names; with why there is none in ``note``."""
-    out: dict = {"groups": 0, "note": ""}
-    for name in GAP_METRICS:
-        out.update({f"{name}_{part}": np.nan for part in GAP_FIGURES} | {f"{name}_best": "", f"{name}_worst": ""})
-    try:
-        parse_grouping(grouping, grouping_columns(t))
-    except ValueError:
-        return {**out, "note": NO_GROUPING.format(grouping=grouping)}
-    rep = GroupReport(t, grouping, n_boot=n_boot, seed=seed, min_count=min_count, metrics=list(GAP_METRICS),
-                      overall=headline)
-    out["groups"] = int((rep.by_group["n"] >= min_count).sum()) if len(rep.by_group) else 0
-    if out["groups"] < 2:
-        return {**out, "note": FEW_GROUPS.format(grouping=grouping, min_count=min_count)}
-    for r in rep.disparity().to_dict("records"):
-        name = r["metric"]
-        out.update({f"{name}_{part}": r[column] for part, column in GAP_FIGURES.items()}
-                   | {f"{name}_best": r["best_group"], f"{name}_worst": r["worst_group"]})
-    return out
-
-
-def cell_figures(df: pd.DataFrame, grouping: str = "race", min_count: int = MIN_COUNT, n_boot: int = N_BOOT,
-                 seed: int = SEED) -> dict:
-    """One predictions table's row of the cross-dataset view: images, faces found, the headline metrics
-    with a bootstrap 95% interval and the best-to-worst group gaps with theirs and the test of "all equal"."""
-    t = prepare(df)
-    found = found_mask(t)
-    cols = metric_columns(t)
-    rng = np.random.default_rng(seed)  # the headline's draws; the gaps draw from their own (GroupReport's)
-    n, n_found = len(t), int(found.sum())
-    headline = _headline(cols, np.flatnonzero(found), rng, n_boot)
-    return {"n": n, "n_found": n_found, "found_rate": n_found / n if n else np.nan,
-            "age_metric": headline_age_metric(t), **headline, **_gaps(t, headline, grouping, n_boot, seed, min_count)}
-
-
-def cross_dataset(checkpoint_paths: list[str | os.PathLike], set_names: list[str] | None = None,
-                  grouping: str = "race", tta: bool = True, min_count: int = MIN_COUNT, n_boot: int = N_BOOT,
-                  seed: int = SEED) -> pd.DataFrame:
-    """One row per (checkpoint, source) of ``set_names`` (default: sources(), the checkpoints' own val and
-    test first): cell_figures of its predictions, or ``evaluated`` False with the figures missing where the
-    checkpoint has not been evaluated on it (never computed here). Each set is read once, for its
-    fingerprint; a set that can no longer be read gives its error in ``note``."""
-    from ..data.utkface import DatasetError
-
-    names = list(set_names) if set_names is not None else sources()
-    fingerprints: dict[str, str | Exception] = {}
-    for s in names:
-        if s not in OWN_SPLITS:
-            try:
-                fingerprints[s] = get_set(s).read().fingerprint
-            except DatasetError as e:
-                fingerprints[s] = e
-    rows = []
-    for ckpt in map(Path, checkpoint_paths):
-        sha = read_meta(ckpt)["weights_sha256"]
-        for s in names:
-            row = {"checkpoint": ckpt.name, "checkpoint_path": str(ckpt), "source": s, "set": source_label(s)}
-            path, why = _cell_path(ckpt, s, fingerprints.get(s), sha, tta)
-            if path is None:
-                rows.append({**row, "evaluated": False, "note": why})
-                continue
-            rows.append({**row, "evaluated": True,
-                         **cell_figures(load_predictions(path=path), grouping, min_count, n_boot, seed)})
-    out = pd.DataFrame(rows)
-    return out.reindex(columns=CROSS_COLUMNS) if len(out) else pd.DataFrame(columns=CROSS_COLUMNS)
-
-
-def _cell_path(ckpt: Path, source: str, fingerprint: str | Exception | None, sha: str, tta: bool
-               ) -> tuple[Path | None, str]:
-    if source in OWN_SPLITS:
-        p = predictions_path(ckpt, source)
-        return (p, "") if p.is_file() else (None, NOT_EVALUATED)
-    if isinstance(fingerprint, Exception):
-        return None, str(fingerprint)
-    csv, js = _result_files(source, fingerprint, sha, tta)
-    return (csv, "") if _cached(csv, js, fingerprint, sha, tta) is not None else (None, NOT_EVALUATED)
-
-
-def _with_interval(r: dict, name: str) -> str:
-    v = r.get(name)
-    if v is None or not np.isfinite(v):
-        return format_value(None)
-    return f"{metric_text(name, v)} {interval_text(name, r[f'{name}_lo'], r[f'{name}_hi'])}"
-
-
-def _gap_text(r: dict, name: str) -> str:
-    gap = r.get(f"{name}_gap")
-    if not isinstance(name, str) or gap is None or not np.isfinite(gap):
-        return format_value(None)
-    lo, hi = (metric_text(name, r[f"{name}_gap_{end}"], delta=True, signed=False) for end in ("lo", "hi"))
-    q = r.get(f"{name}_gap_q")
-    test = "" if q is None or not np.isfinite(q) else \
-        f", q = {q:.2g}" + (" (within noise)" if q >= stats.ALPHA else "")
-    return (f"{metric_text(name, gap, delta=True, signed=False)} [{lo}, {hi}]{test}: "
-            f"worst {r[f'{name}_worst']}, best {r[f'{name}_best']}")
-
-
-def cross_display(df: pd.DataFrame) -> pd.DataFrame:
-    """cross_dataset's table as a reader sees it: rates as percentages and ages in years, each figure with
-    its 95% interval, each gap with its interval, its q (the test of "all groups equal"; "within noise" when
-    q >= 0.05) and its worst and best group; the age gap is on the set's headline age
-    metric (MAE where it has exact ages, bin accuracy where it has bins only)."""
-    rows = []
-    for r in df.to_dict("records"):
-        rows.append({
-            "checkpoint": r["checkpoint"], "set": r["set"],
-            "images": format_value(r["n"], COUNT), "faces found": format_value(r["found_rate"], PERCENT),
-            "gender accuracy": _with_interval(r, "gender_accuracy"), "age MAE": _with_interval(r, "age_mae"),
-            "age bin accuracy": _with_interval(r, "age_bin_accuracy"),
-            "gender accuracy gap": _gap_text(r, "gender_accuracy"), "age gap": _gap_text(r, r["age_metric"]),
-            "note": r["note"] if isinstance(r["note"], str) else "",
-        })
-    return pd.DataFrame(rows, columns=CROSS_DISPLAY)

@@ -35,14 +35,14 @@ import pandas as pd
 
 from ..faces import quality
 from ..labels import bin_label, called_female, nearest_bin
-from ..predictions import FEMALE, bin_scale, found_rows, load_predictions, pred_bins
+from ..predictions import FEMALE, OWN_SPLITS, bin_scale, found_rows, load_predictions, pred_bins
 from . import stats
 from .groups import wilson
 
 N_BOOT, SEED = 1000, 0
 AGE_GENDER, POSE, BOTH = "age x gender", "pose", "age x gender and pose"
 METRICS = {"gender_accuracy": "gender accuracy", "age_bin_accuracy": "age-bin accuracy"}
-REFERENCE_SPLITS = ("val", "test")
+REFERENCE_SPLITS = OWN_SPLITS  # the checkpoint's own held-out predictions are the reference
 
 ERR_NO_FACES = "the set's predictions have no face found with a label: nothing to measure"
 ERR_NO_OVERLAP = "the reference has no face in the age bins the set labels ({bins}): nothing to standardise to"

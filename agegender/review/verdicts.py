@@ -6,9 +6,7 @@ suspects; the reports read the verdicts to leave the wrong labels out and keep t
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import shutil
 import threading
 import time
@@ -17,15 +15,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..evaluation.results import results_dir, set_folder
+from ..evaluation import sources
+from ..evaluation.sources import IN_CHECKPOINT_ENV  # noqa: F401  (the switch of review_path, named here too)
 from ..meta import atomic_write
 from ..predictions import IMAGE_KEYS
 
 CONFIRMED, WRONG = "label confirmed", "label wrong"  # a reviewer's verdicts
 REVIEW_COLUMNS = (*IMAGE_KEYS, "verdict", "suspect", "score", "reviewed_at")
-OWN_SPLITS = ("val", "test")  # a checkpoint's own predictions (the others are evaluation sets)
-REVIEWS_FOLDER = "reviews"  # <results>/reviews/<checkpoint key>/label-review-<source>.csv
-IN_CHECKPOINT_ENV = "AGEGENDER_REVIEW_IN_CHECKPOINT"  # 1: keep verdicts in the checkpoint folder (to ship them)
 ERR_REVIEW_UNREADABLE = "cannot read the review file {path} ({detail}): fix it or delete it"
 ERR_REVIEW_WRITE = "cannot write the review file {path} ({detail})"
 
@@ -38,26 +34,14 @@ class ReviewError(ValueError):
 
 
 def review_path(checkpoint: str | Path, source: str, in_checkpoint: bool | None = None) -> Path:
-    """Where verdicts on a source's labels are kept, beside the evaluation results (evaluation.results.results_dir:
-    $AGEGENDER_RESULTS, else the cache), never in the repository or the dataset:
-
-    - an evaluation set: its results folder, one file for every checkpoint reviewed on it (a verdict is on the
-      set's label, so a label judged once counts for each checkpoint);
-    - a checkpoint's own val / test: a folder of this checkpoint folder's own (checkpoint_key), since its split
-      is its own; in the checkpoint folder instead when asked (``in_checkpoint``, else
-      $AGEGENDER_REVIEW_IN_CHECKPOINT=1), to ship the verdicts with it.
-
-    Verdicts recorded in the checkpoint folder by earlier versions are copied to the new place the first time, so
-    none is lost; that old file is left as it was. Where the copy cannot be written, the old file is returned, so
-    its verdicts are still read."""
-    name = f"label-review-{source}.csv"
-    if source not in OWN_SPLITS:
-        return set_folder(source) / name
-    folder = Path(checkpoint)
-    if in_checkpoint is None:
-        in_checkpoint = os.environ.get(IN_CHECKPOINT_ENV, "").strip().lower() in ("1", "true", "yes")
-    path = folder / name if in_checkpoint else results_dir() / REVIEWS_FOLDER / checkpoint_key(folder) / name
-    old = folder / name  # where earlier versions kept it
+    """Where verdicts on a source's labels are kept: the Source's review_path (agegender.evaluation.sources, which
+    says where and why). Verdicts recorded where earlier versions kept them are copied to the new place the first
+    time, so none is lost; that old file is left as it was. Where the copy cannot be written, the old file is
+    returned, so its verdicts are still read."""
+    src = sources.source(checkpoint, source)
+    path, old = src.review_path(in_checkpoint), src.earlier_review_path()
+    if old is None:
+        return path
     with _REVIEW_LOCK:  # mark() holds it too: a verdict written meanwhile is never overwritten by the copy
         if path.exists() or path == old or not old.is_file():
             return path
@@ -69,13 +53,6 @@ def review_path(checkpoint: str | Path, source: str, in_checkpoint: bool | None 
             log.warning("cannot copy the verdicts of %s to %s (%s): reading them where they are", old, path, e)
             return old
     return path
-
-
-def checkpoint_key(checkpoint: str | Path) -> str:
-    """A checkpoint folder's name and a digest of its absolute path: readable, and distinct for two folders of
-    one name."""
-    where = Path(checkpoint).expanduser().resolve()
-    return f"{where.name}-{hashlib.sha256(str(where).encode()).hexdigest()[:12]}"
 
 
 def label_keys(df: pd.DataFrame) -> pd.Series:

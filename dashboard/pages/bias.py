@@ -42,7 +42,7 @@ def html_cached(ckpt_path: str, source: str, stamp: tuple, min_count: int, leave
     note = f" · {shares_cached(ckpt_path, source, stamp, leave, None)[0]}" if leave is not None else ""
     groupings = groupings_for(source_table(ckpt_path, source, stamp, leave))  # as the page offers them
     return to_html(build(df, groupings, min_count=min_count), df,
-                   f"{ckpt_path} ({source_label(source)}){note}")
+                   f"{ckpt_path} ({sources.label(source)}){note}")
 
 
 @st.cache_data(max_entries=16, show_spinner="Searching the worst slices…")
@@ -66,7 +66,7 @@ st.title("Bias report")
 
 # heavy imports after the title, so the page shows while they load. Every table passes placeholder=MISSING:
 # st.dataframe draws a null cell as "None" whatever the Styler says, beside the Styler's "–" elsewhere
-from agegender.evaluation.results import source_label
+from agegender.evaluation import sources
 from agegender.fairness import slices, tables
 from agegender.fairness.groups import (
     METRICS,
@@ -162,7 +162,7 @@ d1.download_button("Groups (CSV)", shown.to_csv(index=False), f"bias-{ckpt.name}
 if d2.button("Prepare the HTML report (all groupings)", key="bias_html"):
     d2.download_button("Download the HTML report", html_cached(str(ckpt.path), source, stamp, int(min_count), leave),
                        f"bias-{ckpt.name}-{source}{f'-without-{mode}' if leave else ''}.html", "text/html")
-cli = (f"--checkpoint {ckpt.path} --split {source}" if source in caches.OWN_SPLITS else "--predictions PREDICTIONS.csv")
+cli = sources.source(ckpt.path, source).cli_args()
 st.caption(f"Groupings available: {', '.join(grouping_columns(table))} and their pairs. The command line gives the "
            f"same: `python -m agegender.report {cli} --html report.html`")
 

@@ -12,7 +12,7 @@ st.title("Evaluation sets")
 
 # after the title, so the page shows while they load
 from agegender.data.utkface import DatasetError
-from agegender.evaluation import results
+from agegender.evaluation import crossdata, results, sources
 from agegender.fairness import shift, tables
 from agegender.meta import CheckpointError
 from dashboard.access import NotAllowed
@@ -41,26 +41,25 @@ def readable(s: results.EvalSet, allowed) -> bool:
 def cross_cached(paths: tuple[str, ...], names: tuple[str, ...], grouping: str, stamp: tuple):
     """cross_dataset as of the stamp of the registry, the sets' result folders and the checkpoints' files
     (a dataset edited in place is read again after the ttl)."""
-    return results.cross_dataset(list(paths), list(names), grouping)
+    return crossdata.cross_dataset(list(paths), list(names), grouping)
 
 
 def cross_stamp(paths: list[str], names: list[str]) -> tuple:
-    files = [results.registry_path(), *(results.set_folder(n) for n in names if n not in results.OWN_SPLITS)]
-    for p in paths:
-        files += [f"{p}/meta.json", *(f"{p}/predictions-{s}.csv" for s in results.OWN_SPLITS)]
-    return caches.stamp(*files)
+    files = [results.registry_path(), *(f for p in paths for n in names for f in sources.source(p, n).stamp_files())]
+    return caches.stamp(*dict.fromkeys(files))
 
 
 @st.cache_data(max_entries=16, ttl=600, show_spinner="Standardising (bootstrap)…")
 def shift_cached(checkpoint: str, set_name: str, stamp: tuple):
     """fairness.shift's table of a set's predictions against the checkpoint's own, as of their files' stamp."""
-    table, notes = shift.explain(results.load_result(checkpoint, set_name), shift.reference_predictions(checkpoint))
+    table, notes = shift.explain(sources.source(checkpoint, set_name).load(), shift.reference_predictions(checkpoint))
     return shift.display(table), notes
 
 
 def shift_stamp(checkpoint: str, set_name: str) -> tuple:
-    found = results.predictions_file(checkpoint, set_name)
-    return caches.stamp(*(f"{checkpoint}/predictions-{s}.csv" for s in results.OWN_SPLITS), *([found] if found else []))
+    """The stamp of the set's predictions and of the reference shift reads (the checkpoint's own splits)."""
+    reference = dict.fromkeys(f for s in shift.REFERENCE_SPLITS for f in sources.source(checkpoint, s).stamp_files())
+    return (*caches.stamp(*reference), *caches.predictions_stamp(checkpoint, set_name))
 
 
 _, data_allowed = state.allow_lists()
@@ -171,9 +170,9 @@ else:
             continue
         if res is not None and res.problem:
             st.error(res.problem)
-        rows.append(results.headline_row(p, res))
+        rows.append(crossdata.headline_row(p, res))
     if rows:
-        table = pd.DataFrame(rows).astype(dict.fromkeys(results.HEADLINE_FIGURES, float))
+        table = pd.DataFrame(rows).astype(dict.fromkeys(crossdata.HEADLINE_FIGURES, float))
         st.dataframe(tables.styled(table), hide_index=True, placeholder=tables.MISSING)
         with st.expander(SHIFT_TITLE):
             st.caption(shift.EXPLAINED + " (python -m agegender.shift)")
@@ -190,7 +189,7 @@ else:
 
 st.subheader("Across datasets")
 if picked:
-    names = [*results.OWN_SPLITS, *(s.name for s in offered)]
+    names = sources.names(lambda s: readable(s, data_allowed))
     grouping = st.selectbox("Gaps between groups of", GROUPINGS, key="es_grouping")
     try:
         cross = cross_cached(tuple(picked), tuple(names), grouping, cross_stamp(picked, names))
@@ -198,12 +197,12 @@ if picked:
         st.error(str(e))
         st.stop()
     st.caption("Each figure with its bootstrap 95% interval, on the faces found. A gap is the best group's "
-               f"figure against the worst's, among {grouping} groups with at least {results.MIN_COUNT} faces, "
+               f"figure against the worst's, among {grouping} groups with at least {crossdata.MIN_COUNT} faces, "
                "with a 95% interval that holds every group's figure at once (so it always holds the gap) and q, "
                "the test that all groups are equal: 'within noise' where q ≥ 0.05. The age gap is in years "
                "where a set has exact ages (MAE), in percentage points of bin "
                "accuracy where it has age bins only. Cells not evaluated yet are left empty: evaluate above.")
-    st.dataframe(results.cross_display(cross), hide_index=True, placeholder=tables.MISSING)
+    st.dataframe(crossdata.cross_display(cross), hide_index=True, placeholder=tables.MISSING)
     st.download_button("Table (CSV)", cross.to_csv(index=False), "cross-dataset.csv", "text/csv", key="es_csv")
 else:
     st.info(NO_PICK)

@@ -11,21 +11,19 @@ import pandas as pd
 from PIL import Image
 
 from agegender.data.utkface import DatasetError
+from agegender.evaluation import sources
+from agegender.evaluation.sources import Faces
 from agegender.explain.gradcam import overlay
 from agegender.explain.predict import display_crop
 from agegender.fairness.groups import grouping_columns, prepare
-from agegender.models.catalog import default_data_path, trained_on
-from agegender.review.audit import AuditError, audit_faces, chip_faces, counts, label_keys
+from agegender.review.audit import AuditError, counts, label_keys
+from agegender.review.audit_run import audit_faces
 from agegender.review.explorer import (
     chip_result,
-    data_problem,
     group_mean_cams,
     group_values,
     in_group,
     misgendered,
-    read_chips,
-    set_chips,
-    set_faces,
     suspect_caption,
     suspected,
     worst_age_errors,
@@ -39,40 +37,27 @@ PICKED_IN = "ex_picked_in"  # the list (checkpoint, source, Show, group) the Exp
 REVIEW_ERROR = "ex_review_error"  # a verdict's callback cannot draw where the buttons are: it leaves its error here
 
 
-@st.cache_resource(max_entries=4, show_spinner="Reading the evaluation set's aligned faces…")
-def set_crops(set_name: str, size: int, stamp: tuple):
-    """The set's aligned faces from the crop cache its evaluation wrote (read once, shared, never mutated)."""
-    from agegender.evaluation.evalset import dataset_crops
-    from agegender.evaluation.results import get_set
-
-    return dataset_crops(get_set(set_name).read(), size)
+@st.cache_resource(max_entries=4, show_spinner="Reading the faces…")
+def face_store(faces: Faces, size: int, stamp: tuple):
+    """What the source's faces are read from (a UTKFace listing, or a set's aligned crops from the crop cache its
+    evaluation wrote), as of their stamp: read once, shared, never mutated."""
+    return faces.load(size)
 
 
 ckpt = state.checkpoint_choice(state.selected_checkpoints())
 c1, c2, c3, c4 = st.columns(4)
 source = state.source_picker(c1, "ex_split")
 mode = c2.radio("Show", list(MODES), key="ex_mode")
-if source in caches.OWN_SPLITS:  # UTKFace val / test: the chips are in the UTKFace dataset
-    data_path = st.session_state.get(state.DATASET, "")
-    if not data_path:  # the sidebar's field is empty: the data this checkpoint was trained on, when it is here
-        data_path = default_data_path([ckpt.path])
-        data_path = data_path if data_path and state.allow_lists()[1].allows(data_path) else ""
-    if data_path and data_path in trained_on(ckpt.path):  # the sidebar fills in the default checkpoint's data
-        st.caption(f"UTKFace images from {data_path}, the data {ckpt.name} was trained on (type another "
-                   "path in the sidebar).")
-    if problem := data_problem(data_path):
-        st.info(problem)
-        st.stop()
-    try:
-        sc = caches.dataset(data_path)
-    except DatasetError as e:
-        st.error(str(e))
-        st.stop()
-    data_stamp = caches.stamp(data_path)
-else:  # an evaluation set: the aligned faces its evaluation cached
-    data_path, data_stamp = source, caches.predictions_stamp(ckpt.path, source)
+src = sources.source(ckpt.path, source)
+faces = src.faces(lambda: state.utkface_data(ckpt))
+data_path, data_stamp = faces.where, caches.stamp(*faces.stamp_files())
 df = caches.predictions(ckpt, source)
 if df is None:
+    st.stop()
+try:
+    store = face_store(faces, ckpt.preprocess.cache_size, data_stamp)
+except (DatasetError, ValueError) as e:  # the images, or the set, cannot be read any more: say so
+    st.error(str(e))
     st.stop()
 df = prepare(df)
 group_col = c3.selectbox("Group", ["(all)", *grouping_columns(df)], key="ex_group_col")
@@ -84,22 +69,20 @@ if group_col != "(all)":
 
 
 @st.cache_data(max_entries=4, show_spinner="Auditing the labels: each face through the model once…")
-def label_audit(ckpt_path: str, source: str, data_path: str, stamps: tuple):
+def label_audit(ckpt_path: str, source: str, data_path: str, stamps: tuple, _faces: Faces, _store):
     """The audit of the whole source (agegender.review.audit), as of the checkpoint, predictions and data stamps."""
     ckpt = caches.get_checkpoint(ckpt_path)
     size = ckpt.preprocess.cache_size
     table = caches.predictions_cached(ckpt_path, source, stamps[1])
-    if source in caches.OWN_SPLITS:
-        return audit_faces(ckpt, table, lambda files: chip_faces(caches.dataset(data_path), files, size))
-    return audit_faces(ckpt, table, lambda files: set_faces(set_crops(source, size, stamps[2]), files))
+    return audit_faces(ckpt, table, lambda files: _faces.pixels(_store, files, size))
 
 
 review_file = review_path(ckpt.path, source)
 if mode == SUSPECTS:
     try:
         audit = with_reviews(label_audit(str(ckpt.path), source, data_path, (
-            caches.checkpoint_stamp(ckpt.path), caches.predictions_stamp(ckpt.path, source), data_stamp)),
-            read_review(review_file))
+            caches.checkpoint_stamp(ckpt.path), caches.predictions_stamp(ckpt.path, source), data_stamp),
+            faces, store), read_review(review_file))
     except (AuditError, ReviewError) as e:
         st.error(str(e))
         st.stop()
@@ -115,13 +98,7 @@ else:
 
 def read(files: list[str]) -> dict:
     """The faces of these files, from wherever this source keeps them."""
-    if source in caches.OWN_SPLITS:
-        return read_chips(sc, files)
-    try:
-        return set_chips(set_crops(source, ckpt.preprocess.cache_size, data_stamp), files)
-    except (DatasetError, ValueError) as e:  # the set cannot be read any more: say so, show no faces
-        st.error(str(e))
-        return {}
+    return faces.chips(store, files)
 
 
 def truth(r) -> str:

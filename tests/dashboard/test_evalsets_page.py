@@ -9,7 +9,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from agegender.data.datasets import ERR_LABELS_MISSING, ERR_NOT_FOUND
-from agegender.evaluation import results
+from agegender.evaluation import crossdata, results
 from agegender.fairness import shift
 from dashboard import caches, state
 
@@ -61,7 +61,7 @@ def test_register_evaluate_and_compare_across_datasets(page, tmp_path):
     assert list(at.dataframe[0].value["name"]) == ["ff"]
     rows = cross_rows(at)
     assert list(rows) == ["UTKFace val", "UTKFace test", "ff"]
-    assert rows["ff"]["note"] == results.NOT_EVALUATED and rows["ff"]["gender accuracy"] == "–"
+    assert rows["ff"]["note"] == crossdata.NOT_EVALUATED and rows["ff"]["gender accuracy"] == "–"
     assert rows["UTKFace val"]["gender accuracy"].endswith("%]")
 
     at.button(key="es_go").click().run()
@@ -76,7 +76,7 @@ def test_register_evaluate_and_compare_across_datasets(page, tmp_path):
     assert len(explained) == 5 and [m.value for m in at.markdown] == ["**tiny**"]
     rows = cross_rows(at)
     assert rows["ff"]["images"] == "8" and rows["ff"]["faces found"] == "75.0%"
-    assert rows["ff"]["note"] == results.FEW_GROUPS.format(grouping="race", min_count=30)  # six faces: no gap
+    assert rows["ff"]["note"] == crossdata.FEW_GROUPS.format(grouping="race", min_count=30)  # six faces: no gap
     assert rows["ff"]["age MAE"] == "–" and rows["ff"]["age bin accuracy"].endswith("%]")
     assert not (ck / "predictions-ff.csv").exists()  # kept in the results cache only
     assert list((tmp_path / "results" / results.SETS_FOLDER / "ff").glob("*.csv"))

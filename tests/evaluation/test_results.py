@@ -15,8 +15,8 @@ import pytest
 
 from agegender.data.datasets import ERR_NO_MAPPING, ERR_NOT_FOUND
 from agegender.data.utkface import DatasetError, default_cache_dir
+from agegender.evaluation import crossdata, results, sources
 from agegender.evaluation import evaluate as evaluate_module
-from agegender.evaluation import results
 from agegender.fairness.groups import GroupReport
 from agegender.labels import FAIRFACE_BINS, bin_label
 from agegender.predictions import load_predictions
@@ -90,8 +90,8 @@ def test_registry_round_trip(ff_folder, tmp_path, places, monkeypatch):
     assert results.list_sets() == [ff, utk]
     assert json.loads((places / results.REGISTRY).read_text())["sets"][0]["name"] == "ff"
     assert results.get_set("utk.small") == utk
-    assert results.sources() == ["val", "test", "ff", "utk.small"]
-    assert [results.source_label(s) for s in results.sources()] == ["UTKFace val", "UTKFace test", "ff", "utk.small"]
+    assert sources.names() == ["val", "test", "ff", "utk.small"]
+    assert [sources.label(s) for s in sources.names()] == ["UTKFace val", "UTKFace test", "ff", "utk.small"]
     results.remove("ff")
     assert results.list_sets() == [utk]
     with pytest.raises(results.ResultsError) as e:
@@ -181,7 +181,7 @@ def test_importing_results_loads_no_torch():
 def test_a_result_is_computed_once_kept_outside_the_checkpoint_and_reused(ckpt, ff_folder, places, counted):
     before = listing(ckpt)
     results.register("ff", ff_folder)
-    assert results.lookup(ckpt, "ff") is None and results.predictions_file(ckpt, "ff") is None
+    assert results.lookup(ckpt, "ff") is None and sources.source(ckpt, "ff").predictions_path() is None
     seen = []
     first = results.evaluate(ckpt, "ff", progress=lambda *a: seen.append(a))
     assert not first.reused and len(counted) == 1 and seen[-1] == ("Scoring faces", 6, 6)
@@ -193,9 +193,9 @@ def test_a_result_is_computed_once_kept_outside_the_checkpoint_and_reused(ckpt, 
     assert second.reused and len(counted) == 1  # not scored again
     assert second.predictions == first.predictions and second.predictions.stat().st_mtime_ns == stamp
     assert second.metrics == first.metrics
-    assert results.predictions_file(ckpt, "ff") == first.predictions
+    assert sources.source(ckpt, "ff").predictions_path() == first.predictions
     assert results.lookup(ckpt, "ff").metrics == first.metrics
-    pd.testing.assert_frame_equal(results.load_result(ckpt, "ff"), load_predictions(path=first.predictions))
+    pd.testing.assert_frame_equal(sources.source(ckpt, "ff").load(), load_predictions(path=first.predictions))
     assert listing(ckpt) == before  # never written into the checkpoint folder unless asked
     results.evaluate(ckpt, "ff", tta=False)  # another key: scored again
     assert len(counted) == 2
@@ -219,7 +219,7 @@ def test_an_edited_labels_file_is_a_new_dataset(ckpt, ff_folder, tmp_path):
     pd.read_csv(labels).iloc[:-1].to_csv(labels, index=False)  # one row fewer: other figures
     assert results.lookup(ckpt, "ff") is None  # the old result is not served for the new labels
     with pytest.raises(results.ResultsError) as e:
-        results.load_result(ckpt, "ff")
+        sources.source(ckpt, "ff").load()
     assert str(e.value) == results.ERR_NOT_EVALUATED.format(checkpoint="tiny", source="ff")
 
 
@@ -245,11 +245,11 @@ def test_the_results_folder_may_not_lie_in_the_checkpoint(ckpt, ff_folder, monke
 
 
 def test_a_predictions_picker_gets_the_checkpoints_own_files(ckpt):
-    assert results.predictions_file(ckpt, "val") == ckpt / "predictions-val.csv"
+    assert sources.source(ckpt, "val").predictions_path() == ckpt / "predictions-val.csv"
     (ckpt / "predictions-test.csv").unlink()
-    assert results.predictions_file(ckpt, "test") is None
+    assert sources.source(ckpt, "test").predictions_path() is None
     with pytest.raises(results.ResultsError) as e:
-        results.predictions_file(ckpt, "nope")
+        sources.source(ckpt, "nope").predictions_path()
     assert str(e.value) == results.ERR_UNKNOWN.format(name="nope", known="none")
 
 
@@ -289,14 +289,14 @@ def test_cross_dataset_matches_the_cached_csvs_and_reports_missing_cells(ckpt, f
     meta = json.loads((other / "meta.json").read_text())
     (other / "meta.json").write_text(json.dumps({**meta, "weights_sha256": "0" * 64}))  # as if retrained
     files = sorted(results.results_dir().rglob("*"))
-    table = results.cross_dataset([ckpt, other], ["val", "test", "ff"], min_count=1, n_boot=200)
+    table = crossdata.cross_dataset([ckpt, other], ["val", "test", "ff"], min_count=1, n_boot=200)
     assert len(counted) == 1 and sorted(results.results_dir().rglob("*")) == files  # nothing computed
-    assert list(table.columns) == list(results.CROSS_COLUMNS)
+    assert list(table.columns) == list(crossdata.CROSS_COLUMNS)
     assert list(zip(table["checkpoint"], table["set"], table["evaluated"], strict=True)) == [
         ("tiny", "UTKFace val", True), ("tiny", "UTKFace test", True), ("tiny", "ff", True),
         ("other", "UTKFace val", True), ("other", "UTKFace test", False), ("other", "ff", False)]
     missing = table[~table["evaluated"]]
-    assert (missing["note"] == results.NOT_EVALUATED).all()
+    assert (missing["note"] == crossdata.NOT_EVALUATED).all()
     assert missing[["n", "gender_accuracy", "gender_accuracy_gap", "age_bin_accuracy"]].isna().all().all()
     cells = {("tiny", "val"): ckpt / "predictions-val.csv", ("tiny", "test"): ckpt / "predictions-test.csv",
              ("tiny", "ff"): res.predictions, ("other", "val"): other / "predictions-val.csv"}
@@ -317,12 +317,12 @@ def test_cross_dataset_matches_the_cached_csvs_and_reports_missing_cells(ckpt, f
     ff_row = table[(table["checkpoint"] == "tiny") & (table["source"] == "ff")].iloc[0]
     assert ff_row["age_metric"] == "age_bin_accuracy" and np.isnan(ff_row["age_mae_gap"])
     assert (ff_row["n"], ff_row["n_found"]) == (8, 6)
-    again = results.cross_dataset([ckpt, other], ["val", "test", "ff"], min_count=1, n_boot=200)
+    again = crossdata.cross_dataset([ckpt, other], ["val", "test", "ff"], min_count=1, n_boot=200)
     pd.testing.assert_frame_equal(table, again)  # the same draws: the same intervals
 
 
 def test_the_gaps_are_the_bias_reports_disparity(ckpt):
-    table = results.cross_dataset([ckpt], ["val"])  # the defaults: groups of 30 or more, 1,000 draws
+    table = crossdata.cross_dataset([ckpt], ["val"])  # the defaults: groups of 30 or more, 1,000 draws
     row = table.iloc[0]
     disparity = GroupReport(pd.read_csv(ckpt / "predictions-val.csv"), "race", n_boot=0).disparity()
     for metric in ("gender_accuracy", "age_mae", "age_bin_accuracy"):
@@ -333,18 +333,18 @@ def test_the_gaps_are_the_bias_reports_disparity(ckpt):
 
 
 def test_a_set_without_the_grouping_or_with_too_few_groups_says_so(ckpt):
-    none = results.cross_dataset([ckpt], ["val"], grouping="site", n_boot=50).iloc[0]
-    assert none["note"] == results.NO_GROUPING.format(grouping="site") and np.isnan(none["gender_accuracy_gap"])
+    none = crossdata.cross_dataset([ckpt], ["val"], grouping="site", n_boot=50).iloc[0]
+    assert none["note"] == crossdata.NO_GROUPING.format(grouping="site") and np.isnan(none["gender_accuracy_gap"])
     assert np.isfinite(none["gender_accuracy"])  # the headline figures are still there
-    few = results.cross_dataset([ckpt], ["val"], min_count=10_000, n_boot=50).iloc[0]
-    assert few["note"] == results.FEW_GROUPS.format(grouping="race", min_count=10_000)
+    few = crossdata.cross_dataset([ckpt], ["val"], min_count=10_000, n_boot=50).iloc[0]
+    assert few["note"] == crossdata.FEW_GROUPS.format(grouping="race", min_count=10_000)
 
 
 def test_the_cross_table_as_a_reader_sees_it(ckpt, ff_folder):
     results.register("ff", ff_folder)
-    table = results.cross_dataset([ckpt], ["val", "ff"], n_boot=100)
-    shown = results.cross_display(table)
-    assert list(shown.columns) == list(results.CROSS_DISPLAY)
+    table = crossdata.cross_dataset([ckpt], ["val", "ff"], n_boot=100)
+    shown = crossdata.cross_display(table)
+    assert list(shown.columns) == list(crossdata.CROSS_DISPLAY)
     val, ff = shown.iloc[0], shown.iloc[1]
     assert val["set"] == "UTKFace val" and val["images"] == "900" and val["faces found"] == "100%"
     assert val["gender accuracy"].endswith("%]") and " [" in val["gender accuracy"]
@@ -352,10 +352,10 @@ def test_the_cross_table_as_a_reader_sees_it(ckpt, ff_folder):
     assert " pp [" in val["gender accuracy gap"] and ": worst " in val["gender accuracy gap"]
     assert " y [" in val["age gap"] and ", best " in val["age gap"]
     assert list(ff[["images", "gender accuracy", "age gap"]]) == ["–", "–", "–"]
-    assert ff["note"] == results.NOT_EVALUATED
+    assert ff["note"] == crossdata.NOT_EVALUATED
 
 
 def test_headline_row_without_a_result_is_marked_not_evaluated(tmp_path):
-    row = results.headline_row(tmp_path / "ck", None)
-    assert row["checkpoint"] == "ck" and row["evaluated"] == results.NOT_EVALUATED
-    assert all(row[k] is None for k in results.HEADLINE_FIGURES)
+    row = crossdata.headline_row(tmp_path / "ck", None)
+    assert row["checkpoint"] == "ck" and row["evaluated"] == crossdata.NOT_EVALUATED
+    assert all(row[k] is None for k in crossdata.HEADLINE_FIGURES)

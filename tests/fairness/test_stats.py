@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from agegender.evaluation import results
+from agegender.evaluation import crossdata, results
 from agegender.fairness import stats
 from agegender.fairness.genderband import band_what_if
 from agegender.fairness.groups import METRICS, GroupReport, prepare
@@ -185,11 +185,11 @@ def test_the_fairface_sample_gaps_hold_their_estimate(monkeypatch, tmp_path):
     monkeypatch.setenv("AGEGENDER_RESULTS", str(tmp_path / "results"))
     monkeypatch.setenv("AGEGENDER_FAIRFACE", str(path))
     results.evaluate(SHIPPED, results.FAIRFACE_SAMPLE)
-    row = results.cross_dataset([SHIPPED], [results.FAIRFACE_SAMPLE]).iloc[0]
+    row = crossdata.cross_dataset([SHIPPED], [results.FAIRFACE_SAMPLE]).iloc[0]
     for m in ("gender_accuracy", "age_bin_accuracy"):
         assert row[f"{m}_gap_lo"] <= row[f"{m}_gap"] <= row[f"{m}_gap_hi"], m
         assert 0 <= row[f"{m}_gap_p"] <= 1
-    assert "q = " in results.cross_display(pd.DataFrame([row]))["gender accuracy gap"].iloc[0]
+    assert "q = " in crossdata.cross_display(pd.DataFrame([row]))["gender accuracy gap"].iloc[0]
 
 
 def test_the_fairface_sample_is_found_by_configuration_only(tmp_path, monkeypatch):
@@ -204,4 +204,4 @@ def test_the_fairface_sample_is_found_by_configuration_only(tmp_path, monkeypatc
     monkeypatch.setenv("AGEGENDER_FAIRFACE", str(tmp_path / "elsewhere"))
     assert results.fairface_sample() is None  # the variable wins, and names no folder
     assert not hasattr(results, "SHARED_FAIRFACE")
-    assert all(m in METRICS for m in results.GAP_METRICS)
+    assert all(m in METRICS for m in crossdata.GAP_METRICS)
