@@ -182,7 +182,7 @@ def found_rows(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def metric_arrays(age, pred_age, female, p_female, bin_err=None) -> dict[str, np.ndarray]:
-    """The arrays every metric in agegender.fairness.groups.METRICS reads: signed age error (NaN where only a bin
+    """The arrays every metric in agegender.fairness.measures.METRICS reads: signed age error (NaN where only a bin
     is known), signed error in age bins (predicted bin index minus true, on the table's bins), the true
     gender as a boolean (True = female), P(female) and whether the gender call was right."""
     female = np.asarray(female, bool)

@@ -80,7 +80,7 @@ def age_distributions(ckpt, pixels: np.ndarray, tta: bool = True, batch_size: in
                       precision: str = "auto") -> np.ndarray:
     """N x bins float64: the DLDL head's distribution over whole years for each face (N x S x S x 3 uint8 at the
     checkpoint's cache size), averaged over the face and its mirror (inference.predict_distribution). The
-    caller checks has_distribution (agegender.review.audit.age_distributions says why not)."""
+    caller checks has_distribution (agegender.review.audit_run.age_distributions says why not)."""
     return predict_distribution(ckpt, pixels, tta, batch_size, precision)[2]
 
 

@@ -23,9 +23,7 @@ from ..fairness import genderband, slices
 from ..fairness import shift as dataset_shift
 from ..fairness.coverage import coverage_by_group
 from ..fairness.groups import (
-    METRICS,
     MIN_COUNT,
-    MISSED_RATE,
     N_BOOT,
     RATIO_NOTE,
     SEED,
@@ -37,6 +35,7 @@ from ..fairness.groups import (
     parse_grouping,
     prepared,
 )
+from ..fairness.measures import METRICS, MISSED_RATE
 from ..fairness.slices import SliceSearch, find_slices
 from ..fairness.tables import MISSING
 from ..labels import AGE_BUCKET_EDGES

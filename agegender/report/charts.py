@@ -14,7 +14,8 @@ import plotly.express as px
 import plotly.graph_objects as go
 
 from ..fairness import tables
-from ..fairness.groups import METRICS, GroupReport, group_names, parse_grouping
+from ..fairness.groups import GroupReport, group_names, parse_grouping
+from ..fairness.measures import METRICS
 
 SMALL_COLOUR, COLOUR = "#b0b0b0", "#3b6fb6"
 

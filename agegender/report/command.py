@@ -26,7 +26,8 @@ import pandas as pd
 
 from ..fairness import shift as dataset_shift
 from ..fairness import slices
-from ..fairness.groups import METRICS, MIN_COUNT, N_BOOT, SEED, headline_age_metric, prepare
+from ..fairness.groups import MIN_COUNT, N_BOOT, SEED, headline_age_metric, prepare
+from ..fairness.measures import METRICS
 from ..fairness.slices import MAX_ORDER, MIN_SLICE, find_slices
 from ..labels import AGE_BUCKET_EDGES
 from ..meta import CheckpointError

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from ..fairness.compare import gap_change, pair, paired_deltas
-from ..fairness.groups import METRICS, MIN_COUNT, N_BOOT, GroupReport, prepare
+from ..fairness.groups import MIN_COUNT, N_BOOT, GroupReport, prepare
+from ..fairness.measures import METRICS
 from ..meta import META, WEIGHTS, soup_runs
 from ..models.catalog import default_root, list_checkpoints
 from ..models.checkpoint import read_meta

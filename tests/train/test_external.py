@@ -140,7 +140,7 @@ def test_resume_without_external_says_so_and_leaves_the_cells_empty(tiny_data, c
     stopped(monkeypatch, lambda m: crash_on_batch(m, per_epoch + 3),
             lambda: train(tiny_config(tiny_data, out, epochs=2, external=str(chips), external_every=1,
                                       save_every_minutes=0)))
-    with caplog.at_level("WARNING", logger="agegender.train.loop"):
+    with caplog.at_level("WARNING", logger="agegender.train.setup"):
         train(tiny_config(tiny_data, out, resume=True))  # the path is a runtime flag, like --data: not given here
     assert f"this run scored --external {chips} before; pass --external again" in caplog.text
     h = history(out)
