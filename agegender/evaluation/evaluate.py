@@ -42,6 +42,7 @@ from ..models.model import DistributionAgeHead
 from ..models.runtime import set_threads
 from ..predictions import (
     LABEL_TAIL,
+    OWN_SPLITS,
     SPLIT_ALL,
     bin_scale,
     file_name,
@@ -205,7 +206,7 @@ def evaluate_into_checkpoint(folder: Path, images: Images, fingerprint: str, tta
     ``fingerprint``, that of the data ``images`` were decoded from."""
     ckpt = load_checkpoint(folder)
     results = {}
-    for split in ("val", "test"):  # review.OWN_SPLITS; review sits above evaluate in the layers
+    for split in OWN_SPLITS:
         t = time.perf_counter()
         df = predictions_frame(ckpt, images, images.indices(split), tta)
         write_predictions(df, predictions_path(folder, split))

@@ -12,9 +12,10 @@ from scipy import stats as sps
 from agegender.evaluation import crossdata, results
 from agegender.fairness import stats
 from agegender.fairness.genderband import band_what_if
-from agegender.fairness.groups import METRICS, GroupReport, prepare
+from agegender.fairness.groups import GroupReport, prepare
+from agegender.fairness.measures import METRICS
 from agegender.predictions import load_predictions
-from agegender.report.bias import main as report_main
+from agegender.report.command import main as report_main
 from benchmarks.stats_sim import simulate
 
 from ..conftest import ROOT, fairface_sample_or_skip
