@@ -38,6 +38,13 @@ class Labels:
     race: int
 
 
+def printable(name: str) -> str:
+    """``name`` safe to print in one log line or message: control and other unprintable characters (a newline in
+    a file name, a bidi override) escaped as Python writes them, so a file name can neither split a line nor
+    forge one. Letters of any script stay as they are."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(name))
+
+
 def parse_name(name: str) -> Labels:
     """Labels from a UTKFace file name; raises MalformedName rather than guess."""
     base = name.replace("\\", "/").rsplit("/", 1)[-1]

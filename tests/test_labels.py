@@ -6,6 +6,7 @@ from agegender.labels import (
     gender_label,
     image_key,
     parse_name,
+    printable,
 )
 
 
@@ -65,3 +66,14 @@ def test_the_gender_call_and_the_band_agree():
     for p in np.linspace(0, 1, 101):  # outside the band, the label is the call
         if not DEFAULT_BAND[0] <= p <= DEFAULT_BAND[1]:
             assert gender_label(p) == ("Female" if called_female(p) else "Male"), p
+
+
+@pytest.mark.parametrize("name, shown", [
+    ("ok/ä_1.jpg", "ok/ä_1.jpg"),
+    ("a\nWARNING forged.jpg", "a\\nWARNING forged.jpg"),
+    ("x\r\t\x00\x1b[31m.jpg", "x\\r\\t\\x00\\x1b[31m.jpg"),
+    ("gpj.\u202eexe", "gpj.\\u202eexe"),
+])
+def test_printable_escapes_what_would_split_or_forge_a_line(name, shown):
+    out = printable(name)
+    assert out == shown and "\n" not in out and "\r" not in out
