@@ -10,8 +10,9 @@ import hashlib
 import json
 import math
 import os
+import stat
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from itertools import pairwise
@@ -19,17 +20,20 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
+from . import __version__, metaschema
+from .labels import printable
 
 FORMAT = "agegender-checkpoint/1"
 META = "meta.json"  # the file that makes a folder a checkpoint
 WEIGHTS = "model.safetensors"
-REQUIRED_META = ("format", "arch", "preprocess", "age_offset", "age_scale", "labels", "weights_sha256")
+REQUIRED_META = tuple(name for name, required, *_ in metaschema.RULES if required and "." not in name)
 
 # Error messages are constants so tests can assert them word for word.
 ERR_NO_FOLDER = "checkpoint folder {path} does not exist"
 ERR_NO_META = "{path} is not a checkpoint folder: {META} is missing"
 ERR_BAD_META = "{path}/{META} is corrupt ({detail}); restore the folder or retrain"
+NOT_A_FILE = "not a regular file"  # ERR_BAD_META's detail: a FIFO, a device, a socket
+TOO_BIG = f"over {metaschema.MAX_BYTES} bytes"  # ERR_BAD_META's detail
 
 
 class CheckpointError(Exception):
@@ -77,23 +81,54 @@ def write_meta(folder: str | os.PathLike, meta: dict) -> None:
     atomic_write_text(Path(folder) / META, json.dumps(meta, indent=2, sort_keys=False) + "\n")
 
 
-def read_meta(path: str | os.PathLike) -> dict:
-    """A checkpoint's meta.json with its required keys checked. The architecture is checked by
-    agegender.models.checkpoint.read_meta, which knows the model registry (and so imports torch)."""
+def read_meta(path: str | os.PathLike, archs: Collection[str] | None = None) -> dict:
+    """A checkpoint's meta.json, read within bounds (a regular file of at most metaschema.MAX_BYTES, nested at
+    most metaschema.MAX_DEPTH deep) and checked whole against metaschema before anything uses a value: one
+    CheckpointError (ERR_BAD_META) naming the file and every field that is wrong. ``archs``: the known
+    architectures; agegender.models.checkpoint.read_meta passes the registry's (this module imports no torch)."""
     path = Path(path)
     if not path.is_dir():
-        raise CheckpointError(ERR_NO_FOLDER.format(path=path))
-    if not (path / META).is_file():
-        raise CheckpointError(ERR_NO_META.format(path=path, META=META))
+        raise CheckpointError(ERR_NO_FOLDER.format(path=printable(path)))
+    if not (path / META).exists():  # a FIFO or a device in its place is there, and refused by _read_bounded
+        raise CheckpointError(ERR_NO_META.format(path=printable(path), META=META))
+    meta = _parse(path)
+    problems = metaschema.violations(meta, archs)
+    if problems:
+        raise CheckpointError(ERR_BAD_META.format(path=printable(path), META=META, detail="; ".join(problems)))
+    return meta
+
+
+def _read_bounded(path: Path) -> bytes:
+    """meta.json's bytes: opened without blocking (a FIFO would wait for a writer forever) and read only if what was
+    opened is a regular file, never past MAX_BYTES (a sparse file of gigabytes, or one still growing, costs no
+    memory)."""
+    fd = os.open(path / META, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise CheckpointError(ERR_BAD_META.format(path=printable(path), META=META, detail=NOT_A_FILE))
+        data = f.read(metaschema.MAX_BYTES + 1)
+    if len(data) > metaschema.MAX_BYTES:
+        raise CheckpointError(ERR_BAD_META.format(path=printable(path), META=META, detail=TOO_BIG))
+    return data
+
+
+def _parse(path: Path) -> dict:
+    """meta.json parsed: a JSON object nested at most MAX_DEPTH deep; else CheckpointError saying which."""
     try:
-        meta = json.loads((path / META).read_text())
+        meta = json.loads(_read_bounded(path).decode("utf-8"))
+    except OSError as e:
+        raise CheckpointError(ERR_BAD_META.format(path=printable(path), META=META,
+                                                  detail=f"unreadable: {e.strerror}")) from e
+    except RecursionError as e:  # the parser's own recursion limit: deeper than any depth check could run on
+        raise CheckpointError(ERR_BAD_META.format(path=printable(path), META=META,
+                                                  detail=metaschema.TOO_DEEP)) from e
     except (ValueError, UnicodeDecodeError) as e:
-        raise CheckpointError(ERR_BAD_META.format(path=path, META=META, detail=f"not JSON: {e}")) from e
+        raise CheckpointError(ERR_BAD_META.format(path=printable(path), META=META,
+                                                  detail=f"not JSON: {printable(e)}")) from e
     if not isinstance(meta, dict):
-        raise CheckpointError(ERR_BAD_META.format(path=path, META=META, detail="not a JSON object"))
-    missing = [k for k in REQUIRED_META if k not in meta]
-    if missing:
-        raise CheckpointError(ERR_BAD_META.format(path=path, META=META, detail=f"missing {', '.join(missing)}"))
+        raise CheckpointError(ERR_BAD_META.format(path=printable(path), META=META, detail="not a JSON object"))
+    if metaschema.depth(meta) > metaschema.MAX_DEPTH:
+        raise CheckpointError(ERR_BAD_META.format(path=printable(path), META=META, detail=metaschema.TOO_DEEP))
     return meta
 
 

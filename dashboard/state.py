@@ -23,6 +23,7 @@ from agegender.models.catalog import (
     default_root,
     health,
     health_of,
+    problem_of,
     trained_on,
 )
 from dashboard.access import (
@@ -45,6 +46,8 @@ PICKER = "picker_names"  # the picker's widget key
 OFFERED = "picker_offered"  # label -> path of what the picker offers
 PICK_DEFAULT = "picker_default"  # the labels a fresh session starts on
 PAIR_BUTTON = "Compare {names}"
+UNUSABLE = "{label} (unusable)"  # the picker's label of a checkpoint whose meta.json cannot be used
+UNUSABLE_HELP = "{label} cannot be used: {problem}"
 # widgets whose choice outlives a page switch (keep_options): the predict page's options, read again on the
 # compare and explorer pages
 KEEP = "kept."
@@ -93,7 +96,9 @@ def sidebar() -> None:
     root = default_root()
     paths = pickable(ckpt_allowed, root)
     labels = pick_labels(paths)
-    flags = {label: health_of(p) for label, p in labels.items()}
+    # read within bounds and never raising (catalog.problem_of): one bad folder is marked, the others work
+    problems = {label: problem_of(p) for label, p in labels.items()}
+    flags = {label: health_of(p) for label, p in labels.items() if not problems[label]}
     default = [label for label, p in labels.items() if p in default_pick(paths)]
     # the picker's value lives in session state from the start, never as the widget's default: a page may then
     # set it (offer_pair) with no "default value and Session State" clash; a folder gone since is dropped
@@ -103,10 +108,13 @@ def sidebar() -> None:
         st.header("Checkpoints")
         for problem in {a.problem for a in (ckpt_allowed, data_allowed) if a.problem}:
             st.error(problem)
-        chosen = st.multiselect("From checkpoints/", list(labels), key=PICKER,
-                                format_func=lambda label: f"{label} ⚠" if flags.get(label) else label,
+        chosen = st.multiselect("From checkpoints/", list(labels), key=PICKER, format_func=lambda label: (
+                                    UNUSABLE.format(label=label) if problems.get(label)
+                                    else f"{label} ⚠" if flags.get(label) else label),
                                 help=f"Folders in {where}. ⚠: its validation figures say it is untrained or "
                                      "diverged (the Checkpoints page says why).")
+        for label in (label for label in chosen if problems.get(label)):
+            st.warning(UNUSABLE_HELP.format(label=label, problem=problems[label]))
         extra = typed_path(st.text_input("…or a checkpoint folder", key="picker_path",
                                          placeholder="/path/to/checkpoint"), ckpt_allowed)
         # the value counts on the first run only (the field is keyed): the data the default checkpoint was trained on

@@ -67,8 +67,8 @@ def test_concurrent_writers_never_share_a_temporary(tmp_path):
 
 
 def test_meta_round_trip_and_messages(tmp_path):
-    meta = {"arch": "resnet18", "preprocess": {}, "age_offset": 33.0, "age_scale": 20.0, "labels": {},
-            "weights_sha256": "0" * 64}
+    meta = {"arch": "resnet18", "age_offset": 33.0, "age_scale": 20.0, "labels": {}, "weights_sha256": "0" * 64,
+            "preprocess": {"cache_size": 128, "input_size": 112, "mean": [0.5] * 3, "std": [0.25] * 3}}
     write_meta(tmp_path, meta)
     back = read_meta(tmp_path)
     assert back["format"] == FORMAT and {k: back[k] for k in meta} == meta

@@ -49,7 +49,10 @@ def table(n: int = 300, seed: int = 0) -> pd.DataFrame:
 def checkpoint_folder(path):
     """A folder that reads as a checkpoint (its meta.json), with no weights: enough for predictions."""
     path.mkdir()
-    (path / META).write_text(json.dumps({k: "x" for k in REQUIRED_META}))
+    sound = {"format": "x", "arch": "x", "age_offset": 0, "age_scale": 1, "labels": {}, "weights_sha256": "0" * 64,
+             "preprocess": {"cache_size": 32, "input_size": 32, "mean": [0] * 3, "std": [1] * 3}}
+    assert set(sound) == set(REQUIRED_META)  # the schema's required fields, each sound
+    (path / META).write_text(json.dumps(sound))
     return path
 
 

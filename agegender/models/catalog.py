@@ -4,7 +4,6 @@ torch, so the dashboard shell can render before the models load."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Iterable
@@ -40,15 +39,29 @@ def list_checkpoints(root: str | os.PathLike) -> list[Path]:
 
 
 def default_pick(paths: list[Path]) -> list[Path]:
-    """The checkpoint a fresh session starts on: the first trained without bias mitigation (the
-    baseline a mitigated one is read against), else the first."""
+    """The checkpoint a fresh session starts on: the first usable one (its meta.json sound) trained without
+    bias mitigation (the baseline a mitigated one is read against), else the first usable, else the first."""
+    usable = []
     for p in paths:
         try:
-            if not json.loads((p / META).read_text()).get("balance"):
-                return [p]
-        except (OSError, ValueError):
+            meta = read_meta(p)
+        except CheckpointError:
             continue
-    return paths[:1]
+        if not meta.get("balance"):
+            return [p]
+        usable.append(p)
+    return (usable or paths)[:1]
+
+
+def problem_of(path: str | os.PathLike) -> str | None:
+    """Why the checkpoint folder at ``path`` cannot be used (its meta.json missing, unreadable, too big, nested
+    too deep, or breaking agegender.metaschema: the CheckpointError's message), or None. Never raises for
+    what a folder holds, so one bad checkpoint cannot take a picker or a table down with it."""
+    try:
+        read_meta(path)
+    except CheckpointError as e:
+        return str(e)
+    return None
 
 
 def trained_at(path: str | os.PathLike) -> float:

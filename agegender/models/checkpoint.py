@@ -41,9 +41,9 @@ ERR_CHECKSUM = (
     "{path}/{WEIGHTS} does not match the checksum in {META}: "
     "the weights were changed or truncated after training"
 )
-ERR_ARCH = "{path}/{META} names an unknown architecture {arch!r}; known: {known}"
 ERR_SHAPES = "the weights in {path} do not fit {arch}: {detail}"
-BAD_SCALING = "age_offset and age_scale must be numbers, and age_range two"  # ERR_BAD_META's detail
+# ERR_BAD_META's detail for a meta put together in code (training's); a meta.json read is checked field by field
+BAD_SCALING = "age_offset and age_scale must be numbers, and age_range two"
 
 
 @dataclass
@@ -109,12 +109,9 @@ def save_weights(model: torch.nn.Module, path: Path, dtype: torch.dtype = torch.
 
 
 def read_meta(path: str | os.PathLike) -> dict:
-    """meta.read_meta (meta.json present, JSON, required keys) plus a known architecture."""
-    path = Path(path)
-    meta = read_meta_json(path)
-    if meta["arch"] not in ARCHS:
-        raise CheckpointError(ERR_ARCH.format(path=path, META=META, arch=meta["arch"], known=", ".join(ARCHS)))
-    return meta
+    """meta.read_meta (meta.json read within bounds and checked whole against agegender.metaschema) with the
+    architecture checked against the registry, in the same one message as any other field that is wrong."""
+    return read_meta_json(path, ARCHS)
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> Checkpoint:

@@ -5,8 +5,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from agegender.metaschema import FIELD
 from agegender.models.checkpoint import (
-    ERR_ARCH,
     ERR_BAD_META,
     ERR_CHECKSUM,
     ERR_NO_FOLDER,
@@ -21,6 +21,8 @@ from agegender.models.checkpoint import (
     sha256_file,
 )
 from agegender.models.model import ARCHS, create_model
+
+from ..conftest import ROOT
 
 
 @pytest.fixture
@@ -89,7 +91,8 @@ def test_tampered_weights_fail_the_checksum(ckpt):
 
 def test_unknown_architecture(ckpt):
     set_meta(ckpt, arch="resnet9000")
-    expect(ckpt, ERR_ARCH.format(path=ckpt, META=META, arch="resnet9000", known=", ".join(ARCHS)))
+    expect(ckpt, ERR_BAD_META.format(path=ckpt, META=META, detail=FIELD.format(
+        field="arch", expected=f"one of {', '.join(ARCHS)}", value="'resnet9000'")))
 
 
 def test_weights_of_another_architecture(ckpt):
@@ -102,7 +105,9 @@ def test_weights_of_another_architecture(ckpt):
 def test_a_fresh_session_starts_on_the_baseline_not_the_mitigated_checkpoint(tmp_path):
     from agegender.models.catalog import default_pick
 
-    for name, meta in (("a-balanced", {"balance": {"method": "loss"}}), ("b-plain", {}), ("c-broken", None)):
+    sound = json.loads((ROOT / "checkpoints" / "dlib-resnet29-utkface" / META).read_text())
+    for name, meta in (("a-balanced", {**sound, "balance": {"method": "loss"}}), ("b-plain", sound),
+                       ("c-broken", None)):
         (tmp_path / name).mkdir()
         (tmp_path / name / META).write_text("{not json" if meta is None else json.dumps(meta))
     paths = list_checkpoints(tmp_path)
@@ -167,10 +172,13 @@ def test_an_unusable_interval_record_keeps_the_load_and_is_refused_word_for_word
 
 @pytest.mark.parametrize("changes", [{"age_scale": "wide"}, {"age_offset": None}, {"age_range": 5}])
 def test_an_age_scaling_that_is_not_numbers_is_refused_in_one_line(ckpt, changes):
-    from agegender.models.checkpoint import BAD_SCALING
+    from agegender.metaschema import RULES
 
     set_meta(ckpt, **changes)
-    expect(ckpt, ERR_BAD_META.format(path=ckpt, META=META, detail=BAD_SCALING))
+    (field, value), = changes.items()
+    expected = next(want for name, _, _, want in RULES if name == field)  # the schema's line for the field
+    expect(ckpt, ERR_BAD_META.format(path=ckpt, META=META, detail=FIELD.format(field=field, expected=expected,
+                                                                              value=repr(value))))
 
 
 def test_no_module_reads_the_age_scaling_from_meta_by_hand():
@@ -180,10 +188,9 @@ def test_no_module_reads_the_age_scaling_from_meta_by_hand():
     meta.json no model was loaded for are the only other places the names appear."""
     import ast
 
-    from ..conftest import ROOT
 
     allowed = {"agegender/models/model.py", "agegender/meta.py", "agegender/train/loop.py", "agegender/train/soup.py",
-               "agegender/models/catalog.py"}
+               "agegender/models/catalog.py", "agegender/metaschema.py"}
     found = []
     for folder in ("agegender", "dashboard", "benchmarks"):
         for p in sorted((ROOT / folder).rglob("*.py")):
