@@ -6,25 +6,40 @@ Only the UTKFace reader knows UTKFace's name rules and its five groups; the rest
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import logging
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pandas as pd
-
+from ..faces.detect import open_regular
 from ..labels import (  # noqa: F401 - the age-bin names are part of this module's interface
     ERR_BIN,
     ERR_BIN_OF,
     FAIRFACE_BINS,
     GENDERS,
+    MAX_AGE,
     RACES,
     bin_label,
     bin_of,
     parse_age_bin,
+    printable,
+)
+from .labelsfile import (  # noqa: F401 - the labels file's messages are part of this module's interface
+    ERR_LABELS_EMPTY,
+    ERR_LABELS_MISSING,
+    ERR_LABELS_UNREADABLE,
+    HEADER_BYTES,
+    check_header,
+    check_regular,
+    decode,
+    is_parquet,
+    read_labels,
+    read_table,
 )
 from .utkface import EXAMPLES, DatasetError, list_images, scan
 
@@ -44,6 +59,7 @@ DEFAULT_GENDER_MAP = {"0": 0, "1": 1, "male": 0, "m": 0, "female": 1, "f": 1}  #
 # Why a row was skipped: the keys of Dataset.problems.
 SKIP_MISSING = "a required value is empty"
 SKIP_AGE = "age is not a number of years"
+SKIP_AGE_RANGE = f"age above {MAX_AGE} years"  # below 0 is SKIP_AGE, as it always was
 SKIP_BIN = "age bin not recognised"
 SKIP_GENDER = "gender not mappable"
 SKIP_RACE = "race not one of FairFace's seven"
@@ -59,9 +75,8 @@ ERR_NEEDS_LABELS = ("format {format!r} needs a labels file: pass the CSV or Parq
 ERR_UTK_LABELS = "UTKFace takes its labels from file names: leave labels out, or pick format='csv' for a labels file"
 ERR_NO_MAPPING = ("{path} is not FairFace's CSV (file,age,gender,race): say which column holds what with "
                   "columns='file=COL,age=COL,gender=COL' (or age_bin=COL)")
-ERR_LABELS_MISSING = "labels file not found at {path}: pass the CSV or Parquet file with labels=PATH"
-ERR_LABELS_UNREADABLE = "cannot read the labels file {path} ({detail}): save it as a UTF-8 CSV or a Parquet file"
-ERR_LABELS_EMPTY = "the labels file {path} has no rows: export the labels again with a header and one row per image"
+ERR_LABELS_OUTSIDE = ("{path} in the dataset folder is a link to {target}, outside the folder: it is not read; "
+                      "if you trust that file, pass it yourself with labels=PATH (--labels PATH)")
 ERR_MISSING_COLUMN = ("the labels file {path} has no column {column!r} (it has {have}): "
                       "name the right column with {key}=COLUMN in the column mapping")
 ERR_NO_RECORDS = "no usable row in {path}: every row was skipped (see the warning); fix the labels or the mapping"
@@ -210,9 +225,12 @@ def read_dataset(path: str | os.PathLike, labels: str | os.PathLike | None = Non
     path, labels, format = resolve(path, labels, format, columns)
     if format == "utkface":
         return _read_utkface(path)
+    data = read_labels(labels)  # what is wrong with the file itself is said before the mapping is asked for
     if format == "csv" and columns is None:
-        raise DatasetError(ERR_NO_MAPPING.format(path=labels))
-    return _read_labelled(path, labels, format, columns)
+        if not is_parquet(labels):
+            check_header(labels, decode(labels, data))
+        raise DatasetError(ERR_NO_MAPPING.format(path=printable(labels)))
+    return _read_labelled(path, labels, data, format, columns)
 
 
 def resolve(path: str | os.PathLike, labels: str | os.PathLike | None = None, format: str | None = None,
@@ -220,16 +238,16 @@ def resolve(path: str | os.PathLike, labels: str | os.PathLike | None = None, fo
     """(images root, labels file, format) as read_dataset will read them, without reading the labels."""
     path = Path(path).expanduser()
     if not path.exists():
-        raise DatasetError(ERR_NOT_FOUND.format(path=path))
+        raise DatasetError(ERR_NOT_FOUND.format(path=printable(path)))
     if format is not None and format not in FORMATS:
         raise DatasetError(ERR_FORMAT.format(format=format))
-    if labels is None and path.is_file() and path.name.lower().endswith(LABEL_SUFFIXES):
-        labels, path = path, path.parent
+    if labels is None and not path.is_dir() and path.name.lower().endswith(LABEL_SUFFIXES):
+        labels, path = path, path.parent  # named by the user: it may be a link to a file anywhere
     if labels is None and path.is_dir() and format in (None, "fairface"):
         labels = _fairface_csv_in(path)
     labels = Path(labels).expanduser() if labels is not None else None
-    if labels is not None and not labels.is_file():  # before guessing a format from its header
-        raise DatasetError(ERR_LABELS_MISSING.format(path=labels))
+    if labels is not None:  # before guessing a format from its header
+        check_regular(labels)
     if format is None:
         format = "utkface" if labels is None else "fairface" if _is_fairface(labels) and columns is None else "csv"
     if format == "utkface" and labels is not None:
@@ -249,38 +267,31 @@ def _read_utkface(path: Path) -> Dataset:
 
 
 def _fairface_csv_in(folder: Path) -> Path | None:
-    found = [p for p in sorted(folder.glob("*.csv")) if _is_fairface(p)]
+    """The one FairFace CSV in a dataset folder. Found, not named by the user: a link out of the folder or a
+    special file among its CSVs is refused before anything is opened."""
+    found = []
+    for p in sorted(folder.glob("*.csv")):
+        if p.is_symlink() and not Path(os.path.realpath(p)).is_relative_to(os.path.realpath(folder)):
+            raise DatasetError(ERR_LABELS_OUTSIDE.format(path=printable(p), target=printable(os.path.realpath(p))))
+        if p.is_dir() or not p.exists():  # a folder called x.csv, a dangling link: not labels
+            continue
+        check_regular(p)
+        if _is_fairface(p):
+            found.append(p)
     return found[0] if len(found) == 1 else None
 
 
 def _is_fairface(labels: Path) -> bool:
-    if labels.suffix.lower() != ".csv" or not labels.is_file():
+    """Whether the first line is FairFace's header, read as the csv module reads it (so quoted names count)."""
+    if labels.suffix.lower() != ".csv":
         return False
     try:
-        with open(labels, encoding="utf-8-sig") as f:
-            header = tuple(c.strip() for c in f.readline().strip().split(","))
-    except (OSError, UnicodeDecodeError):
+        with open_regular(labels) as f:
+            line = f.read(HEADER_BYTES).split(b"\n", 1)[0].decode("utf-8-sig")
+    except (OSError, UnicodeDecodeError):  # SpecialFile is an OSError; read_labels says what is wrong
         return False
+    header = tuple(c.strip() for c in next(csv.reader([line.strip()]), []))
     return header in (FAIRFACE_COLUMNS, (*FAIRFACE_COLUMNS, FAIRFACE_EXTRA))
-
-
-def _read_table(labels: Path) -> pd.DataFrame:
-    if not labels.is_file():
-        raise DatasetError(ERR_LABELS_MISSING.format(path=labels))
-    try:
-        if labels.suffix.lower() in (".parquet", ".pq"):
-            df = pd.read_parquet(labels)
-            df = df.astype(object).where(df.notna(), "").astype(str)
-        else:
-            df = pd.read_csv(labels, dtype=str, keep_default_na=False, encoding="utf-8-sig")
-    except pd.errors.EmptyDataError as e:
-        raise DatasetError(ERR_LABELS_EMPTY.format(path=labels)) from e
-    except (OSError, UnicodeDecodeError, ValueError, pd.errors.ParserError) as e:  # ArrowInvalid is a ValueError
-        raise DatasetError(ERR_LABELS_UNREADABLE.format(path=labels, detail=str(e).strip())) from e
-    if df.empty:
-        raise DatasetError(ERR_LABELS_EMPTY.format(path=labels))
-    df.columns = [str(c).strip() for c in df.columns]
-    return df
 
 
 def _mapping_for(format: str, columns) -> dict:
@@ -290,22 +301,19 @@ def _mapping_for(format: str, columns) -> dict:
     return parse_columns(columns)
 
 
-def _read_labelled(root: Path, labels: Path, format: str, columns) -> Dataset:
+def _read_labelled(root: Path, labels: Path, data: bytes, format: str, columns) -> Dataset:
     m = _mapping_for(format, columns)
-    df = _read_table(labels)
-    for key in ("file", "age", "age_bin", "gender"):
-        if key in m and m[key] not in df.columns:
-            raise DatasetError(ERR_MISSING_COLUMN.format(path=labels, column=m[key], key=key,
-                                                         have=", ".join(df.columns)))
-    for g in m["groups"]:
-        if g not in df.columns:
-            raise DatasetError(ERR_MISSING_COLUMN.format(path=labels, column=g, key="groups",
-                                                         have=", ".join(df.columns)))
+    df = read_table(labels, data)
+    have = printable(", ".join(df.columns))
+    for key, column in [(k, m[k]) for k in ("file", "age", "age_bin", "gender") if k in m] + \
+            [("groups", g) for g in m["groups"]]:
+        if column not in df.columns:
+            raise DatasetError(ERR_MISSING_COLUMN.format(path=printable(labels), column=column, key=key, have=have))
     members = _members(root)
     problems, records, seen = _Problems(), [], set()
     for i, row in enumerate(df.to_dict("records"), start=2):  # row 1 is the header, as a spreadsheet counts
         rec, why = _record(row, m, format)
-        where = f"row {i} ({row[m['file']] or 'no file'})"
+        where = f"row {i} ({printable(row[m['file']]) or 'no file'})"
         if rec is not None and rec.file not in members:
             rec, why = None, (SKIP_FILE, "")
         if rec is not None and rec.file in seen:
@@ -317,10 +325,10 @@ def _read_labelled(root: Path, labels: Path, format: str, columns) -> Dataset:
         records.append(rec)
     problems.warn()
     if not records:
-        raise DatasetError(ERR_NO_RECORDS.format(path=labels))
+        raise DatasetError(ERR_NO_RECORDS.format(path=printable(labels)))
     records = [Record(members[r.file][0], r.age, r.age_bin, r.gender, r.groups) for r in records]
     return Dataset(tuple(records), m["geometry"], format, tuple(m["groups"]), problems.summary(),
-                   _fingerprint(format, m, labels, records, members), root, labels)
+                   _fingerprint(format, m, data, records, members), root, labels)
 
 
 def _record(row: dict, m: dict, format: str) -> tuple[Record | None, tuple[str, str]]:
@@ -334,13 +342,17 @@ def _record(row: dict, m: dict, format: str) -> tuple[Record | None, tuple[str, 
             age = float(row[m["age"]])
         except ValueError:
             return None, (SKIP_AGE, row[m["age"]])
-        if not 0 <= age < float("inf"):
+        if not 0 <= age < math.inf:
             return None, (SKIP_AGE, row[m["age"]])
+        if age > MAX_AGE:  # 300 is a typo or a trap, not an age: it would skew every mean
+            return None, (SKIP_AGE_RANGE, row[m["age"]])
     else:
         try:
             age_bin = parse_age_bin(row[m["age_bin"]])
         except ValueError:
             return None, (SKIP_BIN, row[m["age_bin"]])
+        if age_bin[0] > MAX_AGE:
+            return None, (SKIP_AGE_RANGE, row[m["age_bin"]])
         if format == "fairface" and age_bin not in FAIRFACE_BINS:
             return None, (SKIP_BIN, row[m["age_bin"]])
     raw = row[m["gender"]].strip()
@@ -365,9 +377,9 @@ def _members(root: Path) -> dict[str, tuple[str, int]]:
     return out
 
 
-def _fingerprint(format: str, m: dict, labels: Path, records: list[Record], members: dict) -> str:
+def _fingerprint(format: str, m: dict, data: bytes, records: list[Record], members: dict) -> str:
     h = hashlib.sha256(f"{format}\n{json.dumps(m, sort_keys=True)}\n".encode())
-    h.update(labels.read_bytes())
+    h.update(data)  # the bytes read, not the file read again: it may have changed since
     for r in sorted(records, key=lambda r: r.file):
         h.update(f"{r.file}\t{members[r.file][1]}\n".encode())
     return h.hexdigest()

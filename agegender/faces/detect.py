@@ -7,6 +7,7 @@ import io
 import json
 import os
 import re
+import stat
 import struct
 import threading
 import warnings
@@ -29,6 +30,17 @@ WHY_CORRUPT = "the file is truncated or corrupt"
 # ERR_TOO_LARGE's detail: our limit is PIL's warning threshold, half its hard error's
 TOO_MANY_PIXELS = "{pixels:,} pixels, more than the {limit:,} allowed"
 MORE_THAN_LIMIT = "more than the {limit:,} pixels allowed"
+TOO_MANY_BYTES = "{size:,} bytes, more than the {limit:,} a photo may have"
+MORE_THAN_BYTES = "more than the {limit:,} bytes a photo may have"  # a file that grew while it was read
+WHY_SPECIAL = "not a regular file but {kind}"
+WHY_FOLDER = "is a directory"  # the file system's own words, which the page and the command always said
+# A name may be anything the file system holds: only a regular file is opened, since opening a FIFO
+# blocks until a writer comes and a device (a link to /dev/zero) reads for ever
+SPECIAL_KINDS = {stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFCHR: "a character device",
+                 stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket", stat.S_IFDIR: "a folder"}
+# An uncompressed 24-bit photo at PIL's pixel limit (Image.MAX_IMAGE_PIXELS, 89.5 Mpx) is 268 MB: no
+# file larger than this decodes, so none is read past it
+MAX_PHOTO_BYTES = 300 * 2**20
 
 # What decoding a damaged file raises inside PIL: OSError (truncated data; UnidentifiedImageError
 # is one), SyntaxError and ValueError (broken headers), EOFError, struct.error (short fields), and
@@ -45,6 +57,44 @@ EMPTY_PYRAMID = "expected a non-empty list of Tensors"  # torch.cat's message wh
 
 class UnreadableImage(ValueError):
     """A file that is not an image we can decode; the message names it and says why."""
+
+
+class SpecialFile(OSError):
+    """A name that is not a regular file (a FIFO, a device, a socket, a folder); ``kind`` says which."""
+
+    def __init__(self, kind: str):
+        super().__init__(kind)
+        self.kind = kind
+
+
+def special_kind(mode: int) -> str | None:
+    """What a file of this st_mode is in words, or None for a regular file."""
+    return None if stat.S_ISREG(mode) else SPECIAL_KINDS.get(stat.S_IFMT(mode), "another kind of special file")
+
+
+def open_regular(path: str | os.PathLike):
+    """``path`` opened for reading in binary, only if it is a regular file (a link is followed: what it points at
+    is what would be read). Raises SpecialFile before opening anything else, and checks the file actually
+    opened again, so a FIFO swapped in after the first look cannot block: it is opened without blocking."""
+    kind = special_kind(os.stat(path).st_mode)
+    if kind is not None:
+        raise SpecialFile(kind)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    f = os.fdopen(fd, "rb")
+    kind = special_kind(os.fstat(fd).st_mode)
+    if kind is not None:
+        f.close()
+        raise SpecialFile(kind)
+    return f
+
+
+def read_capped(f, limit: int) -> bytes | None:
+    """The whole of an open regular file, or None when it holds more than ``limit`` bytes: refused on its
+    size before reading, and reading stops one byte past the limit whatever the size said."""
+    if os.fstat(f.fileno()).st_size > limit:
+        return None
+    data = f.read(limit + 1)
+    return None if len(data) > limit else data
 
 
 @dataclass(frozen=True)
@@ -94,17 +144,33 @@ def too_large_detail(e: BaseException) -> str:
 
 
 def _is_empty(source) -> bool:
-    if isinstance(source, bytes):
-        return not source
-    if isinstance(source, (str, os.PathLike)):
-        return os.path.isfile(source) and os.path.getsize(source) == 0
-    return False
+    return isinstance(source, bytes) and not source
+
+
+def _read_photo(path: str | os.PathLike, name: str) -> bytes:
+    """A photo file's bytes: a regular file of at most MAX_PHOTO_BYTES, or UnreadableImage naming it."""
+    try:
+        with open_regular(path) as f:
+            data = read_capped(f, MAX_PHOTO_BYTES)
+            size = os.fstat(f.fileno()).st_size
+    except SpecialFile as e:
+        detail = WHY_FOLDER if e.kind == SPECIAL_KINDS[stat.S_IFDIR] else WHY_SPECIAL.format(kind=e.kind)
+        raise UnreadableImage(ERR_UNREADABLE.format(name=name, detail=detail)) from e
+    except OSError as e:
+        raise UnreadableImage(ERR_UNREADABLE.format(name=name, detail=why_unreadable(e))) from e
+    if data is None:
+        why = TOO_MANY_BYTES if size > MAX_PHOTO_BYTES else MORE_THAN_BYTES
+        detail = why.format(size=size, limit=MAX_PHOTO_BYTES)
+        raise UnreadableImage(ERR_TOO_LARGE.format(name=name, detail=detail))
+    return data
 
 
 def load_photo(source: str | os.PathLike | bytes | io.IOBase, name: str | None = None) -> Image.Image:
     """Any readable image -> RGB, upright by its EXIF orientation. Raises UnreadableImage."""
     if name is None:
         name = str(source) if isinstance(source, (str, os.PathLike)) else getattr(source, "name", "the upload")
+    if isinstance(source, (str, os.PathLike)):
+        source = _read_photo(source, name)
     if _is_empty(source):
         raise UnreadableImage(ERR_UNREADABLE.format(name=name, detail=WHY_EMPTY))
     data = io.BytesIO(source) if isinstance(source, bytes) else source

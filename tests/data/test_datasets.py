@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from agegender.data import datasets as ds
+from agegender.data import labelsfile as lf
 from agegender.data.datasets import FAIRFACE_BINS, Problem, Record, bin_label, bin_of, parse_age_bin, read_dataset
 from agegender.data.utkface import DatasetError
 from agegender.labels import RACES
@@ -239,8 +240,7 @@ def test_an_unreadable_and_a_missing_labels_file(tmp_path):
     labels = tmp_path / "l.csv"
     labels.write_bytes(b"f,a,g\n\xff\xfe,1,0\n")
     msg = error(tmp_path, labels=labels, columns="file=f,age=a,gender=g")
-    assert msg.startswith(f"cannot read the labels file {labels} (")
-    assert msg.endswith("): save it as a UTF-8 CSV or a Parquet file")
+    assert msg == lf.ERR_LABELS_ENCODING.format(path=labels, encoding=lf.LOOKS_LATIN1.format(byte=0xFF, line=2))
     assert error(tmp_path, labels=tmp_path / "no.csv", columns="file=f,age=a,gender=g") == \
         ds.ERR_LABELS_MISSING.format(path=tmp_path / "no.csv")
 
