@@ -92,8 +92,9 @@ def network_sha256() -> str:
 
 
 def _dlib_input(pixels: np.ndarray) -> torch.Tensor:
-    """uint8 N x 150 x 150 x 3 -> dlib's input_rgb_image_sized scaling, (p - mean_c) / 256, N x 3 x 150 x 150."""
-    x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).float()
+    """uint8 N x 150 x 150 x 3 -> dlib's input_rgb_image_sized scaling, (p - mean_c) / 256, N x 3 x 150 x 150.
+    Copied first: torch will not wrap a read-only (memory-mapped cache) array."""
+    x = torch.from_numpy(np.array(pixels)).permute(0, 3, 1, 2).float()
     return (x - torch.tensor(DLIB_MEAN).view(1, 3, 1, 1)) / DLIB_DIVISOR
 
 
