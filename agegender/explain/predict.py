@@ -25,7 +25,7 @@ from ..faces.detect import (
     face_pixels,
     load_photo,
 )
-from ..labels import DEFAULT_BAND, called_female, check_band, gender_label
+from ..labels import DEFAULT_BAND, called_female, check_band, gender_label, printable
 from ..models.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from ..models.interval import NO_INTERVAL, age_text, predict_with_interval
 from ..models.preprocess import centre_crop
@@ -243,16 +243,16 @@ def main(argv: list[str] | None = None) -> int:
     for path in args.images:
         r = run_file(path, ckpt, detector, args.min_confidence, args.cam_dir, args.method)
         results.append(r)
-        if r.error:  # every message names the file
-            print(f"error: {r.error}", file=sys.stderr)
+        if r.error:  # every message names the file: escaped, so a newline in a name cannot forge a line
+            print(f"error: {printable(r.error)}", file=sys.stderr)
         if not args.json:
             for i, f in enumerate(r.faces):
                 conf = "" if f.confidence is None else f" (detection {f.confidence:.2f})"
                 if f.predicted:
-                    print(f"{path} face {i + 1}{conf}: age {f.age_text()}, P(female) {f.p_female:.2f} "
+                    print(f"{printable(path)} face {i + 1}{conf}: age {f.age_text()}, P(female) {f.p_female:.2f} "
                           f"-> {f.gender_call(band)}")
                 else:
-                    print(f"{path} face {i + 1}{conf}: below --min-confidence, not predicted")
+                    print(f"{printable(path)} face {i + 1}{conf}: below --min-confidence, not predicted")
     if args.json:
         print(json.dumps([r.to_json(band) for r in results], indent=2))
     return 2 if any(r.error for r in results) else 0
