@@ -15,11 +15,17 @@ formatting while the cells stay numbers, so columns still sort by value and down
 the frame, not the Styler) keep the raw figures. display() gives the same text as a frame of strings.
 st.dataframe draws a null cell (NaN, None) as its own placeholder, "None" by default, whatever the Styler
 says: pass ``placeholder=MISSING`` with every styled table, or one table reads "None" and the next "–".
+
+Every CSV the dashboard offers for download goes through csv_download(): a text cell (a group value from
+someone's labels file) that a spreadsheet would run as a formula gets a leading single quote. It lives here,
+with the other ways a table is shown, because it must be torch-free for every page and it changes how a
+table reads, never its figures. Files the commands write (predictions CSVs) keep the data as it is.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -211,3 +217,33 @@ def interval_text(name: str, lo, hi, *, delta: bool = False) -> str:
     """An interval of a metric: "[1.40 y, 1.70 y]"."""
     return f"[{metric_text(name, lo, delta=delta)}, {metric_text(name, hi, delta=delta)}]"
 
+
+# OWASP's rule for CSV injection: a cell starting with one of these runs as a formula in Excel, LibreOffice
+# and Google Sheets (a tab or carriage return first is trimmed by some, leaving the formula)
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+NEUTRALISE = "'"  # a leading single quote: the spreadsheet shows the text, runs nothing
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")  # "-3.5", "+2", "1e-3": data, not a formula
+
+
+def safe_cell(value):
+    """``value`` as a spreadsheet may safely read it: text that would run as a formula gets NEUTRALISE in
+    front; a number, text that is just a number ("-3.5") and missing values stay as they are."""
+    if value is None or isinstance(value, (int, float, complex)):  # bool and numpy floats too; other numpy
+        # scalars print as numbers, which _NUMBER lets through
+        return value
+    text = value if isinstance(value, str) else str(value)  # to_csv writes any other object as its str
+    bare = text.lstrip(" ")  # a space first is skipped by some spreadsheets: " =1+1" still runs
+    if bare.startswith(FORMULA_STARTS) and not _NUMBER.fullmatch(bare.strip()):
+        return NEUTRALISE + text
+    return value
+
+
+def csv_download(df: pd.DataFrame) -> str:
+    """``df`` as the CSV text a page offers for download (no index): every text cell and column name a
+    spreadsheet would run as a formula is neutralised by safe_cell; figures stay numbers."""
+    out = df.copy()
+    out.columns = [safe_cell(str(c)) for c in out.columns]
+    for i, dtype in enumerate(out.dtypes):
+        if not (pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_datetime64_any_dtype(dtype)):
+            out.isetitem(i, out.iloc[:, i].astype(object).map(safe_cell))
+    return out.to_csv(index=False)

@@ -158,7 +158,7 @@ st.subheader("All groups")
 st.dataframe(tables.styled(shown).apply(lambda r: ["color: #999" if r["too_small"] else "" for _ in r], axis=1),
              hide_index=True, placeholder=tables.MISSING)
 d1, d2 = st.columns(2)
-d1.download_button("Groups (CSV)", shown.to_csv(index=False), f"bias-{ckpt.name}-{source}-{grouping}.csv", "text/csv")
+d1.download_button("Groups (CSV)", tables.csv_download(shown), f"bias-{ckpt.name}-{source}-{grouping}.csv", "text/csv")
 if d2.button("Prepare the HTML report (all groupings)", key="bias_html"):
     d2.download_button("Download the HTML report", html_cached(str(ckpt.path), source, stamp, int(min_count), leave),
                        f"bias-{ckpt.name}-{source}{f'-without-{mode}' if leave else ''}.html", "text/html")

@@ -203,6 +203,6 @@ if picked:
                "where a set has exact ages (MAE), in percentage points of bin "
                "accuracy where it has age bins only. Cells not evaluated yet are left empty: evaluate above.")
     st.dataframe(crossdata.cross_display(cross), hide_index=True, placeholder=tables.MISSING)
-    st.download_button("Table (CSV)", cross.to_csv(index=False), "cross-dataset.csv", "text/csv", key="es_csv")
+    st.download_button("Table (CSV)", tables.csv_download(cross), "cross-dataset.csv", "text/csv", key="es_csv")
 else:
     st.info(NO_PICK)

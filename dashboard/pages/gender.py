@@ -125,7 +125,7 @@ st.caption(f"Settings: **{genderband.PLAIN}** called female at P ≥ {threshold:
            f"**{genderband.LOWER_EDGE}** and **{genderband.UPPER_EDGE}** each edge used as the threshold. "
            "Rates with Wilson 95% intervals.")
 st.dataframe(tables.styled(what_if.by_group, genderband.FORMATS), hide_index=True, placeholder=tables.MISSING)
-st.download_button("What-if table (CSV)", what_if.by_group.to_csv(index=False),
+st.download_button("What-if table (CSV)", tables.csv_download(what_if.by_group),
                    f"gender-threshold-{ckpt.name}-{source}-{grouping}.csv", "text/csv")
 
 st.subheader("Error rates against the threshold, per group")
@@ -136,5 +136,5 @@ st.caption(f"Per group of {grouping}: women called men and men called women, eac
            f"1. The band moves with the threshold as the sliders move it: from {threshold - band[0]:.2f} below it to "
            f"{band[1] - threshold:.2f} above (shifted back inside [0, 1] at the ends). At the dotted line, the "
            f"threshold now: the **{genderband.BANDED}** rows of the table above.")
-st.download_button("Rates against the threshold (CSV)", sweep.to_csv(index=False),
+st.download_button("Rates against the threshold (CSV)", tables.csv_download(sweep),
                    f"gender-threshold-sweep-{ckpt.name}-{source}-{grouping}.csv", "text/csv")

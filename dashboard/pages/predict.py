@@ -131,7 +131,7 @@ if not table.empty:
     st.divider()
     st.dataframe(tables.styled(table), hide_index=True, placeholder=tables.MISSING)
     d1, d2, d3 = st.columns(3)
-    d1.download_button("Predictions (CSV)", table.to_csv(index=False), "predictions.csv", "text/csv")
+    d1.download_button("Predictions (CSV)", tables.csv_download(table), "predictions.csv", "text/csv")
     d2.download_button("Predictions (JSON)", results_json(results, opt.band), "predictions.json", "application/json")
     if overlays:
         d3.download_button("Overlays of the faces shown (PNG, zip)", zip_bytes(overlays), "overlays.zip",
