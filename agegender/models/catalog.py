@@ -40,7 +40,8 @@ def list_checkpoints(root: str | os.PathLike) -> list[Path]:
 
 def default_pick(paths: list[Path]) -> list[Path]:
     """The checkpoint a fresh session starts on: the first usable one (its meta.json sound) trained without
-    bias mitigation (the baseline a mitigated one is read against), else the first usable, else the first."""
+    bias mitigation (the baseline a mitigated one is read against), else the first usable; none where none is
+    usable (a session, or the dashboard's warm-up, never starts on a checkpoint that cannot load)."""
     usable = []
     for p in paths:
         try:
@@ -50,7 +51,7 @@ def default_pick(paths: list[Path]) -> list[Path]:
         if not meta.get("balance"):
             return [p]
         usable.append(p)
-    return (usable or paths)[:1]
+    return usable[:1]
 
 
 def problem_of(path: str | os.PathLike) -> str | None:

@@ -129,6 +129,7 @@ def test_the_catalog_lists_the_good_among_bad_ones(mixed):
     paths = catalog.list_checkpoints(mixed)
     assert [p.name for p in paths] == ["deep", "good", "huge", "nan", "words"]
     assert catalog.default_pick(paths) == [mixed / "good"]  # a fresh session starts on one that works
+    assert catalog.default_pick([p for p in paths if p.name != "good"]) == []  # never on one that cannot load
     problems = {p.name: catalog.problem_of(p) for p in paths}
     assert problems["good"] is None
     assert problems["deep"] == ERR_BAD_META.format(path=mixed / "deep", META=META, detail=TOO_DEEP)
