@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..faces.detect import open_regular
+from ..faces.detect import WHY_SPECIAL, SpecialFile, open_regular, read_capped
 from ..labels import (  # noqa: F401 - the age-bin names are part of this module's interface
     ERR_BIN,
     ERR_BIN_OF,
@@ -87,6 +87,8 @@ ERR_MAPPING_REQUIRED = "the column mapping has no {key}=COLUMN: add it (the colu
 ERR_GENDER_MAP = "cannot read gender_map {text!r}: write VALUE=0 for male and VALUE=1 for female, e.g. F=1,M=0"
 ERR_GEOMETRY = "geometry {value!r}: use chips (aligned face crops) or photos (detect and align first)"
 ERR_TOML = "cannot read the column mapping {path} ({detail}): write key = \"value\" lines, e.g. file = \"path\""
+MAPPING_BYTES = 2**20  # a column mapping is a few lines: a larger .toml is not one
+MAPPING_TOO_LARGE = f"more than {MAPPING_BYTES:,} bytes, which no column mapping needs"
 
 
 @dataclass(frozen=True)
@@ -185,11 +187,18 @@ def _read_toml(path: Path) -> dict:
     try:
         import tomllib  # Python 3.11+; older Pythons pass the mapping as a string instead
     except ImportError as e:
-        raise DatasetError(ERR_TOML.format(path=path, detail="tomllib needs Python 3.11")) from e
+        raise DatasetError(ERR_TOML.format(path=printable(path), detail="tomllib needs Python 3.11")) from e
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-        raise DatasetError(ERR_TOML.format(path=path, detail=e)) from e
+        with open_regular(path) as f:  # a FIFO named x.toml would block a plain read for ever
+            raw = read_capped(f, MAPPING_BYTES)
+        if raw is None:
+            raise DatasetError(ERR_TOML.format(path=printable(path), detail=MAPPING_TOO_LARGE))
+        data = tomllib.loads(raw.decode("utf-8"))
+    except SpecialFile as e:
+        raise DatasetError(ERR_TOML.format(path=printable(path), detail=WHY_SPECIAL.format(kind=e.kind))) from e
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError) as e:  # nested a few
+        # thousand levels deep, tomllib recurses out
+        raise DatasetError(ERR_TOML.format(path=printable(path), detail=printable(str(e) or type(e).__name__))) from e
     return data.get("columns", data)  # top-level keys, or a [columns] table
 
 

@@ -229,3 +229,21 @@ def test_utf8_with_a_byte_order_mark_reads_as_utf8(tmp_path):
     labels = labels_file(tmp_path, codecs.BOM_UTF8 + b"f,a,g\nval/1.jpg,30,f\nval/2.jpg,31,m\n")
     d = within(read_dataset, tmp_path, labels=labels, columns="file=f,age=a,gender=g")
     assert [(r.file, r.age, r.gender) for r in d.records] == [("val/1.jpg", 30.0, 1), ("val/2.jpg", 31.0, 0)]
+
+
+# ---- the column mapping's .toml: the same rules ------------------------------------------------------------
+
+@needs_fifo
+def test_a_mapping_toml_that_is_a_fifo_huge_or_deeply_nested_says_so(tmp_path):
+    labels = labels_file(tmp_path, b"f,a,g\nval/1.jpg,30,f\n")
+    fifo = tmp_path / "map.toml"
+    os.mkfifo(fifo)
+    assert message(tmp_path, labels=labels, columns=fifo) == ds.ERR_TOML.format(
+        path=fifo, detail=ds.WHY_SPECIAL.format(kind="a FIFO (named pipe)"))
+    big = tmp_path / "big.toml"
+    with open(big, "wb") as f:
+        f.truncate(ds.MAPPING_BYTES + 1)
+    assert message(tmp_path, labels=labels, columns=big) == ds.ERR_TOML.format(path=big, detail=ds.MAPPING_TOO_LARGE)
+    deep = tmp_path / "deep.toml"
+    deep.write_text("file = " + "[" * 50_000 + "]" * 50_000 + "\n")
+    assert message(tmp_path, labels=labels, columns=deep).startswith(f"cannot read the column mapping {deep} (")
