@@ -4,6 +4,10 @@ Each allow-list comes from an environment variable (folders separated by os.path
 key in .streamlit/secrets.toml (a list of folders, or one string like the variable), which the
 dashboard reads and passes in. Unset, every path is allowed: local use. A path is allowed when,
 with ``~``, ``..`` and symlinks resolved, it is one of the roots or lies under one. Imports no torch.
+
+Only a dataset's root is checked here: what lies under it is kept inside it by the member rule
+(agegender.data.members), which reads nothing but regular files inside the resolved root, never a link,
+whatever the allow-list says; so a link in an allowed dataset cannot reach a file outside it.
 """
 
 from __future__ import annotations

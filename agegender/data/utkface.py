@@ -7,8 +7,11 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
+import stat
 import tarfile
+import time
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -31,6 +34,7 @@ from ..faces.detect import (
 )
 from ..labels import MalformedName, image_key, parse_name
 from ..meta import atomic_write, atomic_write_text, read_meta
+from .members import EXAMPLES, list_members, read_members
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +43,6 @@ SPLITS = ("train", "val", "test")
 SPLIT_RULE = "sha1(image_key) -> first 8 hex digits / 2**32: < 0.8 train, < 0.9 val, else test"
 # the next 8 hex digits: bits split_of never reads, so every fold holds train, val and test images alike
 FOLD_RULE = "sha1(image_key) -> hex digits 9 to 16 as an integer, modulo the number of folds"
-EXAMPLES = 3  # how many offending names a report quotes
 WHY_NO_BYTES = "its bytes could not be read from the dataset"
 
 
@@ -114,7 +117,8 @@ def _is_image(member: str) -> bool:
     )
 
 
-def _kind(path: Path) -> str:
+def dataset_kind(path: Path) -> str:
+    """folder, zip or tar, from the path alone: nothing is listed or read."""
     if path.is_dir():
         return "folder"
     name = path.name.lower()
@@ -125,30 +129,16 @@ def _kind(path: Path) -> str:
     raise DatasetError(ERR_NOT_IMAGES.format(path=path))
 
 
-def _list_members(path: Path, kind: str) -> list[tuple[str, int]]:
-    if kind == "folder":
-        out = []
-        for root, _dirs, files in os.walk(path):
-            for f in files:
-                p = Path(root) / f
-                out.append((p.relative_to(path).as_posix(), p.stat().st_size))
-        return out
-    if kind == "zip":
-        with zipfile.ZipFile(path) as z:
-            return [(i.filename, i.file_size) for i in z.infolist() if not i.is_dir()]
-    with tarfile.open(path, "r:*") as t:
-        return [(m.name, m.size) for m in t.getmembers() if m.isfile()]
-
-
 def list_images(path: Path) -> tuple[str, list[tuple[str, int]]]:
     """The kind of ``path`` (folder, zip or tar) and its image members with their sizes: every
-    dataset format reads its images through this."""
-    kind = _kind(path)
+    dataset format reads its images through this. Only members that may be read are listed
+    (agegender.data.members: regular files inside the dataset, size-capped); the others are reported once."""
+    kind = dataset_kind(path)
     try:
-        members = _list_members(path, kind)
-    except (zipfile.BadZipFile, tarfile.TarError, OSError) as e:
+        listing = list_members(path, kind, _is_image)
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as e:
         raise DatasetError(ERR_ARCHIVE.format(path=path, kind=kind, detail=e)) from e
-    return kind, [(m, size) for m, size in members if _is_image(m)]
+    return kind, listing.members
 
 
 def scan(path: str | os.PathLike) -> Scan:
@@ -191,30 +181,9 @@ def iter_bytes(scan_: Scan, samples: list[Sample]) -> Iterator[tuple[Sample, byt
 
 def member_bytes(path: Path, kind: str, members: list[str]) -> Iterator[tuple[str, bytes | None]]:
     """Yield each member of a folder, zip or tar (``kind`` as list_images gives it) with its bytes, None
-    when it cannot be read; in ``members`` order for folders and zips, in archive order for tars."""
-    if kind == "folder":
-        for m in members:
-            try:
-                yield m, (path / m).read_bytes()
-            except OSError:
-                yield m, None
-    elif kind == "zip":
-        with zipfile.ZipFile(path) as z:
-            for m in members:
-                try:
-                    yield m, z.read(m)
-                except (OSError, zipfile.BadZipFile, KeyError):
-                    yield m, None
-    else:
-        wanted = set(members)
-        with tarfile.open(path, "r:*") as t:
-            for info in t:
-                if info.name not in wanted:
-                    continue
-                wanted.discard(info.name)
-                f = t.extractfile(info)
-                yield info.name, f.read() if f is not None else None
-        yield from ((m, None) for m in members if m in wanted)
+    when it cannot be read or the member rule (agegender.data.members) refuses it; in ``members`` order
+    for folders and zips, in archive order for tars."""
+    yield from read_members(path, kind, members)
 
 
 def decode(data: bytes | None, size: int, name: str = "the image") -> np.ndarray:
@@ -296,6 +265,9 @@ def load_images(scan_: Scan, samples: list[Sample], size: int, progress: bool = 
     return Images([kept[i] for i in order], pixels, list(why), why)
 
 
+CACHE_PREFIX = "utk"  # the decoded-image cache's files: utk-FINGERPRINT-SIZEpx.npy and .json
+
+
 def default_cache_dir() -> Path:
     return Path(os.environ.get("AGEGENDER_CACHE", Path.home() / ".cache" / "agegender"))
 
@@ -311,6 +283,43 @@ def _free_bytes(folder: Path) -> int | None:
         return None
 
 
+# A cache file is written under a temporary name beside it and renamed into place (meta.atomic_write names it
+# `.NAME.tmpXXXXXXXX`, NAME the cache file's own name, which starts with the cache's prefix); a kill between the
+# two leaves it behind. Such a file lives only while one cache file is written (seconds to minutes, a few GB at
+# most), and every write moves its mtime, so one untouched for a day belongs to no live writer, even with
+# several evaluations sharing the cache on a slow disk: older than this, it is removed when a run starts.
+STALE_TEMP_HOURS = 24
+INFO_REMOVED_TEMPS = "removed {n} temporary file(s) that killed runs left in the cache {folder}: {examples}"
+
+
+def temp_pattern(prefix: str) -> re.Pattern:
+    """The names atomic_write gives the temporary files of a cache whose files are named ``prefix``-HASH-..."""
+    return re.compile(rf"\.{re.escape(prefix)}-[0-9a-f]{{20}}-[^/]+\.tmp\w+")
+
+
+def remove_stale_temps(folder: Path, prefix: str, now: float | None = None) -> list[Path]:
+    """Remove the temporary files of the ``prefix`` cache in ``folder`` untouched for STALE_TEMP_HOURS, which
+    only a killed writer leaves; returns them. Nothing else in the folder is touched."""
+    now = time.time() if now is None else now
+    pattern, removed = temp_pattern(prefix), []
+    try:
+        candidates = [p for p in folder.iterdir() if pattern.fullmatch(p.name)]
+    except OSError:  # no cache folder yet, or one we cannot list: nothing to clean
+        return []
+    for p in candidates:
+        try:
+            st = p.lstat()
+            if stat.S_ISREG(st.st_mode) and now - st.st_mtime > STALE_TEMP_HOURS * 3600:
+                p.unlink()
+                removed.append(p)
+        except OSError:  # another run removed it first, or it is not ours to remove
+            continue
+    if removed:
+        log.info(INFO_REMOVED_TEMPS.format(n=len(removed), folder=folder,
+                                           examples=", ".join(p.name for p in removed[:EXAMPLES])))
+    return removed
+
+
 def _atomic_save_npy(path: Path, arr: np.ndarray) -> None:
     with atomic_write(path) as tmp, open(tmp, "wb") as f:
         np.save(f, arr)
@@ -322,7 +331,8 @@ def cached_images(scan_: Scan, size: int, cache_dir: str | os.PathLike | None = 
     the dataset fingerprint and the size; a second run loads it in seconds. ``in_memory`` reads
     it into RAM (training gathers random batches) rather than memory-mapping it."""
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-    stem = cache_dir / f"utk-{scan_.fingerprint[:20]}-{size}px"
+    remove_stale_temps(cache_dir, CACHE_PREFIX)
+    stem = cache_dir / f"{CACHE_PREFIX}-{scan_.fingerprint[:20]}-{size}px"
     npy, index = stem.with_suffix(".npy"), stem.with_suffix(".json")
     by_member = {s.member: s for s in scan_.samples}
     if npy.exists() and index.exists():

@@ -25,7 +25,15 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..data.datasets import Dataset
-from ..data.utkface import EXAMPLES, WHY_NO_BYTES, decode, default_cache_dir, list_images, member_bytes
+from ..data.utkface import (
+    EXAMPLES,
+    WHY_NO_BYTES,
+    dataset_kind,
+    decode,
+    default_cache_dir,
+    member_bytes,
+    remove_stale_temps,
+)
 from ..faces.detect import (
     ERR_UNREADABLE,
     MIN_CONFIDENCE,
@@ -49,6 +57,7 @@ BATCH = 32  # photos per MTCNN batch; photos are held in memory this many at a t
 # Bump when detection or the pick rule changes; the template's own hash is added to it.
 PICK_RULE = "v1: confident faces (MTCNN p >= 0.9), the box centre nearest the photo centre"
 WARN_UNREADABLE = "skipped {n} unreadable image(s): {examples}"
+CACHE_PREFIX = "evalset"  # the crop cache's files: evalset-FINGERPRINT-GEOMETRY-ALIGNMENT-SIZEpx.npz and .json
 
 # An evaluation's stages, in order, as its progress callback names them: the faces of photos are found
 # (detection, alignment) and chips read; then the model scores the found ones in batches.
@@ -109,7 +118,8 @@ def dataset_crops(ds: Dataset, size: int, cache_dir: str | os.PathLike | None = 
     """Every record of ``ds`` as an aligned ``size`` px face, through the on-disk cache. ``progress(done,
     total)`` is called as images are processed (the dashboard's progress bar); the command line gets tqdm."""
     folder = Path(cache_dir) if cache_dir else default_cache_dir()
-    stem = folder / f"evalset-{ds.fingerprint[:20]}-{ds.geometry}-{alignment_key()}-{size}px"
+    remove_stale_temps(folder, CACHE_PREFIX)  # written through atomic_write: `.evalset-....npz.tmpXXXXXXXX`
+    stem = folder / f"{CACHE_PREFIX}-{ds.fingerprint[:20]}-{ds.geometry}-{alignment_key()}-{size}px"
     cached = _read_cache(stem, ds)
     if cached is not None:
         _warn(cached.unreadable)
@@ -129,7 +139,7 @@ def _make_crops(ds: Dataset, size: int, progress) -> Crops:
     found = np.zeros(n, bool)
     conf, box, marks = np.full(n, np.nan), np.full((n, 4), np.nan), np.full((n, 5, 2), np.nan)
     unreadable: dict[str, str] = {}
-    kind, _ = list_images(ds.root)
+    kind = dataset_kind(ds.root)  # listed when the dataset was read; listing again would repeat its warnings
     position = {f: i for i, f in enumerate(files)}
     detector = None
     pending: list[tuple[int, object]] = []  # photos waiting for a batched detection
