@@ -34,7 +34,7 @@ from torch import nn
 from ..faces.detect import resize_image
 from ..meta import atomic_write, atomic_write_text, sha256_file
 from . import dlib_convert
-from .dlibnet import DLIB_DIVISOR, DLIB_MEAN, DLIB_SIZE, EMBEDDING, DlibResNet
+from .dlibnet import DLIB_DIVISOR, DLIB_MEAN, DLIB_SIZE, EMBEDDING, DlibResNet, Residual
 
 WEIGHTS_DIR = Path(__file__).with_name("weights")
 WEIGHTS = WEIGHTS_DIR / "dlib_face_recognition.safetensors"
@@ -65,9 +65,9 @@ def _expected_sha256(provenance: Path) -> str:
 
 
 def load_network(weights: Path = WEIGHTS, provenance: Path = PROVENANCE) -> nn.Module:
-    """The descriptor network in fp32, eval mode, its input layer removed (``descriptors`` scales pixels as dlib
-    does, exactly, instead of going through the ImageNet normalisation the trunk takes in training).
-    Checks the file's sha256 against the provenance file first."""
+    """The descriptor network in fp32, eval mode, for inference only: its input layer removed (``descriptors``
+    scales pixels as dlib does, exactly, not through the ImageNet normalisation the trunk takes in training)
+    and the affines folded into the convolutions. Checks the file's sha256 against the provenance file first."""
     if not weights.is_file():
         raise FaceRecError(ERR_MISSING.format(path=weights))
     expected, found = _expected_sha256(provenance), sha256_file(weights)
@@ -76,7 +76,23 @@ def load_network(weights: Path = WEIGHTS, provenance: Path = PROVENANCE) -> nn.M
     net = DlibResNet()
     net.load_state_dict({k: v.float() for k, v in load_file(str(weights)).items()})
     net.input = nn.Identity()
-    return net.eval()
+    _fold_affines(net)
+    return net.eval().to(memory_format=torch.channels_last)
+
+
+def _fold_affines(net: DlibResNet) -> None:
+    """Each conv followed by an affine becomes one conv, (gamma W) x + (gamma b + beta): the same function
+    (3e-7 apart in the descriptor), one pass over the activations less per layer. With channels_last, which
+    oneDNN's CPU convolutions prefer, the forward runs about 1.6x faster on 2 cores."""
+    pairs = [(net, "conv1", "affine1")]
+    pairs += [(m, c, a) for m in net.modules() if isinstance(m, Residual) for c, a in (("conv1", "affine1"),
+                                                                                        ("conv2", "affine2"))]
+    with torch.no_grad():
+        for module, conv_name, affine_name in pairs:
+            conv, affine = getattr(module, conv_name), getattr(module, affine_name)
+            conv.weight.mul_(affine.weight.view(-1, 1, 1, 1))
+            conv.bias.mul_(affine.weight).add_(affine.bias)
+            setattr(module, affine_name, nn.Identity())
 
 
 @functools.cache
@@ -94,7 +110,7 @@ def network_sha256() -> str:
 def _dlib_input(pixels: np.ndarray) -> torch.Tensor:
     """uint8 N x 150 x 150 x 3 -> dlib's input_rgb_image_sized scaling, (p - mean_c) / 256, N x 3 x 150 x 150.
     Copied first: torch will not wrap a read-only (memory-mapped cache) array."""
-    x = torch.from_numpy(np.array(pixels)).permute(0, 3, 1, 2).float()
+    x = torch.from_numpy(np.array(pixels)).permute(0, 3, 1, 2).float()  # N x H x W x C in memory: channels_last
     return (x - torch.tensor(DLIB_MEAN).view(1, 3, 1, 1)) / DLIB_DIVISOR
 
 

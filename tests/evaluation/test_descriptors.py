@@ -19,6 +19,7 @@ from PIL import Image
 from agegender.data.datasets import read_dataset
 from agegender.data.utkface import scan
 from agegender.evaluation import descriptors as D
+from agegender.evaluation import leakage
 from agegender.models import facerec
 
 from ..conftest import make_dataset
@@ -118,3 +119,49 @@ def test_photo_set_uses_the_aligned_faces(tmp_path):
     again = D.photo_descriptors(ds, tmp_path / "cache")
     assert again.from_cache and list(again.found) == [True, True, False]
     np.testing.assert_array_equal(again.vectors, d.vectors)
+
+
+def brute_force(query, reference):
+    """The nearest reference of each query by a plain loop in float64: what leakage.nearest must equal."""
+    index, distance = [], []
+    for q in query.astype(np.float64):
+        if not np.isfinite(q).all():
+            index.append(-1)
+            distance.append(np.nan)
+            continue
+        d = np.linalg.norm(reference.astype(np.float64) - q, axis=1)
+        d[~np.isfinite(d)] = np.inf
+        index.append(int(d.argmin()))
+        distance.append(float(d.min()))
+    return np.array(index), np.array(distance)
+
+
+@pytest.mark.parametrize("blocks", [(7, 11), (1, 1), (1024, 8192)])
+def test_nearest_equals_a_brute_force_loop(blocks):
+    rng = np.random.default_rng(2)
+    reference = rng.normal(0, 0.09, (300, 128)).astype(np.float32)  # dlib-like scale: distances ~0.5-1.4
+    query = rng.normal(0, 0.09, (120, 128)).astype(np.float32)
+    query[:10] = reference[rng.integers(0, 300, 10)] + rng.normal(0, 0.01, (10, 128))  # near copies
+    query[10] = reference[5]  # an exact copy: distance 0
+    query[11] = np.nan  # a photo with no face
+    reference[7] = np.nan
+    got = leakage.nearest(query, reference, *blocks)
+    want_index, want_distance = brute_force(query, reference)
+    np.testing.assert_array_equal(got.index, want_index)
+    np.testing.assert_allclose(got.distance, want_distance, atol=1e-6)
+    assert got.index[10] == 5 and got.distance[10] == 0 and got.index[11] == -1
+
+
+def test_nearest_without_references():
+    got = leakage.nearest(np.zeros((3, 128), np.float32), np.full((2, 128), np.nan, np.float32))
+    assert list(got.index) == [-1, -1, -1] and np.isnan(got.distance).all()
+    assert len(leakage.nearest(np.zeros((0, 128)), np.zeros((4, 128))).index) == 0
+
+
+def test_leakage_search_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, agegender.evaluation.leakage; print('torch' in sys.modules)"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.stdout.strip() == "False", run.stderr
