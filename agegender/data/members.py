@@ -28,13 +28,15 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..faces.detect import special_kind
 from ..labels import printable
 
 log = logging.getLogger(__name__)
 
 # A face image is a JPEG or PNG of a few MB at most: UTKFace's chips are ~10 KB, FairFace's padded crops ~30 KB,
 # a 24-megapixel camera JPEG ~10 MB and the same photo as a PNG ~40 MB. 64 MB admits all of them, while one read
-# (a zip bomb's member, a file that never ends) can never hold more than this in memory.
+# (a zip bomb's member, a file that never ends) can never hold more than this in memory. (predict takes a user's
+# one photo up to faces.detect.MAX_PHOTO_BYTES, which any decodable file fits; a face set's member is a crop.)
 MAX_MEMBER_BYTES = 64 * 2**20
 EXAMPLES = 3  # how many offending names a report quotes
 
@@ -42,10 +44,6 @@ EXAMPLES = 3  # how many offending names a report quotes
 WHY_SYMLINK = "a symbolic link"
 WHY_LINKED_FOLDER = "a folder reached through a symbolic link"
 WHY_HARD_LINK = "a hard link"
-WHY_FIFO = "a FIFO"
-WHY_DEVICE = "a device"
-WHY_SOCKET = "a socket"
-WHY_SPECIAL = "not a regular file"
 WHY_OUTSIDE = "a path out of the dataset"
 WHY_TOO_LARGE = "over the {cap} MB an image may take"
 WARN_SKIPPED = ("skipped {n} member(s) of {root} that are never read (only regular files inside the dataset, "
@@ -60,7 +58,8 @@ _TAR_ERRORS = (OSError, EOFError, tarfile.TarError, zlib.error)
 
 
 class Refused(Exception):
-    """A member that the rule does not read; the message says why (one of the WHY_ constants)."""
+    """A member that the rule does not read; the message says why (a WHY_ constant, or faces.detect's words for
+    a special file)."""
 
 
 @dataclass
@@ -82,14 +81,9 @@ def why_not_read(mode: int, size: int) -> str:
     '' when it may be. The one rule for folders, zips and tars."""
     if stat.S_ISLNK(mode):
         return WHY_SYMLINK
-    if stat.S_ISFIFO(mode):
-        return WHY_FIFO
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return WHY_DEVICE
-    if stat.S_ISSOCK(mode):
-        return WHY_SOCKET
-    if not stat.S_ISREG(mode):
-        return WHY_SPECIAL
+    kind = special_kind(mode)  # a FIFO, a device, a socket: in the words predict uses for them
+    if kind is not None:
+        return kind
     return too_large() if size > MAX_MEMBER_BYTES else ""
 
 
@@ -141,7 +135,10 @@ def _list_folder(root: Path, wanted: Callable[[str], bool]) -> Listing:
             continue  # a subfolder we may not enter, as os.walk skips it
         for e in entries:
             name = f"{rel}/{e.name}" if rel else e.name
-            st = e.stat(follow_symlinks=False)
+            try:
+                st = e.stat(follow_symlinks=False)
+            except OSError:  # removed since the folder was listed
+                continue
             if stat.S_ISDIR(st.st_mode):
                 stack.append(name)
             elif stat.S_ISLNK(st.st_mode) and e.is_dir():  # e.is_dir follows the link, never the walk
@@ -246,7 +243,7 @@ def _tar_entries(t: tarfile.TarFile) -> dict[str, tuple[str, int, tarfile.TarInf
             out.pop(info.name, None)
             continue
         mode = (stat.S_IFREG if info.isreg() else stat.S_IFLNK if info.issym() else stat.S_IFIFO if info.isfifo()
-                else stat.S_IFCHR if info.ischr() or info.isblk() else 0)
+                else stat.S_IFCHR if info.ischr() else stat.S_IFBLK if info.isblk() else 0)
         why = WHY_HARD_LINK if info.islnk() else why_not_read(mode, info.size)
         out[info.name] = (why, info.size, info)
     return out
