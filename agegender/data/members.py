@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..faces.detect import special_kind
+from ..faces.detect import open_regular, special_kind
 from ..labels import printable
 
 log = logging.getLogger(__name__)
@@ -96,14 +96,15 @@ def warn_skipped(root: Path, skipped: dict[str, str]) -> None:
 
 def list_members(path: Path, kind: str, wanted: Callable[[str], bool]) -> Listing:
     """The members of a folder, zip or tar whose names ``wanted`` accepts, those that may be read apart from
-    those that may not (a folder reached through a link is named whatever its name). Reports the latter."""
+    those that may not (a folder reached through a link is named whatever its name). Reports the latter. An
+    archive that is not a regular file (a FIFO named x.zip) raises faces.detect.SpecialFile, unopened."""
     if kind == "folder":
         listing = _list_folder(Path(path).resolve(), wanted)
     elif kind == "zip":
-        with zipfile.ZipFile(path) as z:
+        with open_regular(path) as f, zipfile.ZipFile(f) as z:
             listing = _listing(_zip_entries(z), wanted)
     else:
-        with tarfile.open(path, "r:*") as t:
+        with open_regular(path) as f, tarfile.open(fileobj=f, mode="r:*") as t:
             listing = _listing(_tar_entries(t), wanted)
     warn_skipped(path, listing.skipped)
     return listing
@@ -262,7 +263,7 @@ def _listing(entries: dict, wanted: Callable[[str], bool]) -> Listing:
 
 
 def _read_zip(path: Path, members: list[str], refused: dict[str, str]) -> Iterator[tuple[str, bytes | None]]:
-    with zipfile.ZipFile(path) as z:
+    with open_regular(path) as archive, zipfile.ZipFile(archive) as z:
         entries = _zip_entries(z)
         for m in members:
             data = None
@@ -282,7 +283,7 @@ def _read_zip(path: Path, members: list[str], refused: dict[str, str]) -> Iterat
 
 def _read_tar(path: Path, members: list[str], refused: dict[str, str]) -> Iterator[tuple[str, bytes | None]]:
     wanted = set(members)
-    with tarfile.open(path, "r:*") as t:
+    with open_regular(path) as archive, tarfile.open(fileobj=archive, mode="r:*") as t:
         entries = _tar_entries(t)
         for m in sorted(wanted & entries.keys()):
             if entries[m][0]:

@@ -28,7 +28,7 @@ from agegender.data.members import (
     WHY_SYMLINK,
     Refused,
 )
-from agegender.data.utkface import list_images, load_images, member_bytes, scan
+from agegender.data.utkface import ERR_ARCHIVE, list_images, load_images, member_bytes, scan
 from agegender.evaluation.evalset import dataset_crops
 from agegender.faces.detect import SPECIAL_KINDS
 from dashboard.access import DATA_ENV, data_allow_list
@@ -358,3 +358,28 @@ def test_tar_hard_links_devices_fifos_and_members_over_the_cap_are_skipped(tmp_p
     assert skip_lines(caplog) == [expected(path, whys, n=4).replace("64 MB", "1 MB")]
     got = dict(member_bytes(path, "tar", names))
     assert got == {names[0]: b"regular", names[5]: b"another", **{n: None for n in names[1:5]}}
+
+
+ARCHIVE = """
+from agegender.data.utkface import DatasetError, scan
+try:
+    scan({path!r})
+except DatasetError as e:
+    print(e)
+"""
+
+
+@pytest.mark.parametrize("name, kind", [("set.zip", "zip"), ("set.tar.gz", "tar")])
+def test_an_archive_that_is_a_fifo_or_a_link_to_dev_zero_is_refused_unopened(tmp_path, name, kind):
+    fifo, zero = tmp_path / "fifo" / name, tmp_path / "zero" / name
+    fifo.parent.mkdir()
+    zero.parent.mkdir()
+    os.mkfifo(fifo)
+    zero.symlink_to("/dev/zero")
+    for path, why in ((fifo, SPECIAL_KINDS[stat.S_IFIFO]), (zero, SPECIAL_KINDS[stat.S_IFCHR])):
+        try:
+            r = run_isolated(ARCHIVE.format(path=str(path)))
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"opening {path} as a {kind} did not finish")
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip() == ERR_ARCHIVE.format(path=path, kind=kind, detail=why)
