@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from ..meta import (  # noqa: F401 - re-exported: the torch-free part of a checkpoint lives there
@@ -42,6 +42,8 @@ ERR_CHECKSUM = (
     "the weights were changed or truncated after training"
 )
 ERR_SHAPES = "the weights in {path} do not fit {arch}: {detail}"
+ERR_NOT_FINITE = ("{path}/{WEIGHTS} holds NaN or infinite values in {n} tensors ({names}): every prediction would be "
+                  "NaN; restore the folder or retrain")
 # ERR_BAD_META's detail for a meta put together in code (training's); a meta.json read is checked field by field
 BAD_SCALING = "age_offset and age_scale must be numbers, and age_range two"
 
@@ -115,33 +117,49 @@ def read_meta(path: str | os.PathLike) -> dict:
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> Checkpoint:
-    """The one loader: validates meta, checksum and tensor shapes; returns an eval-mode fp32 model."""
+    """The one loader: validates meta (agegender.metaschema), the weights' shapes from their header before a byte of
+    them is read or hashed (a header may claim gigabytes), their checksum, and that they are finite; returns an
+    eval-mode fp32 model."""
     path = Path(path)
     meta = read_meta(path)
     weights = path / WEIGHTS
     if not weights.is_file():
         raise CheckpointError(ERR_NO_WEIGHTS.format(path=path, WEIGHTS=WEIGHTS))
-    try:
-        tensors = load_file(str(weights))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(ERR_NOT_SAFETENSORS.format(path=path, WEIGHTS=WEIGHTS)) from e
-    if sha256_file(weights) != meta["weights_sha256"]:
-        raise CheckpointError(ERR_CHECKSUM.format(path=path, WEIGHTS=WEIGHTS, META=META))
+    shapes = _read(path, weights, _header_shapes)
     scaling = parse_scaling(meta, path)
     model = create_model(meta["arch"], dropout=float(meta.get("dropout", 0.0)), age_bins=int(meta.get("age_bins", 0)),
                          age_offset=scaling.offset, age_scale=scaling.scale)
     expected = model.state_dict()
-    problems = [f"missing {k}" for k in expected if k not in tensors]
-    problems += [f"unexpected {k}" for k in tensors if k not in expected]
-    problems += [
-        f"{k} is {tuple(tensors[k].shape)}, expected {tuple(v.shape)}"
-        for k, v in expected.items() if k in tensors and tensors[k].shape != v.shape
-    ]
+    problems = [f"missing {k}" for k in expected if k not in shapes]
+    problems += [f"unexpected {k}" for k in shapes if k not in expected]
+    problems += [f"{k} is {shapes[k]}, expected {tuple(v.shape)}"
+                 for k, v in expected.items() if k in shapes and shapes[k] != tuple(v.shape)]
     if problems:
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
         raise CheckpointError(
             ERR_SHAPES.format(path=path, arch=meta["arch"], detail="; ".join(problems[:3]) + more)
         )
+    if sha256_file(weights) != meta["weights_sha256"]:  # hashed once the header says the file is this model's size
+        raise CheckpointError(ERR_CHECKSUM.format(path=path, WEIGHTS=WEIGHTS, META=META))
+    tensors = _read(path, weights, lambda f: load_file(str(f)))
+    broken = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:
+        raise CheckpointError(ERR_NOT_FINITE.format(path=path, WEIGHTS=WEIGHTS, n=len(broken),
+                                                    names=", ".join(broken[:3]) + (", ..." if len(broken) > 3 else "")))
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()})
     model.to(device).eval()
     return Checkpoint(path, model, meta, scaling)
+
+
+def _header_shapes(weights: Path) -> dict[str, tuple[int, ...]]:
+    """Each tensor's shape as the safetensors header states it; no tensor is read."""
+    with safe_open(str(weights), framework="pt") as f:
+        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+
+
+def _read(path: Path, weights: Path, read):
+    """``read(weights)``, a file that is no safetensors file (a pickle, a damaged file) refused as such."""
+    try:
+        return read(weights)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(ERR_NOT_SAFETENSORS.format(path=path, WEIGHTS=WEIGHTS)) from e

@@ -7,6 +7,7 @@ thousands deep, of gigabytes, or NaN) among good ones, which still work."""
 import json
 import math
 import shutil
+import struct
 import subprocess
 import sys
 
@@ -17,7 +18,7 @@ from streamlit.testing.v1 import AppTest
 from agegender.meta import ERR_BAD_META, META, TOO_BIG, CheckpointError
 from agegender.metaschema import FIELD, RULES, TOO_DEEP
 from agegender.models import catalog
-from agegender.models.checkpoint import load_checkpoint
+from agegender.models.checkpoint import ERR_NOT_FINITE, ERR_SHAPES, WEIGHTS, load_checkpoint, sha256_file
 
 from ..conftest import ROOT
 
@@ -166,3 +167,31 @@ def test_a_tampered_age_interval_keeps_the_load_and_is_refused_where_asked(copy,
     with pytest.raises(IntervalError) as e:
         _ = c.calibration
     assert str(e.value).startswith(f"{copy}/meta.json has a malformed age_interval record (")
+
+
+def test_nan_weights_under_a_matching_checksum_are_refused(copy):
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(copy / WEIGHTS))
+    name = next(k for k, v in tensors.items() if v.is_floating_point())
+    tensors[name][0] = math.nan
+    save_file(tensors, str(copy / WEIGHTS))
+    tamper(copy, "weights_sha256", sha256_file(copy / WEIGHTS))  # the checksum lives in meta.json: a hand fixes it
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(copy)
+    assert str(e.value) == ERR_NOT_FINITE.format(path=copy, WEIGHTS=WEIGHTS, n=1, names=name)
+
+
+def test_weights_whose_header_claims_gigabytes_are_refused_before_reading_them(copy, monkeypatch):
+    n = 3 * 2 ** 27  # 1.5 GB of float32, as the header states; the file is sparse
+    header = json.dumps({"trunk.evil": {"dtype": "F32", "shape": [n], "data_offsets": [0, 4 * n]}}).encode()
+    header += b" " * (-len(header) % 8)
+    with open(copy / WEIGHTS, "wb") as f:
+        f.write(struct.pack("<Q", len(header)) + header)
+        f.truncate(8 + len(header) + 4 * n)
+    for name in ("sha256_file", "load_file"):  # neither hashed nor loaded: the header alone refuses it
+        monkeypatch.setattr(f"agegender.models.checkpoint.{name}", lambda *a, name=name: pytest.fail(f"{name} ran"))
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(copy)
+    assert str(e.value) == ERR_SHAPES.format(path=copy, arch="dlib-resnet29", detail="missing trunk.conv1.weight; "
+                                             "missing trunk.conv1.bias; missing trunk.affine1.weight (and 118 more)")
