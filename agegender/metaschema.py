@@ -2,10 +2,11 @@
 the age scaling, the catalog, resume, the audit), its type and its range, checked in one pass when meta.json is
 read (agegender.meta.read_meta), so no value reaches a model, a transform or a page unchecked.
 
-Written by hand, not with jsonschema: JSON Schema's "number" admits NaN and infinity, which Python's json reads,
-and the rules that matter most cross fields (input_size within cache_size, one mean and std per channel, an age
-range inside the limits), so half the schema would be hand-written anyway; by hand, every rule and its message
-sit in one table that a test reads word for word. Unknown keys pass: newer code may add some.
+Written by hand, not with jsonschema: JSON Schema's "number" admits NaN and infinity, which Python's json reads, so
+every numeric rule would need a hand-written check beside it, as would the rules across fields (input_size within
+cache_size) and against the registry (a known arch); by hand, every rule and the words of its message sit in one
+table that the tests read word for word, and the contract stays one import lighter. Unknown keys pass: newer code
+may add some.
 
 The age_interval record is not checked here: a record that cannot be used does not stop the load (the model
 still predicts ages), and meta.Calibration.from_json refuses it, word for word, wherever an interval is asked.
@@ -24,7 +25,7 @@ MAX_BYTES = 1 << 20
 MAX_DEPTH = 24  # objects and lists inside each other; the shipped have 6 (meta.soup.runs[i].init_trunk.converted_from)
 MIN_PIXELS, MAX_PIXELS = 16, 1024  # cache and input size: UTKFace's chips are 200 px, the models see 112-224
 MAX_AGE_BINS = 256  # a DLDL head has one bin per whole year from 0: a person is not 255
-AGE_LIMIT = 1000.0  # years: age offset, scale and range beyond this are no ages, and overflow fp16 on the way
+AGE_LIMIT = 1000.0  # years: beyond this no age (a scale of 1e300 makes an output inf, and 0 x inf is NaN)
 STD_RANGE = (1e-3, 1e3)  # a preprocessing std outside this divides a pixel into infinity or into nothing
 CHANNELS = 3
 
