@@ -8,11 +8,15 @@ pointing the tool at the folder may not have meant to share (an allow-list check
 root's links point to). Every member refused is counted and named, a few of them, in one log line; the rest
 of the dataset is read as usual.
 
-A folder member is opened one path component at a time from the root's descriptor, each with O_NOFOLLOW, and
-the descriptor actually read is checked with fstat: there is no window between the check and the open for a
-member to be swapped for a link. An archive member's size is checked on its header and again on the bytes
-read, which stop at the cap + 1. Where an archive holds several members of one name, the last one decides,
-as extraction would leave it on disk; if that one is not a regular file, the name is not read at all.
+A folder member is opened one path component at a time from the root's descriptor, each with O_NOFOLLOW, so
+the file opened lies inside the root by construction; it is looked at (lstat) before it is opened, so a FIFO or
+a device is never opened, then opened without blocking and checked again on the descriptor (fstat): a member
+swapped for a link or a FIFO in between is refused, never followed or waited on. (A hard link in a folder is a
+regular file inside it, as a path sees it, and is read.)
+
+An archive member's size is checked on its header and again on the bytes read, which stop at the cap + 1.
+Where an archive holds several members of one name, the last one decides, as extraction would leave it on
+disk; if that one is not a regular file, the name is not read at all.
 """
 
 from __future__ import annotations
