@@ -47,7 +47,7 @@ OFFERED = "picker_offered"  # label -> path of what the picker offers
 PICK_DEFAULT = "picker_default"  # the labels a fresh session starts on
 PAIR_BUTTON = "Compare {names}"
 UNUSABLE = "{label} (unusable)"  # the picker's label of a checkpoint whose meta.json cannot be used
-UNUSABLE_HELP = "{label} cannot be used: {problem}"
+UNUSABLE_HELP = "{n} checkpoint(s) picked cannot be used; why, as read from their meta.json:"
 # widgets whose choice outlives a page switch (keep_options): the predict page's options, read again on the
 # compare and explorer pages
 KEEP = "kept."
@@ -113,8 +113,10 @@ def sidebar() -> None:
                                     else f"{label} ⚠" if flags.get(label) else label),
                                 help=f"Folders in {where}. ⚠: its validation figures say it is untrained or "
                                      "diverged (the Checkpoints page says why).")
-        for label in (label for label in chosen if problems.get(label)):
-            st.warning(UNUSABLE_HELP.format(label=label, problem=problems[label]))
+        unusable = [problems[label] for label in chosen if problems.get(label)]
+        if unusable:  # as code, not markdown: the reasons quote values and folder names a hostile hand wrote
+            st.warning(UNUSABLE_HELP.format(n=len(unusable)))
+            st.code("\n".join(unusable), language=None, wrap_lines=True)
         extra = typed_path(st.text_input("…or a checkpoint folder", key="picker_path",
                                          placeholder="/path/to/checkpoint"), ckpt_allowed)
         # the value counts on the first run only (the field is keyed): the data the default checkpoint was trained on

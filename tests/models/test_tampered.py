@@ -144,6 +144,8 @@ def test_the_catalog_lists_the_good_among_bad_ones(mixed):
 
 
 def test_the_picker_renders_with_a_bad_checkpoint_beside_a_good_one(mixed, monkeypatch):
+    from dashboard.state import UNUSABLE_HELP
+
     monkeypatch.setenv("AGEGENDER_CHECKPOINTS", str(mixed))
     monkeypatch.delenv("AGEGENDER_ALLOWED_ROOTS", raising=False)
     at = AppTest.from_file(str(ROOT / "dashboard" / "app.py"), default_timeout=120)
@@ -152,7 +154,8 @@ def test_the_picker_renders_with_a_bad_checkpoint_beside_a_good_one(mixed, monke
     assert not at.exception, at.exception
     picker = at.sidebar.multiselect[0]
     assert set(picker.options) >= {"deep (unusable)", "good", "huge (unusable)"}
-    assert any(w.value.startswith("deep cannot be used: ") and TOO_DEEP in w.value for w in at.sidebar.warning)
+    assert [w.value for w in at.sidebar.warning] == [UNUSABLE_HELP.format(n=1)]
+    assert at.sidebar.code[0].value == ERR_BAD_META.format(path=mixed / "deep", META=META, detail=TOO_DEEP)
     at.switch_page("pages/checkpoints.py").run()
     assert not at.exception, at.exception
     assert "good" in list(at.dataframe[0].value["checkpoint"])
