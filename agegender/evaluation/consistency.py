@@ -110,12 +110,12 @@ def measure_photos(ckpt: Checkpoint, data: str, labels: str | None = None, n: in
     VARIANT of the photo moves the prediction (median, mean and 90th percentile of |age change|, the share
     of gender calls kept, faces still found)."""
     from ..data.datasets import read_dataset
-    from ..data.utkface import list_images, member_bytes
+    from ..data.utkface import dataset_kind, member_bytes
     from ..faces.detect import UnreadableImage, load_photo
 
     ds = read_dataset(data, labels)
     records = evenly_spaced(list(ds.records), n)
-    kind, _ = list_images(ds.root)
+    kind = dataset_kind(ds.root)
     rng = np.random.default_rng(seed)
     detectors: dict = {}
     moved: dict[str, list] = {v: [] for v in VARIANTS}

@@ -45,6 +45,7 @@ from ..faces.detect import (
     face_pixels,
     load_photo,
 )
+from ..labels import printable
 from ..meta import atomic_write, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -166,14 +167,14 @@ def _make_crops(ds: Dataset, size: int, progress) -> Crops:
     bar = tqdm(total=n, desc="faces" if ds.geometry == "photos" else f"decode {size}px", unit="img", leave=False)
     done = 0
     for file, data in member_bytes(ds.root, kind, files):
-        i = position[file]
+        i, shown = position[file], printable(file)  # a file name goes into one log line
         try:
             if ds.geometry == "chips":
-                pixels[i], found[i] = decode(data, size, file), True
+                pixels[i], found[i] = decode(data, size, shown), True
             else:
                 if data is None:
-                    raise UnreadableImage(ERR_UNREADABLE.format(name=file, detail=WHY_NO_BYTES))
-                photo = load_photo(data, file)
+                    raise UnreadableImage(ERR_UNREADABLE.format(name=shown, detail=WHY_NO_BYTES))
+                photo = load_photo(data, shown)
                 if pending and (photo.size != pending[0][1].size or len(pending) >= BATCH):
                     flush()
                 pending.append((i, photo))

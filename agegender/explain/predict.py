@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     print(f"{printable(path)} face {i + 1}{conf}: below --min-confidence, not predicted")
     if args.json:
-        print(json.dumps([r.to_json(band) for r in results], indent=2))
+        print(json.dumps([r.to_json(band) for r in results], indent=2, allow_nan=False))
     return 2 if any(r.error for r in results) else 0
 
 
