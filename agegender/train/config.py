@@ -7,7 +7,10 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..metaschema import MAX_AGE_BINS, MAX_PIXELS, MIN_PIXELS
 from ..models.preprocess import Augment
+
+ERR_SIZES = "--input-size and --cache-size must each be from {lo} to {hi} pixels"
 
 
 @dataclass
@@ -128,6 +131,13 @@ class TrainConfig:
             raise ValueError(f"--aug-erase is a probability, not {self.aug_erase}")
         if self.input_size > self.cache_size:
             raise ValueError("--input-size cannot exceed --cache-size")
+        # what meta.json's reader accepts (agegender.metaschema): a run never writes a checkpoint it refuses
+        if not all(MIN_PIXELS <= v <= MAX_PIXELS for v in (self.input_size, self.cache_size)):
+            raise ValueError(ERR_SIZES.format(lo=MIN_PIXELS, hi=MAX_PIXELS))
+        if self.age_loss == "dldl" and self.age_bins > MAX_AGE_BINS:
+            raise ValueError(f"--age-bins is at most {MAX_AGE_BINS}, not {self.age_bins}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"--dropout is a probability below 1, not {self.dropout}")
         if self.holdout_fold != -1 and not (self.folds >= 2 and 0 <= self.holdout_fold < self.folds):
             raise ValueError(f"--holdout-fold must be -1 (none) or one of 0..{self.folds - 1}, with --folds at least 2")
         if self.epochs < 1 or self.batch_size < 1:

@@ -511,3 +511,21 @@ def test_a_run_records_its_external_check_then_its_loss_weights(tiny_data, tmp_p
                                                            "epochs_run", "finished", "train_minutes",
                                                            "weights_sha256", "metrics"]
     assert meta["external"]["last"]["epoch"] == 1 and meta["balance"]["cells"] == "gender"
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("input_size", 8, "--input-size and --cache-size must each be from 16 to 1024 pixels"),
+    ("cache_size", 4096, "--input-size and --cache-size must each be from 16 to 1024 pixels"),
+    ("dropout", 1.0, "--dropout is a probability below 1, not 1.0"),
+])
+def test_a_run_is_refused_before_it_writes_a_checkpoint_the_reader_would_refuse(field, value, message):
+    """What meta.json's schema (agegender.metaschema) refuses at load, training refuses at its start."""
+    cfg = TrainConfig(data="d", out="o", **{"cache_size": 64, "input_size": 32, field: value})
+    with pytest.raises(ValueError) as e:
+        cfg.validate()
+    assert str(e.value) == message
+
+
+def test_more_age_bins_than_the_reader_takes_are_refused():
+    with pytest.raises(ValueError, match="--age-bins is at most 256, not 300"):
+        TrainConfig(data="d", out="o", age_loss="dldl", age_bins=300).validate()
