@@ -178,7 +178,7 @@ class Faces:
     def chips(self, loaded: Scan | Crops, files: list[str]) -> dict[str, Image.Image]:
         """The faces of ``files`` as images, by file; unreadable ones, and a set's photos without a face found,
         left out."""
-        return _utkface_chips(loaded, files) if self.utkface else _set_chips(loaded, files)
+        return utkface_chips(loaded, files) if self.utkface else set_chips(loaded, files)
 
     def pixels(self, loaded: Scan | Crops, files: list[str], size: int) -> tuple[list[str], np.ndarray]:
         """(the files read, their faces at ``size`` px), as agegender.review.audit.audit_faces reads faces."""
@@ -188,12 +188,11 @@ class Faces:
             wanted = set(files)
             images = load_images(loaded, [s for s in loaded.samples if s.member in wanted], size, progress=False)
             return [s.member for s in images.samples], images.pixels
-        index = {f: i for i, f in enumerate(loaded.files)}
-        kept = [f for f in files if f in index and loaded.found[index[f]]]
-        return kept, loaded.pixels[[index[f] for f in kept]]
+        return set_faces(loaded, files)
 
 
-def _utkface_chips(scan: Scan, members: list[str]) -> dict[str, Image.Image]:
+def utkface_chips(scan: Scan, members: list[str]) -> dict[str, Image.Image]:
+    """The listed chips of a UTKFace scan, by member path; missing or unreadable ones are left out."""
     from PIL import Image
 
     from ..data.utkface import iter_bytes
@@ -211,8 +210,18 @@ def _utkface_chips(scan: Scan, members: list[str]) -> dict[str, Image.Image]:
     return out
 
 
-def _set_chips(crops: Crops, files: list[str]) -> dict[str, Image.Image]:
+def set_chips(crops: Crops, files: list[str]) -> dict[str, Image.Image]:
+    """The aligned faces of an evaluation set's photos (its cached crops), by file; files without a face found
+    are left out, as are files the crops do not hold."""
     from PIL import Image
 
     index = {f: i for i, f in enumerate(crops.files)}
     return {f: Image.fromarray(crops.pixels[index[f]]) for f in files if f in index and crops.found[index[f]]}
+
+
+def set_faces(crops: Crops, files: list[str]) -> tuple[list[str], np.ndarray]:
+    """The found faces of ``files`` among an evaluation set's cached crops, in the order asked: (the files found,
+    their pixels)."""
+    index = {f: i for i, f in enumerate(crops.files)}
+    kept = [f for f in files if f in index and crops.found[index[f]]]
+    return kept, crops.pixels[[index[f] for f in kept]]

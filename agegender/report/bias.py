@@ -1,15 +1,7 @@
-"""Bias report: per-group metrics with intervals and disparities, as JSON and a self-contained HTML (the
-command, python -m agegender.report: agegender.report.command).
-
-Any predictions table: UTKFace's, FairFace's (ages as bins, seven ethnicity groups), or a user's
-with its own group columns. Without --by, the table's own default groupings (fairness.groupings_for).
-Besides the groupings asked for, the worst slices found by search (agegender.fairness.slices), and where the table has
-exact ages and calibrated age intervals, their coverage overall and per group (fairness.coverage): intervals
-honest for one group and not for another are a bias too. And the label audit (agegender.review.audit, from the table
-alone): the suspected label errors per group, and each grouping's gaps recomputed without them: by default a
-what-if that leaves out every suspect not confirmed, unreviewed ones too (does the gap survive cleaning?), with
---leave-out confirmed only the labels reviewed "label wrong". The report's own figures keep every face.
-"""
+"""The bias report's sections, each built from a prepared predictions table and written as JSON and as one
+self-contained HTML: groups with intervals and disparities (build), age interval coverage, the gender
+threshold, the label audit's what-if (label_audit), the set at the training mix (shift_section). What each
+part means, and the command that runs them all (python -m agegender.report): agegender.report.command."""
 
 from __future__ import annotations
 

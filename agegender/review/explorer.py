@@ -3,7 +3,6 @@ of a split, their chips from the dataset, and Grad-CAMs averaged over the faces 
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,8 +10,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from ..data.utkface import Scan, evenly_spaced, iter_bytes
-from ..evaluation.evalset import Crops
+from ..data.utkface import evenly_spaced
 from ..explain.gradcam import explain_checkpoint
 from ..explain.predict import FaceResult, ImageResult
 from ..faces.detect import resize_image
@@ -85,22 +83,6 @@ def in_group(table: pd.DataFrame, column: str, value: str) -> pd.DataFrame:
     return table[table[column].astype(str) == value]
 
 
-def read_chips(scan: Scan, members: list[str]) -> dict[str, Image.Image]:
-    """The listed images from the dataset, by member path; missing or unreadable ones are left out."""
-    wanted = {s.member: s for s in scan.samples}
-    samples = [wanted[m] for m in members if m in wanted]
-    out = {}
-    for s, raw in iter_bytes(scan, samples):
-        if raw is None:
-            continue
-        try:
-            with Image.open(io.BytesIO(raw)) as im:
-                out[s.member] = im.convert("RGB")
-        except OSError:
-            continue
-    return out
-
-
 def chip_result(ckpt: Checkpoint, name: str, chip: Image.Image, row: pd.Series) -> ImageResult:
     """A dataset chip and its row of the predictions table as the result of predicting it, so the
     dashboard's face view can show it and explain it: the whole chip is the face (it is aligned
@@ -129,7 +111,7 @@ def group_mean_cams(ckpt: Checkpoint, read: Callable[[list[str]], dict[str, Imag
     """Per value of column ``by`` of a prepared predictions table (agegender.fairness.groups.prepare): how
     many faces ``read`` gave of an evenly spaced ``per_group`` of its rows (faces found), their mean face
     and mean maps (mean_cams). Groups none of whose faces could be read are left out. ``read`` is
-    read_chips over a UTKFace scan, or set_chips over an evaluation set."""
+    a Source's faces' chips (agegender.evaluation.sources)."""
     out = {}
     found = table[table["found"].astype(bool)] if "found" in table else table
     for value, g in found.groupby(by, observed=True):
@@ -137,21 +119,6 @@ def group_mean_cams(ckpt: Checkpoint, read: Callable[[list[str]], dict[str, Imag
         if chips:
             out[str(value)] = (len(chips), *mean_cams(ckpt, chips))
     return out
-
-
-def set_chips(crops: Crops, files: list[str]) -> dict[str, Image.Image]:
-    """The aligned faces of a labelled dataset's photos (agegender.evaluation.evalset's cached crops), by file; files
-    without a face found are left out, as are files the crops do not hold."""
-    index = {f: i for i, f in enumerate(crops.files)}
-    return {f: Image.fromarray(crops.pixels[index[f]]) for f in files if f in index and crops.found[index[f]]}
-
-
-def set_faces(crops: Crops, files: list[str]) -> tuple[list[str], np.ndarray]:
-    """The found faces of ``files`` among an evaluation set's cached crops, as agegender.review.audit.audit_faces reads
-    faces: (the files found, their pixels)."""
-    index = {f: i for i, f in enumerate(crops.files)}
-    kept = [f for f in files if f in index and crops.found[index[f]]]
-    return kept, crops.pixels[[index[f] for f in kept]]
 
 
 def suspected(audit: pd.DataFrame, df: pd.DataFrame, n: int = 24) -> pd.DataFrame:

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from agegender.data.utkface import evenly_spaced, scan
+from agegender.evaluation.sources import set_chips, set_faces, utkface_chips
 from agegender.fairness.groups import prepare
 from agegender.models.checkpoint import load_checkpoint
 from agegender.predictions import load_predictions
@@ -16,9 +17,6 @@ from agegender.review.explorer import (
     in_group,
     mean_cams,
     misgendered,
-    read_chips,
-    set_chips,
-    set_faces,
     suspect_caption,
     suspected,
     worst_age_errors,
@@ -94,7 +92,7 @@ def test_faces_not_found_are_no_mistakes():
 
 def test_a_chip_becomes_a_result_the_face_view_shows(ckpt, tiny_checkpoint, tiny_data):
     row = load_predictions(tiny_checkpoint, "val").iloc[0]
-    chip = read_chips(scan(tiny_data), [row["file"]])[row["file"]]
+    chip = utkface_chips(scan(tiny_data), [row["file"]])[row["file"]]
     r = chip_result(ckpt, row["file"], chip, row)
     assert r.image == row["file"] and r.error is None and len(r.faces) == 1
     face = r.faces[0]
@@ -107,7 +105,7 @@ def test_a_chip_becomes_a_result_the_face_view_shows(ckpt, tiny_checkpoint, tiny
 def test_group_mean_cams(ckpt, tiny_checkpoint, tiny_data):
     sc = scan(tiny_data)
     table = prepare(load_predictions(tiny_checkpoint, "val"))
-    means = group_mean_cams(ckpt, lambda files: read_chips(sc, files), table, "gender", 2)
+    means = group_mean_cams(ckpt, lambda files: utkface_chips(sc, files), table, "gender", 2)
     assert set(means) == set(table["gender"].astype(str))
     size = ckpt.preprocess.cache_size
     for name, (count, face, maps) in means.items():
@@ -115,7 +113,7 @@ def test_group_mean_cams(ckpt, tiny_checkpoint, tiny_data):
         assert count == len(picked) <= 2
         assert face.shape == (size, size, 3) and face.dtype == np.uint8
         assert set(maps) == {"older", "female"}
-        chips = list(read_chips(sc, list(picked["file"])).values())
+        chips = list(utkface_chips(sc, list(picked["file"])).values())
         want_face, want = mean_cams(ckpt, chips)
         np.testing.assert_array_equal(face, want_face)
         for k, heat in maps.items():
@@ -128,7 +126,7 @@ def test_groups_without_chips_are_left_out(ckpt, tiny_checkpoint, tmp_path):
     (tmp_path / "empty" / "1_0_0_20170109150557335.jpg.chip.jpg").write_bytes(b"")  # a scan needs one name
     table = prepare(load_predictions(tiny_checkpoint, "val"))
     empty = scan(tmp_path / "empty")
-    assert group_mean_cams(ckpt, lambda files: read_chips(empty, files), table, "race", 2) == {}
+    assert group_mean_cams(ckpt, lambda files: utkface_chips(empty, files), table, "race", 2) == {}
 
 
 def test_set_chips_are_the_found_faces_of_the_cached_crops():
