@@ -13,11 +13,14 @@ dataset, by any checkpoint of that size, skips decoding and detection.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-import json
 import logging
+import math
 import os
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,7 +49,8 @@ from ..faces.detect import (
     load_photo,
 )
 from ..labels import printable
-from ..meta import atomic_write, atomic_write_text
+from ..meta import atomic_write
+from ..models.distributed import Dist
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +62,14 @@ BATCH = 32  # photos per MTCNN batch; photos are held in memory this many at a t
 # Bump when detection or the pick rule changes; the template's own hash is added to it.
 PICK_RULE = "v1: confident faces (MTCNN p >= 0.9), the box centre nearest the photo centre"
 WARN_UNREADABLE = "skipped {n} unreadable image(s): {examples}"
-CACHE_PREFIX = "evalset"  # the crop cache's files: evalset-FINGERPRINT-GEOMETRY-ALIGNMENT-SIZEpx.npz and .json
+CACHE_PREFIX = "evalset"  # the crop cache's files: evalset-FINGERPRINT-GEOMETRY-ALIGNMENT-SIZEpx-FORMAT.npy, .npz
+# v2: the crops alone in a .npy, read memory-mapped, the per-file arrays and names in a .npz. The v1 caches
+# (one .npz holding the crops, names in a .json) are not read: they would have to be loaded whole.
+CACHE_FORMAT = "v2"
+CHUNK = 256  # records per part: what one process holds of the crops it makes, and sends rank 0 per round
+WARN_NO_CACHE = "could not write the crop cache to {folder} ({error}); continuing without it"
+WARN_NOT_SHARED = ("rank {rank} cannot read the crop cache rank 0 wrote in {folder} (on another machine? give "
+                   "every rank the same --cache-dir on a shared filesystem); rank 0 scores the faces alone")
 
 # An evaluation's stages, in order, as its progress callback names them: the faces of photos are found
 # (detection, alignment) and chips read; then the model scores the found ones in batches.
@@ -116,34 +127,75 @@ def labelled_face(faces: list[Face], size: tuple[int, int]) -> Face | None:
 
 def dataset_crops(ds: Dataset, size: int, cache_dir: str | os.PathLike | None = None,
                   progress: Callable[[int, int], None] | None = None) -> Crops:
-    """Every record of ``ds`` as an aligned ``size`` px face, through the on-disk cache. ``progress(done,
-    total)`` is called as images are processed (the dashboard's progress bar); the command line gets tqdm."""
-    folder = Path(cache_dir) if cache_dir else default_cache_dir()
-    remove_stale_temps(folder, CACHE_PREFIX)  # written through atomic_write: `.evalset-....npz.tmpXXXXXXXX`
-    stem = folder / f"{CACHE_PREFIX}-{ds.fingerprint[:20]}-{ds.geometry}-{alignment_key()}-{size}px"
-    cached = _read_cache(stem, ds)
-    if cached is not None:
-        _warn(cached.unreadable)
-        if progress:
-            progress(len(ds.records), len(ds.records))
-        return cached
-    crops = _make_crops(ds, size, progress)
-    _warn(crops.unreadable)
-    _write_cache(stem, crops)
+    """Every record of ``ds`` as an aligned ``size`` px face, through the on-disk cache (the crops read
+    memory-mapped). ``progress(done, total)`` is called as images are processed (the dashboard's progress
+    bar); the command line gets tqdm."""
+    crops = _crops(ds, size, cache_dir, progress, Dist())
+    assert crops is not None  # one process never waits on a cache another wrote
     return crops
 
 
-def _make_crops(ds: Dataset, size: int, progress) -> Crops:
-    n = len(ds.records)
-    files = [r.file for r in ds.records]
-    pixels = np.zeros((n, size, size, 3), np.uint8)
-    found = np.zeros(n, bool)
-    conf, box, marks = np.full(n, np.nan), np.full((n, 4), np.nan), np.full((n, 5, 2), np.nan)
-    unreadable: dict[str, str] = {}
+def rank_crops(ds: Dataset, size: int, cache_dir: str | os.PathLike | None, dd: Dist) -> Crops | None:
+    """dataset_crops under torchrun: each rank detects an interleaved share of the records (record order
+    often runs folder by folder, photo size by photo size, so every rank gets the same mix and they finish
+    together), rank 0 gathers them CHUNK at a time into the cache, and every rank then reads that cache.
+    None on a rank that cannot read it (another machine without the same cache folder): rank 0 holds them."""
+    return _crops(ds, size, cache_dir, None, dd)
+
+
+def _crops(ds: Dataset, size: int, cache_dir, progress, dd: Dist) -> Crops | None:
+    folder = Path(cache_dir) if cache_dir else default_cache_dir()
+    if dd.main:
+        remove_stale_temps(folder, CACHE_PREFIX)  # written through atomic_write: `.evalset-....npy.tmpXXXXXXXX`
+    stem = folder / f"{CACHE_PREFIX}-{ds.fingerprint[:20]}-{ds.geometry}-{alignment_key()}-{size}px-{CACHE_FORMAT}"
+    cached = _read_cache(stem, ds, size)
+    if not dd.any(cached is None):  # every rank must take the same branch: the build below gathers
+        if dd.main:
+            _warn(cached.unreadable)
+        if progress:
+            progress(len(ds.records), len(ds.records))
+        return cached
+    crops = _build(ds, size, stem, dd, progress)
+    dd.barrier()  # rank 0 has written the cache (or could not)
+    if dd.main:
+        _warn(crops.unreadable)
+        return crops
+    crops = _read_cache(stem, ds, size)
+    if crops is None:
+        log.warning(WARN_NOT_SHARED.format(rank=dd.rank, folder=folder))
+    return crops
+
+
+@dataclass
+class _Part:
+    """CHUNK records' crops as one process made them, in the order it read them (a tar's order)."""
+
+    rows: list[int]  # the records' indices in the dataset
+    pixels: np.ndarray
+    found: np.ndarray
+    confidence: np.ndarray
+    box: np.ndarray
+    landmarks: np.ndarray
+    unreadable: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def empty(cls, size: int) -> _Part:
+        return cls([], np.zeros((CHUNK, size, size, 3), np.uint8), np.zeros(CHUNK, bool), np.full(CHUNK, np.nan),
+                   np.full((CHUNK, 4), np.nan), np.full((CHUNK, 5, 2), np.nan))
+
+    def trimmed(self) -> _Part:
+        k = len(self.rows)
+        return _Part(self.rows, self.pixels[:k], self.found[:k], self.confidence[:k], self.box[:k],
+                     self.landmarks[:k], self.unreadable)
+
+
+def _parts(ds: Dataset, size: int, rows: list[int], tick: Callable[[], None]) -> Iterator[_Part]:
+    """The crops of the records ``rows``, read in one pass over the dataset (a tar is read once), handed on
+    CHUNK records at a time, so that memory holds one part and one detection batch, whatever the set's size."""
     kind = dataset_kind(ds.root)  # listed when the dataset was read; listing again would repeat its warnings
-    position = {f: i for i, f in enumerate(files)}
+    position = {ds.records[i].file: i for i in rows}
     detector = None
-    pending: list[tuple[int, object]] = []  # photos waiting for a batched detection
+    part, pending = _Part.empty(size), []  # pending: (slot, photo) waiting for a batched detection
 
     def flush() -> None:
         nonlocal detector
@@ -152,45 +204,124 @@ def _make_crops(ds: Dataset, size: int, progress) -> Crops:
         photos = [p for _, p in pending]
         if detector is None or detector.min_face_size != min_face_size(photos[0]):
             detector = FaceDetector(min_face_size=min_face_size(photos[0]))
-        for (i, photo), faces in zip(pending, detector.detect_many(photos, batch_size=BATCH), strict=True):
+        for (j, photo), faces in zip(pending, detector.detect_many(photos, batch_size=BATCH), strict=True):
             face = labelled_face(faces, photo.size)
             if face is None:
                 continue
             try:
-                pixels[i] = face_pixels(photo, face, size)
+                part.pixels[j] = face_pixels(photo, face, size)
             except ValueError as e:  # degenerate landmarks: the face cannot be aligned, so it is not found
-                log.debug("cannot align %s: %s", files[i], e)
+                log.debug("cannot align %s: %s", ds.records[part.rows[j]].file, e)
                 continue
-            found[i], conf[i], box[i], marks[i] = True, face.confidence, face.box, face.landmarks
+            part.found[j], part.confidence[j], part.box[j], part.landmarks[j] = (
+                True, face.confidence, face.box, face.landmarks)
         pending.clear()
 
-    bar = tqdm(total=n, desc="faces" if ds.geometry == "photos" else f"decode {size}px", unit="img", leave=False)
-    done = 0
-    for file, data in member_bytes(ds.root, kind, files):
-        i, shown = position[file], printable(file)  # a file name goes into one log line
+    for file, data in member_bytes(ds.root, kind, list(position)):
+        j, shown = len(part.rows), printable(file)  # a file name goes into one log line
+        part.rows.append(position[file])
         try:
             if ds.geometry == "chips":
-                pixels[i], found[i] = decode(data, size, shown), True
+                part.pixels[j], part.found[j] = decode(data, size, shown), True
             else:
                 if data is None:
                     raise UnreadableImage(ERR_UNREADABLE.format(name=shown, detail=WHY_NO_BYTES))
                 photo = load_photo(data, shown)
                 if pending and (photo.size != pending[0][1].size or len(pending) >= BATCH):
                     flush()
-                pending.append((i, photo))
+                pending.append((j, photo))
         except UnreadableImage as e:  # one bad file costs that file, never the run
-            unreadable[file] = str(e)
+            part.unreadable[file] = str(e)
+        tick()
+        if len(part.rows) == CHUNK:
+            flush()
+            yield part
+            part = _Part.empty(size)
+    flush()
+    if part.rows:
+        yield part.trimmed()
+
+
+def _gathered(ds: Dataset, size: int, dd: Dist, tick: Callable[[], None]) -> Iterator[_Part]:
+    """Every rank's parts, on rank 0, round by round (nothing elsewhere): each rank makes at most ``rounds``
+    parts of its share, and one that has run out sends None."""
+    share = list(range(dd.rank, len(ds.records), dd.world))
+    mine = _parts(ds, size, share, tick)
+    rounds = math.ceil(len(range(0, len(ds.records), dd.world)) / CHUNK)  # rank 0's share is the largest
+    for _ in range(rounds):
+        got = dd.gather(next(mine, None))
+        if dd.main:
+            yield from (p for p in got if p is not None)
+
+
+def _build(ds: Dataset, size: int, stem: Path, dd: Dist, progress) -> Crops | None:
+    """The crops made (and, on rank 0, written to the cache as they come, then read back memory-mapped)."""
+    n = len(ds.records)
+    files = [r.file for r in ds.records]
+    found, conf, box, marks = np.zeros(n, bool), np.full(n, np.nan), np.full((n, 4), np.nan), np.full((n, 5, 2), np.nan)
+    unreadable: dict[str, str] = {}
+    bar = tqdm(total=len(range(dd.rank, n, dd.world)), desc="faces" if ds.geometry == "photos" else f"decode {size}px",
+               unit="img", leave=False, disable=not dd.main)
+    done = 0
+
+    def tick() -> None:
+        nonlocal done
         done += 1
         bar.update(1)
         if progress and done % 16 == 0 and done < n:
             progress(done, n)
-    flush()
-    if progress:  # after the last batch's detection, not before it
-        progress(n, n)
-    bar.close()
-    keep = np.array([f not in unreadable for f in files], bool)
-    return Crops([f for f, k in zip(files, keep, strict=True) if k], pixels[keep], found[keep], conf[keep],
-                 box[keep], marks[keep], dict(sorted(unreadable.items())))
+
+    with ExitStack() as stack:
+        pixels = _pixels_out(stack, stem, (n, size, size, 3)) if dd.main else None
+        for p in _gathered(ds, size, dd, tick):
+            pixels[p.rows], found[p.rows], conf[p.rows], box[p.rows], marks[p.rows] = (
+                p.pixels, p.found, p.confidence, p.box, p.landmarks)
+            unreadable.update(p.unreadable)
+        if progress:  # after the last batch's detection, not before it
+            progress(n, n)
+        bar.close()
+        if not dd.main:
+            return None
+        keep = np.array([f not in unreadable for f in files], bool)
+        if not keep.all():
+            pixels = _compacted(pixels, keep) if isinstance(pixels, np.memmap) else pixels[keep]
+        crops = Crops([f for f, k in zip(files, keep, strict=True) if k], pixels, found[keep], conf[keep],
+                      box[keep], marks[keep], dict(sorted(unreadable.items())))
+        if not isinstance(pixels, np.memmap):
+            return crops  # the cache could not be written: the crops stay in memory, as before there was one
+        pixels.flush()
+    written = _write_index(stem, crops) and _read_cache(stem, ds, size)
+    return dataclasses.replace(written, from_cache=False) if written else crops
+
+
+def _pixels_out(stack: ExitStack, stem: Path, shape: tuple[int, ...]) -> np.ndarray:
+    """Where the crops are written as they come: a .npy memory-mapped on a temporary file that becomes the
+    cache's when the stack closes without an error; memory (as before the cache) where it cannot be written."""
+    try:
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        tmp = stack.enter_context(atomic_write(stem.with_suffix(".npy")))
+        return np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+    except OSError as e:
+        log.warning(WARN_NO_CACHE.format(folder=stem.parent, error=e))
+        return np.zeros(shape, np.uint8)
+
+
+def _compacted(pixels: np.memmap, keep: np.ndarray) -> np.memmap:
+    """The kept rows of a memory-mapped .npy, the file rewritten in place of the old one, CHUNK rows at a time.
+    The new file is named as atomic_write names its own, so a kill leaves one that remove_stale_temps finds."""
+    path = Path(pixels.filename)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.tmp")
+    os.close(fd)
+    rows = np.flatnonzero(keep)
+    try:
+        out = np.lib.format.open_memmap(name, mode="w+", dtype=np.uint8, shape=(len(rows), *pixels.shape[1:]))
+        for start in range(0, len(rows), CHUNK):
+            out[start:start + CHUNK] = pixels[rows[start:start + CHUNK]]
+        out.flush()
+        os.replace(name, path)
+    finally:
+        Path(name).unlink(missing_ok=True)
+    return out
 
 
 def min_face_size(photo) -> int:
@@ -203,30 +334,36 @@ def _warn(unreadable: dict[str, str]) -> None:
         log.warning(WARN_UNREADABLE.format(n=len(unreadable), examples="; ".join(list(unreadable.values())[:EXAMPLES])))
 
 
-def _read_cache(stem: Path, ds: Dataset) -> Crops | None:
-    npz, index = stem.with_suffix(".npz"), stem.with_suffix(".json")
-    if not (npz.exists() and index.exists()):
+def _read_cache(stem: Path, ds: Dataset, size: int) -> Crops | None:
+    npy, index = stem.with_suffix(".npy"), stem.with_suffix(".npz")
+    if not (npy.exists() and index.exists()):
         return None
     try:
-        info = json.loads(index.read_text())
-        with np.load(npz) as z:
-            crops = Crops(info["files"], z["pixels"], z["found"], z["confidence"], z["box"], z["landmarks"],
-                          info["unreadable"], from_cache=True)
-        if len(crops.files) != len(crops.pixels) or set(crops.files) | set(crops.unreadable) != \
-                {r.file for r in ds.records}:
+        with np.load(index) as z:  # no pickles: names are unicode arrays
+            files = [str(f) for f in z["files"]]
+            unreadable = dict(zip(map(str, z["unreadable_files"]), map(str, z["unreadable_why"]), strict=True))
+            found, conf, box, marks = z["found"], z["confidence"], z["box"], z["landmarks"]
+        pixels = np.load(npy, mmap_mode="r")
+        n = len(files)
+        if pixels.dtype != np.uint8 or pixels.shape != (n, size, size, 3) or found.shape != (n,) or \
+                conf.shape != (n,) or box.shape != (n, 4) or marks.shape != (n, 5, 2):
+            raise ValueError("its arrays do not have the shapes of its file list")
+        if set(files) | set(unreadable) != {r.file for r in ds.records}:
             raise ValueError("it lists other files than the dataset")
-        return crops
+        return Crops(files, pixels, found.astype(bool), conf, box, marks, unreadable, from_cache=True)
     except (OSError, ValueError, KeyError) as e:
         log.warning("ignoring a damaged crop cache at %s (%s); rebuilding it", stem, e)
         return None
 
 
-def _write_cache(stem: Path, crops: Crops) -> None:
+def _write_index(stem: Path, crops: Crops) -> bool:
+    """The per-file arrays and names beside the crops' .npy; False where they could not be written."""
     try:
-        stem.parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(stem.with_suffix(".npz")) as tmp, open(tmp, "wb") as f:
-            np.savez(f, pixels=crops.pixels, found=crops.found, confidence=crops.confidence, box=crops.box,
-                     landmarks=crops.landmarks)
-        atomic_write_text(stem.with_suffix(".json"), json.dumps({"files": crops.files, "unreadable": crops.unreadable}))
+            np.savez(f, files=np.array(crops.files, str), found=crops.found, confidence=crops.confidence,
+                     box=crops.box, landmarks=crops.landmarks, unreadable_files=np.array(list(crops.unreadable), str),
+                     unreadable_why=np.array(list(crops.unreadable.values()), str))
+        return True
     except OSError as e:
-        log.warning("could not write the crop cache to %s (%s); continuing without it", stem.parent, e)
+        log.warning(WARN_NO_CACHE.format(folder=stem.parent, error=e))
+        return False

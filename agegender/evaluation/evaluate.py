@@ -35,6 +35,7 @@ from ..faces import quality
 from ..fairness.metrics import summary_of
 from ..labels import GENDERS, RACES, bin_label, nearest_bin
 from ..models.checkpoint import CheckpointError, load_checkpoint, read_meta, write_meta
+from ..models.distributed import Dist
 from ..models.distributed import setup as setup_distributed
 from ..models.inference import predict_distribution
 from ..models.interval import interval_of
@@ -51,11 +52,12 @@ from ..predictions import (
     predictions_path,
     write_predictions,
 )
-from .evalset import SCORING, Crops, Progress, dataset_crops, first_stage
+from .evalset import SCORING, Crops, Progress, dataset_crops, first_stage, rank_crops
 
 log = logging.getLogger(__name__)
 
 SCORE_BATCH = 256  # faces per model pass and per progress report (predict_distribution's own batch)
+QUALITY_BATCH = 16  # crops measured at once: sharpness holds 144 px crops in float64 thrice (16 MB at 16)
 
 ERR_NEEDS_OUT = ("a labelled dataset's predictions go where --out says (never into the checkpoint folder): "
                  "add --out PREDICTIONS.csv")
@@ -119,28 +121,41 @@ def predictions_frame(ckpt, images: Images, idx: np.ndarray, tta: bool = True) -
     return with_label_tails(ckpt, frame, dist)
 
 
-def dataset_frame(ckpt, ds: Dataset, crops: Crops, tta: bool = True, progress: Progress | None = None
-                  ) -> pd.DataFrame:
+def dataset_frame(ckpt, ds: Dataset, crops: Crops, tta: bool = True, progress: Progress | None = None,
+                  dd: Dist | None = None) -> pd.DataFrame | None:
     """The predictions table of a labelled dataset: one row per readable record, with its group columns and
     ``found``; the predictions are empty where no face was found, the age intervals also where the checkpoint
     is not calibrated, the label tails also for a regression head. Predicted ages are put in the dataset's own
-    age bins (FairFace's unless its labels use others). ``progress(SCORING, done, total)`` after each batch."""
-    ages, pf, dist = _scored_in_batches(ckpt, crops.pixels[crops.found], tta, progress)
+    age bins (FairFace's unless its labels use others). ``progress(SCORING, done, total)`` after each batch.
+    Under torchrun (``dd``) each rank scores its share of the batches and rank 0 alone gets the table."""
+    dd = dd or Dist()
+    scored = _scored_in_batches(ckpt, crops.pixels, np.flatnonzero(crops.found), tta, progress, dd)
+    if scored is None:
+        return None
+    ages, pf, dist = scored
     lo, hi = interval_of(ckpt, ages, dist, tta)  # calibrated on UTKFace val: whether it holds here is measured
     frame = labelled_frame(ds, crops, crops.found, ages, pf, lo, hi)
     return with_label_tails(ckpt, frame, dist, crops.found)
 
 
-def _scored_in_batches(ckpt, pixels: np.ndarray, tta: bool, progress: Progress | None
-                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """predict_distribution over ``pixels`` a batch at a time, so that the caller hears of each batch (the
-    model pass of a few hundred faces takes seconds on a CPU); the batches are those predict_distribution
-    would make, so the figures are the same."""
-    n, parts = len(pixels), []
-    for start in range(0, max(n, 1), SCORE_BATCH):  # one empty batch for no faces: the arrays keep their shapes
-        parts.append(predict_distribution(ckpt, pixels[start:start + SCORE_BATCH], tta, SCORE_BATCH))
+def _scored_in_batches(ckpt, pixels: np.ndarray, rows: np.ndarray, tta: bool, progress: Progress | None,
+                       dd: Dist) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
+    """predict_distribution over ``pixels[rows]`` a batch at a time, so that the caller hears of each batch (the
+    model pass of a few hundred faces takes seconds on a CPU) and only a batch of faces is read from a
+    memory-mapped cache; the batches are those predict_distribution would make, so the figures are the same.
+    Under torchrun rank r scores batches r, r + world, ...: the very batches one process scores, so the same
+    kernels see the same inputs; rank 0 gathers them in order (None elsewhere)."""
+    n = len(rows)
+    starts = list(range(0, max(n, 1), SCORE_BATCH))  # one empty batch for no faces: the arrays keep their shapes
+    mine = []
+    for start in starts[dd.rank::dd.world]:
+        mine.append(predict_distribution(ckpt, pixels[rows[start:start + SCORE_BATCH]], tta, SCORE_BATCH))
         if progress:
             progress(SCORING, min(start + SCORE_BATCH, n), n)
+    got = dd.gather(mine)
+    if got is None:
+        return None
+    parts = [got[b % dd.world][b // dd.world] for b in range(len(starts))]
     ages, pf = (np.concatenate([p[i] for p in parts]) for i in (0, 1))
     return ages, pf, None if parts[0][2] is None else np.concatenate([p[2] for p in parts])
 
@@ -181,22 +196,36 @@ def labelled_frame(ds: Dataset, crops: Crops, found: np.ndarray, ages: np.ndarra
 
 def _quality(crops: Crops) -> dict[str, np.ndarray]:
     """Pose, face size and sharpness of each found face (NaN for misses, and pose and size for chips,
-    which carry no detection)."""
-    m = quality.measure(crops.landmarks, crops.box, crops.pixels)
+    which carry no detection); QUALITY_BATCH crops at a time, as sharpness works in float64."""
+    parts = [quality.measure(crops.landmarks[s:s + QUALITY_BATCH], crops.box[s:s + QUALITY_BATCH],
+                             crops.pixels[s:s + QUALITY_BATCH])
+             for s in range(0, max(len(crops.files), 1), QUALITY_BATCH)]  # one empty part keeps the shapes
+    m = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     m["sharpness"] = np.where(crops.found, m["sharpness"], np.nan)
     return m
 
 
-def evaluate_dataset(ckpt, ds: Dataset, tta: bool = True, cache_dir=None, progress: Progress | None = None
-                     ) -> tuple[pd.DataFrame, dict]:
+def evaluate_dataset(ckpt, ds: Dataset, tta: bool = True, cache_dir=None, progress: Progress | None = None,
+                     dd: Dist | None = None) -> tuple[pd.DataFrame, dict] | None:
     """A labelled dataset through a checkpoint: (predictions table, metrics). The metrics are those of
     metrics.summary_of (over faces found) plus how many rows the dataset reader and the image decoder
     skipped. ``progress(stage, done, total)`` hears both stages in order: first_stage(ds.geometry) over the
-    records (at once where the crops are cached), then SCORING over the faces found."""
+    records (at once where the crops are cached), then SCORING over the faces found. Under torchrun (``dd``)
+    the ranks share detection and scoring (evalset.rank_crops, dataset_frame); rank 0 gets the result, the
+    others None."""
     stage = first_stage(ds.geometry)
-    crops = dataset_crops(ds, ckpt.preprocess.cache_size, cache_dir,
-                          (lambda done, total: progress(stage, done, total)) if progress else None)
-    df = dataset_frame(ckpt, ds, crops, tta, progress)
+    if dd is None or not dd.active:
+        crops = dataset_crops(ds, ckpt.preprocess.cache_size, cache_dir,
+                              (lambda done, total: progress(stage, done, total)) if progress else None)
+    else:
+        crops = rank_crops(ds, ckpt.preprocess.cache_size, cache_dir, dd)
+        if dd.any(crops is None):  # a rank cannot see the cache: rank 0, which holds the crops, scores alone
+            if not dd.main:
+                return None
+            dd = None
+    df = dataset_frame(ckpt, ds, crops, tta, progress, dd)
+    if df is None:
+        return None
     return df, {**summary_of(df), "skipped_labels": ds.skipped, "unreadable": len(crops.unreadable),
                 "format": ds.format, "geometry": ds.geometry, "dataset_fingerprint": ds.fingerprint}
 
@@ -268,20 +297,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _evaluate_labelled(args, dd, device, t0: float) -> int:
-    """--labels, --format fairface|csv: score a whole labelled dataset (one process: photos are detected
-    once and cached, and the rest is seconds)."""
+    """--labels, --format fairface|csv: score a whole labelled dataset (photos are detected once and cached;
+    under torchrun every rank detects and scores its share, and rank 0 writes the cache and the predictions)."""
     if not args.out:
         print(f"error: {ERR_NEEDS_OUT}", file=sys.stderr)
         return 2
-    if not dd.main:
-        return 0
     try:
         ckpt = load_checkpoint(args.checkpoint, device)
         ds = read_dataset(args.data, args.labels, args.format, args.columns)
-        df, m = evaluate_dataset(ckpt, ds, args.tta, args.cache_dir)
+        done = evaluate_dataset(ckpt, ds, args.tta, args.cache_dir, dd=dd)
     except (CheckpointError, DatasetError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if done is None:  # a rank other than 0: its share went to rank 0
+        return 0
+    df, m = done
     write_predictions(df, args.out)
     m = {**m, "tta": args.tta, "checkpoint": str(args.checkpoint), "data": str(args.data),
          "labels": None if ds.labels is None else str(ds.labels), "seconds": round(time.perf_counter() - t0, 2)}
