@@ -13,9 +13,14 @@ can be passed over, which moves no distance by more than 1e-3. Torch-free.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
+
+from ..fairness.groups import N_BOOT, SEED, wilson
+from ..fairness.stats import draws, interval
 
 QUERY_BLOCK = 1024
 REFERENCE_BLOCK = 8192
@@ -70,3 +75,123 @@ def _block_argmin(q: np.ndarray, ref: np.ndarray, ref_sq: np.ndarray, reference_
         better = value < best
         best[better], arg[better] = value[better], j[better] + start
     return arg
+
+
+# ---- what a match is, and how much of a set has one ---------------------------------------------------------
+# Chosen from measurement on UTKFace (docs/leakage.md has the numbers and how they were taken):
+# - a duplicate is the same picture: descriptors within DUPLICATE (every planted copy of a train chip, JPEG
+#   60-95, mirrored, 5% crops, +-15% brightness, lay within 0.31) and small grayscale thumbnails that
+#   correlate by CORRELATION or more, as they are or one mirrored (99% of planted copies do; two photos of one
+#   person at that distance mostly do not), so a look-alike is never called the same picture;
+# - a look-alike is a match within LOOK_ALIKE: the distance below which under 3% of flagged adult pairs carry
+#   different gender labels (known different people). Younger faces sit closer whoever they are, so the
+#   younger face of a pair sets a stricter limit (YOUNG): teens 0.32; under 10 no descriptor distance separates
+#   children (a third of the closest pairs differ in gender), so only duplicates are called there.
+DUPLICATE = "duplicate"
+LOOK_ALIKE = "look-alike"
+THRESHOLD_DUPLICATE = 0.32
+THRESHOLD_CORRELATION = 0.85
+THRESHOLD_LOOK_ALIKE = 0.42
+YOUNG = ((10.0, 0.0), (20.0, 0.32))  # (under this age, the look-alike limit), youngest first
+THUMB = 32  # px of the grayscale thumbnails compared
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    duplicate: float = THRESHOLD_DUPLICATE
+    correlation: float = THRESHOLD_CORRELATION
+    look_alike: float = THRESHOLD_LOOK_ALIKE
+    young: tuple[tuple[float, float], ...] = YOUNG
+
+
+DEFAULT = Thresholds()
+
+
+def look_alike_limits(age: np.ndarray, t: Thresholds = DEFAULT) -> np.ndarray:
+    """Each pair's look-alike limit from its younger face's age (NaN, unknown: the adult limit)."""
+    age = np.asarray(age, np.float64)
+    limit = np.full(len(age), t.look_alike)
+    for bound, value in reversed(t.young):
+        limit[age < bound] = value
+    return limit
+
+
+def classify(distance: np.ndarray, age: np.ndarray | None = None, correlation: np.ndarray | None = None,
+             t: Thresholds = DEFAULT) -> np.ndarray:
+    """Each match's kind: DUPLICATE within t.duplicate where the thumbnails correlate by t.correlation (without
+    ``correlation``, the distance alone decides), LOOK_ALIKE within the pair's look-alike limit (``age``: the
+    younger face's), else "" (also for a NaN distance: no match)."""
+    d = np.asarray(distance, np.float64)
+    limit = look_alike_limits(np.full(len(d), np.nan) if age is None else age, t)
+    kind = np.full(len(d), "", dtype=object)
+    with np.errstate(invalid="ignore"):
+        same = d < t.duplicate
+        if correlation is not None:
+            same &= np.asarray(correlation, np.float64) >= t.correlation
+        kind[d < limit] = LOOK_ALIKE
+        kind[same] = DUPLICATE
+    return kind
+
+
+def thumbnail(pixels: np.ndarray) -> np.ndarray:
+    """A face's THUMB x THUMB grayscale thumbnail and its mirror image, flattened: 2 x THUMB**2."""
+    g = np.asarray(Image.fromarray(np.asarray(pixels, np.uint8)).convert("L").resize((THUMB, THUMB),
+                                                                                      Image.BILINEAR), np.float64)
+    return np.stack([g, g[:, ::-1]]).reshape(2, -1)
+
+
+def correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """The Pearson correlation of two faces' thumbnails, the larger of b as it is and b mirrored (a picture
+    flipped is the same picture); NaN for a flat image."""
+    ta, tb = thumbnail(a)[0], thumbnail(b)
+    ta = ta - ta.mean()
+    tb = tb - tb.mean(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = tb @ ta / (np.linalg.norm(tb, axis=1) * np.linalg.norm(ta))
+    return float(np.nanmax(r)) if np.isfinite(r).any() else np.nan
+
+
+def _by_number(value) -> tuple[float, str]:
+    """Age buckets in age order ("3-9" before "10-19"), other values by name."""
+    head = re.match(r"\d+", str(value))
+    return (float(head.group()) if head else np.inf, str(value))
+
+
+def shares_by_group(groups: dict[str, np.ndarray], flagged: np.ndarray, duplicate: np.ndarray) -> dict:
+    """Per column (race, gender, age bucket) and value: faces, flagged ones (a duplicate or a look-alike),
+    duplicates, and the flagged share with its Wilson 95% interval. Rows whose value is missing are left out."""
+    flagged, duplicate = np.asarray(flagged, bool), np.asarray(duplicate, bool)
+    out = {}
+    for column, values in groups.items():
+        values = np.asarray(values, dtype=object)
+        rows = []
+        for value in sorted({v for v in values if v is not None and v == v and v != ""}, key=_by_number):
+            mask = values == value
+            n, k = int(mask.sum()), int(flagged[mask].sum())
+            lo, hi = wilson(k, n)
+            rows.append({"group": str(value), "n": n, "n_flagged": k, "n_duplicate": int(duplicate[mask].sum()),
+                         "share": k / n, "lo": lo, "hi": hi})
+        out[column] = rows
+    return out
+
+
+def with_without(err: np.ndarray, correct: np.ndarray, drop: np.ndarray, n_boot: int = N_BOOT,
+                 seed: int = SEED) -> dict:
+    """Age MAE and gender accuracy on every face ("with") and without the ``drop`` ones, and the difference
+    with - without on the same resampled faces: a paired bootstrap (stats.draws, one index matrix for both
+    sides and both metrics; stats.interval its percentile interval)."""
+    err, correct, drop = np.abs(np.asarray(err, np.float64)), np.asarray(correct, np.float64), np.asarray(drop, bool)
+    n, kept = len(err), int((~drop).sum())
+    out = {"n": n, "n_without": kept}
+    idx = draws(n, n_boot, np.random.default_rng(seed)) if n and n_boot else None
+    for name, x in (("age_mae", err), ("gender_accuracy", correct)):
+        with_ = float(x.mean()) if n else np.nan
+        without = float(x[~drop].mean()) if kept else np.nan
+        lo = hi = np.nan
+        if idx is not None and kept:
+            keep = ~drop[idx]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                diff = x[idx].mean(axis=1) - (x[idx] * keep).sum(axis=1) / keep.sum(axis=1)
+            lo, hi = interval(diff, with_ - without)
+        out[name] = {"with": with_, "without": without, "difference": with_ - without, "lo": lo, "hi": hi}
+    return out
