@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from ..data.datasets import FORMATS, Dataset, read_dataset
-from ..data.utkface import MANIFEST, DatasetError, cached_images, scan, split_of, trained_on
+from ..data.utkface import MANIFEST, DatasetError, Scan, cached_images, scan, split_of, trained_on
 from ..fairness.groups import age_buckets
 from ..labels import GENDERS, bin_label, called_female, image_key, printable
 from ..meta import atomic_write, atomic_write_text
@@ -72,11 +72,11 @@ def _rows(records, files: list[str]) -> np.ndarray:
     return np.array([row.get(r.file, -1) for r in records], np.int64)
 
 
-def read_pixels(ds: Dataset, cache_dir: str | None) -> tuple[list[str], np.ndarray]:
+def read_pixels(ds: Dataset, cache_dir: str | None, scan_: Scan | None) -> tuple[list[str], np.ndarray]:
     """(files, faces) as the descriptors saw them, from the caches the descriptors filled: UTKFace chips at
-    the network's 150 px, a photo set's aligned crops."""
-    if ds.format == "utkface":
-        images = cached_images(scan(ds.root), DLIB_SIZE, cache_dir)
+    the network's 150 px (``scan_``: the dataset's), a photo set's aligned crops."""
+    if scan_ is not None:
+        images = cached_images(scan_, DLIB_SIZE, cache_dir)
         return [s.member for s in images.samples], images.pixels
     crops = dataset_crops(ds, CROP_SIZE, cache_dir)
     return list(crops.files), crops.pixels
@@ -86,12 +86,12 @@ def read_side(ds: Dataset, cache_dir: str | None) -> Side:
     """A dataset's labels, descriptors and faces, aligned by file (UTKFace chips that could not be read have
     none)."""
     # a UTKFace dataset was read from a scan of its root: scanning again is a listing, no image is read
-    d: Descriptors = (utkface_descriptors(scan(ds.root), cache_dir) if ds.format == "utkface"
-                      else photo_descriptors(ds, cache_dir))
+    scan_ = scan(ds.root) if ds.format == "utkface" else None
+    d: Descriptors = utkface_descriptors(scan_, cache_dir) if scan_ else photo_descriptors(ds, cache_dir)
     vectors = np.full((len(ds.records), d.vectors.shape[1]), np.nan, np.float32)
     at = _rows(ds.records, d.files)
     vectors[at >= 0] = d.vectors[at[at >= 0]]
-    files, pixels = read_pixels(ds, cache_dir)
+    files, pixels = read_pixels(ds, cache_dir, scan_)
     table = pd.DataFrame({
         "file": [r.file for r in ds.records],
         "age": [np.nan if r.age is None else r.age for r in ds.records],
