@@ -48,6 +48,8 @@ ERR_NOT_UTKFACE = "{path} is not UTKFace: without --against, --data must be UTKF
 ERR_CHECKPOINT_AGAINST = "--checkpoint compares a checkpoint's own splits: use it without --against"
 ERR_NO_MANIFEST = "{path} has no " + MANIFEST + ": its splits are unknown (train.py writes it beside the checkpoint)"
 ERR_NO_TRAIN = "no train images to compare with: the split holds none with a descriptor"
+ERR_OUT_FOLDER = "cannot write {path}: the folder {folder} does not exist (checked before any face is read)"
+ERR_WRITE = "cannot write {path} ({detail})"
 WARN_NO_FACE = "{n} image(s) of {path} have no face found, so no descriptor: they are left out of n (e.g. {example})"
 
 
@@ -199,6 +201,17 @@ def _strict(x):
     return None if isinstance(x, float) and not np.isfinite(x) else x
 
 
+def _write(args, out: dict) -> None:
+    path = args.json
+    try:
+        atomic_write_text(path, json.dumps(_strict(out), indent=2, allow_nan=False) + "\n")
+        if args.csv:
+            path = args.csv
+            write_csv(out["pairs"], path)
+    except OSError as e:
+        raise ValueError(ERR_WRITE.format(path=printable(str(path)), detail=e.strerror or e)) from e
+
+
 def write_csv(pairs: list[dict], path: str) -> None:
     with atomic_write(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=PAIR_COLUMNS)
@@ -252,20 +265,29 @@ def parse(argv: list[str] | None):
     return p.parse_args(argv)
 
 
+def _outputs(args) -> list[Path]:
+    """The files the run will write, refused up front when their folder is missing: a run is minutes the
+    first time, and should not end in a traceback."""
+    paths = [Path(p).expanduser() for p in (args.json, args.csv) if p]
+    for p in paths:
+        if not p.parent.is_dir():
+            raise ValueError(ERR_OUT_FOLDER.format(path=printable(str(p)), folder=printable(str(p.parent))))
+    return paths
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     set_threads(args.threads)
     t0 = time.perf_counter()
     try:
+        _outputs(args)
         out = run(args)
+        out["seconds"] = round(time.perf_counter() - t0, 2)
+        _write(args, out)
     except (DatasetError, CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    out["seconds"] = round(time.perf_counter() - t0, 2)
-    atomic_write_text(args.json, json.dumps(_strict(out), indent=2, allow_nan=False) + "\n")
-    if args.csv:
-        write_csv(out["pairs"], args.csv)
     print(f"{out['n']} faces: {out['n_duplicate']} duplicate(s), {out['n_look_alike']} look-alike(s) "
           f"(thresholds {out['threshold_duplicate']} / {out['threshold_look_alike']}); {out['seconds']} s")
     return 0

@@ -227,6 +227,20 @@ def test_checkpoint_and_against_are_refused_together(small_set, capsys, tmp_path
     assert lc.ERR_CHECKPOINT_AGAINST in capsys.readouterr().err
 
 
+def test_an_output_in_a_missing_folder_is_refused_before_any_face_is_read(small_set, monkeypatch, capsys,
+                                                                         tmp_path):
+    def never(*a, **k):
+        raise AssertionError("descriptors read before the outputs were checked")
+    monkeypatch.setattr(lc, "utkface_descriptors", never)
+    out = tmp_path / "no" / "leak.json"
+    assert lc.main(["--data", str(small_set[0]), "--json", str(out)]) == 2
+    assert lc.ERR_OUT_FOLDER.format(path=str(out), folder=str(out.parent)) in capsys.readouterr().err
+    pairs = tmp_path / "gone" / "pairs.csv"
+    assert lc.main(["--data", str(small_set[0]), "--json", str(tmp_path / "a.json"), "--csv", str(pairs)]) == 2
+    assert lc.ERR_OUT_FOLDER.format(path=str(pairs), folder=str(pairs.parent)) in capsys.readouterr().err
+    assert not (tmp_path / "a.json").exists()
+
+
 def test_a_checkpoint_without_a_manifest_is_refused(small_set, monkeypatch, capsys, tmp_path):
     _fake_descriptors(monkeypatch, {})
     code = lc.main(["--data", str(small_set[0]), "--checkpoint", str(tmp_path), "--json", str(tmp_path / "x.json"),
