@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -285,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    set_threads(args.threads)
+    set_threads(_threads(args.threads))
     t0 = time.perf_counter()
     if args.into_checkpoint:
         return _evaluate_into(args)
@@ -294,6 +295,12 @@ def main(argv: list[str] | None = None) -> int:
         return _evaluate(args, dd, device, t0)
     finally:
         dd.close()
+
+
+def _threads(n: int) -> int:
+    """--threads, else under torchrun this machine's cores shared among its ranks (each would take them all)."""
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return n or (max(1, len(os.sched_getaffinity(0)) // local) if local > 1 else 0)
 
 
 def _evaluate_labelled(args, dd, device, t0: float) -> int:
