@@ -1,4 +1,5 @@
-"""For each query face descriptor, its nearest reference descriptor: the search behind the look-alike check.
+"""For each query face descriptor, its nearest reference descriptor: the search behind the look-alike check;
+then what each match is (duplicate, look-alike), the flagged share by group, and figures with and without them.
 
 Plain numpy matrix products, blockwise: |q - r|^2 = |q|^2 + |r|^2 - 2 q.r for a block of queries against a
 block of references at a time, so memory stays at one QUERY_BLOCK x REFERENCE_BLOCK float32 matrix (32 MB)
