@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     p = parser("evalset_ranks", __doc__, threads=False)
     p.add_argument("--data", default=str(DEFAULT_DATA), help="a labelled photo set agegender.data.datasets reads")
     p.add_argument("--ranks", type=int, default=2, help="processes under torchrun, against one")
-    p.add_argument("--runs", type=int, default=2, help="runs of each, from an empty crop cache")
+    p.add_argument("--runs", type=int, default=2, help="runs of each, from an empty crop cache (0: no timing)")
     p.add_argument("--photos", type=int, default=20000, help="photos in the generated set (0: skip it)")
     p.add_argument("--side", type=int, default=96, help="their side in pixels")
     args = p.parse_args(argv)
@@ -94,13 +94,14 @@ def main(argv: list[str] | None = None) -> int:
         for ranks in times:  # alternated, so a change in the machine's load falls on both
             times[ranks].append(timed(ranks, ckpt, data)[0])
             print(f"  {ranks} process(es): {times[ranks][-1]:.1f} s; {load()}", flush=True)
-    one, many = statistics.median(times[1]), statistics.median(times[args.ranks])
-    print(f"median of {args.runs}: one process {one:.1f} s, {args.ranks} processes {many:.1f} s: "
-          f"{one / many:.2f}x (target >= 1.6x); {load()}")
+    if args.runs:
+        one, many = statistics.median(times[1]), statistics.median(times[args.ranks])
+        print(f"median of {args.runs}: one process {one:.1f} s, {args.ranks} processes {many:.1f} s: "
+              f"{one / many:.2f}x (target >= 1.6x); {load()}")
     if args.photos:
         with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
             folder = generated(Path(tmp) / "photos", args.photos, args.side)
-            for ranks in (1, args.ranks):
+            for ranks in (args.ranks, 1):
                 s, mb = timed(ranks, ckpt, folder)
                 print(f"{args.photos} photos of {args.side} px, {ranks} process(es): {s:.0f} s, peak resident "
                       f"{mb:.0f} MB in the largest process (target <= 2048 MB); {load()}", flush=True)

@@ -18,6 +18,7 @@ import hashlib
 import logging
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -67,6 +68,7 @@ CACHE_PREFIX = "evalset"  # the crop cache's files: evalset-FINGERPRINT-GEOMETRY
 # (one .npz holding the crops, names in a .json) are not read: they would have to be loaded whole.
 CACHE_FORMAT = "v2"
 CHUNK = 256  # records per part: what one process holds of the crops it makes, and sends rank 0 per round
+ERR_NO_SPACE = "not enough free space for {gb:.2f} GB of crops"
 WARN_NO_CACHE = "could not write the crop cache to {folder} ({error}); continuing without it"
 WARN_NOT_SHARED = ("rank {rank} cannot read the crop cache rank 0 wrote in {folder} (on another machine? give "
                    "every rank the same --cache-dir on a shared filesystem); rank 0 scores the faces alone")
@@ -283,45 +285,70 @@ def _build(ds: Dataset, size: int, stem: Path, dd: Dist, progress) -> Crops | No
         if not dd.main:
             return None
         keep = np.array([f not in unreadable for f in files], bool)
+        kept = ([f for f, k in zip(files, keep, strict=True) if k], found[keep], conf[keep], box[keep], marks[keep],
+                dict(sorted(unreadable.items())))
+        if isinstance(pixels, np.ndarray):  # the cache could not be written: the crops stay in memory, as before
+            return Crops(kept[0], pixels[keep], *kept[1:])
+        pixels.close()
         if not keep.all():
-            pixels = _compacted(pixels, keep) if isinstance(pixels, np.memmap) else pixels[keep]
-        crops = Crops([f for f, k in zip(files, keep, strict=True) if k], pixels, found[keep], conf[keep],
-                      box[keep], marks[keep], dict(sorted(unreadable.items())))
-        if not isinstance(pixels, np.memmap):
-            return crops  # the cache could not be written: the crops stay in memory, as before there was one
-        pixels.flush()
+            _compact(pixels.path, keep)
+    crops = Crops(kept[0], np.load(stem.with_suffix(".npy"), mmap_mode="r"), *kept[1:])
     written = _write_index(stem, crops) and _read_cache(stem, ds, size)
     return dataclasses.replace(written, from_cache=False) if written else crops
 
 
-def _pixels_out(stack: ExitStack, stem: Path, shape: tuple[int, ...]) -> np.ndarray:
-    """Where the crops are written as they come: a .npy memory-mapped on a temporary file that becomes the
-    cache's when the stack closes without an error; memory (as before the cache) where it cannot be written."""
+class _NpyRows:
+    """A uint8 .npy of a known shape, its rows written at any position through the file rather than a mapping:
+    a mapping's written pages count as the process's memory until the kernel writes them back, so a large set's
+    build would look, and with little memory be, as large as the set."""
+
+    def __init__(self, path: Path, shape: tuple[int, ...]):
+        np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)  # the header; the rest sparse zeros
+        self.path, self.offset, self.row = path, np.load(path, mmap_mode="r").offset, int(np.prod(shape[1:]))
+        self.fd = os.open(path, os.O_WRONLY)
+
+    def __setitem__(self, rows: list[int] | slice, values: np.ndarray) -> None:
+        if isinstance(rows, slice):  # consecutive rows from rows.start: one write
+            os.pwrite(self.fd, np.ascontiguousarray(values).tobytes(), self.offset + rows.start * self.row)
+            return
+        for r, v in zip(rows, values, strict=True):
+            os.pwrite(self.fd, np.ascontiguousarray(v).tobytes(), self.offset + r * self.row)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def _pixels_out(stack: ExitStack, stem: Path, shape: tuple[int, ...]) -> _NpyRows | np.ndarray:
+    """Where the crops are written as they come: a .npy on a temporary file that becomes the cache's when the
+    stack closes without an error; memory (as before the cache) where it cannot be written or would not fit."""
     try:
         stem.parent.mkdir(parents=True, exist_ok=True)
+        if shutil.disk_usage(stem.parent).free < math.prod(shape) * 1.05:
+            raise OSError(ERR_NO_SPACE.format(gb=math.prod(shape) / 1e9))
         tmp = stack.enter_context(atomic_write(stem.with_suffix(".npy")))
-        return np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+        return _NpyRows(tmp, shape)
     except OSError as e:
         log.warning(WARN_NO_CACHE.format(folder=stem.parent, error=e))
         return np.zeros(shape, np.uint8)
 
 
-def _compacted(pixels: np.memmap, keep: np.ndarray) -> np.memmap:
-    """The kept rows of a memory-mapped .npy, the file rewritten in place of the old one, CHUNK rows at a time.
-    The new file is named as atomic_write names its own, so a kill leaves one that remove_stale_temps finds."""
-    path = Path(pixels.filename)
+def _compact(path: Path, keep: np.ndarray) -> None:
+    """The .npy at ``path`` rewritten with its kept rows only, CHUNK rows at a time. The new file is named as
+    atomic_write names its own, so a kill leaves one that remove_stale_temps finds."""
+    pixels = np.load(path, mmap_mode="r")
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.tmp")
     os.close(fd)
     rows = np.flatnonzero(keep)
     try:
-        out = np.lib.format.open_memmap(name, mode="w+", dtype=np.uint8, shape=(len(rows), *pixels.shape[1:]))
-        for start in range(0, len(rows), CHUNK):
-            out[start:start + CHUNK] = pixels[rows[start:start + CHUNK]]
-        out.flush()
+        out = _NpyRows(Path(name), (len(rows), *pixels.shape[1:]))
+        try:
+            for start in range(0, len(rows), CHUNK):
+                out[slice(start, None)] = pixels[rows[start:start + CHUNK]]
+        finally:
+            out.close()
         os.replace(name, path)
     finally:
         Path(name).unlink(missing_ok=True)
-    return out
 
 
 def min_face_size(photo) -> int:
@@ -336,7 +363,7 @@ def _warn(unreadable: dict[str, str]) -> None:
 
 def _read_cache(stem: Path, ds: Dataset, size: int) -> Crops | None:
     npy, index = stem.with_suffix(".npy"), stem.with_suffix(".npz")
-    if not (npy.exists() and index.exists()):
+    if not (npy.is_file() and index.is_file()):  # a FIFO put there would block the read: rebuilt, renamed over
         return None
     try:
         with np.load(index) as z:  # no pickles: names are unicode arrays

@@ -1,17 +1,18 @@
 """The little DDP needs beyond PyTorch itself: who am I under torchrun, and a few collectives.
 
-Without torchrun (no WORLD_SIZE), everything here is a no-op for a single process.
+Without torchrun (no WORLD_SIZE), everything here is a no-op for a single process, and torch is imported only
+by what a process group needs: a torch-free module (evaluation.evalset, which review.audit_run imports) can take
+a Dist for its one-process default.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-import torch.distributed as dist
-
-from .runtime import pick_device
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -31,12 +32,17 @@ class Dist:
 
     def barrier(self) -> None:
         if self.active:
+            import torch.distributed as dist
+
             dist.barrier()
 
     def any(self, flag: bool) -> bool:
         """True on every rank when it is true on any (e.g. one rank ran out of time)."""
         if not self.active:
             return flag
+        import torch
+        import torch.distributed as dist
+
         t = torch.tensor([1.0 if flag else 0.0])
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item())
@@ -44,6 +50,9 @@ class Dist:
     def sum(self, values: list[float]) -> list[float]:
         if not self.active:
             return values
+        import torch
+        import torch.distributed as dist
+
         t = torch.tensor(values, dtype=torch.float64)
         dist.all_reduce(t)
         return t.tolist()
@@ -54,6 +63,8 @@ class Dist:
         statistics of its own share of the batch: without this the ranks validate differently and
         take different best-epoch and early-stopping decisions."""
         if self.active:
+            import torch.distributed as dist
+
             for b in model.buffers():
                 dist.broadcast(b, 0)
 
@@ -61,17 +72,28 @@ class Dist:
         """Every rank's ``obj`` on rank 0 (None elsewhere)."""
         if not self.active:
             return [obj]
+        import torch.distributed as dist
+
         out = [None] * self.world if self.main else None
         dist.gather_object(obj, out, dst=0)
         return out
 
     def close(self) -> None:
-        if self.owns_group and dist.is_initialized():
+        if not self.owns_group:
+            return
+        import torch.distributed as dist
+
+        if dist.is_initialized():
             dist.destroy_process_group()
 
 
 def setup(device_name: str = "auto") -> tuple[Dist, torch.device]:
     """Join torchrun's process group when there is one: gloo on CPU, NCCL on GPUs."""
+    import torch
+    import torch.distributed as dist
+
+    from .runtime import pick_device
+
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
     device = pick_device(device_name)

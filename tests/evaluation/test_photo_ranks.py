@@ -11,13 +11,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import tracemalloc
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from agegender.data.datasets import Dataset, Record
+from agegender.data.datasets import Dataset, Record, read_dataset
 from agegender.evaluation import evalset, evaluate
 from agegender.evaluation.evalset import Crops
 from agegender.models.checkpoint import load_checkpoint
@@ -90,6 +91,38 @@ def test_two_ranks_share_detection_write_the_cache_once_and_give_one_process_fil
     assert counts(again / "record", "detected") == {} and counts(again / "record", "writes") == {}
     after = npy.stat()
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)  # read, not rewritten
+
+
+def test_a_damaged_crop_cache_is_rebuilt_without_hanging(tmp_path, caplog):
+    """The crop cache's .npy cut short, rewritten at another crop size, or its index replaced by a FIFO (a read
+    would wait for a writer for ever): each is rebuilt to the same crops, with one line naming the cache."""
+    fairface_like(tmp_path / "FairFace")
+    ds = read_dataset(tmp_path / "FairFace")
+    cache = tmp_path / "cache"
+    first = np.array(evalset.dataset_crops(ds, 32, cache).pixels)
+    npy, index = sorted(cache.iterdir())
+
+    def cut():
+        npy.write_bytes(npy.read_bytes()[:-100])
+
+    def resized():
+        np.save(npy, np.zeros((len(first), 16, 16, 3), np.uint8))
+
+    def fifo():
+        index.unlink()
+        os.mkfifo(index)
+
+    for damage in (cut, resized, fifo):
+        caplog.clear()
+        damage()
+        got = []
+        t = threading.Thread(target=lambda out=got: out.append(evalset.dataset_crops(ds, 32, cache)), daemon=True)
+        t.start()
+        t.join(120)
+        assert got, f"{damage.__name__}: still reading after 120 s"
+        assert not got[0].from_cache and np.array_equal(got[0].pixels, first), damage.__name__
+        assert ("ignoring a damaged crop cache" in caplog.text) == (damage is not fifo), damage.__name__
+        assert evalset.dataset_crops(ds, 32, cache).from_cache  # and the rebuilt cache reads back
 
 
 def fake_predictions(batches: list[int]):
