@@ -156,8 +156,10 @@ def test_fold_of_is_stable_balanced_and_independent_of_the_split():
 
 def fake_fold(folder, fold, k=2, fingerprint="f" * 64):
     folder.mkdir(parents=True)
-    write_meta(folder, {"arch": "resnet18", "preprocess": {}, "age_offset": 0, "age_scale": 1, "labels": {},
-                        "weights_sha256": "0", "dataset_fingerprint": fingerprint,
+    # a preprocessing and a weights hash that meta.json's schema takes: the check under test is the folds'
+    preprocess = {"cache_size": 32, "input_size": 28, "mean": [0.5] * 3, "std": [0.25] * 3}
+    write_meta(folder, {"arch": "resnet18", "preprocess": preprocess, "age_offset": 0, "age_scale": 1, "labels": {},
+                        "weights_sha256": "0" * 64, "dataset_fingerprint": fingerprint,
                         "train_config": {"holdout_fold": fold, "folds": k}})
     return str(folder)
 
