@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import logging
 import math
+import mmap
 import os
 import shutil
 import tempfile
@@ -359,6 +360,15 @@ def min_face_size(photo) -> int:
 def _warn(unreadable: dict[str, str]) -> None:
     if unreadable:
         log.warning(WARN_UNREADABLE.format(n=len(unreadable), examples="; ".join(list(unreadable.values())[:EXAMPLES])))
+
+
+def release(pixels: np.ndarray) -> None:
+    """Drop the pages of a memory-mapped cache that this process has read from its resident memory (the kernel
+    keeps them in its page cache, and a read brings them back). Read a batch at a time, a mapping otherwise ends
+    counted in the process's memory as whole as the file. An array in memory is left as it is."""
+    mm = getattr(pixels, "_mmap", None)  # np.memmap's own mapping, shared by its slices
+    if mm is not None and hasattr(mmap, "MADV_DONTNEED"):
+        mm.madvise(mmap.MADV_DONTNEED)
 
 
 def _read_cache(stem: Path, ds: Dataset, size: int) -> Crops | None:

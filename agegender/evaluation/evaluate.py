@@ -53,7 +53,7 @@ from ..predictions import (
     predictions_path,
     write_predictions,
 )
-from .evalset import SCORING, Crops, Progress, dataset_crops, first_stage, rank_crops
+from .evalset import SCORING, Crops, Progress, dataset_crops, first_stage, rank_crops, release
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +151,7 @@ def _scored_in_batches(ckpt, pixels: np.ndarray, rows: np.ndarray, tta: bool, pr
     mine = []
     for start in starts[dd.rank::dd.world]:
         mine.append(predict_distribution(ckpt, pixels[rows[start:start + SCORE_BATCH]], tta, SCORE_BATCH))
+        release(pixels)
         if progress:
             progress(SCORING, min(start + SCORE_BATCH, n), n)
     got = dd.gather(mine)
@@ -198,9 +199,12 @@ def labelled_frame(ds: Dataset, crops: Crops, found: np.ndarray, ages: np.ndarra
 def _quality(crops: Crops) -> dict[str, np.ndarray]:
     """Pose, face size and sharpness of each found face (NaN for misses, and pose and size for chips,
     which carry no detection); QUALITY_BATCH crops at a time, as sharpness works in float64."""
-    parts = [quality.measure(crops.landmarks[s:s + QUALITY_BATCH], crops.box[s:s + QUALITY_BATCH],
-                             crops.pixels[s:s + QUALITY_BATCH])
-             for s in range(0, max(len(crops.files), 1), QUALITY_BATCH)]  # one empty part keeps the shapes
+    parts = []
+    for s in range(0, max(len(crops.files), 1), QUALITY_BATCH):  # one empty part keeps the shapes
+        parts.append(quality.measure(crops.landmarks[s:s + QUALITY_BATCH], crops.box[s:s + QUALITY_BATCH],
+                                     crops.pixels[s:s + QUALITY_BATCH]))
+        if s % SCORE_BATCH == 0:  # a scoring batch of rows at most stays resident
+            release(crops.pixels)
     m = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     m["sharpness"] = np.where(crops.found, m["sharpness"], np.nan)
     return m
