@@ -10,14 +10,14 @@ from __future__ import annotations
 import csv
 import io
 import json
-import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageEnhance, ImageOps
 
-from agegender.data.utkface import default_cache_dir, scan, split_of
-from agegender.evaluation import descriptors, leakage
+from agegender.data.utkface import scan, split_of
+from agegender.evaluation import leakage
 from agegender.evaluation import leakage_command as lc
 from agegender.evaluation.descriptors import Descriptors
 
@@ -294,30 +294,33 @@ def _planted(im: Image.Image, i: int) -> Image.Image:
 
 
 def test_planted_copies_of_real_train_chips_are_found(real_data, tmp_path):
+    """20 planted copies of real train chips (re-encoded, mirrored, cropped, brightened) among 200 held-out chips
+    find their original among 400 train chips. The sides are small folders described here (a few hundred chips,
+    seconds), so the test needs no cache of the whole set; docs/leakage.md measures the whole set."""
     data = real_data
     s = scan(data)
-    if not descriptors._stem(default_cache_dir(), s.fingerprint, "utkface").with_suffix(".npy").is_file():
-        pytest.skip("UTKFace's descriptors are not cached: python -m benchmarks.descriptors builds them (minutes)")
-    t0 = time.perf_counter()
     rng = np.random.default_rng(0)
     train = [x for x in s.samples if x.split == "train"]
     held = [x for x in s.samples if x.split != "train"]
-    folder = tmp_path / "mixed"
+    ref, folder = tmp_path / "train", tmp_path / "mixed"
+    ref.mkdir()
     folder.mkdir()
-    sources = {}
+    picked = rng.choice(len(train), 400, replace=False)
+    for j in picked:
+        (ref / train[j].name).write_bytes((data / train[j].member).read_bytes())
     for x in rng.choice(held, 200, replace=False):
         (folder / x.name).write_bytes((data / x.member).read_bytes())
-    for i, x in enumerate(rng.choice(train, 20, replace=False)):
+    sources = {}
+    for i, j in enumerate(picked[:20]):
+        x = train[j]
         name = f"{x.age}_{x.gender}_{x.race}_29990101{i:09d}.jpg.chip.jpg"  # a name no real chip has
         buf = io.BytesIO()
         _planted(Image.open(data / x.member).convert("RGB"), i).save(buf, "JPEG", quality=60 + 35 * (i % 2))
         (folder / name).write_bytes(buf.getvalue())
-        sources[name] = x.member
-    reference = lc.read_side(lc.read_dataset(data), None)
-    _, train_rows = lc.utkface_splits(reference, None)
+        sources[name] = x.name
+    reference = lc.read_side(lc.read_dataset(ref), tmp_path / "cache")
     query = lc.read_side(lc.read_dataset(folder), tmp_path / "cache")
-    matched = lc.match(query, reference, np.arange(len(query.table)), train_rows)
+    matched = lc.match(query, reference, np.arange(len(query.table)), np.arange(len(reference.table)))
     found = matched[matched["file"].isin(sources)]
-    hits = sum(r["kind"] != "" and r["match"] == sources[r["file"]] for _, r in found.iterrows())
+    hits = sum(r["kind"] != "" and Path(r["match"]).name == sources[r["file"]] for _, r in found.iterrows())
     assert hits >= 19, found[["file", "match", "distance", "kind"]]
-    assert time.perf_counter() - t0 < 90
