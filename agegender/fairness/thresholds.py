@@ -45,7 +45,9 @@ def parse_thresholds(text: str) -> tuple[int, ...]:
     return values
 
 
-def _check(thresholds, buffer) -> None:
+def check(thresholds, buffer) -> None:
+    """ValueError (ERR_THRESHOLDS, ERR_BUFFER) unless every threshold is a whole year above 0 and the buffer one at
+    or above 0."""
     if not thresholds or any(isinstance(t, bool) or int(t) != t or t <= 0 for t in thresholds):
         raise ValueError(ERR_THRESHOLDS.format(text=",".join(map(str, thresholds))))
     if isinstance(buffer, bool) or int(buffer) != buffer or buffer < 0:
@@ -94,7 +96,7 @@ def threshold_errors(df: pd.DataFrame, thresholds=DEFAULT_THRESHOLDS, buffer: in
     ``df``: prepared or not. A bad threshold, buffer or grouping: ValueError (ERR_THRESHOLDS, ERR_BUFFER,
     groups.ERR_BAD_GROUPING)."""
     thresholds = tuple(thresholds)
-    _check(thresholds, buffer)
+    check(thresholds, buffer)
     df = prepared(df)
     groupings = single_groupings(df) if groupings is None else list(groupings)
     splits = {g: parse_grouping(g, grouping_columns(df)) for g in groupings}  # all checked before any counting

@@ -1,6 +1,7 @@
 """The bias report's sections, each built from a prepared predictions table and written as JSON and as one
 self-contained HTML: groups with intervals and disparities (build), age interval coverage, the gender
-threshold, the label audit's what-if (label_audit), the set at the training mix (shift_section). What each
+threshold, the label audit's what-if (label_audit), the set at the training mix (shift_section), age-threshold errors
+(fairness.thresholds). What each
 part means, and the command that runs them all (python -m agegender.report): agegender.report.command."""
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import pandas as pd
 
 from ..fairness import genderband, slices
 from ..fairness import shift as dataset_shift
+from ..fairness import thresholds as age_thresholds_
 from ..fairness.coverage import coverage_by_group
 from ..fairness.groups import (
     MIN_COUNT,
@@ -182,13 +184,14 @@ def label_audit_text(section: dict) -> str:
 
 def to_json(reports: dict[str, GroupReport], source: str, searched: SliceSearch | None = None,
             coverage: dict[str, pd.DataFrame] | None = None, threshold: dict[str, dict] | None = None,
-            audit: dict | None = None, shift: dict | None = None) -> dict:
+            audit: dict | None = None, shift: dict | None = None, age_thresholds: dict | None = None) -> dict:
     """The report as JSON; with ``searched`` (find_slices), the slices tried, worst first per metric (the first
     slices.SHOW_AT_MOST of each), under "slices", and how many were tried, over what, under "slice_search";
     with ``coverage`` (interval_coverage), the age intervals' coverage under "age_interval_coverage"; with
     ``threshold`` (gender_threshold), per-group ROC, calibration and the band's what-if under "gender_threshold";
     with ``audit`` (label_audit), the label audit under "label_audit"; with ``shift`` (shift_section), the set's
-    figures at the reference's mix under "shift"."""
+    figures at the reference's mix under "shift"; with ``age_thresholds`` (fairness.thresholds.section), the
+    false adults and false minors per group under "age_thresholds"."""
     first = next(iter(reports.values()))
     out = {"source": source, "overall": first.to_json()["overall"],
            "groupings": {g: {k: v for k, v in r.to_json().items() if k != "overall"} for g, r in reports.items()}}
@@ -202,6 +205,8 @@ def to_json(reports: dict[str, GroupReport], source: str, searched: SliceSearch 
         out["label_audit"] = audit
     if shift:
         out["shift"] = shift
+    if age_thresholds:
+        out["age_thresholds"] = age_thresholds
     return out
 
 
@@ -258,10 +263,11 @@ def _slices_html(searched: SliceSearch) -> str:
 
 
 def to_html(reports: dict[str, GroupReport], df: pd.DataFrame, source: str, searched: SliceSearch | None = None,
-            audit: dict | None = None, shift: dict | None = None) -> str:
+            audit: dict | None = None, shift: dict | None = None, age_thresholds: dict | None = None) -> str:
     """One self-contained file: plotly.js is inlined once, no network needed to open it. ``searched``: the slice
     search to show (default: find_slices of ``df`` with its defaults); ``audit``: the label audit's section
-    (label_audit), if any; ``shift``: the set at the training data's mix (shift_section), if any. ``df``: prepared
+    (label_audit), if any; ``shift``: the set at the training data's mix (shift_section), if any;
+    ``age_thresholds``: fairness.thresholds.section (default: its defaults on ``df``). ``df``: prepared
     (fairness.prepare, as main passes it) or not; a prepared one is used as it is."""
     first = next(iter(reports.values()))
     parts, js = [], "inline"
@@ -292,6 +298,7 @@ def to_html(reports: dict[str, GroupReport], df: pd.DataFrame, source: str, sear
                      "with a Wilson 95% interval: the nominal coverage holds on average over faces like the "
                      "calibration set's, not for every group.</p>"
                      + "".join(f"<h3>{html.escape(g)}</h3>" + _table_html(t) for g, t in coverage.items()))
+    parts.append(_thresholds_html(age_thresholds or age_thresholds_.section(df)))
     if audit:
         parts.append(_label_audit_html(audit))
     for g, r in reports.items():
@@ -313,6 +320,25 @@ def to_html(reports: dict[str, GroupReport], df: pd.DataFrame, source: str, sear
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>agegender bias report</title>"
             f"<style>{style}</style></head><body><h1>Bias report</h1><p>{html.escape(source)} · "
             f"{time.strftime('%Y-%m-%d %H:%M')} · bootstrap 95% intervals</p>{''.join(parts)}</body></html>")
+
+
+THRESHOLDS_NOTE = ("At each age threshold, the share of true minors (true age under it) predicted at or over the "
+                   "decision threshold (false adult) and of true adults predicted under it (false minor), with "
+                   "Wilson 95% intervals; the decision threshold is the age threshold plus the buffer. A group "
+                   "with no minors (or no adults) has no share; n_unknown: faces whose age bin lies on both "
+                   "sides of the threshold.")
+
+
+def _thresholds_html(section: dict) -> str:
+    rows = age_thresholds_.frame(section)
+    overall = rows[rows["grouping"] == age_thresholds_.OVERALL].drop(columns=["grouping", "group"])
+    parts = [f"<h2>Age-threshold errors (buffer {html.escape(str(section['buffer']))} years)</h2>"
+             f"<p>{html.escape(THRESHOLDS_NOTE)}</p>" + _table_html(overall)]
+    for g in section["groupings"]:
+        shown = rows[rows["grouping"] == g].drop(columns="grouping")
+        parts.append(f"<details><summary>By {html.escape(g.replace(':', ' × '))}</summary>"
+                     + _table_html(shown) + "</details>")
+    return "".join(parts)
 
 
 def _label_audit_html(section: dict) -> str:

@@ -3,12 +3,15 @@
     python -m agegender.report (--checkpoint DIR [--split val|test] | --predictions CSV)
         [--by age_bucket,race,race:gender] [--json FILE] [--html FILE] [--slices-order 3] [--min-slice 30]
         [--[no-]label-audit] [--review FILE] [--leave-out suspects|confirmed]
+        [--age-thresholds 13,16,18,21,25] [--age-buffer 0]
 
 Any predictions table: UTKFace's, FairFace's (ages as bins, seven ethnicity groups), or a user's
 with its own group columns. Without --by, the table's own default groupings (fairness.groupings_for).
 Besides the groupings asked for, the worst slices found by search (agegender.fairness.slices), and where the table has
 exact ages and calibrated age intervals, their coverage overall and per group (fairness.coverage): intervals
-honest for one group and not for another are a bias too. And the label audit (agegender.review.audit, from the table
+honest for one group and not for another are a bias too. At each age threshold (--age-thresholds), the share of
+true minors called adults and of true adults called minors per group (fairness.thresholds), the call made at the
+threshold plus --age-buffer years. And the label audit (agegender.review.audit, from the table
 alone): the suspected label errors per group, and each grouping's gaps recomputed without them: by default a
 what-if that leaves out every suspect not confirmed, unreviewed ones too (does the gap survive cleaning?), with
 --leave-out confirmed only the labels reviewed "label wrong". The report's own figures keep every face.
@@ -26,6 +29,7 @@ import pandas as pd
 
 from ..fairness import shift as dataset_shift
 from ..fairness import slices
+from ..fairness import thresholds as age_thresholds
 from ..fairness.groups import MIN_COUNT, N_BOOT, SEED, headline_age_metric, prepare
 from ..fairness.measures import METRICS
 from ..fairness.slices import MAX_ORDER, MIN_SLICE, find_slices
@@ -61,6 +65,19 @@ def _headline(source: str, o: dict, age: str) -> str:
             f"gender acc {v('gender_accuracy', '.3f')}{missed}")
 
 
+def _thresholds_text(section: dict) -> str:
+    """The whole table's false adults and false minors at each age threshold, a line each."""
+    def share(r: dict, name: str, n: str) -> str:
+        if r[name] is None:
+            return f"no {n[2:]}"
+        return f"{r[name]:.1%} [{r[name + '_lo']:.1%}, {r[name + '_hi']:.1%}] of {r[n]} {n[2:]}"
+
+    lines = [f"  {r['threshold']} (called at {r['decision']}): false adult {share(r, 'false_adult_rate', 'n_minors')}"
+             f", false minor {share(r, 'false_minor_rate', 'n_adults')}"
+             for r in section["rows"] if r["grouping"] == age_thresholds.OVERALL]
+    return f"age thresholds, buffer {section['buffer']} years (per group: --json, --html):\n" + "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m agegender.report", description=__doc__.split("\n")[0])
     src = p.add_mutually_exclusive_group(required=True)
@@ -86,6 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--leave-out", choices=LEAVE_OUT_FLAGS, default=label_audit_.ALL_SUSPECTS,
                    help="what the label audit's gaps leave out: suspects (default), a what-if without every suspect "
                         "not confirmed, unreviewed ones too; confirmed, only the labels reviewed 'label wrong'")
+    p.add_argument("--age-thresholds", default=",".join(map(str, age_thresholds.DEFAULT_THRESHOLDS)),
+                   help="ages (whole years) at which false adults and false minors are counted per group")
+    p.add_argument("--age-buffer", type=int, default=age_thresholds.DEFAULT_BUFFER,
+                   help="years over each age threshold a prediction must reach to be called adult (7: predict "
+                        "25+ to pass 18)")
     p.add_argument("--reference", help="with --predictions: the checkpoint whose own UTKFace val/test predictions "
                                        "the set is standardised to (age x gender and pose mix, fairness.shift)")
     args = p.parse_args(argv)
@@ -94,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         groupings = [g.strip() for g in (args.by or "").split(",") if g.strip()] or None
         edges = tuple(int(v) for v in args.age_buckets.split(","))
+        ages_at = age_thresholds.parse_thresholds(args.age_thresholds)
+        age_thresholds.check(ages_at, args.age_buffer)  # refused before any bootstrap runs
         df = prepare(load_predictions(args.checkpoint, args.split, args.predictions), edges)  # once, for every part
         source = args.predictions or f"{args.checkpoint} ({args.split})"
         t = time.perf_counter()
@@ -101,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         secs = time.perf_counter() - t
         searched = find_slices(df, max_order=args.slices_order, min_count=args.min_slice)
         coverage = interval_coverage(df, [g for g in reports if ":" not in g])
+        ages = age_thresholds.section(df, ages_at, args.age_buffer, [g for g in reports if ":" not in g])
         audit, note = audit_for(df, args.checkpoint, args.split, args.review, args.label_audit)
         section = None if audit is None else label_audit(df, audit, list(reports), args.n_boot, args.seed,
                                                          args.min_count, edges, reports, args.leave_out)
@@ -122,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
           + (":\n" + slices.display(worst).to_string(index=False) if len(worst) else ": none"))
     for g, cov in coverage.items():
         print(f"\nage interval coverage, {g}:\n" + cov.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print("\n" + _thresholds_text(ages))
     if note:
         print(f"\nnote: {note}", file=sys.stderr)
     if section:
@@ -142,10 +168,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"note: {n}")
     if args.json:
         threshold = gender_threshold(df, list(reports))
-        Path(args.json).write_text(json.dumps(to_json(reports, source, searched, coverage, threshold, section, mix),
-                                              indent=1) + "\n")
+        Path(args.json).write_text(json.dumps(to_json(reports, source, searched, coverage, threshold, section, mix,
+                                                      ages), indent=1) + "\n")
     if args.html:
-        Path(args.html).write_text(to_html(reports, df, source, searched, section, mix))
+        Path(args.html).write_text(to_html(reports, df, source, searched, section, mix, ages))
     return 0
 
 
