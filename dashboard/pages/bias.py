@@ -52,6 +52,14 @@ def slices_cached(ckpt_path: str, source: str, stamp: tuple, leave: tuple | None
     return find_slices(prepared_cached(ckpt_path, source, stamp, leave))
 
 
+@st.cache_data(max_entries=32)
+def thresholds_cached(ckpt_path: str, source: str, stamp: tuple, leave: tuple | None, grouping: str, threshold: int,
+                      buffer: int):
+    from agegender.fairness.thresholds import threshold_errors
+
+    return threshold_errors(prepared_cached(ckpt_path, source, stamp, leave), (threshold,), buffer, [grouping])
+
+
 @st.cache_data(max_entries=16)
 def shares_cached(ckpt_path: str, source: str, stamp: tuple, leave: tuple, grouping: str | None):
     """(what the mode left out, in words; per group of ``grouping`` the suspects and what left, or None)."""
@@ -77,8 +85,9 @@ from agegender.fairness.groups import (
     groupings_for,
     prepare,
 )
+from agegender.fairness.thresholds import DEFAULT_BUFFER, DEFAULT_THRESHOLDS, SHARE_COLUMNS
 from agegender.report import charts
-from agegender.report.bias import GAP_NOTE, leave_out_text, noise_text, suspect_shares, to_html
+from agegender.report.bias import GAP_NOTE, THRESHOLDS_NOTE, leave_out_text, noise_text, suspect_shares, to_html
 from agegender.review.audit import ALL_FACES, LEAVE_OUT, MODE_LABELS, audit_needs_model, leave_out
 from agegender.review.verdicts import review_path
 
@@ -176,3 +185,15 @@ if worst.empty:
     st.info(slices.empty_text(searched))
 else:
     st.dataframe(slices.styled(searched, worst), hide_index=True, placeholder=tables.MISSING)
+
+st.subheader("Age thresholds")
+t1, t2 = st.columns(2)
+threshold = t1.selectbox("Age threshold", DEFAULT_THRESHOLDS, index=DEFAULT_THRESHOLDS.index(18), key="bias_age_t",
+                         help="True minors are under it, true adults at or over it")
+buffer = t2.slider("Buffer (years)", 0, 10, DEFAULT_BUFFER, key="bias_age_buffer",
+                   help="Called adult only at the threshold plus this many years: 7 asks for 25+ to pass 18")
+ages = thresholds_cached(str(ckpt.path), source, stamp, leave, grouping, threshold, buffer)
+st.caption(f"By {grouping.replace(':', ' × ')}, called adult at a predicted age of {threshold + buffer} or over: "
+           f"{THRESHOLDS_NOTE}")
+st.dataframe(tables.styled(ages.drop(columns=["threshold", "decision"]), dict.fromkeys(SHARE_COLUMNS, "share")),
+             hide_index=True, placeholder=tables.MISSING)
