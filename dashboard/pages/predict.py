@@ -7,6 +7,7 @@ from dashboard import caches, faceview, state
 st.title("Predict & explain")
 
 # heavy imports after the title, so the page shows while they load
+from agegender.explain import faithfulness
 from agegender.explain.gradcam import METHODS, layer_names
 from agegender.explain.predict import WHOLE
 from agegender.fairness import tables
@@ -44,6 +45,11 @@ state.keep_options()
 layers = layer_names([c.model for c in ckpts])
 if st.session_state.get("layer") not in layers:  # a layer of another architecture, picked before a switch
     st.session_state["layer"] = layers[0]
+try:  # the first checkpoint's ROAD-against-random report (python -m agegender.faithfulness), when there is one
+    faith = faithfulness.read_report(ckpts[0].path)
+except faithfulness.FaithfulnessError as e:
+    st.warning(str(e))
+    faith = None
 with st.expander("Options", expanded=False):
     c1, c2, c3 = st.columns(3)
     # no defaults here: state.keep_options() gave each key its value, so a page switch does not reset them
@@ -53,6 +59,7 @@ with st.expander("Options", expanded=False):
         min_confidence=c1.slider("Detection confidence threshold", 0.5, 1.0, step=0.01, key="min_conf"),
         band=c1.slider("Uncertain band for P(female)", 0.0, 1.0, step=0.01, key="band"),
         method=c2.selectbox("CAM method", list(METHODS), key="method",
+                            format_func=lambda m: faithfulness.method_label(m, faith),
                             help="ScoreCAM runs hundreds of forward passes: several seconds per face."),
         layer=c2.selectbox("Target layer", layers, key="layer",
                            format_func=lambda s: f"{s} (last block)" if s == layers[0] else s),
@@ -65,6 +72,9 @@ with st.expander("Options", expanded=False):
                                       "used; at or below 0 the map fails the check and the page says so."),
         opacity=c3.slider("Heatmap opacity", 0.0, 1.0, step=0.05, key="opacity"),
     )
+    note = faithfulness.method_note(opt.method, faith)
+    if note:
+        c2.caption(note)
 
 if not files:
     st.info("Upload one or more photos, take one with the camera, or pick the example.")
