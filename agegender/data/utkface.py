@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -58,10 +59,11 @@ class Sample:
     age: int
     gender: int
     race: int
+    assigned: str = ""  # a split set by another rule (train.identity, a checkpoint's manifest); "" = split_of
 
     @property
     def split(self) -> str:
-        return split_of(self.name)
+        return self.assigned or split_of(self.name)
 
 
 @dataclass
@@ -371,6 +373,25 @@ def write_manifest(images: Images, path: Path) -> None:
     lines = ["file,split,age,gender,race"]
     lines += [f"{s.member},{s.split},{s.age},{s.gender},{s.race}" for s in images.samples]
     atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def with_splits(scan_: Scan, splits: dict[str, str] | None) -> Scan:
+    """The scan with each sample's split taken from ``splits`` (member -> split) where it names one; None
+    leaves the file-hash split."""
+    if not splits:
+        return scan_
+    samples = [dataclasses.replace(s, assigned=splits.get(s.member, "")) for s in scan_.samples]
+    return Scan(scan_.path, scan_.kind, samples, scan_.malformed)
+
+
+def manifest_splits(folder: str | Path) -> dict[str, str] | None:
+    """Member -> split as a checkpoint trained it, when its rule is not the file hash (train.identity records
+    its split in manifest.csv); None for a file-hash checkpoint or one without a manifest."""
+    path = Path(folder) / MANIFEST
+    if read_meta(folder).get("split_rule", SPLIT_RULE) == SPLIT_RULE or not path.is_file():
+        return None
+    m = pd.read_csv(path, dtype=str, keep_default_na=False, usecols=["file", "split"])
+    return dict(zip(m["file"], m["split"], strict=True))
 
 
 def trained_on(folder: str | Path) -> set[str] | None:

@@ -31,7 +31,17 @@ import numpy as np
 import pandas as pd
 
 from ..data.datasets import FORMATS, Dataset, read_dataset, resolve
-from ..data.utkface import DatasetError, Images, cached_images, evenly_spaced, load_images, scan, split_of
+from ..data.utkface import (
+    DatasetError,
+    Images,
+    cached_images,
+    evenly_spaced,
+    load_images,
+    manifest_splits,
+    scan,
+    split_of,
+    with_splits,
+)
 from ..faces import quality
 from ..fairness.metrics import summary_of
 from ..labels import GENDERS, RACES, bin_label, nearest_bin
@@ -365,7 +375,7 @@ def _evaluate(args, dd, device, t0: float) -> int:
         return _evaluate_labelled(args, dd, device, t0)
     try:
         ckpt = load_checkpoint(args.checkpoint, device)
-        sc = scan(args.data)
+        sc = with_splits(scan(args.data), manifest_splits(args.checkpoint))  # its own split rule's val/test
         size = ckpt.preprocess.cache_size
         if args.limit:
             picked = [s for s in sc.samples if args.split == "all" or s.split == args.split]
@@ -387,7 +397,8 @@ def _evaluate(args, dd, device, t0: float) -> int:
     out = Path(args.out) if args.out else predictions_path(args.checkpoint, args.split)
     write_predictions(df, out)
     # the data module has logged them once with examples; the JSON keeps the count with the metrics
-    skipped = [u for u in images.unreadable if args.split == "all" or split_of(u) == args.split]
+    split_by = {s.member: s.split for s in sc.samples}
+    skipped = [u for u in images.unreadable if args.split == "all" or split_by.get(u, split_of(u)) == args.split]
     m = {**summary_of(df), "split": args.split, "tta": args.tta, "checkpoint": str(args.checkpoint),
          "unreadable": len(skipped), "seconds": round(time.perf_counter() - t0, 2)}
     print(format_metrics(m))

@@ -78,6 +78,34 @@ def _block_argmin(q: np.ndarray, ref: np.ndarray, ref_sq: np.ndarray, reference_
     return arg
 
 
+def pairs_within(vectors: np.ndarray, limits: np.ndarray, block: int = QUERY_BLOCK) -> tuple[np.ndarray, ...]:
+    """Every pair (i < j) of rows of ``vectors`` closer than the smaller of their two ``limits``: the rows i,
+    the rows j and the distances (float64, recomputed exactly). NaN rows pair with nothing. One block of rows
+    against all at a time: memory is one block x N float32 matrix."""
+    v = np.asarray(vectors, np.float32)
+    limits = np.asarray(limits, np.float64)
+    ok = np.flatnonzero(_finite_rows(v) & (limits > 0))
+    x, lim = np.ascontiguousarray(v[ok]), limits[ok]
+    sq = np.einsum("ij,ij->i", x, x)
+    found_i, found_j = [], []
+    for start in range(0, len(x), block):
+        d2 = x[start:start + block] @ x.T
+        d2 *= -2
+        d2 += sq[start:start + block, None]
+        d2 += sq[None, :]
+        bound = np.minimum(lim[start:start + block, None], lim[None, :]) + 1e-3  # float32 slack, re-checked below
+        i, j = np.nonzero(d2 < bound * bound)
+        keep = i + start < j
+        found_i.append(i[keep] + start)
+        found_j.append(j[keep])
+    i = np.concatenate(found_i) if found_i else np.zeros(0, np.int64)
+    j = np.concatenate(found_j) if found_j else np.zeros(0, np.int64)
+    diff = x[i].astype(np.float64) - x[j].astype(np.float64)
+    dist = np.sqrt(np.einsum("ij,ij->i", diff, diff))
+    keep = dist < np.minimum(lim[i], lim[j])
+    return ok[i[keep]], ok[j[keep]], dist[keep]
+
+
 # ---- what a match is, and how much of a set has one ---------------------------------------------------------
 # Chosen from measurement on UTKFace (docs/leakage.md has the numbers and how they were taken):
 # - a duplicate is the same picture: descriptors within DUPLICATE (every planted copy of a train chip, JPEG

@@ -50,6 +50,10 @@ class TrainConfig:
     # ``folds`` (agegender.data.utkface.fold_of); -1 trains on the whole train split
     holdout_fold: int = -1
     folds: int = 5
+    # file: UTKFace's split by a hash of each file name (the shipped checkpoints'); identity: whole groups of
+    # look-alikes and duplicates to one split (agegender.train.identity), so held-out faces have no look-alike
+    # in train
+    split: str = "file"
     precision: str = "auto"  # auto (bf16 where the CPU has it, AMP on CUDA) | bf16 | fp32
     device: str = "auto"  # auto | cpu | cuda
     tta: bool = True  # horizontal-flip test-time augmentation in the final evaluation
@@ -140,6 +144,8 @@ class TrainConfig:
             raise ValueError(f"--dropout is a probability below 1, not {self.dropout}")
         if self.holdout_fold != -1 and not (self.folds >= 2 and 0 <= self.holdout_fold < self.folds):
             raise ValueError(f"--holdout-fold must be -1 (none) or one of 0..{self.folds - 1}, with --folds at least 2")
+        if self.split not in ("file", "identity"):
+            raise ValueError(f"--split must be file or identity, not {self.split!r}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("--epochs and --batch-size must be at least 1")
 

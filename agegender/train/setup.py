@@ -36,6 +36,7 @@ from .balance import CellLosses, describe_loss_weights, groups, parse_by, sampli
 from .chippose import cached_yaws
 from .config import TrainConfig
 from .external import ExternalCheck, open_for_run
+from .identity import IDENTITY_RULE, split_images
 from .runstate import STATE, RunState, load_state, partial_writes, read_info, save_state
 
 log = logging.getLogger(__name__)
@@ -152,7 +153,7 @@ def run_meta(cfg: TrainConfig, pp: Preprocess, scaling: tuple[float, float], fin
                    "gender_head": "logit of P(female)"},
         "train_config": dataclasses.asdict(cfg),
         "dataset_fingerprint": fingerprint,
-        "split_rule": SPLIT_RULE,
+        "split_rule": IDENTITY_RULE if cfg.split == "identity" else SPLIT_RULE,
     }
     if cfg.head_bins:
         meta["age_bins"] = cfg.head_bins
@@ -181,18 +182,25 @@ def _run_config(cfg: TrainConfig, dd) -> TrainConfig:
     return cfg
 
 
-def _load_data(cfg: TrainConfig, dd) -> tuple[Images, Scan]:
-    """Every image decoded once, in memory; rank 0 builds the disk cache the others then read."""
+def _load_data(cfg: TrainConfig, dd) -> tuple[Images, Scan, dict | None]:
+    """Every image decoded once, in memory; rank 0 builds the disk cache the others then read. With --split
+    identity their samples carry that split, and the third value records it (None: the file split)."""
     sc = scan(cfg.data)
     if not dd.main:
         dd.barrier()
     images = cached_images(sc, cfg.cache_size, cfg.cache_dir or None, in_memory=True)
+    split = None
+    if cfg.split == "identity":  # every rank computes it: the descriptors are cached, the rule deterministic
+        try:
+            split = split_images(images, sc, cfg.cache_dir or None).record()
+        except ValueError as e:
+            raise TrainingError(str(e)) from e
     if dd.main:
         dd.barrier()
     train_n, val_n = len(images.indices("train")), len(images.indices("val"))
     if train_n < cfg.batch_size or val_n == 0:
         raise TrainingError(f"too few images: {train_n} train and {val_n} val for batch size {cfg.batch_size}")
-    return images, sc
+    return images, sc, split
 
 
 def _add_pose(cfg: TrainConfig, dd, sc: Scan, images: Images, idx: np.ndarray, labels: dict) -> None:
@@ -283,7 +291,7 @@ def _setup(cfg: TrainConfig, dd, device: torch.device) -> Run:
     set_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     external = open_for_run(cfg, dd)  # the development check's faces (report only), before the heavy part
-    images, sc = _load_data(cfg, dd)
+    images, sc, split = _load_data(cfg, dd)
     train_idx = train_indices(images, cfg)
     labels = images.labels(train_idx)
     _add_pose(cfg, dd, sc, images, train_idx, labels)
@@ -300,7 +308,7 @@ def _setup(cfg: TrainConfig, dd, device: torch.device) -> Run:
     balancing = Balancing.of(cfg, labels)
     pp = Preprocess(cache_size=cfg.cache_size, input_size=cfg.input_size)
     meta = run_meta(cfg, pp, scaling, sc.fingerprint, len(train_idx), init_from=start.record if start else None,
-                    init_trunk=trunk, balance=balancing.record)
+                    init_trunk=trunk, balance=balancing.record, identity_split=split)
     opt = build_optimizer(model, cfg)
     step_model = model
     if dd.active:
