@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.datasets import FORMATS, read_dataset, resolve
-from ..data.utkface import DatasetError, evenly_spaced
+from ..data.utkface import DatasetError, evenly_spaced, manifest_splits, with_splits
 from ..fairness.groups import MIN_COUNT, N_BOOT, SEED, age_buckets
 from ..fairness.sensitivity import SweepError, group_rows, sweep_path, to_json, with_q
 from ..fairness.slices import ALPHA
@@ -167,10 +167,12 @@ def group_table(files: list[str], ages, age_bins, genders, groups: dict[str, lis
                          DERIVED_GROUP: age_buckets(np.asarray(ages, np.float64), bins)})
 
 
-def utkface_faces(data: str, split: str, size: int, n: int) -> tuple[pd.DataFrame, np.ndarray]:
-    """An evenly spread sample of ``n`` (0: all) chips of a UTKFace split, through the sources' reader."""
+def utkface_faces(data: str, split: str, size: int, n: int, checkpoint: str | None = None
+                  ) -> tuple[pd.DataFrame, np.ndarray]:
+    """An evenly spread sample of ``n`` (0: all) chips of a UTKFace split, through the sources' reader; the split
+    by ``checkpoint``'s own rule (its manifest), as evaluation takes it."""
     faces = Faces(str(data), utkface=True)
-    scan = faces.load(size)
+    scan = with_splits(faces.load(size), manifest_splits(checkpoint) if checkpoint else None)
     picked = [s for s in scan.samples if split == "all" or s.split == split]
     picked = evenly_spaced(picked, n) if n else picked
     files, pixels = faces.pixels(scan, [s.member for s in picked], size)
@@ -230,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.json) if args.json else sweep_path(args.checkpoint, args.split)
         ckpt = load_checkpoint(args.checkpoint)
         size = ckpt.preprocess.cache_size
-        table, pixels = (utkface_faces(args.data, args.split, size, args.sample) if utkface
+        table, pixels = (utkface_faces(args.data, args.split, size, args.sample, args.checkpoint) if utkface
                          else labelled_faces(args, size, args.sample))
         groupings = [c for c in table.columns if c != "file"]
         result = sweep(pixels, table, groupings, lambda px: predict_checkpoint(ckpt, px, args.tta), names,

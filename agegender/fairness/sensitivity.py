@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from ..labels import called_female
+from ..predictions import OWN_SPLITS
 from . import stats
 from .groups import MIN_COUNT, N_BOOT, SEED, value_order, wilson
 from .slices import ALPHA, bh
@@ -54,6 +56,18 @@ class SweepError(ValueError):
 def sweep_path(checkpoint: str | os.PathLike, source: str) -> Path:
     """Where a checkpoint's sweep on a source (an own split, or a registered set's name) is kept."""
     return Path(checkpoint) / SWEEP_FILE.format(source=source)
+
+
+def sweep_command(checkpoint: str | os.PathLike, source: str, data: str | os.PathLike, labels: str | None = None,
+                  format: str | None = None) -> str:
+    """The command that writes sweep_path(checkpoint, source): an own split's UTKFace chips at ``data``, or a
+    registered set's images at ``data`` with its ``labels`` and ``format``."""
+    args = ["python", "-m", "agegender.sweep", "--checkpoint", str(checkpoint), "--data", str(data)]
+    if source in OWN_SPLITS:
+        args += ["--split", source]
+    else:
+        args += [*(["--labels", str(labels)] if labels else []), *(["--format", format] if format else [])]
+    return shlex.join([*args, "--json", str(sweep_path(checkpoint, source))])
 
 
 def face_slopes(strengths: np.ndarray, change: np.ndarray) -> np.ndarray:
@@ -147,6 +161,18 @@ def with_q(perturbations: dict[str, dict], alpha: float = ALPHA) -> dict[str, di
         for row in p["by_group"]:
             row["flagged"] = [m for m in METRICS if row[f"sensitivity_{m}_q"] < alpha]
     return perturbations
+
+
+TABLE_COLUMNS = ("group", "n", "tested", *(f"sensitivity_{m}{k}" for m in METRICS for k in ("", "_lo", "_hi", "_q")),
+                 "flip_rate", "flip_rate_lo", "flip_rate_hi", "flagged")
+
+
+def rows_table(perturbation: dict, grouping: str) -> pd.DataFrame:
+    """A perturbation's rows of one grouping as a table (TABLE_COLUMNS; flagged as the metrics' names)."""
+    rows = [{k: r[k] for k in TABLE_COLUMNS} for r in perturbation["by_group"] if r["grouping"] == grouping]
+    table = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
+    table["flagged"] = table["flagged"].map(", ".join)
+    return table
 
 
 def flagged(sweep: dict) -> pd.DataFrame:
