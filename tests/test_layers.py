@@ -9,7 +9,8 @@ from pathlib import Path
 from .conftest import ROOT
 
 PACKAGE = ROOT / "agegender"
-CONTRACTS = ("labels", "meta", "metaschema", "predictions")  # top-level, torch-free: what the packages agree on
+# top-level, torch-free: what the packages agree on
+CONTRACTS = ("labels", "lookalikes", "meta", "metaschema", "predictions")
 # faces is ground: image geometry that imports nothing of ours (the predictions table names quality's columns).
 # The top-level command modules (python -m agegender.NAME) come last: each only runs one package's main.
 ORDER = ("faces", "contracts", "fairness", "data", "models", "explain", "evaluation", "train", "review", "report",

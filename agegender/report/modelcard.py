@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import lookalikes
 from ..fairness.compare import gap_change, pair, paired_deltas
 from ..fairness.groups import MIN_COUNT, N_BOOT, GroupReport, prepare
 from ..fairness.measures import METRICS
@@ -33,7 +34,8 @@ people identify, and a model trained on them cannot either.
 
 **Limitations.** UTKFace is web-scraped: its groups are unbalanced (few "Others", few very old
 people, many babies among "Asian") and its labels are noisy. Several images of one person can fall
-in different splits (the split is by file, not by identity), so held-out figures may be optimistic.
+in different splits (the split is by file, not by identity), so held-out figures are optimistic: each
+checkpoint's "Look-alikes" lines below say by how much (`python -m agegender.leakage`).
 The models start from dlib's face-recognition network (CC0, trained on about 3 million faces whose
 make-up dlib does not document, so its own biases come with it) and are fine-tuned at low resolution;
 figures on other photo sources, lighting or poses will be worse. Faces must be detected and aligned as
@@ -164,8 +166,39 @@ def card_for(path: Path, n_boot: int = N_BOOT) -> str:
             worst.append(f"- {r['label']} by {grouping}: worst **{r['worst_group']}** ({r['worst']:.3f}), "
                          f"best {r['best_group']} ({r['best']:.3f}), gap {r['gap']:.3f}")
     lines += ["", f"Where it fails most (groups with n >= {MIN_COUNT}):", "",
-              *(worst or ["- no group is large enough"]), ""]
+              *(worst or ["- no group is large enough"]), "", *look_alike_lines(path)]
     return "\n".join(lines)
+
+
+def _diff(m: str, r: dict) -> str:
+    if r["lo"] is None:  # too few faces left for an interval
+        return _delta(m, r["difference"])
+    return f"{_delta(m, r['difference'])} [{_delta(m, r['lo'])}, {_delta(m, r['hi'])}]"
+
+
+def look_alike_lines(path: Path) -> list[str]:
+    """The held-out faces that have a look-alike or a copy in training, and the test figures without them
+    (lookalikes: the leakage file beside the checkpoint; nothing when there is none)."""
+    leak = lookalikes.for_source(path, "test")
+    if leak is None:
+        return []
+    figures = (leak.get("checkpoint_figures") or {}).get("test") or {}
+    kinds = [p["kind"] for p in leak["pairs"]]
+    lines = [f"Look-alikes (`python -m agegender.leakage`): {len(kinds)} of the {leak['n']} val and test faces "
+             f"({len(kinds) / max(leak['n'], 1):.1%}) have a look-alike in the training split "
+             f"({kinds.count('duplicate')} of them the same picture). Test figures with them, without them, and the "
+             "difference (paired bootstrap 95% interval):", "",
+             "| group | n | n without | age MAE | without | difference | gender accuracy | without | difference |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for group, r in figures.items():
+        mae, acc = r["age_mae"], r["gender_accuracy"]
+        if mae["without"] is None:
+            continue
+        lines.append(f"| {'**all**' if group == 'all' else group} | {r['n']} | {r['n_without']} | "
+                     f"{_fmt('age_mae', mae['with'])} | {_fmt('age_mae', mae['without'])} | {_diff('age_mae', mae)} | "
+                     f"{_fmt('gender_accuracy', acc['with'])} | {_fmt('gender_accuracy', acc['without'])} | "
+                     f"{_diff('gender_accuracy', acc)} |")
+    return lines + [""]
 
 
 def checkpoint_card(path: str | Path, n_boot: int = N_BOOT) -> str:
@@ -180,7 +213,8 @@ FILE_ROLES = {META: "architecture, preprocessing, age scaling, labels, training 
               WEIGHTS: "weights (safetensors, checked against meta.json's sha256)",
               "manifest": "the split of every training image",
               "history": "per-epoch training and validation figures",
-              "predictions": "one row per image scored: truth, groups, predicted age, P(female)"}
+              "predictions": "one row per image scored: truth, groups, predicted age, P(female)",
+              "leakage": "held-out faces with a look-alike or a copy in training (agegender.leakage)"}
 
 
 def checkpoint_files(path: str | Path) -> list[dict]:

@@ -13,11 +13,38 @@ def audit_cached(ckpt_path: str, source: str, stamp: tuple, review_stamp: tuple)
     return audit_for(caches.predictions_cached(ckpt_path, source, stamp), ckpt_path, source, None, None)[0]
 
 
+@st.cache_resource(max_entries=8)
+def leakage_cached(ckpt_path: str, source: str, leak_stamp: tuple):
+    from agegender import lookalikes
+
+    return lookalikes.for_source(ckpt_path, source)
+
+
 def source_table(ckpt_path: str, source: str, stamp: tuple, leave: tuple | None):
-    """The predictions; with ``leave`` (a leave-out mode, the review file's stamp) without what that mode leaves
-    out."""
+    """The predictions; with ``leave`` (a label-audit leave-out mode, the review file's stamp, the leakage file's
+    stamp or None) without what that mode leaves out, and without the look-alikes of training faces."""
+    from agegender import lookalikes
+
     df = caches.predictions_cached(ckpt_path, source, stamp)
-    return df if leave is None else leave_out(df, audit_cached(ckpt_path, source, stamp, leave[1]), leave[0])
+    if leave is None:
+        return df
+    if leave[0] != ALL_FACES:
+        df = leave_out(df, audit_cached(ckpt_path, source, stamp, leave[1]), leave[0])
+    if leave[2] is not None:
+        df = lookalikes.without(df, leakage_cached(ckpt_path, source, leave[2]))
+    return df
+
+
+def leave_note(ckpt_path: str, source: str, stamp: tuple, leave: tuple) -> str:
+    """What ``leave`` left out, in words."""
+    from agegender import lookalikes
+
+    parts = [shares_cached(ckpt_path, source, stamp, leave, None)[0]] if leave[0] != ALL_FACES else []
+    if leave[2] is not None:
+        n = len(source_table(ckpt_path, source, stamp, (leave[0], leave[1], None)))
+        parts.append(lookalikes.without_text(n, len(source_table(ckpt_path, source, stamp, leave)),
+                                             leakage_cached(ckpt_path, source, leave[2])))
+    return " · ".join(parts)
 
 
 # cache_resource: prepared once per source and leave-out mode, shared by the report, the HTML, the slice search
@@ -39,7 +66,7 @@ def html_cached(ckpt_path: str, source: str, stamp: tuple, min_count: int, leave
     from agegender.report.bias import build
 
     df = prepared_cached(ckpt_path, source, stamp, leave)
-    note = f" · {shares_cached(ckpt_path, source, stamp, leave, None)[0]}" if leave is not None else ""
+    note = f" · {leave_note(ckpt_path, source, stamp, leave)}" if leave is not None else ""
     groupings = groupings_for(source_table(ckpt_path, source, stamp, leave))  # as the page offers them
     return to_html(build(df, groupings, min_count=min_count), df,
                    f"{ckpt_path} ({sources.label(source)}){note}")
@@ -65,7 +92,7 @@ def shares_cached(ckpt_path: str, source: str, stamp: tuple, leave: tuple, group
     """(what the mode left out, in words; per group of ``grouping`` the suspects and what left, or None)."""
     df = caches.predictions_cached(ckpt_path, source, stamp)
     audit = audit_cached(ckpt_path, source, stamp, leave[1])
-    text = leave_out_text(audit, leave[0], len(df), len(source_table(ckpt_path, source, stamp, leave)))
+    text = leave_out_text(audit, leave[0], len(df), len(source_table(ckpt_path, source, stamp, (*leave[:2], None))))
     table = prepared_cached(ckpt_path, source, stamp, None)
     return text, suspect_shares(table, audit, grouping, leave[0]) if grouping else None
 
@@ -74,6 +101,7 @@ st.title("Bias report")
 
 # heavy imports after the title, so the page shows while they load. Every table passes placeholder=MISSING:
 # st.dataframe draws a null cell as "None" whatever the Styler says, beside the Styler's "–" elsewhere
+from agegender import lookalikes
 from agegender.evaluation import sources
 from agegender.fairness import slices, tables
 from agegender.fairness.groups import (
@@ -112,8 +140,27 @@ mode = st.radio("Faces in the figures", LEAVE_OUT, key="bias_leave_out", format_
                 "a reviewer's verdicts are recorded on the Error explorer. Without confirmed label errors: only the "
                 "faces reviewed 'label wrong' leave. Without all suspects: a what-if that leaves out unreviewed "
                 "suspects too (often faces the model gets wrong): does the gap survive cleaning?")
-leave = None if needs_model or mode == ALL_FACES else (mode, caches.stamp(review_path(ckpt.path, source)))
-if leave is not None:
+audit_on = not needs_model and mode != ALL_FACES
+leak_stamp = caches.stamp(lookalikes.leakage_path(ckpt.path, source))
+try:
+    leak = leakage_cached(str(ckpt.path), source, leak_stamp)
+except lookalikes.LeakageError as e:
+    st.warning(str(e))
+    leak = None
+drop_look = leak is not None and st.toggle(
+    f"Without look-alikes of training faces ({len(df) - len(lookalikes.without(df, leak))} of {len(df)} here)",
+    key="bias_no_look_alikes",
+    help="Faces whose look-alike or copy is in the checkpoint's training data (python -m agegender.leakage): "
+         "their figures are optimistic. Off: every face; on: every figure on this page recomputed without them.")
+if leak is None:
+    st.caption("No look-alike check for this source: `python -m agegender.leakage --data DATA --checkpoint "
+               f"{ckpt.path}` writes it, and a toggle here then recomputes every figure without those faces.")
+leave = None if not (audit_on or drop_look) else (
+    mode if audit_on else ALL_FACES, caches.stamp(review_path(ckpt.path, source)) if audit_on else None,
+    leak_stamp if drop_look else None)
+if drop_look:
+    st.caption(leave_note(str(ckpt.path), source, stamp, (ALL_FACES, None, leak_stamp)))
+if audit_on:
     text, shares = shares_cached(str(ckpt.path), source, stamp, leave, grouping)
     st.caption(text)
     with st.expander("Suspected label errors per group", expanded=True):
@@ -170,7 +217,8 @@ d1, d2 = st.columns(2)
 d1.download_button("Groups (CSV)", tables.csv_download(shown), f"bias-{ckpt.name}-{source}-{grouping}.csv", "text/csv")
 if d2.button("Prepare the HTML report (all groupings)", key="bias_html"):
     d2.download_button("Download the HTML report", html_cached(str(ckpt.path), source, stamp, int(min_count), leave),
-                       f"bias-{ckpt.name}-{source}{f'-without-{mode}' if leave else ''}.html", "text/html")
+                       f"bias-{ckpt.name}-{source}{f'-without-{mode}' if audit_on else ''}"
+                       f"{'-without-look-alikes' if drop_look else ''}.html", "text/html")
 cli = sources.source(ckpt.path, source).cli_args()
 st.caption(f"Groupings available: {', '.join(grouping_columns(table))} and their pairs. The command line gives the "
            f"same: `python -m agegender.report {cli} --html report.html`")

@@ -61,6 +61,7 @@ elif chosen is not None:
 else:
     st.stop()
 
+from agegender.lookalikes import LeakageError, leakage_path
 from agegender.report.modelcard import checkpoint_files
 
 problem = health_of(path)
@@ -69,8 +70,9 @@ if problem:
 else:
     st.success("Health: ok (the validation figures say it learnt)")
 try:
-    card = card_cached(str(path), caches.stamp(Path(path) / META, predictions_path(path, "test")))
-except CheckpointError as e:
+    card = card_cached(str(path), caches.stamp(Path(path) / META, predictions_path(path, "test"),
+                                               leakage_path(path, "test")))
+except (CheckpointError, LeakageError) as e:
     st.error(str(e))
     st.stop()
 st.markdown(card)
