@@ -27,8 +27,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from .. import lookalikes
+from ..fairness import embedslices, slices
 from ..fairness import shift as dataset_shift
-from ..fairness import slices
 from ..fairness import thresholds as age_thresholds
 from ..fairness.groups import MIN_COUNT, N_BOOT, SEED, headline_age_metric, prepare
 from ..fairness.measures import METRICS
@@ -52,6 +53,7 @@ from .bias import (
 
 ERR_REFERENCE = ("--reference goes with --predictions (an evaluation set's table): a checkpoint's own splits "
                  "are the reference")
+ERR_LOOK_ALIKES_FILE = "--exclude-look-alikes with --predictions needs the leakage file: --exclude-look-alikes FILE"
 LEAVE_OUT_FLAGS = (label_audit_.ALL_SUSPECTS, label_audit_.CONFIRMED_ERRORS)  # the audit section's gaps
 
 
@@ -76,6 +78,24 @@ def _thresholds_text(section: dict) -> str:
              f", false minor {share(r, 'false_minor_rate', 'n_adults')}"
              for r in section["rows"] if r["grouping"] == age_thresholds.OVERALL]
     return f"age thresholds, buffer {section['buffer']} years (per group: --json, --html):\n" + "\n".join(lines)
+
+
+def _without_look_alikes(df: pd.DataFrame, args) -> tuple[pd.DataFrame, dict]:
+    """The table without the faces the leakage file flags, and what left (LeakageError, a ValueError, when the
+    file is missing or not one)."""
+    if args.exclude_look_alikes:
+        path = Path(args.exclude_look_alikes)
+    elif args.checkpoint:
+        path = lookalikes.leakage_path(args.checkpoint, args.split)
+    else:
+        raise lookalikes.LeakageError(ERR_LOOK_ALIKES_FILE)
+    if not path.exists():
+        raise lookalikes.LeakageError(lookalikes.ERR_NONE.format(what="these faces", path=path,
+                                                                 checkpoint=args.checkpoint or "DIR"))
+    leak = lookalikes.read_leakage(path)
+    kept = lookalikes.without(df, leak)
+    return kept, {"file": str(path), "n_before": len(df), "n_excluded": len(df) - len(kept),
+                  "text": lookalikes.without_text(len(df), len(kept), leak)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,6 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--age-buffer", type=int, default=age_thresholds.DEFAULT_BUFFER,
                    help="years over each age threshold a prediction must reach to be called adult (7: predict "
                         "25+ to pass 18)")
+    p.add_argument("--embeddings", help="an embeddings file of python -m agegender.embed for the same faces: its "
+                                        "clusters tested as slices (embedding_slices in the JSON)")
+    p.add_argument("--exclude-look-alikes", nargs="?", const="", default=None, metavar="LEAKAGE_JSON",
+                   help="every figure without the faces whose look-alike or copy is in the training data, as "
+                        "python -m agegender.leakage flagged them (default file: the checkpoint's leakage.json)")
     p.add_argument("--reference", help="with --predictions: the checkpoint whose own UTKFace val/test predictions "
                                        "the set is standardised to (age x gender and pose mix, fairness.shift)")
     args = p.parse_args(argv)
@@ -120,10 +145,15 @@ def main(argv: list[str] | None = None) -> int:
         age_thresholds.check(ages_at, args.age_buffer)  # refused before any bootstrap runs
         df = prepare(load_predictions(args.checkpoint, args.split, args.predictions), edges)  # once, for every part
         source = args.predictions or f"{args.checkpoint} ({args.split})"
+        look = None
+        if args.exclude_look_alikes is not None:
+            df, look = _without_look_alikes(df, args)
+            source += f", {look['text']}"
         t = time.perf_counter()
         reports = build(df, groupings, args.n_boot, args.seed, args.min_count, edges)
         secs = time.perf_counter() - t
         searched = find_slices(df, max_order=args.slices_order, min_count=args.min_slice)
+        embedded = embedslices.embedding_slices_for_report(df, args.embeddings) if args.embeddings else None
         coverage = interval_coverage(df, [g for g in reports if ":" not in g])
         ages = age_thresholds.section(df, ages_at, args.age_buffer, [g for g in reports if ":" not in g])
         audit, note = audit_for(df, args.checkpoint, args.split, args.review, args.label_audit)
@@ -145,6 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     worst = slices.shown(searched, top=3)
     print(f"\nworst slices, q < {searched.alpha:g} ({sum(searched.tried.values())} tried, {searched.seconds:.2f} s)"
           + (":\n" + slices.display(worst).to_string(index=False) if len(worst) else ": none"))
+    if embedded is not None:
+        print(f"\nembedding clusters flagged, q < 0.05: {len(embedded)}" + "".join(
+            f"\n  {r['label']} {r['gap']:+.3f} [{r['gap_lo']:+.3f}, {r['gap_hi']:+.3f}] n={r['size']} q={r['q']:.3g}: "
+            f"{r['description']}" for r in embedded[:5]))
     for g, cov in coverage.items():
         print(f"\nage interval coverage, {g}:\n" + cov.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print("\n" + _thresholds_text(ages))
@@ -168,8 +202,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"note: {n}")
     if args.json:
         threshold = gender_threshold(df, list(reports))
-        Path(args.json).write_text(json.dumps(to_json(reports, source, searched, coverage, threshold, section, mix,
-                                                      ages), indent=1) + "\n")
+        out = to_json(reports, source, searched, coverage, threshold, section, mix, ages)
+        if look:
+            out["look_alikes"] = look
+        if embedded is not None:
+            out["embedding_slices"] = embedded
+        Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
     if args.html:
         Path(args.html).write_text(to_html(reports, df, source, searched, section, mix, ages))
     return 0
