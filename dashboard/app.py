@@ -14,6 +14,7 @@ page = st.navigation([
     st.Page("pages/gender.py", title="Gender threshold", icon=":material/tune:"),
     st.Page("pages/compare.py", title="Compare checkpoints", icon=":material/compare:"),
     st.Page("pages/explorer.py", title="Error explorer", icon=":material/travel_explore:"),
+    st.Page("pages/embedding.py", title="Embedding map", icon=":material/scatter_plot:"),
     st.Page("pages/robustness.py", title="Robustness", icon=":material/blur_on:"),
     st.Page("pages/evalsets.py", title="Evaluation sets", icon=":material/dataset:"),
     st.Page("pages/training.py", title="Training", icon=":material/show_chart:"),
