@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from ..data.datasets import FORMATS, read_dataset, resolve
 from ..data.utkface import DatasetError, evenly_spaced, manifest_splits, with_splits
@@ -36,7 +35,7 @@ from ..fairness.sensitivity import SweepError, group_rows, sweep_path, to_json, 
 from ..fairness.slices import ALPHA
 from ..labels import GENDERS, RACES, bin_label
 from ..meta import atomic_write_text
-from ..models import degrade
+from ..models import degrade, turn
 from ..models.checkpoint import CheckpointError, load_checkpoint
 from ..models.inference import predict_checkpoint
 from ..models.runtime import set_threads
@@ -48,6 +47,8 @@ log = logging.getLogger(__name__)
 
 SAMPLE = 500  # faces by default: intervals of a few tenths of a year per group, 7 x 4 passes in about 3 minutes
 BATCH = 128  # faces perturbed and predicted at once (the float copies of a batch stay small)
+# up to the turn lever's largest (models.turn.MAX_DEGREES): beyond it the far eye is hidden
+YAW_DEGREES = tuple(turn.MAX_DEGREES * k / 4 for k in (1, 2, 3, 4))
 GREY = 0.5  # the occluder's colour: a plain mid-grey, neither skin nor background
 Predict = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # uint8 chips -> (years, P(female))
 
@@ -69,13 +70,10 @@ class Perturbation:
     apply: Callable[[torch.Tensor, float], torch.Tensor]
 
 
-def yaw(x: torch.Tensor, t: float) -> torch.Tensor:
-    """The head turned by degrade.yaw_warp's ``t`` and aligned again as a photo's face is (degrade.realign):
-    one resampling of the chip, its edges reflected as the augmentation's are."""
-    n = x.shape[0]
-    identity = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]).expand(n, 2, 3)
-    grid = degrade.yaw_aligned_grid(identity, torch.full((n,), float(t)), list(x.shape))
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False).clamp_(0, 1)
+def yaw(x: torch.Tensor, degrees: float) -> torch.Tensor:
+    """The head turned by ``degrees`` with the mean face's depth (models.turn, the nose to the image's right)
+    and aligned again by its five landmarks, as a photo of the turned head is before the model sees it."""
+    return turn.turn(x, degrees, realign_=True).clamp_(0, 1)
 
 
 def brightness(x: torch.Tensor, gain: float) -> torch.Tensor:
@@ -99,8 +97,7 @@ def occlusion(x: torch.Tensor, share: float) -> torch.Tensor:
 
 
 PERTURBATIONS = {p.name: p for p in (
-    Perturbation("yaw", "yaw_warp t (0.5: a turn of about 41 degrees)", (0.125, 0.25, 0.375, 0.5),
-                 (0.25, 0.5, 0.75, 1.0), yaw),
+    Perturbation("yaw", "degrees of head turn", YAW_DEGREES, tuple(d / max(YAW_DEGREES) for d in YAW_DEGREES), yaw),
     Perturbation("blur", "Gaussian sigma (px of the chip)", degrade.BLUR_SIGMAS,
                  tuple(s / max(degrade.BLUR_SIGMAS) for s in degrade.BLUR_SIGMAS), degrade.blur),
     Perturbation("downscale", "size kept (then enlarged back)", tuple(sorted(degrade.DOWNSCALE_FACTORS, reverse=True)),

@@ -26,7 +26,8 @@ ROW_KEYS = {"grouping", "group", "n", "tested", "change_age", "change_p_female",
 
 def faces() -> tuple[pd.DataFrame, np.ndarray]:
     """200 grey faces, every race x gender x age bucket cell of five alike (the same five images in each cell,
-    so that a group's response depends on its race alone); the Black faces carry a bright marker top left, the others a black one."""
+    so that a group's response depends on its race alone); the Black faces carry a bright marker top left, the
+    others a black one."""
     n = 200
     rng = np.random.default_rng(0)
     cell = rng.integers(60, 200, (5, SIZE, SIZE, 1), dtype=np.uint8).repeat(3, axis=3)  # grey: R = G = B
