@@ -2,9 +2,10 @@
 check's result is kept beside the checkpoint, how it is read, and the predictions without those faces.
 
 ``python -m agegender.leakage --checkpoint DIR`` writes DIR/leakage.json for the checkpoint's own val and test
-faces; with ``--data SET --against UTKFACE --checkpoint DIR`` it writes DIR/leakage-SET.json for a registered
-set. The bias page, the report (--exclude-look-alikes), the model card and the Checkpoints page read them here,
-so they agree on which faces leave. Torch-free: a contract, like predictions.
+faces; with ``--set NAME --checkpoint DIR --against UTKFACE`` it checks a registered set against the faces the
+checkpoint trained on, kept where that set's results are (evaluation.sources.Source.leakage_path). The bias
+page, the report (--exclude-look-alikes), the model card, the Checkpoints and Evaluation sets pages read them
+here, so they agree on which faces leave. Torch-free: a contract, like predictions.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from pathlib import Path
 import pandas as pd
 
 from .labels import image_key, printable
-from .predictions import OWN_SPLITS
 
 LEAKAGE = "leakage.json"
 KINDS = ("duplicate", "look-alike")
@@ -31,10 +31,9 @@ class LeakageError(ValueError):
     """A leakage file that is missing or cannot be read; the message says what to run."""
 
 
-def leakage_path(checkpoint: str | os.PathLike, source: str) -> Path:
-    """Where the check for ``source`` (an own split, val or test, or a registered set's name) is kept."""
-    name = LEAKAGE if source in OWN_SPLITS else f"leakage-{source}.json"
-    return Path(checkpoint) / name
+def leakage_path(checkpoint: str | os.PathLike) -> Path:
+    """Where the check of a checkpoint's own val and test faces is kept."""
+    return Path(checkpoint) / LEAKAGE
 
 
 def read_leakage(path: str | os.PathLike) -> dict:
@@ -56,10 +55,9 @@ def read_leakage(path: str | os.PathLike) -> dict:
     return out
 
 
-def for_source(checkpoint: str | os.PathLike, source: str) -> dict | None:
-    """The check for ``source`` when one was written, else None (a damaged one: LeakageError)."""
-    path = leakage_path(checkpoint, source)
-    return read_leakage(path) if path.exists() else None
+def read_if_any(path: str | os.PathLike) -> dict | None:
+    """The check at ``path`` when one was written, else None (a damaged one: LeakageError)."""
+    return read_leakage(path) if Path(path).exists() else None
 
 
 def flagged(leak: dict) -> dict[str, str]:
@@ -79,3 +77,21 @@ def without_text(n_before: int, n_after: int, leak: dict) -> str:
     return (f"without {n_before - n_after} of {n_before} faces whose look-alike or copy is in the training data "
             f"({int((kinds == 'duplicate').sum())} duplicates, {int((kinds == 'look-alike').sum())} look-alikes "
             f"flagged in the whole check, agegender.leakage)")
+
+
+OVERLAP = ("{k:,} of the {n:,} faces of {name} checked have a look-alike among the faces {checkpoint} trained on "
+           "({d:,} of them the same picture): its figures on them are optimistic. The Bias page can leave them out.")
+NO_OVERLAP = "None of the {n:,} faces of {name} checked has a look-alike among the faces {checkpoint} trained on."
+NOT_CHECKED = ("Not checked for faces {checkpoint} trained on: python -m agegender.leakage --set {name} "
+               "--checkpoint {path} --against UTKFACE (the UTKFace folder it trained on)")
+
+
+def overlap_text(leak: dict | None, name: str, checkpoint: str | os.PathLike) -> tuple[bool, str]:
+    """(whether to warn, the sentence) for an evaluation set checked against a checkpoint's training faces."""
+    ck = Path(checkpoint).name
+    if leak is None:
+        return False, NOT_CHECKED.format(checkpoint=ck, name=name, path=checkpoint)
+    kinds = [p["kind"] for p in leak["pairs"]]
+    if not kinds:
+        return False, NO_OVERLAP.format(n=leak["n"], name=name, checkpoint=ck)
+    return True, OVERLAP.format(k=len(kinds), n=leak["n"], name=name, checkpoint=ck, d=kinds.count("duplicate"))

@@ -19,10 +19,17 @@ def leak(pairs, n=10, **extra):
     return {"n": n, "pairs": [{"file": f, "match": "m.jpg", "distance": 0.3, "kind": k} for f, k in pairs], **extra}
 
 
-def test_paths_for_own_splits_and_registered_sets(tmp_path):
-    assert L.leakage_path(tmp_path, "val") == L.leakage_path(tmp_path, "test") == tmp_path / "leakage.json"
-    assert L.leakage_path(tmp_path, "fairface") == tmp_path / "leakage-fairface.json"
-    assert L.for_source(tmp_path, "val") is None
+def test_paths_for_own_splits_and_registered_sets(tmp_path, monkeypatch):
+    from agegender.evaluation import results, sources
+
+    monkeypatch.setenv("AGEGENDER_RESULTS", str(tmp_path / "results"))
+    assert L.leakage_path(tmp_path) == tmp_path / "leakage.json"
+    assert sources.source(tmp_path, "val").leakage_path() == sources.source(tmp_path, "test").leakage_path() \
+        == tmp_path / "leakage.json"
+    in_results = sources.source(tmp_path, "fairface").leakage_path()
+    assert in_results.parent == results.set_folder("fairface") and in_results.name.startswith("leakage-")
+    assert in_results != sources.source(tmp_path / "other", "fairface").leakage_path()  # one file per checkpoint
+    assert L.read_if_any(tmp_path / "leakage.json") is None
 
 
 @pytest.mark.parametrize("content, detail", [
@@ -35,7 +42,7 @@ def test_paths_for_own_splits_and_registered_sets(tmp_path):
 def test_a_file_that_is_not_a_leakage_check_is_one_message(tmp_path, content, detail):
     (tmp_path / "leakage.json").write_text(content)
     with pytest.raises(L.LeakageError) as e:
-        L.for_source(tmp_path, "test")
+        L.read_if_any(tmp_path / "leakage.json")
     assert str(e.value).startswith(f"{tmp_path / 'leakage.json'} is not a leakage file agegender.leakage wrote (")
     assert detail in str(e.value)
 
@@ -75,7 +82,7 @@ def test_the_model_card_states_the_share_and_the_figures_without_look_alikes(tmp
 
 def test_the_shipped_checkpoints_carry_their_check_and_the_card_shows_it():
     for name in ("dlib-resnet29-utkface", "dlib-resnet29-balanced"):
-        check = L.for_source(ROOT / "checkpoints" / name, "test")
+        check = L.read_if_any(L.leakage_path(ROOT / "checkpoints" / name))
         assert check is not None and check["checkpoint_figures"]["test"]["all"]["n"] == len(
             pd.read_csv(ROOT / "checkpoints" / name / "predictions-test.csv"))
         card = (ROOT / "checkpoints" / "README.md").read_text()

@@ -3,14 +3,19 @@
     python -m agegender.leakage --data UTKFACE [--checkpoint DIR] --json OUT [--csv PAIRS]
     python -m agegender.leakage --data SET [--labels FILE --format F --columns ...] --against UTKFACE_OR_SET
                                 [--against-labels FILE ...] --json OUT [--csv PAIRS]
+    python -m agegender.leakage --set NAME --checkpoint DIR --against UTKFACE [--json OUT]
 
 Without --against (UTKFace): every val/test chip against every train chip, the splits as data.utkface.split_of
 makes them, or the checkpoint's own (its manifest.csv) with --checkpoint. With --against: every face of --data
-against every face of the other set. Each face's nearest match is classed by descriptor distance (dlib's
-face-recognition descriptors, evaluation.descriptors, cached): a duplicate (the same picture re-encoded,
+against every face of the other set; with --checkpoint too, only against the faces that checkpoint trained on
+(--against is then the UTKFace it trained on), and --set names a registered evaluation set (its images and
+labels as the Evaluation sets page registered them) whose check the dashboard then reads. Each face's nearest
+match is classed by descriptor distance (dlib's face-recognition descriptors, evaluation.descriptors, cached): a
+duplicate (the same picture re-encoded,
 resized, mirrored, slightly cropped or brightened) or a look-alike (the same person, or someone very like
 them); the thresholds and how they were measured are in docs/leakage.md. With --checkpoint, its held-out
-figures (predictions-val.csv, predictions-test.csv) with and without the flagged faces.
+figures (predictions-val.csv, predictions-test.csv, or the set's evaluation) with and without the flagged faces.
+With --checkpoint, --json defaults to where the dashboard reads the check (evaluation.sources.Source.leakage_path).
 """
 
 from __future__ import annotations
@@ -35,17 +40,23 @@ from ..meta import atomic_write, atomic_write_text
 from ..models.checkpoint import CheckpointError
 from ..models.dlibnet import DLIB_SIZE
 from ..models.runtime import set_threads
-from ..predictions import FEMALE, OWN_SPLITS, found_rows, load_predictions
-from . import leakage
+from ..predictions import FEMALE, OWN_SPLITS, found_rows
+from . import leakage, sources
 from .descriptors import CROP_SIZE, Descriptors, photo_descriptors, utkface_descriptors
 from .evalset import dataset_crops
+from .results import ResultsError, get_set
 
 log = logging.getLogger(__name__)
 
 GROUPS = ("race", "gender", "age_bucket")
 PAIR_COLUMNS = ("file", "match", "distance", "kind")
 ERR_NOT_UTKFACE = "{path} is not UTKFace: without --against, --data must be UTKFace chips (their splits are compared)"
-ERR_CHECKPOINT_AGAINST = "--checkpoint compares a checkpoint's own splits: use it without --against"
+ERR_CHECKPOINT_AGAINST = ("with --checkpoint, --against is the UTKFace that checkpoint trained on; {path} is "
+                          "{format}")
+ERR_NO_DATA = "say which faces to check: --data PATH (with --labels etc.) or --set NAME, a registered evaluation set"
+ERR_NO_JSON = ("say where to write the result: --json OUT (the default place is for --checkpoint alone, or with --set "
+               "NAME)")
+ERR_SET_AGAINST = "--set checks a registered set against a checkpoint's training faces: pass --checkpoint and --against"
 ERR_NO_MANIFEST = "{path} has no " + MANIFEST + ": its splits are unknown (train.py writes it beside the checkpoint)"
 ERR_NO_TRAIN = "nothing to compare with: no face of the train split (or of --against) has a descriptor"
 ERR_OUT_FOLDER = "cannot write {path}: the folder {folder} does not exist (checked before any face is read)"
@@ -161,12 +172,18 @@ def _correlations(query: Side, reference: Side, q_rows: np.ndarray, r_rows: np.n
     return pd.Series(out)
 
 
-def checkpoint_figures(checkpoint: str, matched: pd.DataFrame, n_boot: int) -> dict:
-    """Per held-out split: age MAE and gender accuracy with and without the flagged faces, overall and per race."""
+def checkpoint_figures(checkpoint: str, matched: pd.DataFrame, n_boot: int, names=OWN_SPLITS) -> dict:
+    """Per source (the held-out splits, or a registered set once evaluated): age MAE and gender accuracy with and
+    without the flagged faces, overall and per race. A set not evaluated yet has none."""
     flagged = set(matched.loc[matched["kind"] != "", "file"].map(image_key))
     out = {}
-    for split in OWN_SPLITS:
-        df = found_rows(load_predictions(checkpoint, split))
+    for split in names:
+        try:
+            df = found_rows(sources.source(checkpoint, split).load())
+        except ResultsError:
+            continue
+        if "age" not in df:  # ages known as bins only (FairFace): no MAE
+            df = df.assign(age=np.nan)
         drop = df["file"].map(image_key).isin(flagged).to_numpy()
         err = (df["pred_age"] - df["age"]).to_numpy(np.float64)
         correct = called_female(df["p_female"].to_numpy(np.float64)) == (df["gender"] == FEMALE).to_numpy()
@@ -220,16 +237,18 @@ def write_csv(pairs: list[dict], path: str) -> None:
 
 
 def run(args) -> dict:
-    if args.checkpoint and args.against:
-        raise DatasetError(ERR_CHECKPOINT_AGAINST)
     ds = read_dataset(args.data, args.labels, args.format, args.columns)
     query = read_side(ds, args.cache_dir)
     _warn_no_face(query, args.data)
     if args.against:
         other = read_dataset(args.against, args.against_labels, args.against_format, args.against_columns)
+        if args.checkpoint and other.format != "utkface":
+            raise DatasetError(ERR_CHECKPOINT_AGAINST.format(path=printable(str(args.against)), format=other.format))
         reference = read_side(other, args.cache_dir)
         _warn_no_face(reference, args.against)
         q_rows, r_rows = np.arange(len(query.table)), np.arange(len(reference.table))
+        if args.checkpoint:
+            r_rows = utkface_splits(reference, args.checkpoint)[1]
     else:
         if ds.format != "utkface":
             raise DatasetError(ERR_NOT_UTKFACE.format(path=printable(str(args.data))))
@@ -238,16 +257,18 @@ def run(args) -> dict:
     t = leakage.DEFAULT
     matched = match(query, reference, q_rows, r_rows, t)
     out = {"data": str(args.data), "against": str(args.against) if args.against else None,
-           "checkpoint": str(args.checkpoint) if args.checkpoint else None,
+           "checkpoint": str(args.checkpoint) if args.checkpoint else None, "set": args.set,
            "n_reference": int(np.isfinite(reference.vectors[r_rows]).all(axis=1).sum()), **summary(matched, t)}
     if args.checkpoint:
-        out["checkpoint_figures"] = checkpoint_figures(args.checkpoint, matched, args.n_boot)
+        names = [args.set] if args.set else list(OWN_SPLITS)
+        out["checkpoint_figures"] = checkpoint_figures(args.checkpoint, matched, args.n_boot, names)
     return out
 
 
 def parse(argv: list[str] | None):
     p = argparse.ArgumentParser(prog="python -m agegender.leakage", description=__doc__.split("\n")[0])
-    p.add_argument("--data", required=True, help="the images: folder, .zip or .tar.gz (or the labels file)")
+    p.add_argument("--data", help="the images: folder, .zip or .tar.gz (or the labels file)")
+    p.add_argument("--set", help="instead of --data: a registered evaluation set's name (Evaluation sets page)")
     p.add_argument("--labels", help="labels file (CSV or Parquet); file paths in it are relative to --data")
     p.add_argument("--format", choices=FORMATS)
     p.add_argument("--columns", help="column mapping for --format csv (as in python -m agegender.evaluate)")
@@ -257,12 +278,28 @@ def parse(argv: list[str] | None):
     p.add_argument("--against-columns")
     p.add_argument("--checkpoint", help="UTKFace: its own splits (manifest.csv), and its figures without the "
                    "flagged faces")
-    p.add_argument("--json", required=True, help="write the result here")
+    p.add_argument("--json", help="write the result here (default with --checkpoint: where the dashboard reads it)")
     p.add_argument("--csv", help="write the flagged pairs here (file, match, distance, kind)")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--n-boot", type=int, default=leakage.N_BOOT, help="resamples of the paired intervals")
     p.add_argument("--threads", type=int, default=0)
     return p.parse_args(argv)
+
+
+def _resolve(args) -> None:
+    """--set's images and labels from the registry; --json's default place."""
+    if args.set:
+        if not (args.checkpoint and args.against):
+            raise ValueError(ERR_SET_AGAINST)
+        es = get_set(args.set)
+        args.data, args.labels, args.format, args.columns = es.path, es.labels, es.format, es.columns
+    if not args.data:
+        raise ValueError(ERR_NO_DATA)
+    if not args.json:
+        if not args.checkpoint or (args.against and not args.set):  # no place the dashboard reads
+            raise ValueError(ERR_NO_JSON)
+        args.json = str(sources.source(args.checkpoint, args.set or OWN_SPLITS[0]).leakage_path())
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
 
 
 def _outputs(args) -> list[Path]:
@@ -281,13 +318,15 @@ def main(argv: list[str] | None = None) -> int:
     set_threads(args.threads)
     t0 = time.perf_counter()
     try:
+        _resolve(args)
         _outputs(args)
         out = run(args)
         out["seconds"] = round(time.perf_counter() - t0, 2)
         _write(args, out)
-    except (DatasetError, CheckpointError, ValueError) as e:
+    except (DatasetError, CheckpointError, ResultsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"{out['n']} faces: {out['n_duplicate']} duplicate(s), {out['n_look_alike']} look-alike(s) "
-          f"(thresholds {out['threshold_duplicate']} / {out['threshold_look_alike']}); {out['seconds']} s")
+          f"(thresholds {out['threshold_duplicate']} / {out['threshold_look_alike']}); {out['seconds']} s; "
+          f"written to {args.json}")
     return 0

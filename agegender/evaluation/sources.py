@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from .. import lookalikes
 from ..meta import META, read_meta
 from ..predictions import OWN_SPLITS, load_predictions, predictions_path
 from .results import ERR_NOT_EVALUATED, EvalSet, ResultsError, get_set, list_sets, lookup, results_dir, set_folder
@@ -127,6 +128,15 @@ class Source:
             in_checkpoint = os.environ.get(IN_CHECKPOINT_ENV, "").strip().lower() in ("1", "true", "yes")
         return self.checkpoint / name if in_checkpoint else \
             results_dir() / REVIEWS_FOLDER / checkpoint_key(self.checkpoint) / name
+
+    def leakage_path(self) -> Path:
+        """Where the look-alike check of this source against the checkpoint's training faces is kept
+        (agegender.lookalikes): an own split, the checkpoint's leakage.json (val and test together, shipped with
+        it); an evaluation set, its results folder, one file per checkpoint (the check depends on what that
+        checkpoint trained on)."""
+        if self._own:
+            return lookalikes.leakage_path(self.checkpoint)
+        return set_folder(self.name) / f"leakage-{checkpoint_key(self.checkpoint)}.json"
 
     def earlier_review_path(self) -> Path | None:
         """Where versions before review_path kept the verdicts (the checkpoint folder), None where they never did

@@ -86,7 +86,7 @@ def _without_look_alikes(df: pd.DataFrame, args) -> tuple[pd.DataFrame, dict]:
     if args.exclude_look_alikes:
         path = Path(args.exclude_look_alikes)
     elif args.checkpoint:
-        path = lookalikes.leakage_path(args.checkpoint, args.split)
+        path = lookalikes.leakage_path(args.checkpoint)
     else:
         raise lookalikes.LeakageError(ERR_LOOK_ALIKES_FILE)
     if not path.exists():

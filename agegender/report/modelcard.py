@@ -179,7 +179,7 @@ def _diff(m: str, r: dict) -> str:
 def look_alike_lines(path: Path) -> list[str]:
     """The held-out faces that have a look-alike or a copy in training, and the test figures without them
     (lookalikes: the leakage file beside the checkpoint; nothing when there is none)."""
-    leak = lookalikes.for_source(path, "test")
+    leak = lookalikes.read_if_any(lookalikes.leakage_path(path))
     if leak is None:
         return []
     figures = (leak.get("checkpoint_figures") or {}).get("test") or {}

@@ -17,7 +17,7 @@ def audit_cached(ckpt_path: str, source: str, stamp: tuple, review_stamp: tuple)
 def leakage_cached(ckpt_path: str, source: str, leak_stamp: tuple):
     from agegender import lookalikes
 
-    return lookalikes.for_source(ckpt_path, source)
+    return lookalikes.read_if_any(sources.source(ckpt_path, source).leakage_path())
 
 
 def source_table(ckpt_path: str, source: str, stamp: tuple, leave: tuple | None):
@@ -141,7 +141,7 @@ mode = st.radio("Faces in the figures", LEAVE_OUT, key="bias_leave_out", format_
                 "faces reviewed 'label wrong' leave. Without all suspects: a what-if that leaves out unreviewed "
                 "suspects too (often faces the model gets wrong): does the gap survive cleaning?")
 audit_on = not needs_model and mode != ALL_FACES
-leak_stamp = caches.stamp(lookalikes.leakage_path(ckpt.path, source))
+leak_stamp = caches.stamp(sources.source(ckpt.path, source).leakage_path())
 try:
     leak = leakage_cached(str(ckpt.path), source, leak_stamp)
 except lookalikes.LeakageError as e:

@@ -71,7 +71,7 @@ else:
     st.success("Health: ok (the validation figures say it learnt)")
 try:
     card = card_cached(str(path), caches.stamp(Path(path) / META, predictions_path(path, "test"),
-                                               leakage_path(path, "test")))
+                                               leakage_path(path)))
 except (CheckpointError, LeakageError) as e:
     st.error(str(e))
     st.stop()

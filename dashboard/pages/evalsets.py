@@ -11,6 +11,7 @@ from dashboard import caches, state
 st.title("Evaluation sets")
 
 # after the title, so the page shows while they load
+from agegender import lookalikes
 from agegender.data.utkface import DatasetError
 from agegender.evaluation import crossdata, results, sources
 from agegender.fairness import shift, tables
@@ -171,6 +172,12 @@ else:
         if res is not None and res.problem:
             st.error(res.problem)
         rows.append(crossdata.headline_row(p, res))
+        try:
+            warn, text = lookalikes.overlap_text(
+                lookalikes.read_if_any(sources.source(p, set_name).leakage_path()), set_name, p)
+        except lookalikes.LeakageError as e:
+            warn, text = True, str(e)
+        (st.warning if warn else st.caption)(text)
     if rows:
         table = pd.DataFrame(rows).astype(dict.fromkeys(crossdata.HEADLINE_FIGURES, float))
         st.dataframe(tables.styled(table), hide_index=True, placeholder=tables.MISSING)

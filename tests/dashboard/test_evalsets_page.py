@@ -199,3 +199,29 @@ def test_a_set_evaluated_after_a_page_looked_for_it_is_seen_at_once(page, tmp_pa
     not_yet = results.ERR_NOT_EVALUATED.format(checkpoint="tiny", source="ff")
     assert not at.exception and not at.error and not_yet not in [i.value for i in at.info]  # within 30 s, found
     assert any("A face was found in 6 of 8 images" in c.value for c in at.caption)
+
+
+def test_a_set_that_overlaps_the_training_faces_is_warned_with_the_count(page, tmp_path):
+    import json
+
+    from agegender import lookalikes
+    from agegender.evaluation import sources
+
+    at, ck = page
+    fairface_like(tmp_path / "ff")
+    register(at, "ff", tmp_path / "ff")
+    assert not at.exception and not at.error
+    unchecked = lookalikes.overlap_text(None, "ff", str(ck))[1]
+    assert unchecked in [c.value for c in at.caption]
+    path = sources.source(str(ck), "ff").leakage_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pairs = [{"file": f"val/{i}.jpg", "match": "m", "distance": 0.2, "kind": k}
+             for i, k in enumerate(["duplicate", "look-alike", "look-alike"])]
+    path.write_text(json.dumps({"n": 9, "pairs": pairs}))
+    at.run()
+    assert not at.exception
+    assert [w.value for w in at.warning] == [lookalikes.OVERLAP.format(k=3, n=9, name="ff", checkpoint="tiny", d=1)]
+    path.write_text(json.dumps({"n": 9, "pairs": []}))
+    at.run()
+    assert not at.warning and lookalikes.NO_OVERLAP.format(n=9, name="ff", checkpoint="tiny") in [
+        c.value for c in at.caption]

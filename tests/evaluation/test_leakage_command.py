@@ -219,12 +219,46 @@ def test_against_compares_every_face_of_the_set(small_set, monkeypatch, tmp_path
     assert (got["n"], got["n_reference"], got["pairs"]) == (10, len(names), [])
 
 
-def test_checkpoint_and_against_are_refused_together(small_set, capsys, tmp_path):
+def test_with_a_checkpoint_a_set_is_checked_against_the_faces_it_trained_on(small_set, monkeypatch, tmp_path):
+    folder, names, held, train, planted = small_set
+
+    def by_name(scan_, cache_dir=None, progress=None):  # one descriptor per picture, whichever set holds it
+        files = sorted(s.member for s in scan_.samples)
+        v = np.stack([np.random.default_rng(int(lc.image_key(f)[-7:])).normal(size=128) for f in files])
+        return Descriptors(files, (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32),
+                           np.ones(len(files), bool))
+
+    monkeypatch.setattr(lc, "utkface_descriptors", by_name)
+    other = tmp_path / "other"
+    other.mkdir()
+    for n in names[:3]:  # the same pictures, in another set
+        (other / n).write_bytes((folder / n).read_bytes())
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "manifest.csv").write_text("file,split\n" + "".join(f"{n},train\n" for n in names[1:]))
+    monkeypatch.setattr(lc, "trained_on", lambda folder: {lc.image_key(n) for n in names[1:]})
+    monkeypatch.setattr(lc, "checkpoint_figures", lambda *a: {})
+    out = tmp_path / "leak.json"
+    assert lc.main(["--data", str(other), "--against", str(folder), "--checkpoint", str(ckpt), "--json", str(out),
+                    "--cache-dir", str(tmp_path / "cache")]) == 0
+    got = json.loads(out.read_text())
+    assert (got["n"], got["n_reference"]) == (3, len(names) - 1)  # names[0] is not a face it trained on
+    assert sorted(p["file"] for p in got["pairs"]) == sorted(names[1:3])
+
+
+def test_set_and_checkpoint_rules_are_one_line_each(small_set, capsys, tmp_path):
     folder = small_set[0]
-    code = lc.main(["--data", str(folder), "--against", str(folder), "--checkpoint", str(tmp_path),
-                    "--json", str(tmp_path / "x.json")])
-    assert code == 2
-    assert lc.ERR_CHECKPOINT_AGAINST in capsys.readouterr().err
+    fair = tmp_path / "fair"
+    fair.mkdir()
+    (fair / "labels.csv").write_text("file,age,gender,race\n")
+    assert lc.main(["--json", str(tmp_path / "x.json")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {lc.ERR_NO_DATA}"
+    assert lc.main(["--data", str(folder)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {lc.ERR_NO_JSON}"
+    assert lc.main(["--data", str(folder), "--against", str(folder), "--checkpoint", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {lc.ERR_NO_JSON}"  # never the checkpoint's own check
+    assert lc.main(["--set", "fairface", "--json", str(tmp_path / "x.json")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {lc.ERR_SET_AGAINST}"
 
 
 def test_an_output_in_a_missing_folder_is_refused_before_any_face_is_read(small_set, monkeypatch, capsys,
@@ -270,8 +304,18 @@ def test_checkpoint_figures_drop_the_flagged_faces(monkeypatch):
     table = pd.DataFrame({"file": ["a.jpg", "b.jpg", "c.jpg", "d.jpg"], "age": [20.0, 30, 40, 50],
                           "pred_age": [21.0, 33, 40, 60], "gender": ["male", "female", "female", "male"],
                           "p_female": [0.1, 0.9, 0.2, 0.8], "race": ["A", "A", "B", "B"], "found": True})
-    monkeypatch.setattr(lc, "load_predictions", lambda ckpt, split: table)
+    class Source:
+        def __init__(self, ckpt, name):
+            self.name = name
+
+        def load(self):
+            if self.name == "fairface":
+                raise lc.ResultsError("not evaluated yet")
+            return table
+
+    monkeypatch.setattr(lc.sources, "source", Source)
     matched = pd.DataFrame({"file": ["d.jpg", "a.jpg"], "kind": ["look-alike", ""]})
+    assert lc.checkpoint_figures("ckpt", matched, 50, ["fairface"]) == {}  # a set not evaluated has no figures
     got = lc.checkpoint_figures("ckpt", matched, n_boot=50)
     assert set(got) == {"val", "test"}
     fig = got["test"]
