@@ -36,6 +36,7 @@ from dashboard.access import (
     pickable,
 )
 from dashboard.caches import get_checkpoint
+from dashboard.ui import plain
 
 if TYPE_CHECKING:
     from agegender.models.checkpoint import Checkpoint
@@ -163,7 +164,7 @@ def selected_checkpoints(limit: int | None = None) -> list[Checkpoint]:
         try:
             loaded.append(get_checkpoint(p))
         except CheckpointError as e:
-            st.error(f"Checkpoint not loaded: {e}")
+            st.error(f"Checkpoint not loaded: {plain(str(e))}")
             continue
         reason = health(loaded[-1].meta)
         if reason:  # still usable: say so, and go on

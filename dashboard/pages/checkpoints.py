@@ -11,6 +11,7 @@ from agegender.models.catalog import SUMMARY_METRICS, default_root, health_of, s
 from agegender.predictions import predictions_path
 from dashboard import caches, state
 from dashboard.access import pickable
+from dashboard.ui import plain
 
 st.title("Checkpoints")
 root = default_root()
@@ -54,7 +55,7 @@ if typed:
     try:  # the one loader: meta.json, the weights' checksum and their shapes
         path = caches.get_checkpoint(typed).path
     except CheckpointError as e:
-        st.error(f"Not a readable checkpoint: {e}")
+        st.error(f"Not a readable checkpoint: {plain(str(e))}")
         st.stop()
 elif chosen is not None:
     path = labels[chosen]
@@ -73,7 +74,7 @@ try:
     card = card_cached(str(path), caches.stamp(Path(path) / META, predictions_path(path, "test"),
                                                leakage_path(path)))
 except (CheckpointError, LeakageError) as e:
-    st.error(str(e))
+    st.error(plain(str(e)))
     st.stop()
 st.markdown(card)
 st.subheader("Files")

@@ -10,6 +10,7 @@ from streamlit.testing.v1 import AppTest
 
 from agegender.meta import ERR_NO_FOLDER, ERR_NO_META
 from agegender.report.modelcard import checkpoint_card, checkpoint_files
+from dashboard.ui import plain
 
 from ..conftest import ROOT
 
@@ -70,12 +71,12 @@ def test_a_mistyped_folder_says_why(page, tmp_path):
     wrong = tmp_path / "dlib-resnet29-utkfce"
     at.text_input(key="ck_path").set_value(str(wrong)).run()
     assert not at.exception
-    assert [e.value for e in at.error] == [f"Not a readable checkpoint: {ERR_NO_FOLDER.format(path=wrong)}"]
+    assert [e.value for e in at.error] == [f"Not a readable checkpoint: {plain(ERR_NO_FOLDER.format(path=wrong))}"]
     assert "## dlib-resnet29" not in markdown(at)  # no card of the checkpoint still picked above
     wrong.mkdir()
     at.text_input(key="ck_path").set_value(str(wrong) + " ").run()
     assert [e.value for e in at.error] == [
-        f"Not a readable checkpoint: {ERR_NO_META.format(path=wrong, META='meta.json')}"]
+        f"Not a readable checkpoint: {plain(ERR_NO_META.format(path=wrong, META='meta.json'))}"]
     at.text_input(key="ck_path").set_value(str(SHIPPED / NAMES[1])).run()
     assert not at.error and f"## {NAMES[1]}\n" in markdown(at)
     at.text_input(key="ck_path").set_value("").run()
