@@ -58,6 +58,30 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+ERR_OUTPUT = "cannot write {path}: {detail}"
+WHY_NO_FOLDER = "its folder does not exist"
+WHY_NOT_A_FILE = "it is a folder, a device or a FIFO, not a file (a write would replace it or block on it)"
+
+
+def output_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot take an output file a user named, said before any work (an evaluation is minutes): its
+    folder is missing, or it exists as something other than a file or a link, which atomic_write would replace
+    (a cache's own files may be; a user's /dev/full or FIFO may not); None when it can."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return WHY_NO_FOLDER
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return None
+    return None if stat.S_ISREG(mode) or stat.S_ISLNK(mode) else WHY_NOT_A_FILE
+
+
+def write_failure(path: str | os.PathLike, e: OSError) -> str:
+    """One line for a write that failed (a full disk, no permission, a bad output path)."""
+    return ERR_OUTPUT.format(path=printable(str(path)), detail=e.strerror or e)
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_write(path) as tmp:
         tmp.write_text(text)

@@ -34,8 +34,8 @@ from ..fairness import thresholds as age_thresholds
 from ..fairness.groups import MIN_COUNT, N_BOOT, SEED, headline_age_metric, prepare
 from ..fairness.measures import METRICS
 from ..fairness.slices import MAX_ORDER, MIN_SLICE, find_slices
-from ..labels import AGE_BUCKET_EDGES
-from ..meta import CheckpointError
+from ..labels import AGE_BUCKET_EDGES, printable
+from ..meta import ERR_OUTPUT, CheckpointError, atomic_write_text, output_problem, write_failure
 from ..predictions import REQUIRED, load_predictions
 from ..review import audit as label_audit_
 from .bias import (
@@ -138,6 +138,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.reference and not args.predictions:
         p.error(ERR_REFERENCE)
+    for path in (args.json, args.html):  # said before the bootstrap runs
+        problem = path and output_problem(path)
+        if problem:
+            print(f"error: {ERR_OUTPUT.format(path=printable(path), detail=problem)}", file=sys.stderr)
+            return 2
     try:
         groupings = [g.strip() for g in (args.by or "").split(",") if g.strip()] or None
         edges = tuple(int(v) for v in args.age_buckets.split(","))
@@ -200,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
               + dataset_shift.display(pd.DataFrame(mix["rows"])).to_string(index=False))
         for n in mix["notes"]:
             print(f"note: {n}")
+    texts = {}
     if args.json:
         threshold = gender_threshold(df, list(reports))
         out = to_json(reports, source, searched, coverage, threshold, section, mix, ages)
@@ -207,9 +213,15 @@ def main(argv: list[str] | None = None) -> int:
             out["look_alikes"] = look
         if embedded is not None:
             out["embedding_slices"] = embedded
-        Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
+        texts[args.json] = json.dumps(out, indent=1) + "\n"
     if args.html:
-        Path(args.html).write_text(to_html(reports, df, source, searched, section, mix, ages))
+        texts[args.html] = to_html(reports, df, source, searched, section, mix, ages)
+    for path, text in texts.items():
+        try:
+            atomic_write_text(path, text)
+        except OSError as e:  # a full disk, no permission: one line
+            print(f"error: {write_failure(path, e)}", file=sys.stderr)
+            return 2
     return 0
 
 
