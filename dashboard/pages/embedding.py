@@ -85,7 +85,7 @@ st.caption(f"{len(table):,} faces of {sources.label(source)}, each placed by its
 
 audit = audit_cached(str(ckpt.path), source, stamp)
 try:
-    leak = lookalikes.for_source(ckpt.path, source)
+    leak = lookalikes.read_if_any(src.leakage_path())
 except lookalikes.LeakageError as e:
     st.warning(str(e))
     leak = None
@@ -102,7 +102,8 @@ colour = c2.selectbox("Colour by", options, key="emb_colour",
                       index=options.index(mapview.ABS_AGE_ERROR))
 values, continuous = mapview.colour_values(table, colour, audit, leak, other)
 if leak is None:
-    st.caption(f"No look-alike colouring: `python -m agegender.leakage --checkpoint {ckpt.path}` writes the check.")
+    st.caption("No look-alike colouring: `python -m agegender.leakage --data DATA --checkpoint "
+               f"{ckpt.path}` writes the check.")
 
 key = dict(ckpt=ckpt.path, source=source)
 kept_key, event_key = SELECTED.format(**key), LAST_EVENT.format(**key)
