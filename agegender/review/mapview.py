@@ -251,6 +251,7 @@ def selected_table(table: pd.DataFrame, files: Sequence[str], colour: pd.Series 
     if "age_bin" in out and ("age" in out or out["age_bin"].isna().all()):
         out = out.drop(columns="age_bin")
     out[ABS_AGE_ERROR] = _abs_age_error(table)[inside]
+    out = out.round({"pred_age": 1, "p_female": 3, ABS_AGE_ERROR: 1})  # as the other pages show them
     if colour is not None and colour_name not in out:
         out[colour_name] = colour[inside]
     return out.reset_index(drop=True)
@@ -276,12 +277,13 @@ def cam_sample(files: Sequence[str], cap: int = CAM_FACES) -> list[str]:
 def cluster_choices(found: pd.DataFrame) -> dict[int, str]:
     """Cluster number -> a label (its size, what it is worse at, its description), strongest first, one entry per
     cluster of agegender.fairness.embedslices.find_embedding_slices' rows."""
-    out: dict[int, str] = {}
+    worse: dict[int, list[str]] = {}
+    first: dict[int, dict] = {}
     for r in found.to_dict("records"):
         c = int(r["cluster"])
-        worse = f"{r['label']} {r['value']:.3g} vs {r['rest_value']:.3g} (q={r['q']:.2g})"
-        out[c] = f"{out[c]}; {worse}" if c in out else f"cluster {c}, {r['size']} faces: {worse} · {r['description']}"
-    return out
+        first.setdefault(c, r)
+        worse.setdefault(c, []).append(f"{r['label']} {r['value']:.3g} vs {r['rest_value']:.3g} (q={r['q']:.2g})")
+    return {c: f"cluster {c}, {r['size']} faces: {'; '.join(worse[c])} · {r['description']}" for c, r in first.items()}
 
 
 def cluster_files(found: pd.DataFrame, cluster: int) -> tuple[str, ...]:
