@@ -26,6 +26,7 @@ from ..data.datasets import FORMATS, read_dataset, resolve
 from ..data.utkface import DatasetError, evenly_spaced
 from ..explain import faithfulness as fa
 from ..explain.gradcam import METHODS
+from ..fairness import faithful as ff
 from ..fairness.groups import age_buckets
 from ..labels import GENDERS, bin_label
 from ..meta import atomic_write_text
@@ -89,7 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sample", type=int, default=fa.SAMPLE, help="faces, evenly spread over the source")
     p.add_argument("--methods", default=",".join(METHODS), help="CAM methods, comma-separated (default: all)")
     p.add_argument("--layer", help="target layer (default: the checkpoint's first)")
-    p.add_argument("--json", help=f"output (default for UTKFace: CHECKPOINT/{fa.FILE.format(split='SPLIT')})")
+    p.add_argument("--json", help=f"output (default for UTKFace: CHECKPOINT/{ff.FILE.format(split='SPLIT')})")
     p.add_argument("--n-boot", type=int, default=fa.N_BOOT)
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--threads", type=int, default=0)
@@ -104,16 +105,16 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     try:
         if [m for m in methods if m not in METHODS] or not methods:
-            raise fa.FaithfulnessError(ERR_METHOD.format(names=[m for m in methods if m not in METHODS],
+            raise ff.FaithfulnessError(ERR_METHOD.format(names=[m for m in methods if m not in METHODS],
                                                  known=", ".join(METHODS)))
         utkface = resolve(args.data, args.labels, args.format, args.columns)[2] == "utkface"
         if not utkface and not args.json:
-            raise fa.FaithfulnessError(ERR_NEEDS_JSON)
-        out = Path(args.json) if args.json else fa.report_path(args.checkpoint, args.split)
+            raise ff.FaithfulnessError(ERR_NEEDS_JSON)
+        out = Path(args.json) if args.json else ff.report_path(args.checkpoint, args.split)
         ckpt = load_checkpoint(args.checkpoint)
         layer = args.layer or next(iter(ckpt.model.cam_layers), None)
         if layer not in ckpt.model.cam_layers:
-            raise fa.FaithfulnessError(ERR_LAYER.format(layer=layer, known=", ".join(ckpt.model.cam_layers)))
+            raise ff.FaithfulnessError(ERR_LAYER.format(layer=layer, known=", ".join(ckpt.model.cam_layers)))
         size = ckpt.preprocess.cache_size
         groups, pixels, label = (
             own_faces(args.checkpoint, args.split, args.data, size, args.sample) if utkface else
@@ -137,6 +138,6 @@ def main(argv: list[str] | None = None) -> int:
             o = r["overall"]
             print(f"{head:6s} {m:10s} difference {o['difference']:+.3f} {h['unit']} "
                   f"[{o['difference_lo']:+.3f}, {o['difference_hi']:+.3f}]  "
-                  f"{fa.BEATS if r['beats_random'] else fa.NOT_SHOWN}")
+                  f"{ff.BEATS if r['beats_random'] else ff.NOT_SHOWN}")
     print(f"written to {out}   time: {meta['seconds']:.1f} s")
     return 0

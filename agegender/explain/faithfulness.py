@@ -19,11 +19,9 @@ the JSON it writes through read_report and method_label / method_note.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -32,34 +30,21 @@ from pytorch_grad_cam import RandomCAM
 from pytorch_grad_cam.metrics.road import ROADCombined
 
 from ..fairness import stats
+from ..fairness.faithful import (
+    HEAD_MAPS,
+    OVERALL,
+    SIGN,
+)
 from ..fairness.groups import MIN_COUNT
 from .gradcam import MAPS, HeadTarget, _Suffix
 
 PERCENTILES = (20, 40, 60, 80)  # shares of the pixels imputed, most and least relevant first
-HEAD_MAPS = {"age": "older", "gender": "female"}  # the gradcam map each head is explained by
 UNITS = {"age": "years", "gender": "logit"}
 RANDOM = "RandomCAM"
 SAMPLE = 200  # faces of a source, evenly spread: benchmarks/faithfulness.py times one
 GROUPINGS = ("race", "gender", "age_bucket")
-OVERALL = "overall"
 N_BOOT = 1000
 SEED = 0
-FILE = "faithfulness-{split}.json"
-SHOWN_SPLITS = ("test", "val")  # the page reads the first of these it finds beside the checkpoint
-SIGN = ("ROADCombined = (LeRF - MoRF) / 2 over the percentiles: higher is more faithful; difference = method - "
-        "RandomCAM on the same faces; beats_random: the difference's 95% bootstrap interval lies above 0")
-BEATS = "beats random"
-NOT_SHOWN = "not shown better than random"
-NOT_RUN = "not checked"
-SMALL = ", too few to judge"
-NOTE_FAILS = "{method} is not shown better than random for {head} in: {groups}."
-NOTE_ALL = "{method} beats random for every head and group checked."
-NOTE_SOURCE = "Faithfulness (ROAD against a random map) from {source}, {n} faces: python -m agegender.faithfulness."
-ERR_UNREADABLE = "{path} is not a faithfulness report (run python -m agegender.faithfulness again): {detail}"
-
-
-class FaithfulnessError(ValueError):
-    pass
 
 
 @dataclass
@@ -160,59 +145,3 @@ def build_report(groups: pd.DataFrame, scores: FaceScores, meta: dict, n_boot: i
     return {**meta, "n": len(groups), "percentiles": list(PERCENTILES), "sign": SIGN, "heads": heads}
 
 
-def report_path(checkpoint: str | Path, split: str) -> Path:
-    return Path(checkpoint) / FILE.format(split=split)
-
-
-def read_report(checkpoint: str | Path) -> dict | None:
-    """The faithfulness report beside a checkpoint (test's, else val's); None where there is none.
-    FaithfulnessError for a file that is not one."""
-    for split in SHOWN_SPLITS:
-        p = report_path(checkpoint, split)
-        if not p.is_file():
-            continue
-        try:
-            report = json.loads(p.read_text())
-            if not isinstance(report.get("heads"), dict):
-                raise ValueError("no 'heads'")
-        except (OSError, ValueError, AttributeError) as e:
-            raise FaithfulnessError(ERR_UNREADABLE.format(path=p, detail=e)) from e
-        return report
-    return None
-
-
-def _result(report: dict, head: str, method: str) -> dict | None:
-    return report.get("heads", {}).get(head, {}).get("methods", {}).get(method)
-
-
-def method_label(method: str, report: dict | None) -> str:
-    """The picker's text for a method: its name, and per head whether it beats random where it was checked."""
-    if not report:
-        return method
-    verdicts = []
-    for head in HEAD_MAPS:
-        r = _result(report, head, method)
-        verdicts.append(f"{head}: {NOT_RUN if r is None else BEATS if r['beats_random'] else NOT_SHOWN}")
-    return f"{method}  " + " · ".join(verdicts)
-
-
-def method_note(method: str, report: dict | None) -> str | None:
-    """Under the picker: which groups ``method`` fails for, per head (None without a report or a result)."""
-    if not report:
-        return None
-    parts = []
-    for head in HEAD_MAPS:
-        r = _result(report, head, method)
-        if r is None:
-            continue
-        failed = [f"{row['grouping']} {row['group']} (n={row['n']}{SMALL if row.get('too_small') else ''})"
-                  for row in r["by_group"] if not row["beats_random"]]
-        if not r["overall"]["beats_random"]:
-            failed.insert(0, OVERALL)
-        if failed:
-            parts.append(NOTE_FAILS.format(method=method, head=head, groups=", ".join(failed)))
-    if not parts and any(_result(report, h, method) for h in HEAD_MAPS):
-        parts.append(NOTE_ALL.format(method=method))
-    if not parts:
-        return None
-    return " ".join([*parts, NOTE_SOURCE.format(source=report.get("source", "?"), n=report.get("n", "?"))])

@@ -28,7 +28,7 @@ from pathlib import Path
 import pandas as pd
 
 from .. import lookalikes
-from ..fairness import embedslices, slices
+from ..fairness import embedslices, faithful, slices
 from ..fairness import shift as dataset_shift
 from ..fairness import thresholds as age_thresholds
 from ..fairness.groups import MIN_COUNT, N_BOOT, SEED, headline_age_metric, prepare
@@ -78,6 +78,14 @@ def _thresholds_text(section: dict) -> str:
              f", false minor {share(r, 'false_minor_rate', 'n_adults')}"
              for r in section["rows"] if r["grouping"] == age_thresholds.OVERALL]
     return f"age thresholds, buffer {section['buffer']} years (per group: --json, --html):\n" + "\n".join(lines)
+
+
+def _faithfulness(args) -> dict | None:
+    """The faithfulness section: --faithfulness's report, else the checkpoint's for the split, else None."""
+    path = args.faithfulness or (faithful.report_path(args.checkpoint, args.split) if args.checkpoint else None)
+    if path is None or (not args.faithfulness and not Path(path).is_file()):
+        return None
+    return faithful.report_section(faithful.read_file(path))
 
 
 def _without_look_alikes(df: pd.DataFrame, args) -> tuple[pd.DataFrame, dict]:
@@ -130,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
                         "25+ to pass 18)")
     p.add_argument("--embeddings", help="an embeddings file of python -m agegender.embed for the same faces: its "
                                         "clusters tested as slices (embedding_slices in the JSON)")
+    p.add_argument("--faithfulness", help="a report of python -m agegender.faithfulness: whether each Grad-CAM method "
+                                          "beats a random map, per head and group (default: the checkpoint's "
+                                          "faithfulness-SPLIT.json, when there is one)")
     p.add_argument("--exclude-look-alikes", nargs="?", const="", default=None, metavar="LEAKAGE_JSON",
                    help="every figure without the faces whose look-alike or copy is in the training data, as "
                         "python -m agegender.leakage flagged them (default file: the checkpoint's leakage.json)")
@@ -159,12 +170,13 @@ def main(argv: list[str] | None = None) -> int:
         secs = time.perf_counter() - t
         searched = find_slices(df, max_order=args.slices_order, min_count=args.min_slice)
         embedded = embedslices.embedding_slices_for_report(df, args.embeddings) if args.embeddings else None
+        faith = _faithfulness(args)
         coverage = interval_coverage(df, [g for g in reports if ":" not in g])
         ages = age_thresholds.section(df, ages_at, args.age_buffer, [g for g in reports if ":" not in g])
         audit, note = audit_for(df, args.checkpoint, args.split, args.review, args.label_audit)
         section = None if audit is None else label_audit(df, audit, list(reports), args.n_boot, args.seed,
                                                          args.min_count, edges, reports, args.leave_out)
-    except (ValueError, CheckpointError, label_audit_.AuditError) as e:
+    except (ValueError, CheckpointError, label_audit_.AuditError, faithful.FaithfulnessError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(_headline(source, next(iter(reports.values())).overall, headline_age_metric(df)))
@@ -180,6 +192,11 @@ def main(argv: list[str] | None = None) -> int:
     worst = slices.shown(searched, top=3)
     print(f"\nworst slices, q < {searched.alpha:g} ({sum(searched.tried.values())} tried, {searched.seconds:.2f} s)"
           + (":\n" + slices.display(worst).to_string(index=False) if len(worst) else ": none"))
+    if faith:
+        print("\nGrad-CAM against a random map (ROAD): " + "; ".join(
+            f"{head} {m} {'beats random' if r['beats_random'] else 'not shown better'}"
+            + (f" (not for {len(r['fails_for'])} group(s))" if r["fails_for"] else "")
+            for head, methods in faith["heads"].items() for m, r in methods.items()))
     if embedded is not None:
         print(f"\nembedding clusters flagged, q < 0.05: {len(embedded)}" + "".join(
             f"\n  {r['label']} {r['gap']:+.3f} [{r['gap_lo']:+.3f}, {r['gap_hi']:+.3f}] n={r['size']} q={r['q']:.3g}: "
@@ -213,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
             out["look_alikes"] = look
         if embedded is not None:
             out["embedding_slices"] = embedded
+        if faith:
+            out["faithfulness"] = faith
         texts[args.json] = json.dumps(out, indent=1) + "\n"
     if args.html:
         texts[args.html] = to_html(reports, df, source, searched, section, mix, ages)

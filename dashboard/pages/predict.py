@@ -7,9 +7,9 @@ from dashboard import caches, faceview, state
 st.title("Predict & explain")
 
 # heavy imports after the title, so the page shows while they load
-from agegender.explain import faithfulness
 from agegender.explain.gradcam import METHODS, layer_names
 from agegender.explain.predict import WHOLE
+from agegender.fairness import faithful as faithfulness
 from agegender.fairness import tables
 from agegender.models.checkpoint import CheckpointError
 from agegender.models.interval import NO_INTERVAL

@@ -6,8 +6,8 @@ import shutil
 
 from streamlit.testing.v1 import AppTest
 
-from agegender.explain import faithfulness as fa
 from agegender.explain.gradcam import METHODS
+from agegender.fairness import faithful as ff
 
 from ..conftest import ROOT
 
@@ -29,7 +29,7 @@ def written_report(folder):
     report = {"source": "UTKFace test", "n": 200, "heads": {
         "age": {"methods": {"GradCAM": result(True, failing=["Indian"]), "EigenCAM": result(False)}},
         "gender": {"methods": {"GradCAM": result(False), "EigenCAM": result(True)}}}}
-    fa.report_path(folder, "test").write_text(json.dumps(report))
+    ff.report_path(folder, "test").write_text(json.dumps(report))
 
 
 def page(tiny_checkpoint, tmp_path, monkeypatch, with_report: bool):

@@ -10,6 +10,7 @@ from torch import nn
 
 from agegender.explain import faithfulness as fa
 from agegender.explain.gradcam import GradCAM
+from agegender.fairness import faithful as ff
 from agegender.fairness import stats
 from agegender.models.model import AgeGenderNet, Arch
 
@@ -140,20 +141,20 @@ def report_with(beats: dict[str, bool]) -> dict:
 
 def test_picker_text_and_the_groups_it_fails_for():
     r = report_with({"age": False, "gender": True})
-    assert fa.method_label("GradCAM", r) == "GradCAM  age: not shown better than random · gender: beats random"
-    assert fa.method_label("EigenCAM", r) == "EigenCAM  age: not checked · gender: not checked"
-    assert fa.method_label("GradCAM", None) == "GradCAM"
-    note = fa.method_note("GradCAM", r)
+    assert ff.method_label("GradCAM", r) == "GradCAM  age: not shown better than random · gender: beats random"
+    assert ff.method_label("EigenCAM", r) == "EigenCAM  age: not checked · gender: not checked"
+    assert ff.method_label("GradCAM", None) == "GradCAM"
+    note = ff.method_note("GradCAM", r)
     assert note.startswith("GradCAM is not shown better than random for age in: overall, race Black (n=40).")
-    assert "for gender" not in note and fa.method_note("EigenCAM", r) is None
-    assert "every head and group" in fa.method_note("GradCAM", report_with({"age": True, "gender": True}))
+    assert "for gender" not in note and ff.method_note("EigenCAM", r) is None
+    assert "every head and group" in ff.method_note("GradCAM", report_with({"age": True, "gender": True}))
 
 
 def test_read_report_finds_test_then_val_and_refuses_a_broken_file(tmp_path):
-    assert fa.read_report(tmp_path) is None
-    fa.report_path(tmp_path, "val").write_text(json.dumps(report_with({"age": True})))
-    assert fa.read_report(tmp_path)["source"] == "UTKFace test"
-    fa.report_path(tmp_path, "test").write_text("{not json")
-    with pytest.raises(fa.FaithfulnessError) as e:
-        fa.read_report(tmp_path)
-    assert str(e.value).startswith(fa.ERR_UNREADABLE.split("{detail}")[0].format(path=fa.report_path(tmp_path, "test")))
+    assert ff.read_report(tmp_path) is None
+    ff.report_path(tmp_path, "val").write_text(json.dumps(report_with({"age": True})))
+    assert ff.read_report(tmp_path)["source"] == "UTKFace test"
+    ff.report_path(tmp_path, "test").write_text("{not json")
+    with pytest.raises(ff.FaithfulnessError) as e:
+        ff.read_report(tmp_path)
+    assert str(e.value).startswith(ff.ERR_UNREADABLE.split("{detail}")[0].format(path=ff.report_path(tmp_path, "test")))
