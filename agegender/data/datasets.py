@@ -6,6 +6,7 @@ Only the UTKFace reader knows UTKFace's name rules and its five groups; the rest
 
 from __future__ import annotations
 
+import argparse
 import csv
 import hashlib
 import json
@@ -392,3 +393,13 @@ def _fingerprint(format: str, m: dict, data: bytes, records: list[Record], membe
     for r in sorted(records, key=lambda r: r.file):
         h.update(f"{r.file}\t{members[r.file][1]}\n".encode())
     return h.hexdigest()
+
+
+def add_data_arguments(p: argparse.ArgumentParser) -> None:
+    """--data, --labels, --format and --columns, as every command that reads a dataset takes them (the meaning is
+    python -m agegender.evaluate's: read_dataset's arguments)."""
+    p.add_argument("--data", required=True, help="the images: folder, .zip or .tar.gz (or the labels file)")
+    p.add_argument("--labels", help="labels file (CSV or Parquet); file paths in it are relative to --data")
+    p.add_argument("--format", choices=FORMATS, help="default: utkface without --labels, fairface for FairFace's "
+                   "CSV, csv otherwise (as python -m agegender.evaluate)")
+    p.add_argument("--columns", help="column mapping for --format csv, as python -m agegender.evaluate")

@@ -49,7 +49,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..data.datasets import FORMATS, read_dataset, resolve
+from ..data.datasets import add_data_arguments, read_dataset, resolve
 from ..data.utkface import DatasetError, cached_images, default_cache_dir, remove_stale_temps, scan
 from ..faces import quality
 from ..meta import atomic_write, atomic_write_text
@@ -283,10 +283,7 @@ def _given_predictions(path: str, files: list[str]) -> pd.DataFrame:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m agegender.embed", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True, help="checkpoint folder")
-    p.add_argument("--data", required=True, help="the images: folder, .zip or .tar.gz (or the labels file)")
-    p.add_argument("--labels", help="labels file (CSV or Parquet); file paths in it are relative to --data")
-    p.add_argument("--format", choices=FORMATS, help="as evaluate's --format")
-    p.add_argument("--columns", help="column mapping for --format csv, as evaluate's --columns")
+    add_data_arguments(p)
     p.add_argument("--split", default="test", choices=["val", "test", "all"], help="UTKFace only, as evaluate's")
     p.add_argument("--predictions", help="the predictions evaluate wrote for these faces (default: predicted here)")
     p.add_argument("--out", required=True, help="the embeddings, a Parquet file")

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..data.datasets import FORMATS, read_dataset, resolve
+from ..data.datasets import add_data_arguments, read_dataset, resolve
 from ..data.utkface import DatasetError, evenly_spaced
 from ..explain import faithfulness as fa
 from ..explain.gradcam import METHODS
@@ -82,10 +82,7 @@ def set_faces_of(data: str, labels, fmt, columns, size: int, sample: int, cache_
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m agegender.faithfulness", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True, help="checkpoint folder")
-    p.add_argument("--data", required=True, help="the images: folder, .zip or .tar.gz (or the labels file)")
-    p.add_argument("--labels", help="labels file (CSV or Parquet); file paths in it are relative to --data")
-    p.add_argument("--format", choices=FORMATS, help="as for python -m agegender.evaluate")
-    p.add_argument("--columns", help="column mapping for --format csv, as for python -m agegender.evaluate")
+    add_data_arguments(p)
     p.add_argument("--split", default="test", choices=OWN_SPLITS, help="UTKFace: the checkpoint's own split")
     p.add_argument("--sample", type=int, default=fa.SAMPLE, help="faces, evenly spread over the source")
     p.add_argument("--methods", default=",".join(METHODS), help="CAM methods, comma-separated (default: all)")

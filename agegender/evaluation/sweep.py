@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..data.datasets import FORMATS, read_dataset, resolve
+from ..data.datasets import add_data_arguments, read_dataset, resolve
 from ..data.utkface import DatasetError, evenly_spaced, manifest_splits, with_splits
 from ..fairness.groups import MIN_COUNT, N_BOOT, SEED, age_buckets
 from ..fairness.sensitivity import SweepError, group_rows, sweep_path, to_json, with_q
@@ -199,10 +199,7 @@ def labelled_faces(args, size: int, n: int) -> tuple[pd.DataFrame, np.ndarray]:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m agegender.sweep", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True, help="checkpoint folder")
-    p.add_argument("--data", required=True, help="the images: folder, .zip or .tar.gz (or the labels file)")
-    p.add_argument("--labels", help="labels file (CSV or Parquet); file paths in it are relative to --data")
-    p.add_argument("--format", choices=FORMATS, help="as python -m agegender.evaluate")
-    p.add_argument("--columns", help="column mapping for --format csv, as python -m agegender.evaluate")
+    add_data_arguments(p)
     p.add_argument("--split", default="test", choices=["val", "test", "all"], help="UTKFace only")
     p.add_argument("--perturb", default=",".join(PERTURBATIONS), help="comma-separated, of: " + ",".join(PERTURBATIONS))
     p.add_argument("--sample", type=int, default=SAMPLE, help="an evenly spread sample of N faces (0: every face)")
