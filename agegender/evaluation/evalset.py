@@ -13,6 +13,7 @@ dataset, by any checkpoint of that size, skips decoding and detection.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import hashlib
 import logging
@@ -240,6 +241,7 @@ def _parts(ds: Dataset, size: int, rows: list[int], tick: Callable[[], None]) ->
             flush()
             yield part
             part = _Part.empty(size)
+            trim_heap()
     flush()
     if part.rows:
         yield part.trimmed()
@@ -365,10 +367,30 @@ def _warn(unreadable: dict[str, str]) -> None:
 def release(pixels: np.ndarray) -> None:
     """Drop the pages of a memory-mapped cache that this process has read from its resident memory (the kernel
     keeps them in its page cache, and a read brings them back). Read a batch at a time, a mapping otherwise ends
-    counted in the process's memory as whole as the file. An array in memory is left as it is."""
+    counted in the process's memory as whole as the file. An array in memory is left as it is. Then trim_heap."""
     mm = getattr(pixels, "_mmap", None)  # np.memmap's own mapping, shared by its slices
     if mm is not None and hasattr(mmap, "MADV_DONTNEED"):
         mm.madvise(mmap.MADV_DONTNEED)
+    trim_heap()
+
+
+def _libc():
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (macOS, musl): nothing to trim this way
+        return None
+    return libc if hasattr(libc, "malloc_trim") else None
+
+
+_LIBC = _libc()
+
+
+def trim_heap() -> None:
+    """Hand the C heap's free memory back to the system (glibc's malloc_trim). Detection and scoring allocate and
+    free tensors batch after batch, and glibc keeps what is freed in its arenas: a photo evaluation's memory grew
+    with the number of photos (by 0.6 GB over 4,000 photos here) although nothing it kept did."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
 
 
 def _read_cache(stem: Path, ds: Dataset, size: int) -> Crops | None:
