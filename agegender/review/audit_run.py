@@ -24,7 +24,17 @@ import numpy as np
 import pandas as pd
 
 from ..data.datasets import read_dataset, resolve
-from ..data.utkface import FOLD_RULE, DatasetError, cached_images, fold_of, load_images, scan, trained_on
+from ..data.utkface import (
+    FOLD_RULE,
+    DatasetError,
+    cached_images,
+    fold_of,
+    load_images,
+    manifest_splits,
+    scan,
+    trained_on,
+    with_splits,
+)
 from ..evaluation.evalset import dataset_crops
 from ..labels import image_key
 from ..meta import CheckpointError, read_meta
@@ -215,6 +225,8 @@ def _utkface(args) -> tuple[pd.DataFrame, list[str], int]:
     if split != "train" and not args.checkpoint:
         raise AuditError(ERR_NEEDS_CHECKPOINT.format(split=split))
     sc = scan(args.data)
+    if args.checkpoint:  # a checkpoint trained on another split rule (train.identity): its own val and test
+        sc = with_splits(sc, manifest_splits(args.checkpoint))
     folds = check_folds(args.folds.split(","), sc.fingerprint, args.data) if args.folds else {}
     jobs, notes, covered, left_out = [], [], set(), 0
     if folds:  # each train image through the checkpoint that held its fold out
