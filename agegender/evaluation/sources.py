@@ -148,6 +148,14 @@ class Source:
         here, so the UTKFace folder is looked for only where it is needed), a set's its aligned crops."""
         return Faces(data(), utkface=True) if self._own else Faces(self.name, utkface=False)
 
+    def data_location(self, utkface: str | os.PathLike) -> tuple[str, str | None, str | None]:
+        """(images, labels file, format) of the faces behind this source, as a command takes them: an own split's
+        UTKFace chips at ``utkface`` (where the caller knows them to be), or a set's as it was registered."""
+        if self._own:
+            return str(utkface), None, None
+        es = get_set(self.name)
+        return es.path, es.labels, es.format
+
     def cli_args(self) -> str:
         """The arguments of python -m agegender.report that read the same predictions."""
         return OWN_CLI.format(checkpoint=self.checkpoint, split=self.name) if self._own else SET_CLI

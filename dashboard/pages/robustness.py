@@ -11,19 +11,15 @@ st.title("Robustness")
 import plotly.express as px
 
 from agegender.evaluation import sources
-from agegender.evaluation.results import get_set
 from agegender.fairness import sensitivity, tables
-from agegender.predictions import OWN_SPLITS
 
 ckpt = state.checkpoint_choice(state.selected_checkpoints())
 c1, c2, c3, c4 = st.columns(4)
 source = state.source_picker(c1, "rob_source")
 path = sensitivity.sweep_path(ckpt.path, source)
-if source in OWN_SPLITS:  # the UTKFace chips the sidebar points at
-    command = sensitivity.sweep_command(ckpt.path, source, st.session_state.get(state.DATASET) or "UTKFACE")
-else:
-    evalset = get_set(source)
-    command = sensitivity.sweep_command(ckpt.path, source, evalset.path, evalset.labels, evalset.format)
+# an own split's chips where the sidebar points, a registered set's as registered
+where = sources.source(ckpt.path, source).data_location(st.session_state.get(state.DATASET) or "UTKFACE")
+command = sensitivity.sweep_command(ckpt.path, source, *where)
 if not path.is_file():
     st.info(f"No counterfactual sweep of {ckpt.name} on {sources.label(source)} yet. Make it (a few minutes on a "
             "CPU) with:")

@@ -107,7 +107,7 @@ def test_bias_page(predict_app):
     assert "nothing to compare" in at.info[0].value  # the tiny split has no group of 30
     at.number_input(key="bias_min").set_value(1).run()
     assert not at.exception
-    assert len(at.dataframe) == 2  # disparity and all groups
+    assert len(at.dataframe) == 3  # disparity, all groups and the age-threshold errors
     at.selectbox(key="bias_grouping").set_value("race:gender").run()
     assert not at.exception and len(at.get("plotly_chart")) == 4
     at.selectbox(key="bias_split").set_value("test").run()
