@@ -16,6 +16,14 @@ flagged cluster (q below alpha) is described by standardised differences against
 measured properties present (brightness, sharpness and face size on a log scale, |yaw|), Cohen's h for shares
 (grayscale faces, each value of each group column); the description names the largest, at least MIN_EFFECT.
 
+A cluster can be worse only because of who is in it: one of babies is bad at gender because babies are, which the
+labelled slices already show. So each flagged cluster's error is also set against what its mix of labelled groups
+predicts (indirect standardisation, as in a standardised mortality ratio): every face in it is expected to do as
+well as the faces outside it of its own stratum (age bucket x gender x the dataset's groups; coarser, down to the
+age bucket, where that stratum has fewer than MIN_STRATUM faces outside). ``beyond`` is the mean of error minus
+expected, with a t interval and a one-sided p-value (the strata's means taken as known: they come from the many
+faces outside). Clusters are listed by that p-value first: what no column explains comes before what one does.
+
 Imports no torch.
 """
 
@@ -26,9 +34,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ..predictions import DERIVED_GROUP, group_columns
+from ..predictions import DERIVED_GROUP, group_columns, metric_columns
 from .groups import prepared
-from .slices import ALPHA, MIN_SLICE, find_slices
+from .slices import ALPHA, MIN_SLICE, SLICE_METRICS, find_slices
 
 CLUSTER = "cluster"
 FEATURES = "features"  # agegender.evaluation.embed's list column (this module cannot import it: torch)
@@ -39,6 +47,7 @@ N_INIT = 4
 SEED = 0
 MIN_EFFECT = 0.5  # a "medium" standardised difference (Cohen): smaller ones are not named
 NAMED = 3  # differences a description names at most
+MIN_STRATUM = 10  # faces outside a cluster that a stratum's expected error is taken from, at least
 MAX_VALUES = 20  # a group column with more values than this is an identifier, not a group: no shares
 EMBEDDING_COLUMNS = ("file", "x", "y", FEATURES, CLUSTER)
 
@@ -169,6 +178,54 @@ def description(diffs: list[dict]) -> str:
     return NOTHING_NAMED.format(largest=diffs[0]["text"] if diffs else "none measured")
 
 
+def strata(table: pd.DataFrame) -> list[list[str]]:
+    """The labelled columns that define a face's stratum, finest first, down to the age bucket alone."""
+    groups = [c for c in group_columns(table) if c not in EMBEDDING_COLUMNS and c not in {p.column for p in PROPERTIES}
+              and table[c].nunique(dropna=True) <= MAX_VALUES]
+    full = [c for c in (DERIVED_GROUP, "gender", *groups) if c in table]
+    return [full[:i] for i in range(len(full), 0, -1)]
+
+
+def expected_loss(table: pd.DataFrame, loss: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """Per face of ``table``: the mean ``loss`` of the faces outside ``inside`` in its stratum (the finest of
+    strata() with MIN_STRATUM such faces, else the mean of all of them); NaN where its own loss is not finite."""
+    out = np.full(len(table), np.nan)
+    todo = inside & np.isfinite(loss)
+    rest = ~inside & np.isfinite(loss)
+    for cols in strata(table):
+        if not todo.any():
+            break
+        key = pd.Series(list(zip(*(table[c].astype(str).to_numpy() for c in cols), strict=True)), index=table.index)
+        stats = pd.DataFrame({"key": key[rest], "loss": loss[rest]}).groupby("key")["loss"].agg(["mean", "size"])
+        stats = stats[stats["size"] >= MIN_STRATUM]["mean"]
+        found = key.map(stats).to_numpy(np.float64)
+        hit = todo & np.isfinite(found)
+        out[hit] = found[hit]
+        todo &= ~hit
+    out[todo] = loss[rest].mean() if rest.any() else np.nan
+    return out
+
+
+def beyond_groups(table: pd.DataFrame, metric: str, inside: np.ndarray, alpha: float = ALPHA) -> dict:
+    """How much worse the faces ``inside`` do at ``metric`` than their labelled groups predict (expected_loss):
+    expected (their mean expected error), beyond (observed minus expected), its 1 - alpha t interval and the
+    one-sided p-value that it is above zero."""
+    from scipy import stats
+
+    loss = SLICE_METRICS[metric].loss(metric_columns(table))
+    d = (loss - expected_loss(table, loss, inside))[inside]
+    d = d[np.isfinite(d)]
+    if len(d) < 2:
+        return {"expected": float("nan"), "beyond": float("nan"), "beyond_lo": float("nan"),
+                "beyond_hi": float("nan"), "p_beyond": float("nan")}
+    mean, se = float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))
+    half = stats.t.ppf(1 - alpha / 2, len(d) - 1) * se
+    observed = loss[inside]
+    p = float(stats.t.sf(mean / se, len(d) - 1)) if se > 0 else (0.0 if mean > 0 else 1.0)
+    return {"expected": float(np.nanmean(observed) - mean), "beyond": mean, "beyond_lo": mean - half,
+            "beyond_hi": mean + half, "p_beyond": p}
+
+
 def with_clusters(predictions: pd.DataFrame, emb: pd.DataFrame, k: int | None = None, seed: int = SEED,
                   where: str = "the embeddings") -> pd.DataFrame:
     """The prepared predictions with CLUSTER (None for faces without an embedding) and the measured properties the
@@ -190,10 +247,11 @@ def with_clusters(predictions: pd.DataFrame, emb: pd.DataFrame, k: int | None = 
 def find_embedding_slices(predictions: pd.DataFrame, emb: pd.DataFrame, k: int | None = None, seed: int = SEED,
                           alpha: float = ALPHA, min_count: int = MIN_SLICE, show_all: bool = False,
                           where: str = "the embeddings") -> pd.DataFrame:
-    """The clusters flagged by the worst-slice test (every cluster tried with ``show_all``), strongest evidence
-    first (q, then the gap relative to the rest's value): a row per cluster and metric with cluster, description,
-    metric, label, size, value, rest_value, gap, gap_lo, gap_hi, p, q, files and differences (every standardised
-    difference, largest first). ``predictions``: a predictions table of the same faces (the embeddings file holds
+    """The clusters flagged by the worst-slice test (every cluster tried with ``show_all``), what no labelled group
+    explains first (p_beyond, then q, then the gap relative to the rest's value): a row per cluster and metric with
+    cluster, description, metric, label, size, value, rest_value, gap, gap_lo, gap_hi, p, q, expected, beyond,
+    beyond_lo, beyond_hi, p_beyond (beyond_groups), files and differences (every standardised difference, largest
+    first). ``predictions``: a predictions table of the same faces (the embeddings file holds
     one: pass ``emb`` twice)."""
     df = with_clusters(predictions, emb, k, seed, where)
     search = find_slices(df, max_order=1, min_count=min_count, alpha=alpha, columns=[CLUSTER])
@@ -205,17 +263,20 @@ def find_embedding_slices(predictions: pd.DataFrame, emb: pd.DataFrame, k: int |
         c = r["slice"][CLUSTER]
         inside = (clustered[CLUSTER] == c).to_numpy()
         diffs = differences(clustered, inside)
+        mix = beyond_groups(clustered, r["metric"], inside, alpha)
         rows.append({"cluster": int(c), "description": description(diffs), "metric": r["metric"],
                      "label": r["label"], "size": int(r["n"]), "value": r["value"], "rest_value": r["rest_value"],
                      "gap": r["gap"], "gap_lo": r["gap_lo"], "gap_hi": r["gap_hi"], "p": r["p"], "q": r["q"],
-                     "files": files[c], "differences": diffs})
+                     **mix, "files": files[c], "differences": diffs})
     columns = ["cluster", "description", "metric", "label", "size", "value", "rest_value", "gap", "gap_lo",
-               "gap_hi", "p", "q", "files", "differences"]
+               "gap_hi", "p", "q", "expected", "beyond", "beyond_lo", "beyond_hi", "p_beyond", "files",
+               "differences"]
     out = pd.DataFrame(rows, columns=columns)
     if out.empty:
         return out
     relative = out["gap"] / out["rest_value"].abs().where(out["rest_value"].abs() > 0, 1.0)
-    return out.assign(_r=-relative).sort_values(["q", "_r"], kind="stable").drop(columns="_r").reset_index(drop=True)
+    order = ["p_beyond", "q", "_r"]
+    return out.assign(_r=-relative).sort_values(order, kind="stable").drop(columns="_r").reset_index(drop=True)
 
 
 def _clean(v):

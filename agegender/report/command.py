@@ -106,6 +106,10 @@ def _without_look_alikes(df: pd.DataFrame, args) -> tuple[pd.DataFrame, dict]:
                   "text": lookalikes.without_text(len(df), len(kept), leak)}
 
 
+def _signed(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:+.3f}"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m agegender.report", description=__doc__.split("\n")[0])
     src = p.add_mutually_exclusive_group(required=True)
@@ -199,8 +203,8 @@ def main(argv: list[str] | None = None) -> int:
             for head, methods in faith["heads"].items() for m, r in methods.items()))
     if embedded is not None:
         print(f"\nembedding clusters flagged, q < 0.05: {len(embedded)}" + "".join(
-            f"\n  {r['label']} {r['gap']:+.3f} [{r['gap_lo']:+.3f}, {r['gap_hi']:+.3f}] n={r['size']} q={r['q']:.3g}: "
-            f"{r['description']}" for r in embedded[:5]))
+            f"\n  {r['label']} {r['gap']:+.3f} [{r['gap_lo']:+.3f}, {r['gap_hi']:+.3f}] n={r['size']} q={r['q']:.3g}, "
+            f"beyond its labelled groups {_signed(r['beyond'])}: {r['description']}" for r in embedded[:5]))
     for g, cov in coverage.items():
         print(f"\nage interval coverage, {g}:\n" + cov.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print("\n" + _thresholds_text(ages))

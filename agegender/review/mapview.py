@@ -275,14 +275,17 @@ def cam_sample(files: Sequence[str], cap: int = CAM_FACES) -> list[str]:
 
 
 def cluster_choices(found: pd.DataFrame) -> dict[int, str]:
-    """Cluster number -> a label (its size, what it is worse at, its description), strongest first, one entry per
+    """Cluster number -> a label (its size, what it is worse at and what its mix of labelled groups predicts, its
+    description), in the order of the rows (what no labelled group explains first), one entry per
     cluster of agegender.fairness.embedslices.find_embedding_slices' rows."""
     worse: dict[int, list[str]] = {}
     first: dict[int, dict] = {}
     for r in found.to_dict("records"):
         c = int(r["cluster"])
         first.setdefault(c, r)
-        worse.setdefault(c, []).append(f"{r['label']} {r['value']:.3g} vs {r['rest_value']:.3g} (q={r['q']:.2g})")
+        mix = (f", {r['expected']:.3g} its labelled groups predict" if np.isfinite(r.get("expected", np.nan))
+               else "")
+        worse.setdefault(c, []).append(f"{r['label']} {r['value']:.3g} vs {r['rest_value']:.3g}{mix} (q={r['q']:.2g})")
     return {c: f"cluster {c}, {r['size']} faces: {'; '.join(worse[c])} · {r['description']}" for c, r in first.items()}
 
 

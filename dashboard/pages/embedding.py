@@ -121,9 +121,12 @@ found = clusters(str(ckpt.path), source, faces.where, stamps)
 if found.empty:
     st.info("No cluster of the features is worse than the rest beyond chance (worst-slice test, BH-corrected).")
 else:
+    st.caption("A cluster can be worse only because of who is in it (babies are hard to gender everywhere). Each is "
+               "also set against what its mix of age bucket, gender and groups predicts (the same strata outside "
+               "it): expected, and beyond it with its interval. Clusters no labelled group explains come first.")
     choices = mapview.cluster_choices(found)
     s1, s2 = st.columns([4, 1])
-    pick = s1.selectbox("Flagged clusters, strongest evidence first", list(choices), key="emb_cluster",
+    pick = s1.selectbox("Flagged clusters, what no labelled group explains first", list(choices), key="emb_cluster",
                         format_func=choices.get)
     if s2.button("Select its faces", key="emb_cluster_go"):
         st.session_state[kept_key] = kept = mapview.cluster_files(found, pick)

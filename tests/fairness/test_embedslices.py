@@ -121,3 +121,57 @@ def test_a_file_that_is_not_embeddings_is_refused(tmp_path):
     with pytest.raises(ValueError) as e:
         ES.find_embedding_slices(predictions, emb.assign(file="other"), where="E")
     assert str(e.value) == ES.ERR_NO_OVERLAP.format(path="E")
+
+
+def with_babies(seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame, set[str], set[str]]:
+    """generated() plus a tenth blob of babies (age 1) whose gender calls are often wrong, as babies' are
+    everywhere: babies outside that blob (with the same label) are just as wrong. Their gap is larger than the
+    planted faces', but their age bucket explains it."""
+    predictions, emb, bad = generated(seed=seed)
+    rng = np.random.default_rng(seed + 100)
+    n = 300
+    files = [f"baby{i:05d}.jpg" for i in range(n)]
+    female = rng.random(n) < 0.5
+    wrong = rng.random(n) < 0.4
+    p = np.where(female ^ wrong, 0.9, 0.1)
+    in_blob = np.arange(n) < 200  # 100 babies lie among the other faces
+    centre = np.random.default_rng(seed + 200).normal(0, 4, DIMS)
+    vectors = np.where(in_blob[:, None], centre + rng.normal(0, 1, (n, DIMS)),
+                       np.stack(emb[ES.FEATURES].iloc[:n].to_numpy()) + rng.normal(0, 0.1, (n, DIMS)))
+    babies = pd.DataFrame({"file": files, "age": 1.0, "gender": np.where(female, "female", "male"),
+                           "race": rng.choice(["White", "Black", "Asian"], n), "pred_age": 1 + rng.normal(0, 1, n),
+                           "p_female": p})
+    baby_emb = pd.DataFrame({"file": files, "x": vectors[:, 0], "y": vectors[:, 1],
+                             "brightness": rng.normal(120, 30, n), "sharpness": rng.gamma(4, 12, n),
+                             "grayscale": rng.random(n) < 0.05, ES.FEATURES: list(vectors.astype(np.float32))})
+    blob = {f for f, b in zip(files, in_blob, strict=True) if b}
+    return (pd.concat([predictions, babies], ignore_index=True), pd.concat([emb, baby_emb], ignore_index=True),
+            bad, blob)
+
+
+def test_a_cluster_its_labelled_groups_explain_comes_after_one_they_do_not():
+    predictions, emb, bad, blob = with_babies()
+    found = ES.find_embedding_slices(predictions, emb)
+    babies = found[found["files"].map(lambda f: len(set(f) & blob) / len(f) > 0.9)]
+    planted = found[found["files"].map(lambda f: len(set(f) & bad) / len(f) > 0.9)]
+    assert len(babies) and len(planted), found[["cluster", "metric", "gap", "q"]]
+    b = babies[babies["metric"] == "gender_error_rate"].iloc[0]
+    # flagged on its own, its gap the largest relative to the rest, but babies outside it are as wrong: nothing is
+    # left beyond what its age bucket predicts
+    assert b["q"] < 0.05 and b["gap"] / b["rest_value"] > (planted["gap"] / planted["rest_value"]).max()
+    assert b["beyond_lo"] < 0 < b["beyond_hi"] and b["expected"] == pytest.approx(b["value"], abs=0.15)
+    first = found.iloc[0]
+    assert first["cluster"] in set(planted["cluster"]) and first["beyond_lo"] > 0
+    assert found.index[found["cluster"] == b["cluster"]].min() > found.index[found["cluster"] == first["cluster"]].max()
+
+
+def test_expected_loss_takes_each_face_from_its_own_stratum_then_coarser():
+    # 12 outside faces of (0-2, female) with loss 1, 12 of (20-29, male) with loss 0, 12 more 20-29 females at 0.5
+    rows = ([("0-2", "female", 1.0)] * 12 + [("20-29", "male", 0.0)] * 12 + [("20-29", "female", 0.5)] * 12
+            + [("0-2", "female", 0.0), ("20-29", "male", 1.0), ("0-2", "male", 0.0)])
+    table = pd.DataFrame(rows, columns=["age_bucket", "gender", "loss"])
+    inside = np.arange(len(table)) >= 36
+    expected = ES.expected_loss(table, table["loss"].to_numpy(), inside)
+    assert np.isnan(expected[:36]).all()
+    # its own stratum; its own; no (0-2, male) outside, so the 0-2 bucket's mean
+    assert expected[36:].tolist() == [1.0, 0.0, 1.0]

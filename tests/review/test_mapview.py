@@ -145,13 +145,13 @@ def test_cam_sample_is_capped_and_spread():
 def test_clusters_to_choices_and_files():
     found = pd.DataFrame([
         {"cluster": 4, "description": "darker", "label": "age MAE", "size": 60, "value": 12.0, "rest_value": 5.0,
-         "q": 1e-5, "files": ["a", "b"]},
+         "q": 1e-5, "expected": 5.5, "files": ["a", "b"]},
         {"cluster": 4, "description": "darker", "label": "gender error rate", "size": 60, "value": 0.3,
          "rest_value": 0.1, "q": 0.01, "files": ["a", "b"]},
         {"cluster": 1, "description": "blurrier", "label": "age MAE", "size": 40, "value": 9.0, "rest_value": 5.0,
          "q": 0.02, "files": ["c"]}])
     choices = M.cluster_choices(found)
     assert list(choices) == [4, 1]
-    assert choices[4] == ("cluster 4, 60 faces: age MAE 12 vs 5 (q=1e-05); gender error rate 0.3 vs 0.1 (q=0.01) · "
+    assert choices[4] == ("cluster 4, 60 faces: age MAE 12 vs 5, 5.5 its labelled groups predict (q=1e-05); gender error rate 0.3 vs 0.1 (q=0.01) · "
                           "darker")
     assert M.cluster_files(found, 1) == ("c",) and M.cluster_files(found, 9) == ()
