@@ -152,6 +152,6 @@ def test_clusters_to_choices_and_files():
          "q": 0.02, "files": ["c"]}])
     choices = M.cluster_choices(found)
     assert list(choices) == [4, 1]
-    assert choices[4] == ("cluster 4, 60 faces: age MAE 12 vs 5, 5.5 its labelled groups predict (q=1e-05); gender error rate 0.3 vs 0.1 (q=0.01) · "
-                          "darker")
+    assert choices[4] == ("cluster 4, 60 faces: age MAE 12 vs 5, 5.5 its labelled groups predict (q=1e-05); "
+                          "gender error rate 0.3 vs 0.1 (q=0.01) · darker")
     assert M.cluster_files(found, 1) == ("c",) and M.cluster_files(found, 9) == ()

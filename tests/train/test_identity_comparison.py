@@ -21,7 +21,8 @@ def test_both_sets_of_faces_and_the_sign_of_the_difference(tmp_path):
     rng = np.random.default_rng(0)
     age = rng.integers(1, 90, N)
     female = rng.random(N) < 0.5
-    base = pd.DataFrame({"file": [f"{a}_{int(f)}_0_{i}.jpg.chip.jpg" for i, (a, f) in enumerate(zip(age, female))],
+    files = [f"{a}_{int(f)}_0_{i}.jpg.chip.jpg" for i, (a, f) in enumerate(zip(age, female, strict=True))]
+    base = pd.DataFrame({"file": files,
                          "age": age, "gender": np.where(female, "female", "male"),
                          "race": rng.choice(["White", "Black", "Asian"], N), "found": True,
                          "p_female": np.where(female, 0.9, 0.1)})
