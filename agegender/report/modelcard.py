@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import lookalikes
+from ..fairness import faithful, sensitivity
 from ..fairness.compare import gap_change, pair, paired_deltas
 from ..fairness.groups import MIN_COUNT, N_BOOT, GroupReport, prepare
 from ..fairness.measures import METRICS
@@ -166,7 +167,8 @@ def card_for(path: Path, n_boot: int = N_BOOT) -> str:
             worst.append(f"- {r['label']} by {grouping}: worst **{r['worst_group']}** ({r['worst']:.3f}), "
                          f"best {r['best_group']} ({r['best']:.3f}), gap {r['gap']:.3f}")
     lines += ["", f"Where it fails most (groups with n >= {MIN_COUNT}):", "",
-              *(worst or ["- no group is large enough"]), "", *look_alike_lines(path)]
+              *(worst or ["- no group is large enough"]), "", *look_alike_lines(path), *robustness_lines(path),
+              *faithfulness_lines(path)]
     return "\n".join(lines)
 
 
@@ -201,6 +203,62 @@ def look_alike_lines(path: Path) -> list[str]:
     return lines + [""]
 
 
+def _rate(r: dict) -> str:
+    return f"{r['flip_rate']:.1%} [{r['flip_rate_lo']:.1%}, {r['flip_rate_hi']:.1%}]"
+
+
+def robustness_lines(path: Path) -> list[str]:
+    """The counterfactual sweep beside the checkpoint (its test split's, else val's; nothing when there is none):
+    per perturbation, the share of gender calls that flip at full strength for women and men, and the groups
+    whose sensitivity differs from the others' (BH q below 0.05)."""
+    found = [p for p in (sensitivity.sweep_path(path, s) for s in ("test", "val")) if p.is_file()]
+    if not found:
+        return []
+    try:
+        sweep = sensitivity.read_sweep(found[0])
+    except sensitivity.SweepError as e:
+        return [f"Counterfactual sweep: {e}", ""]
+    split = found[0].stem.removeprefix("sweep-")
+    lines = [f"Counterfactual faces (`python -m agegender.sweep`, {sweep.get('n_faces', '?')} {split} faces, each "
+             "re-predicted under each perturbation at 4 strengths): gender calls flipped at full strength, per "
+             "gender (95% interval), and the groups whose change per unit strength differs from the other groups' "
+             "(Benjamini-Hochberg q < 0.05):", "",
+             "| perturbation | full strength | women flipped | men flipped | groups that differ |",
+             "|---|---|---|---|---|"]
+    for name, pert in sweep["perturbations"].items():
+        by = {(r["grouping"], r["group"]): r for r in pert["by_group"]}
+        flagged = [f"{r['group']} ({', '.join(r['flagged'])})" for r in pert["by_group"] if r.get("flagged")]
+        women, men = by.get(("gender", "female")), by.get(("gender", "male"))
+        levels = pert.get("levels") or ["?"]
+        lines.append(f"| {name} | {pert.get('parameter', '')} {levels[-1]} | {_rate(women) if women else '-'} | "
+                     f"{_rate(men) if men else '-'} | {', '.join(flagged) or 'none'} |")
+    return lines + [""]
+
+
+def faithfulness_lines(path: Path) -> list[str]:
+    """The faithfulness report beside the checkpoint (nothing when there is none): per head and method whether
+    its heatmap beats a random one (ROAD), overall with the interval, and the groups it is not shown to beat it for."""
+    try:
+        report = faithful.read_report(path)
+    except faithful.FaithfulnessError as e:
+        return [f"Heatmap faithfulness: {e}", ""]
+    if report is None:
+        return []
+    lines = [f"Heatmap faithfulness (`python -m agegender.faithfulness`, {report.get('n', '?')} faces of "
+             f"{report.get('source', '?')}): ROAD's score of the heatmap minus a random map's on the same faces "
+             "(higher: the heatmap marks more of what the head uses), 95% interval:", ""]
+    for head, h in report["heads"].items():
+        for method, r in h.get("methods", {}).items():
+            o = r["overall"]
+            fails = [f"{g['grouping']} {g['group']}" + (" (too few)" if g.get("too_small") else "")
+                     for g in r["by_group"] if not g["beats_random"]]
+            verdict = faithful.BEATS if o["beats_random"] else faithful.NOT_SHOWN
+            lines.append(f"- {head}, {method}: {verdict}, {o['difference']:+.3f} [{o['difference_lo']:+.3f}, "
+                         f"{o['difference_hi']:+.3f}] {h.get('unit', '')}; not shown better for: "
+                         f"{', '.join(fails) or 'no group'}")
+    return lines + [""]
+
+
 def checkpoint_card(path: str | Path, n_boot: int = N_BOOT) -> str:
     """One checkpoint's model card from its own files (meta.json, predictions-test.csv): its section of
     the card write_card writes, then the intended use. The mitigation section is left out: it needs the
@@ -214,7 +272,9 @@ FILE_ROLES = {META: "architecture, preprocessing, age scaling, labels, training 
               "manifest": "the split of every training image",
               "history": "per-epoch training and validation figures",
               "predictions": "one row per image scored: truth, groups, predicted age, P(female)",
-              "leakage": "held-out faces with a look-alike or a copy in training (agegender.leakage)"}
+              "leakage": "held-out faces with a look-alike or a copy in training (agegender.leakage)",
+              "sweep": "predictions of the same faces turned, blurred, darkened... per group (agegender.sweep)",
+              "faithfulness": "whether each head's heatmap beats a random map, per group (agegender.faithfulness)"}
 
 
 def checkpoint_files(path: str | Path) -> list[dict]:

@@ -1,5 +1,6 @@
 """The Robustness page on a copy of the shipped checkpoint: a sweep file beside it (written by the library from known
-arrays, one group moved) is drawn per group with that group flagged; a source without one shows the command."""
+arrays, one group moved) is drawn per group with that group flagged; a source without one shows the command. And
+the shipped checkpoints' own sweeps, as a reviewer first sees them."""
 
 import json
 import shutil
@@ -39,6 +40,7 @@ def page(tmp_path_factory):
     root = tmp_path_factory.mktemp("ckpts")
     folder = root / CKPT
     shutil.copytree(ROOT / "checkpoints" / CKPT, folder)
+    (folder / "sweep-test.json").unlink(missing_ok=True)  # the shipped sweep: this copy is the one without
     write_sweep(folder)
     mp = pytest.MonkeyPatch()
     mp.setenv("AGEGENDER_CHECKPOINTS", str(root))
@@ -84,3 +86,24 @@ def test_a_source_without_a_sweep_shows_the_command(page):
     assert any(c.startswith("python -m agegender.sweep --checkpoint") and "--split test" in c
                and str(folder / "sweep-test.json") in c for c in code), code
     assert "No counterfactual sweep" in at.info[0].value
+
+
+@pytest.mark.parametrize("name", ["dlib-resnet29-utkface", "dlib-resnet29-balanced"])
+def test_the_shipped_sweep_is_drawn_and_every_interval_holds_its_estimate(name):
+    shipped = ROOT / "checkpoints" / name / "sweep-test.json"
+    assert shipped.is_file(), f"{name} ships no test-split sweep"
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.session_state["picker_names"] = [name]
+    at.run()
+    at.switch_page("pages/robustness.py").run()
+    at.selectbox(key="rob_source").set_value("test").run()
+    assert not at.exception and not at.error
+    names = {t["name"].removesuffix(" (flagged)") for t in json.loads(at.get("plotly_chart")[0].proto.spec)["data"]}
+    assert names == {"White", "Black", "Asian", "Indian", "Others"}
+    groups = at.dataframe[0].value
+    assert len(groups) and (groups["n"] >= 1).all()
+    for col in ("sensitivity_age", "sensitivity_p_female", "flip_rate"):
+        inside = (groups[f"{col}_lo"] <= groups[col] + 1e-12) & (groups[col] <= groups[f"{col}_hi"] + 1e-12)
+        assert inside[groups[col].notna()].all(), groups.loc[~inside, ["group", col, f"{col}_lo", f"{col}_hi"]]
+    every = json.loads(shipped.read_text())["perturbations"]
+    assert set(every) == {"yaw", "blur", "downscale", "jpeg", "brightness", "grayscale", "occlusion"}

@@ -108,3 +108,40 @@ def test_the_card_names_the_trunk_its_rate_the_data_file_and_the_device(tiny_che
     path.write_text(json.dumps(meta))
     assert modelcard_main(["--root", str(root), "--n-boot", "50"]) == 0
     assert f"{meta['train_minutes']} min; balancing" in (root / "README.md").read_text()
+
+
+def _faith_row(grouping, group, diff, lo, hi, n=60):
+    return {"grouping": grouping, "group": group, "n": n, "score": diff, "random": 0.0, "difference": diff,
+            "difference_lo": lo, "difference_hi": hi, "beats_random": lo > 0, "too_small": n < 30}
+
+
+def test_the_card_states_the_sweep_and_the_heatmaps_faithfulness(tiny_checkpoint, tmp_path):
+    from agegender.fairness import sensitivity as sens
+
+    from ..dashboard.test_robustness_page import write_sweep
+
+    folder = tmp_path / "ck" / "tiny"
+    shutil.copytree(tiny_checkpoint, folder)
+    write_sweep(folder)  # blur: the Black faces' age falls 8 years at full strength
+    report = {"source": "UTKFace test", "n": 120, "heads": {
+        "age": {"unit": "years", "methods": {"GradCAM": {
+            "overall": _faith_row("overall", "all", 0.8, 0.3, 1.3, 120),
+            "by_group": [_faith_row("race", "White", 1.0, 0.4, 1.6), _faith_row("race", "Black", 0.1, -0.5, 0.7)]}}},
+        "gender": {"unit": "logit", "methods": {"GradCAM": {
+            "overall": _faith_row("overall", "all", -0.1, -0.4, 0.2, 120), "by_group": []}}}}}
+    (folder / "faithfulness-test.json").write_text(json.dumps(report))
+    assert modelcard_main(["--root", str(tmp_path / "ck"), "--n-boot", "50"]) == 0
+    text = (tmp_path / "ck" / "README.md").read_text()
+    sweep = sens.read_sweep(folder / "sweep-val.json")
+    row = next(line for line in text.splitlines() if line.startswith("| blur |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    women = next(r for r in sweep["perturbations"]["blur"]["by_group"] if r["group"] == "female")
+    assert cells[0] == "blur" and cells[1].endswith(" 2") and cells[2].startswith(f"{women['flip_rate']:.1%} [")
+    assert cells[4] == "Black (age)"
+    assert "240 val faces" in text
+    assert ("- age, GradCAM: beats random, +0.800 [+0.300, +1.300] years; not shown better for: race Black" in text)
+    assert "- gender, GradCAM: not shown better than random, -0.100 [-0.400, +0.200] logit; not shown better for: " \
+           "no group" in text
+    (folder / "faithfulness-test.json").write_text("{")
+    assert modelcard_main(["--root", str(tmp_path / "ck"), "--n-boot", "50"]) == 0
+    assert "Heatmap faithfulness: " in (tmp_path / "ck" / "README.md").read_text()  # said, not a traceback
