@@ -227,7 +227,8 @@ def robustness_lines(path: Path) -> list[str]:
              "|---|---|---|---|---|"]
     for name, pert in sweep["perturbations"].items():
         by = {(r["grouping"], r["group"]): r for r in pert["by_group"]}
-        flagged = [f"{r['group']} ({', '.join(r['flagged'])})" for r in pert["by_group"] if r.get("flagged")]
+        flagged = [f"{r['grouping'].replace('_', ' ')} {r['group']} ({', '.join(r['flagged'])})"
+                   for r in pert["by_group"] if r.get("flagged")]
         women, men = by.get(("gender", "female")), by.get(("gender", "male"))
         levels = pert.get("levels") or ["?"]
         lines.append(f"| {name} | {pert.get('parameter', '')} {levels[-1]} | {_rate(women) if women else '-'} | "

@@ -89,9 +89,10 @@ def test_a_source_without_a_sweep_shows_the_command(page):
 
 
 @pytest.mark.parametrize("name", ["dlib-resnet29-utkface", "dlib-resnet29-balanced"])
-def test_the_shipped_sweep_is_drawn_and_every_interval_holds_its_estimate(name):
+def test_the_shipped_sweep_is_drawn_and_every_interval_holds_its_estimate(name, monkeypatch):
     shipped = ROOT / "checkpoints" / name / "sweep-test.json"
     assert shipped.is_file(), f"{name} ships no test-split sweep"
+    monkeypatch.setenv("AGEGENDER_CHECKPOINTS", str(ROOT / "checkpoints"))  # the module's fixture points elsewhere
     at = AppTest.from_file(APP, default_timeout=120)
     at.session_state["picker_names"] = [name]
     at.run()

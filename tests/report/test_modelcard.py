@@ -137,7 +137,7 @@ def test_the_card_states_the_sweep_and_the_heatmaps_faithfulness(tiny_checkpoint
     cells = [c.strip() for c in row.strip("|").split("|")]
     women = next(r for r in sweep["perturbations"]["blur"]["by_group"] if r["group"] == "female")
     assert cells[0] == "blur" and cells[1].endswith(" 2") and cells[2].startswith(f"{women['flip_rate']:.1%} [")
-    assert cells[4] == "Black (age)"
+    assert cells[4] == "race Black (age)"
     assert "240 val faces" in text
     assert ("- age, GradCAM: beats random, +0.800 [+0.300, +1.300] years; not shown better for: race Black" in text)
     assert "- gender, GradCAM: not shown better than random, -0.100 [-0.400, +0.200] logit; not shown better for: " \
