@@ -59,3 +59,24 @@ def test_without_a_report_the_picker_names_the_methods_alone(tiny_checkpoint, tm
     assert not at.exception
     assert list(at.selectbox(key="method").options) == list(METHODS)
     assert not any("random" in c.value for c in at.caption)
+
+
+def test_the_shipped_baselines_report_reaches_the_picker_and_its_intervals_hold_their_estimates(monkeypatch):
+    ckpt = ROOT / "checkpoints" / "dlib-resnet29-utkface"
+    report = ff.read_report(ckpt)
+    assert report is not None, "the shipped baseline has no faithfulness report"
+    gradcam = {h: report["heads"][h]["methods"]["GradCAM"] for h in ff.HEAD_MAPS}
+    for r in gradcam.values():
+        for row in [r["overall"], *r["by_group"]]:
+            if row["difference_lo"] is None:  # too few faces for an interval: no verdict either
+                assert not row["beats_random"]
+                continue
+            assert row["difference_lo"] <= row["difference"] <= row["difference_hi"], row
+            assert row["beats_random"] == (row["difference_lo"] > 0), row
+    monkeypatch.setenv("AGEGENDER_CHECKPOINTS", str(ROOT / "checkpoints"))
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.session_state["picker_names"] = [ckpt.name]
+    at.run()
+    assert not at.exception
+    said = {h: ff.BEATS if r["beats_random"] else ff.NOT_SHOWN for h, r in gradcam.items()}
+    assert at.selectbox(key="method").options[0] == f"GradCAM  age: {said['age']} · gender: {said['gender']}"
