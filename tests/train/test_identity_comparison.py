@@ -3,6 +3,8 @@ and on those neither trained on, with paired intervals."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 
@@ -31,7 +33,13 @@ def test_both_sets_of_faces_and_the_sign_of_the_difference(tmp_path):
     # the file run errs by 2 years, the identity run by 3: identity - file is +1 year on every face
     run(tmp_path / "file", file_split, np.full(N, 2.0), base)
     run(tmp_path / "identity", identity_split, np.full(N, 3.0), base)
-    (name_all, all_, races), (name_unseen, unseen, _) = IS.compare(tmp_path / "file", tmp_path / "identity", 200)
+    # the file split's leakage check flags the first 50 faces: those neither run trained on are the third set
+    pairs = [{"file": f, "match": "x.jpg", "distance": 0.3, "kind": "look-alike"} for f in base["file"][:50]]
+    (tmp_path / "leakage.json").write_text(json.dumps({"n": N, "pairs": pairs}))
+    (name_all, all_, races), (name_unseen, unseen, _), (_, alike, _) = IS.compare(
+        tmp_path / "file", tmp_path / "identity", 200, tmp_path / "leakage.json")
+    assert alike["n"].iloc[0] == int(np.isin(file_split[:50], ["val", "test"]).sum())
+    assert alike["age_mae_delta"].iloc[0] == 1.0
     assert all_["n"].iloc[0] == 200
     assert unseen["n"].iloc[0] == int(np.isin(file_split[:200], ["val", "test"]).sum())
     for table in (all_, unseen):
