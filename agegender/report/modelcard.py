@@ -210,7 +210,15 @@ def _rate(r: dict) -> str:
 def robustness_lines(path: Path) -> list[str]:
     """The counterfactual sweep beside the checkpoint (its test split's, else val's; nothing when there is none):
     per perturbation, the share of gender calls that flip at full strength for women and men, and the groups
-    whose sensitivity differs from the others' (BH q below 0.05)."""
+    whose sensitivity differs from the others' (BH q below 0.05). A file that is not one: a line saying so."""
+    try:
+        return _robustness_lines(path)
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
+        return [f"Counterfactual sweep: a file beside the checkpoint cannot be read ({type(e).__name__}: {e}); "
+                "make it again with python -m agegender.sweep", ""]
+
+
+def _robustness_lines(path: Path) -> list[str]:
     found = [p for p in (sensitivity.sweep_path(path, s) for s in ("test", "val")) if p.is_file()]
     if not found:
         return []
@@ -238,7 +246,16 @@ def robustness_lines(path: Path) -> list[str]:
 
 def faithfulness_lines(path: Path) -> list[str]:
     """The faithfulness report beside the checkpoint (nothing when there is none): per head and method whether
-    its heatmap beats a random one (ROAD), overall with the interval, and the groups it is not shown to beat it for."""
+    its heatmap beats a random one (ROAD), overall with the interval, and the groups it is not shown to beat it for.
+    A file that is not one: a line saying so."""
+    try:
+        return _faithfulness_lines(path)
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
+        return [f"Heatmap faithfulness: the report beside the checkpoint cannot be read ({type(e).__name__}: {e}); "
+                "make it again with python -m agegender.faithfulness", ""]
+
+
+def _faithfulness_lines(path: Path) -> list[str]:
     try:
         report = faithful.read_report(path)
     except faithful.FaithfulnessError as e:

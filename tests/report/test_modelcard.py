@@ -142,6 +142,11 @@ def test_the_card_states_the_sweep_and_the_heatmaps_faithfulness(tiny_checkpoint
     assert ("- age, GradCAM: beats random, +0.800 [+0.300, +1.300] years; not shown better for: race Black" in text)
     assert "- gender, GradCAM: not shown better than random, -0.100 [-0.400, +0.200] logit; not shown better for: " \
            "no group" in text
-    (folder / "faithfulness-test.json").write_text("{")
-    assert modelcard_main(["--root", str(tmp_path / "ck"), "--n-boot", "50"]) == 0
-    assert "Heatmap faithfulness: " in (tmp_path / "ck" / "README.md").read_text()  # said, not a traceback
+    # damaged or tampered files are said in one line, not a traceback
+    (folder / "sweep-val.json").write_text(json.dumps({"format": sens.FORMAT, "perturbations": {
+        "blur": {"strengths": [1.0], "by_group": [{"grouping": "race"}]}}}))
+    for bad in ("{", json.dumps({"heads": {"age": {"methods": {"GradCAM": {"overall": 3}}}}})):
+        (folder / "faithfulness-test.json").write_text(bad)
+        assert modelcard_main(["--root", str(tmp_path / "ck"), "--n-boot", "50"]) == 0
+        text = (tmp_path / "ck" / "README.md").read_text()
+        assert "Heatmap faithfulness: " in text and "Counterfactual sweep: a file beside the checkpoint cannot" in text
