@@ -27,6 +27,13 @@ def test_the_checkpoints_faithfulness_report_reaches_the_json(tmp_path, capsys):
     ck = tmp_path / SHIPPED.name
     shutil.copytree(SHIPPED, ck)
     args = ["--checkpoint", str(ck), "--split", "test", "--n-boot", "10", "--no-label-audit"]
+    # the shipped baseline carries its own report: it reaches the JSON as it says
+    assert main([*args, "--json", str(tmp_path / "shipped.json")]) == 0
+    shipped = faithful.read_report(ck)
+    got = json.loads((tmp_path / "shipped.json").read_text())["faithfulness"]
+    assert got["n"] == shipped["n"] and {h: r["GradCAM"]["beats_random"] for h, r in got["heads"].items()} == {
+        h: shipped["heads"][h]["methods"]["GradCAM"]["beats_random"] for h in faithful.HEAD_MAPS}
+    faithful.report_path(ck, "test").unlink()
     assert main([*args, "--json", str(tmp_path / "none.json")]) == 0
     assert "faithfulness" not in json.loads((tmp_path / "none.json").read_text())
     faithful.report_path(ck, "test").write_text(json.dumps(REPORT))
